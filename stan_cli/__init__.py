@@ -1,0 +1,3 @@
+"""stan: offline video anomaly detection with spatio-temporal adversarial networks."""
+
+__version__ = "0.1.0"

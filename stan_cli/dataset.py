@@ -1,0 +1,191 @@
+"""Training data: find the clips under a folder, decode them once into a frame cache, cut windows.
+
+A training folder is one of
+  - a folder of frames (one clip),
+  - a folder of clip folders (the Ped2 layout: training/frames/01, 02, ...),
+  - a folder of video files (each one clip), or a mix of the last two.
+Each clip is decoded once into `<cache>/NNN.npy`, (N, S, S) uint8 grey, and memory-mapped, so
+RAM does not grow with the amount of footage and a resumed run skips decoding.
+Windows never cross a clip boundary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .model import CONTEXT, WINDOW
+from .video import is_video_file, list_frames, natural_key, read_frames
+from .windows import to_grey_square
+
+DECODE_CHUNK = 64
+
+
+@dataclass
+class Clip:
+    name: str
+    source: str
+    frames: np.ndarray  # (N, S, S) uint8, usually a read-only memmap
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def find_sources(folder: Path) -> list[Path]:
+    """The clips under `folder`, in natural order: itself, its image subfolders, its videos."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputError(f"{folder}: no such folder. Point `stan train` at a folder of normal footage.")
+    if folder.is_file():
+        if is_video_file(folder):
+            return [folder]
+        raise InputError(f"{folder}: not a folder or a video. Point `stan train` at a folder of normal footage.")
+    if list_frames(folder):
+        return [folder]
+    sources = []
+    for child in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
+        if child.name.startswith("."):
+            continue
+        if (child.is_dir() and list_frames(child)) or is_video_file(child):
+            sources.append(child)
+    if not sources:
+        raise InputError(
+            f"{folder}: found no frames, clip folders or videos in it. "
+            "Use a folder of images, a folder of clip folders, or a folder of videos."
+        )
+    return sources
+
+
+def _fingerprint(path: Path) -> dict:
+    if path.is_dir():
+        files = list_frames(path)
+        return {"path": str(path.resolve()), "files": len(files), "mtime": max(f.stat().st_mtime for f in files)}
+    st = path.stat()
+    return {"path": str(path.resolve()), "bytes": st.st_size, "mtime": st.st_mtime}
+
+
+def _decode(source: Path, size: int, target: Path) -> int:
+    """Decode a clip into target (.npy, uint8 (N, S, S)); returns N. Streams in chunks."""
+    _, frames = read_frames(source)
+    tmp = target.with_suffix(".partial")
+    count = 0
+    with open(tmp, "wb") as fh:
+        chunk: list[np.ndarray] = []
+        for frame in frames:
+            chunk.append(frame)
+            if len(chunk) == DECODE_CHUNK:
+                fh.write(to_grey_square(np.stack(chunk), size).tobytes())
+                count += len(chunk)
+                chunk = []
+        if chunk:
+            fh.write(to_grey_square(np.stack(chunk), size).tobytes())
+            count += len(chunk)
+    # Prefix the raw bytes with a .npy header so the cache opens with np.load(mmap_mode="r").
+    header = _npy_header((count, size, size))
+    with open(target, "wb") as out, open(tmp, "rb") as raw:
+        out.write(header)
+        while block := raw.read(1 << 24):
+            out.write(block)
+    tmp.unlink()
+    return count
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def load_clips(
+    folder: Path,
+    size: int,
+    cache: Path,
+    warn: Callable[[str], None] = lambda msg: None,
+    decode: bool = True,
+) -> list[Clip]:
+    """Decode (or reuse) every clip under `folder`; skip, with a warning, what cannot be used.
+
+    decode=False only opens an existing cache (other ranks of a distributed run).
+    """
+    sources = find_sources(Path(folder))
+    cache.mkdir(parents=True, exist_ok=True)
+    manifest_path = cache / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    clips: list[Clip] = []
+    skipped: list[str] = []
+    for index, source in enumerate(sources):
+        key = f"{index:04d}"
+        target = cache / f"{key}.npy"
+        print_name = str(source)
+        entry = {"source": _fingerprint(source), "size": size}
+        if decode and (manifest.get(key, {}).get("entry") != entry or not target.exists()):
+            try:
+                _decode(source, size, target)
+            except InputError as err:
+                warn(f"skipped {print_name}: {err}")
+                skipped.append(print_name)
+                manifest.pop(key, None)
+                target.unlink(missing_ok=True)
+                continue
+            manifest[key] = {"entry": entry}
+            manifest_path.write_text(json.dumps(manifest, indent=1))
+        if key not in manifest:
+            continue
+        frames = np.load(target, mmap_mode="r")
+        if len(frames) < WINDOW:
+            warn(f"skipped {print_name}: {len(frames)} frames, fewer than one {WINDOW}-frame window")
+            skipped.append(print_name)
+            continue
+        clips.append(Clip(source.name, print_name, frames))
+    if not clips:
+        raise InputError(
+            f"{folder}: no clip with at least {WINDOW} readable frames ({len(skipped)} skipped). "
+            "Training needs normal footage of at least 11 frames per clip."
+        )
+    return clips
+
+
+def split_validation(clips: list[Clip], val_clips: int) -> tuple[list[Clip], list[Clip]]:
+    """Hold out normal footage for model selection and calibration.
+
+    With more clips than `val_clips`, the last `val_clips` clips (natural order) are held out.
+    Otherwise each clip long enough (>= 4 windows' worth) gives its last 15 % of frames, at least
+    11, so that one long video can still be validated. val_clips=0 holds out nothing.
+    """
+    if val_clips <= 0:
+        return clips, []
+    if len(clips) > val_clips:
+        return clips[:-val_clips], clips[-val_clips:]
+    train, val = [], []
+    for clip in clips:
+        n = len(clip)
+        n_val = max(WINDOW, int(round(0.15 * n)))
+        if n - n_val >= WINDOW and n >= 4 * WINDOW:
+            train.append(Clip(clip.name, clip.source, clip.frames[: n - n_val]))
+            val.append(Clip(clip.name + ":tail", clip.source, clip.frames[n - n_val :]))
+        else:
+            train.append(clip)
+    return train, val
+
+
+class WindowSet(torch.utils.data.Dataset):
+    """Every full window of every clip; item = (11, S, S) uint8 tensor."""
+
+    def __init__(self, clips: list[Clip]) -> None:
+        self.clips = clips
+        self.index = [(c, t) for c, clip in enumerate(clips) for t in range(CONTEXT, len(clip) - CONTEXT)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        c, t = self.index[i]
+        return torch.from_numpy(np.array(self.clips[c].frames[t - CONTEXT : t + CONTEXT + 1]))  # (11, S, S)

@@ -1,0 +1,321 @@
+"""`detect(...)`: score every frame of one video or frame folder and write the report folder.
+
+Two passes over the input, both streaming (memory does not grow with the video's length):
+1. decode -> grey 224 -> sliding windows -> both networks -> per-frame losses; each scored
+   frame's pixel-loss map is kept at half resolution as uint8 in a temporary memory-mapped file
+   inside the output folder (12.5 kB per frame);
+2. only for the overlay video: decode again and draw each frame with its map, its score, the
+   flag and the whole clip's curve, which are all known by then.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__, overlay, report, scoring
+from .errors import InputError, OutputError, StanError
+from .inference import autocast, resolve_device, score_windows
+from .model import WINDOW
+from .video import VideoInfo, VideoWriter, read_frames
+from .weights import Stan, find_default_weights, load_weights
+from .windows import scored_range, sliding_windows, to_grey_square, to_tensor
+
+SCORE_KINDS = {"g": "generator", "d": "discriminator", "gd": "generator + discriminator"}
+MAP_SCALE_FLOOR = 0.1  # |difference| in [-1, 1] units below which a heat map stays cold
+REPORT_FILES = ("scores.csv", "segments.csv", "summary.json", "scores.png", "index.html")
+OVERLAY_PIXEL = "overlay_pixel_loss.mp4"
+Progress = Callable[[str, int, int | None], None]
+
+
+@dataclass
+class DetectResult:
+    info: VideoInfo
+    time_s: np.ndarray  # (N,) seconds
+    pixel_loss: np.ndarray  # (N,) NaN where unscored
+    d_loss: np.ndarray  # (N,) -log D(S_t), NaN where unscored
+    score_raw: np.ndarray  # (N,) l_s of the chosen kind
+    score: np.ndarray  # (N,) per-clip min-max normalised
+    abnormal: np.ndarray  # (N,) bool
+    segments: list[scoring.Segment]
+    threshold: float
+    threshold_source: str
+    lambda_s: float
+    lambda_source: str
+    score_kind: str
+    summary: dict
+    out: Path | None = None
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.time_s)
+
+
+def prepare_output(out: Path, overwrite: bool) -> None:
+    """Refuse a file, or a folder that already holds files, unless overwrite is asked for."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: is a file, not a folder. Choose a folder name for --out.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputError(f"{out}: folder already holds files. Choose an empty or new folder, or add --overwrite.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{out}: cannot create the folder ({err.strerror}). Choose a writable location.") from None
+    if not os.access(out, os.W_OK):
+        raise OutputError(f"{out}: folder is not writable. Choose a writable location for --out.")
+
+
+def detect(
+    video: Path,
+    *,
+    out: Path | None = None,
+    weights: Path | Stan | None = None,
+    score: str = "gd",
+    threshold: float | None = None,
+    device: str = "auto",
+    batch_size: int = 8,
+    precision: str = "fp32",
+    fps: float | None = None,
+    write_video: bool = True,
+    overwrite: bool = False,
+    merge_gap: int = scoring.DEFAULT_MERGE_GAP,
+    min_length: int = scoring.DEFAULT_MIN_LENGTH,
+    on_progress: Progress = lambda stage, done, total: None,
+) -> DetectResult:
+    """Score every frame of `video`; with `out`, write the report folder (see README)."""
+    video = Path(video)
+    if score not in SCORE_KINDS:
+        raise StanError(f"--score {score}: unknown. Use g (generator), d (discriminator) or gd (both).")
+    if batch_size < 1:
+        raise StanError("--batch-size must be at least 1.")
+    if merge_gap < 0 or min_length < 1:
+        raise StanError("--merge-gap must be >= 0 and --min-length >= 1.")
+    model = weights if isinstance(weights, Stan) else load_weights(Path(weights) if weights else find_default_weights())
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    if out is not None:
+        out = Path(out)
+        prepare_output(out, overwrite)
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    maps_path = out / ".pixel_loss_maps.u8" if out is not None and write_video else None
+    try:
+        info, pixel, d, map_hist = _score_pass(video, fps, model, dev, batch_size, precision, maps_path, on_progress)
+        timings["scoring_s"] = time.perf_counter() - t0
+        result = _decide(info, pixel, d, model, score, threshold, merge_gap, min_length)
+        result.summary.update(
+            weights={"file": str(model.path) if model.path else None, "sha256": model.sha256, "config": model.config.to_dict()},
+            device=str(dev),
+            precision=precision,
+        )
+        if out is not None:
+            result.out = out
+            if write_video:
+                t1 = time.perf_counter()
+                scale = _map_scale(map_hist)
+                _write_overlay(video, fps, result, maps_path, scale, out / OVERLAY_PIXEL, on_progress)
+                timings["overlay_s"] = time.perf_counter() - t1
+                result.files.append(OVERLAY_PIXEL)
+            timings["total_s"] = time.perf_counter() - t0
+            timings["frames_per_s"] = result.n_frames / timings["scoring_s"] if timings["scoring_s"] > 0 else None
+            result.summary["timings"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()}
+            _write_report(out, result)
+        else:
+            timings["total_s"] = time.perf_counter() - t0
+            result.summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    finally:
+        if maps_path is not None and maps_path.exists():
+            maps_path.unlink()
+    return result
+
+
+def _score_pass(video, fps, model: Stan, dev, batch_size, precision, maps_path, on_progress):
+    """Decode and score; returns info, pixel and d arrays (NaN where unscored), map histogram."""
+    info, frames = read_frames(video, fps=fps)
+    size = model.config.image_size
+    half = size // 2
+    pixel: list[float] = []
+    d: list[float] = []
+    hist = np.zeros(256, dtype=np.int64)
+    maps_file = open(maps_path, "wb") if maps_path is not None else None
+    count = {"n": 0}
+
+    def grey_frames():
+        for frame in frames:
+            count["n"] += 1
+            if count["n"] % 16 == 0:
+                on_progress("score", count["n"], info.n_frames)
+            yield to_grey_square(frame[None], size)[0]
+
+    try:
+        for middles, windows in sliding_windows(grey_frames(), batch_size):
+            batch = to_tensor(torch.from_numpy(windows)).to(dev)  # (B, 11, S, S) -> (B, 11, 1, S, S)
+            scores = score_windows(model.generator, model.discriminator, batch, precision)
+            pixel.extend(scores.pixel.cpu().tolist())
+            d.extend(scores.d.cpu().tolist())
+            if maps_file is not None:
+                # |difference| averaged over 2x2 blocks, quantised over [0, 2] -> uint8
+                diff = F.avg_pool2d(scores.error.sqrt()[:, None], 2)[:, 0]  # (B, S/2, S/2)
+                q = (diff.clamp(0, 2) * 127.5).round().to(torch.uint8).cpu().numpy()
+                hist += np.bincount(q.ravel(), minlength=256)
+                maps_file.write(q.tobytes())
+    finally:
+        frames.close()
+        if maps_file is not None:
+            maps_file.close()
+    n = count["n"]
+    on_progress("score", n, n)
+    if n < WINDOW:
+        raise InputError(
+            f"{video}: only {n} frame{'s' if n != 1 else ''}; STAN needs at least {WINDOW} "
+            "(one window of 5 frames either side). Use a longer clip."
+        )
+    full_pixel = np.full(n, np.nan)
+    full_d = np.full(n, np.nan)
+    idx = np.array(scored_range(n))
+    full_pixel[idx] = pixel
+    full_d[idx] = d
+    return info, full_pixel, full_d, hist
+
+
+def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length) -> DetectResult:
+    """Scores -> raw score, normalised score, threshold, flags, segments; and the summary."""
+    n = len(pixel)
+    calibration = model.calibration
+    if calibration is not None:
+        lam, lam_source = float(calibration["lambda_s"]), "calibration"
+    else:
+        lam, lam_source = scoring.lambda_s(pixel, d), "this clip (max pixel / max -log D / 10)"
+    raw = scoring.raw_score(pixel, d, kind, lam)
+    if threshold is not None:
+        thr, thr_source = float(threshold), "--threshold"
+    elif calibration is not None:
+        thr = float(calibration["kinds"][kind]["threshold"])
+        thr_source = f"calibration ({calibration['false_alarm_rate']:.1%} false alarms on normal footage)"
+    else:
+        thr = scoring.fallback_threshold(raw)
+        thr_source = "fallback: median + 3 x 1.4826 x MAD of this clip (weights carry no calibration)"
+    abnormal = scoring.flag(raw, thr)
+    segments = scoring.find_segments(abnormal, raw, merge_gap=merge_gap, min_length=min_length)
+    time_s = np.arange(n) / info.fps
+    scored = np.isfinite(raw)
+    summary = {
+        "stan_version": __version__,
+        "input": {
+            "path": str(info.path),
+            "kind": info.kind,
+            "frames": n,
+            "fps": info.fps,
+            "fps_assumed": info.fps_assumed,
+            "width": info.width,
+            "height": info.height,
+            "duration_s": round(n / info.fps, 3),
+        },
+        "score_kind": kind,
+        "lambda_s": lam,
+        "lambda_s_source": lam_source,
+        "threshold": thr,
+        "threshold_source": thr_source,
+        "scored_frames": int(scored.sum()),
+        "unscored_frames": [int(i) for i in np.flatnonzero(~scored)],
+        "abnormal_frames": int(abnormal.sum()),
+        "segment_rules": {"merge_gap_frames": merge_gap, "min_length_frames": min_length},
+        "segments": [
+            {
+                "start_frame": s.start,
+                "end_frame": s.end,
+                "start_s": round(float(time_s[s.start]), 3),
+                "end_s": round(float(time_s[s.end]), 3),
+                "peak_frame": s.peak,
+                "peak_s": round(float(time_s[s.peak]), 3),
+                "peak_score": s.peak_score,
+            }
+            for s in segments
+        ],
+        "complete": True,
+    }
+    return DetectResult(
+        info=info, time_s=time_s, pixel_loss=pixel, d_loss=d, score_raw=raw,
+        score=scoring.normalise_per_clip(raw), abnormal=abnormal, segments=segments, threshold=thr,
+        threshold_source=thr_source, lambda_s=lam, lambda_source=lam_source, score_kind=kind, summary=summary,
+    )
+
+
+def _map_scale(hist: np.ndarray) -> float:
+    """Heat-map full scale: the 99.9th percentile of |difference| over the clip, floored."""
+    total = hist.sum()
+    if total == 0:
+        return 1.0
+    q = int(np.searchsorted(np.cumsum(hist), 0.999 * total))
+    return max(q / 127.5, MAP_SCALE_FLOOR)
+
+
+def _write_overlay(video, fps, result: DetectResult, maps_path, scale, path, on_progress) -> None:
+    info, frames = read_frames(video, fps=fps)
+    n = result.n_frames
+    maps = np.memmap(maps_path, dtype=np.uint8, mode="r") if maps_path.stat().st_size else np.zeros(0, np.uint8)
+    first = scored_range(n).start
+    side = int(round((maps.size // max(len(scored_range(n)), 1)) ** 0.5)) if maps.size else 0
+    maps = maps.reshape(-1, side, side) if side else maps
+    strip_h = max(24, info.height // 8)
+    curve = np.where(np.isfinite(result.score_raw), result.score_raw, np.nan)
+    finite = curve[np.isfinite(curve)]
+    vmax = float(max(finite.max(), result.threshold if np.isfinite(result.threshold) else 0.0)) * 1.05 if finite.size else None
+    try:
+        with VideoWriter(path, info.width, info.height + strip_h, info.fps) as writer:
+            for t, frame in enumerate(frames):
+                if t >= n:
+                    break
+                k = t - first
+                heat = None
+                if 0 <= k < len(maps):
+                    heat = np.minimum(maps[k].astype(np.float32) / 127.5 / scale, 1.0)
+                raw = result.score_raw[t]
+                label = f"{t}  {result.time_s[t]:.1f}S  " + (
+                    f"SCORE {raw:.4g} / {result.threshold:.4g}" if np.isfinite(raw) else "NOT SCORED"
+                )
+                strip = overlay.score_strip(info.width, strip_h, curve, t, result.threshold, vmax)
+                writer.write(overlay.compose_frame(frame, heat, label, bool(result.abnormal[t]), strip))
+                if t % 16 == 0:
+                    on_progress("overlay", t, n)
+    finally:
+        frames.close()
+    on_progress("overlay", n, n)
+
+
+def _write_report(out: Path, result: DetectResult) -> None:
+    r = result
+    report.write_scores_csv(
+        out / "scores.csv",
+        time_s=r.time_s, pixel_loss=r.pixel_loss, d_loss=r.d_loss, score_raw=r.score_raw, score=r.score,
+        abnormal=r.abnormal.astype(float),
+    )
+    report.write_segments_csv(out / "segments.csv", r.segments, r.time_s)
+    report.plot_scores(
+        out / "scores.png", time_s=r.time_s, score=r.score, score_raw=r.score_raw,
+        threshold=r.threshold if np.isfinite(r.threshold) else None, segments=r.segments,
+        title=f"{r.info.path.name}: {SCORE_KINDS[r.score_kind]} score",
+    )
+    r.files[:0] = ["scores.csv", "segments.csv", "scores.png"]
+    r.summary["files"] = r.files + ["summary.json", "index.html"]
+    report.write_json(out / "summary.json", r.summary)
+    s = r.summary
+    facts = {
+        "input": s["input"]["path"], "frames": s["input"]["frames"], "fps": s["input"]["fps"],
+        "width": s["input"]["width"], "height": s["input"]["height"], "duration_s": s["input"]["duration_s"],
+        "device": s["device"], "weights": s["weights"]["file"], "weights_sha256": s["weights"]["sha256"],
+        "threshold": s["threshold"], "threshold_source": s["threshold_source"], "score_kind": SCORE_KINDS[r.score_kind],
+        "scored_frames": s["scored_frames"], "abnormal_frames": s["abnormal_frames"],
+    }
+    videos = [(OVERLAY_PIXEL, "Generator pixel-loss map over the input")] if OVERLAY_PIXEL in r.files else []
+    report.write_index_html(out / "index.html", summary=facts, segments=r.segments, plot_name="scores.png", videos=videos, time_s=r.time_s)
+    r.files.extend(["summary.json", "index.html"])

@@ -1,0 +1,427 @@
+"""Writes the report folder: scores and segments as CSV, a summary as JSON, a plot, an HTML page.
+
+Every file goes through `atomic_path`: written under a hidden temporary name in the same
+folder, then renamed with `os.replace`. A crash or Ctrl-C therefore never leaves a half-written
+scores.csv that a later script would read as complete; either the old file or the new one is
+there. The overlay videos are encoded by video.py, which follows the same rule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import io
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+from .errors import OutputError
+from .scoring import Segment
+
+SCORES_HEADER = "frame,time_s,pixel_loss,d_loss,score_raw,score,abnormal"
+SEGMENTS_HEADER = (
+    "segment,start_frame,end_frame,start_s,end_s,duration_s,peak_frame,peak_time_s,peak_score"
+)
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def _temp_path(path: Path) -> Path:
+    """Hidden sibling of `path`; it keeps the suffix so format-sniffing writers still work."""
+    return path.with_name(f".{path.name}.tmp{path.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path to write; rename it onto `path` on success, delete it on error.
+
+    The temporary file lives in the same folder so the rename is atomic (same filesystem).
+    OSErrors (disk full, permission denied) become an OutputError naming the file.
+    """
+    path = Path(path)
+    tmp = _temp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(
+            f"Cannot write {path}: {err.strerror or err}. "
+            "Check that the folder is writable and the disk has free space."
+        ) from err
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` to `path` atomically, flushed to disk before the rename."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def _g(x: float) -> str:
+    """Up to 6 significant digits; NaN/inf (unscored frames) as an empty cell."""
+    return f"{x:.6g}" if math.isfinite(x) else ""
+
+
+def _t(x: float) -> str:
+    """Times in seconds with millisecond resolution; NaN as an empty cell."""
+    return f"{x:.3f}" if math.isfinite(x) else ""
+
+
+def _columns(**arrays: np.ndarray) -> dict[str, np.ndarray]:
+    """1-D float views of the arrays, checked to share one length (one row per frame)."""
+    out = {name: np.asarray(a, dtype=np.float64).ravel() for name, a in arrays.items()}
+    lengths = {name: a.size for name, a in out.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"per-frame arrays differ in length: {lengths}")
+    return out
+
+
+def write_scores_csv(
+    path: str | os.PathLike[str],
+    *,
+    time_s: np.ndarray,
+    pixel_loss: np.ndarray,
+    d_loss: np.ndarray,
+    score_raw: np.ndarray,
+    score: np.ndarray,
+    abnormal: np.ndarray,
+) -> None:
+    """One row per frame. Unscored frames (NaN score_raw) have empty loss/score/abnormal cells.
+
+    Empty rather than "nan" or 0 so spreadsheet tools and pandas read them as missing, and
+    nobody mistakes an edge frame that was never scored for a normal one.
+    """
+    c = _columns(
+        time_s=time_s,
+        pixel_loss=pixel_loss,
+        d_loss=d_loss,
+        score_raw=score_raw,
+        score=score,
+        abnormal=abnormal,
+    )
+    lines = [SCORES_HEADER]
+    for i in range(c["time_s"].size):
+        raw = c["score_raw"][i]
+        flag = "" if not math.isfinite(raw) else str(int(c["abnormal"][i] > 0))
+        lines.append(
+            f"{i},{_t(c['time_s'][i])},{_g(c['pixel_loss'][i])},{_g(c['d_loss'][i])},"
+            f"{_g(raw)},{_g(c['score'][i])},{flag}"
+        )
+    _atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def write_segments_csv(
+    path: str | os.PathLike[str], segments: Sequence[Segment], time_s: np.ndarray
+) -> None:
+    """One row per abnormal segment, numbered from 1; the header is written even with none.
+
+    duration_s is time(end) - time(start), so a one-frame segment lasts 0 s: it needs no fps
+    and stays right for variable-frame-rate input.
+    """
+    t = np.asarray(time_s, dtype=np.float64)
+    lines = [SEGMENTS_HEADER]
+    for n, seg in enumerate(segments, start=1):
+        start_s, end_s, peak_s = float(t[seg.start]), float(t[seg.end]), float(t[seg.peak])
+        lines.append(
+            f"{n},{seg.start},{seg.end},{_t(start_s)},{_t(end_s)},{_t(end_s - start_s)},"
+            f"{seg.peak},{_t(peak_s)},{_g(float(seg.peak_score))}"
+        )
+    _atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def sanitize_json(value: Any) -> Any:
+    """Plain-JSON copy of `value`: numpy scalars/arrays unwrapped, paths as strings, NaN/inf None.
+
+    Python's json writes NaN as a bare `NaN`, which is not JSON and breaks strict readers
+    (jq, browsers); null is what "no value" means there.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): sanitize_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [sanitize_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return sanitize_json(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def write_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
+    """Pretty-printed JSON in the dict's own key order; NaN and inf written as null."""
+    text = json.dumps(sanitize_json(data), indent=2, ensure_ascii=False, allow_nan=False)
+    _atomic_write_text(path, text + "\n")
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def _frame_period(t: np.ndarray) -> float:
+    """Typical time between frames, used to give one-frame segments a visible width."""
+    steps = np.diff(t[np.isfinite(t)])
+    return float(np.median(steps)) if steps.size else 0.0
+
+
+def _normalised_axis(score_raw: np.ndarray, score: np.ndarray):
+    """(raw->score, score->raw) functions when score is a linear map of score_raw, else None.
+
+    The per-clip normalised score is a min-max rescaling of the raw one, so it fits on a
+    secondary y axis instead of a second, redundant curve.
+    """
+    ok = np.isfinite(score_raw) & np.isfinite(score)
+    if ok.sum() < 2 or np.ptp(score_raw[ok]) == 0:
+        return None
+    slope, offset = np.polyfit(score_raw[ok], score[ok], 1)
+    fit = slope * score_raw[ok] + offset
+    if slope == 0 or not np.allclose(fit, score[ok], atol=1e-6 * max(1.0, np.ptp(score[ok]))):
+        return None
+    return (lambda r: slope * r + offset), (lambda s: (s - offset) / slope)
+
+
+def plot_scores(
+    path: str | os.PathLike[str],
+    *,
+    time_s: np.ndarray,
+    score: np.ndarray,
+    score_raw: np.ndarray,
+    threshold: float | None,
+    segments: Sequence[Segment],
+    title: str,
+) -> None:
+    """A 1200x400 PNG of the raw score over time, the threshold dashed, flagged segments shaded.
+
+    The raw score is plotted because that is what the threshold applies to; the normalised
+    score appears as a right-hand axis when it is a linear rescaling. Unscored edge frames are
+    NaN and simply absent. Figure + FigureCanvasAgg keep pyplot's global state out of it.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    t = np.asarray(time_s, dtype=np.float64)
+    raw = np.asarray(score_raw, dtype=np.float64)
+    norm = np.asarray(score, dtype=np.float64)
+
+    fig = Figure(figsize=(12, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(t, raw, color="#1f5fa8", linewidth=1.2, label="raw score")
+
+    half = _frame_period(t) / 2
+    for i, seg in enumerate(segments):
+        ax.axvspan(
+            t[seg.start] - half,
+            t[seg.end] + half,
+            color="#d62728",
+            alpha=0.18,
+            linewidth=0,
+            label="abnormal segment" if i == 0 else None,
+        )
+    if threshold is not None and math.isfinite(threshold):
+        ax.axhline(
+            threshold, color="#d62728", linestyle="--", linewidth=1.0,
+            label=f"threshold {threshold:.4g}",
+        )
+    if not np.isfinite(raw).any():
+        ax.text(0.5, 0.5, "no scored frames", transform=ax.transAxes, ha="center", va="center")
+
+    axis = _normalised_axis(raw, norm)
+    if axis is not None:
+        ax.secondary_yaxis("right", functions=axis).set_ylabel("normalised score")
+    if np.isfinite(t).any():
+        ax.set_xlim(np.nanmin(t), max(np.nanmax(t), np.nanmin(t) + 1e-3))
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("raw score")
+    ax.set_title(title, loc="left")
+    ax.grid(True, alpha=0.25)
+    if ax.get_legend_handles_labels()[0]:
+        # Above the axes, beside the title, so it never hides a peak.
+        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3, frameon=False, fontsize=9)
+    fig.tight_layout()
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    fig.clear()
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1240px;
+padding:0 1rem;color:#222;background:#fafafa}
+h1{font-size:1.4rem;word-break:break-all}h2{font-size:1.1rem;margin-top:2rem}
+table{border-collapse:collapse;font-size:.9rem}
+th,td{border:1px solid #ddd;padding:.3rem .6rem;text-align:left}
+th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums}
+img,video{max-width:100%;height:auto;border:1px solid #ddd;background:#fff}
+figure{margin:1rem 0}figcaption{font-size:.9rem;color:#555}
+.none{color:#555;font-style:italic}
+""".strip()
+
+# (summary key, row label); keys the summary lacks are left out of the table.
+_FACTS: tuple[tuple[str, str], ...] = (
+    ("input", "Input"),
+    ("frames", "Frames"),
+    ("fps", "Frame rate (fps)"),
+    ("size", "Size"),
+    ("duration_s", "Duration (s)"),
+    ("device", "Device"),
+    ("weights", "Weights"),
+    ("threshold", "Threshold"),
+    ("threshold_source", "Threshold source"),
+    ("score_kind", "Score kind"),
+    ("scored_frames", "Scored frames"),
+    ("abnormal_frames", "Abnormal frames"),
+)
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any) -> str:
+    """A summary value as short text: floats to 4 significant digits, None/NaN as a dash."""
+    if value is None or (isinstance(value, (float, np.floating)) and not math.isfinite(value)):
+        return "\u2014"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _href(name: str) -> str:
+    """A relative, percent-encoded, attribute-escaped link to a file in the report folder.
+
+    Names like "a#b.mp4" or "x:y.png" would otherwise turn into a fragment or a URL scheme.
+    """
+    if name.startswith(("/", "\\")) or ".." in Path(name).parts:
+        raise ValueError(f"report links must stay inside the report folder, got {name!r}")
+    return _esc(quote(name, safe="/"))
+
+
+def _fact_values(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Summary values as shown: size from width/height, weights with a short sha256."""
+    facts = dict(summary)
+    if "input" in facts:
+        facts["input"] = Path(str(facts["input"])).name  # the page may be shared; paths not
+    if "size" not in facts and "width" in facts and "height" in facts:
+        facts["size"] = f"{facts['width']}\u00d7{facts['height']}"
+    sha = facts.get("weights_sha256")
+    if "weights" in facts and sha:
+        facts["weights"] = f"{Path(str(facts['weights'])).name} (sha256 {str(sha)[:12]})"
+    return facts
+
+
+def _facts_table(summary: Mapping[str, Any]) -> str:
+    facts = _fact_values(summary)
+    rows = [
+        f"<tr><th>{_esc(label)}</th><td>{_esc(_fmt(facts[key]))}</td></tr>"
+        for key, label in _FACTS
+        if key in facts
+    ]
+    return "<table class=\"facts\">\n" + "\n".join(rows) + "\n</table>"
+
+
+def _segment_times(
+    segments: Sequence[Segment], summary: Mapping[str, Any], time_s: np.ndarray | None
+) -> np.ndarray | None:
+    """Seconds per frame index: the real timestamps if given, else frame / fps, else None."""
+    if time_s is not None:
+        return np.asarray(time_s, dtype=np.float64)
+    fps = summary.get("fps")
+    if isinstance(fps, (int, float, np.number)) and fps > 0 and segments:
+        last = max(seg.end for seg in segments)
+        return np.arange(last + 1, dtype=np.float64) / float(fps)
+    return None
+
+
+def _segments_table(segments: Sequence[Segment], times: np.ndarray | None) -> str:
+    if not segments:
+        return '<p class="none">No abnormal segments found.</p>'
+
+    def at(frame: int) -> str:
+        return _t(float(times[frame])) if times is not None else "\u2014"
+
+    head = (
+        "<tr><th>#</th><th>start (s)</th><th>end (s)</th><th>peak (s)</th>"
+        "<th>start frame</th><th>end frame</th><th>peak frame</th><th>frames</th>"
+        "<th>peak score</th></tr>"
+    )
+    rows = [
+        f'<tr><td class="num">{n}</td><td class="num">{at(s.start)}</td>'
+        f'<td class="num">{at(s.end)}</td><td class="num">{at(s.peak)}</td>'
+        f'<td class="num">{s.start}</td><td class="num">{s.end}</td>'
+        f'<td class="num">{s.peak}</td><td class="num">{s.length}</td>'
+        f'<td class="num">{_esc(_g(float(s.peak_score)))}</td></tr>'
+        for n, s in enumerate(segments, start=1)
+    ]
+    return '<table class="segments">\n' + head + "\n" + "\n".join(rows) + "\n</table>"
+
+
+def _videos(videos: Sequence[tuple[str, str]]) -> str:
+    return "\n".join(
+        f'<figure><video controls muted preload="metadata" src="{_href(name)}"></video>'
+        f"<figcaption>{_esc(caption)}</figcaption></figure>"
+        for name, caption in videos
+    )
+
+
+def write_index_html(
+    path: str | os.PathLike[str],
+    *,
+    summary: Mapping[str, Any],
+    segments: Sequence[Segment],
+    plot_name: str,
+    videos: Sequence[tuple[str, str]] = (),
+    time_s: np.ndarray | None = None,
+) -> None:
+    """One self-contained page (inline CSS, no scripts, no external URLs) to open in a browser.
+
+    summary keys used when present: input, frames, fps, size (or width + height), duration_s,
+    device, weights, weights_sha256, threshold, threshold_source, score_kind, scored_frames,
+    abnormal_frames. Segment times come from `time_s` if given, else frame / fps. Every string
+    is HTML-escaped, since file names are the user's and may contain anything.
+    """
+    name = Path(str(summary.get("input", "video"))).name
+    body = [
+        f"<h1>STAN report \u2014 {_esc(name)}</h1>",
+        _facts_table(summary),
+        "<h2>Scores</h2>",
+        f'<img src="{_href(plot_name)}" alt="anomaly score over time" width="1200" height="400">',
+        "<h2>Abnormal segments</h2>",
+        _segments_table(segments, _segment_times(segments, summary, time_s)),
+    ]
+    if videos:
+        body += ["<h2>Videos</h2>", _videos(videos)]
+    page = (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>STAN report \u2014 {_esc(name)}</title>\n<style>\n{_CSS}\n</style>\n"
+        "</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    )
+    _atomic_write_text(path, page)

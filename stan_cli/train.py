@@ -1,0 +1,639 @@
+"""`train(...)`: the paper's two-phase adversarial training, resumable, calibrated, distributed.
+
+Phases (STAN.md, "Training"): `pretrain` trains the generator alone on the pixel loss; then
+`adversarial` alternates one discriminator step on L_D and one generator step on L_G per batch.
+
+Model selection, fixed before any evaluation: after every epoch of the LAST phase that runs, the
+generator's mean pixel loss on the held-out normal validation windows is measured; the state
+with the lowest value becomes the output (ties: the earlier epoch). Without validation windows
+the final state is the output. Test labels are never looked at.
+
+Calibration: the selected state scores the validation windows (or, without any, the training
+windows, which is said in the metadata) and `scoring.calibrate` stores lambda_s, the statistics
+of each score and a threshold at the chosen false-alarm rate.
+
+Checkpoints live in `<out>.ckpt/` (or --checkpoint-dir): `last.safetensors` (models, optimisers,
+RNG, position) every N steps and at each epoch end, `best.safetensors` (the selected models),
+and the decoded frame cache. All writes are a temp file then a rename.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from . import __version__, scoring
+from .dataset import Clip, WindowSet, load_clips, split_validation
+from .errors import InputError, OutputError, TrainingError
+from .inference import autocast, resolve_device, score_windows
+from .model import PRESETS, Discriminator, Generator, d_loss_map, pixel_loss, split_window, with_middle
+from .weights import load_checkpoint, load_weights, save_checkpoint, save_weights
+from .windows import to_tensor
+
+SELECTION_RULE = (
+    "lowest mean generator pixel loss (MSE) on the held-out normal validation windows, "
+    "over the epoch ends of the last training phase; the final state when there is no validation data"
+)
+LOG_FIELDS = ["step", "phase", "epoch", "loss_pixel", "loss_adv", "loss_d", "d_real", "d_fake", "samples_per_s"]
+VAL_FIELDS = ["step", "phase", "epoch", "val_pixel", "val_d", "selected"]
+Event = Callable[..., None]
+
+
+@dataclass
+class TrainOptions:
+    data: Path
+    out: Path
+    pretrain_epochs: int = 10
+    epochs: int = 20
+    lr: float = 2e-4
+    batch_size: int = 3
+    lam: float = 1.0
+    val_clips: int = 2
+    false_alarm_rate: float = 0.01
+    device: str = "auto"
+    precision: str = "fp32"
+    seed: int = 0
+    workers: int = 0
+    checkpoint_every: int = 200
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    overwrite: bool = False
+    preset: str = "paper"
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return Path(self.checkpoint_dir) if self.checkpoint_dir else self.out.with_name(self.out.name + ".ckpt")
+
+    @property
+    def log_path(self) -> Path:
+        return self.out.with_name(self.out.stem + ".log.csv")
+
+    @property
+    def val_log_path(self) -> Path:
+        return self.out.with_name(self.out.stem + ".val.csv")
+
+    @property
+    def plot_path(self) -> Path:
+        return self.out.with_name(self.out.stem + ".losses.png")
+
+    # Options that define a run; a resumed run keeps the checkpoint's values for these.
+    RUN_KEYS = ("lr", "batch_size", "lam", "val_clips", "seed", "preset", "false_alarm_rate")
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    selected: dict
+    calibration: dict
+    wall_s: float
+    steps: int
+    log: Path
+    plot: Path
+    history: list[dict] = field(default_factory=list)
+
+
+class _Rank:
+    """Who am I in a torchrun job (rank 0 of 1 otherwise)."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+class _Lock:
+    """`<out>.lock` held for the life of a run: two runs writing one --out are refused."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out.with_name(out.name + ".lock")
+        self.held = False
+
+    def acquire(self) -> None:
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if self._stale():
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise TrainingError(
+                    f"{self.path}: another `stan train` is writing this --out ({self.path.read_text().strip()}). "
+                    "Wait for it to finish or choose another --out."
+                ) from None
+            with os.fdopen(fd, "w") as fh:
+                fh.write(me)
+            self.held = True
+            return
+
+    def _stale(self) -> bool:
+        try:
+            host, pid = self.path.read_text().split()
+            if host != socket.gethostname():
+                return False
+            os.kill(int(pid), 0)
+            return False
+        except ProcessLookupError:
+            return True
+        except (ValueError, OSError):
+            return True
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+class _StopFlag:
+    """Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes a checkpoint, then stops."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: no signal handling, periodic checkpoints still hold
+            pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.stop:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class TrainingInterrupted(TrainingError):
+    """The run stopped on a signal after writing a checkpoint; `--resume` continues it."""
+
+
+def _phases(opts: TrainOptions) -> list[tuple[str, int]]:
+    return [("pretrain", opts.pretrain_epochs), ("adversarial", opts.epochs)]
+
+
+def _final_phase(opts: TrainOptions) -> str:
+    return "adversarial" if opts.epochs > 0 else "pretrain"
+
+
+def _epoch_order(n: int, seed: int, phase: str, epoch: int, rank: _Rank) -> list[int]:
+    """A fixed permutation per (seed, phase, epoch), sharded over ranks: resumable and identical."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + (0 if phase == "pretrain" else 500_000) + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    per_rank = n // rank.world
+    return perm[rank.rank * per_rank : (rank.rank + 1) * per_rank] if rank.world > 1 else perm
+
+
+def _check_finite(losses: dict[str, torch.Tensor], where: str, ckpt: Path) -> None:
+    for name, value in losses.items():
+        if not torch.isfinite(value):
+            raise TrainingError(
+                f"{name} became {value.item()} at {where}; training stopped and the last good checkpoint "
+                f"({ckpt}) is kept. Try --precision fp32 or a lower --lr, then --resume."
+            )
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def validate(generator, discriminator, clips: list[Clip], device, precision: str, batch_size: int = 8):
+    """Per-window pixel loss and -log D(S_t) on the given clips: two float64 arrays."""
+    generator.eval()
+    discriminator.eval()
+    pixel, d = [], []
+    loader = torch.utils.data.DataLoader(WindowSet(clips), batch_size=batch_size, shuffle=False)
+    for batch in loader:
+        scores = score_windows(generator, discriminator, to_tensor(batch).to(device), precision)
+        pixel.append(scores.pixel.cpu().double().numpy())
+        d.append(scores.d.cpu().double().numpy())
+    generator.train()
+    discriminator.train()
+    if not pixel:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(pixel), np.concatenate(d)
+
+
+def _prepare_outputs(opts: TrainOptions, rank: _Rank) -> None:
+    ckpt = opts.ckpt_dir / "last.safetensors"
+    if opts.out.exists() and opts.out.is_dir():
+        raise OutputError(f"{opts.out}: is a folder. --out must be a file name such as model.safetensors.")
+    if not opts.out.parent.exists():
+        raise OutputError(f"{opts.out.parent}: folder does not exist. Create it or choose another --out.")
+    if opts.resume:
+        if not ckpt.exists():
+            raise TrainingError(f"{ckpt}: no checkpoint to resume. Run without --resume to start training.")
+        return
+    if opts.out.exists() and not opts.overwrite:
+        raise OutputError(
+            f"{opts.out}: already exists. Choose another --out, add --resume to continue its run, "
+            "or --overwrite to replace it."
+        )
+    if ckpt.exists() and not opts.overwrite:
+        raise TrainingError(
+            f"{ckpt}: a run's checkpoint is already there. Add --resume to continue it, "
+            "or --overwrite to start over."
+        )
+    if rank.main:
+        for name in ("last.safetensors", "best.safetensors"):
+            (opts.ckpt_dir / name).unlink(missing_ok=True)
+        opts.log_path.unlink(missing_ok=True)
+        opts.val_log_path.unlink(missing_ok=True)
+
+
+def _restart_logs(opts: TrainOptions, step: int) -> None:
+    """On resume, drop log rows past the checkpoint's step: those steps are trained again."""
+    for path, fields in ((opts.log_path, LOG_FIELDS), (opts.val_log_path, VAL_FIELDS)):
+        if not path.exists():
+            continue
+        with open(path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+
+
+def _append_row(path: Path, fields: list[str], row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fields)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def plot_losses(log: Path, val_log: Path, out: Path) -> None:
+    """Loss curves per step (smoothed) and validation pixel loss per epoch, as one PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not log.exists():
+        return
+    with open(log, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return
+    fig = Figure(figsize=(11, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax, ax_val = fig.subplots(1, 2)
+    steps = np.array([int(r["step"]) for r in rows])
+    for name in ("loss_pixel", "loss_adv", "loss_d"):
+        values = np.array([float(r[name]) if r[name] else np.nan for r in rows])
+        if np.isfinite(values).any():
+            k = max(1, len(values) // 200)
+            smooth = np.convolve(np.nan_to_num(values), np.ones(k) / k, mode="same")
+            ax.plot(steps, np.where(np.isfinite(values), smooth, np.nan), label=name, lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title("training losses")
+    ax.legend()
+    if val_log.exists():
+        with open(val_log, newline="") as fh:
+            vrows = list(csv.DictReader(fh))
+        if vrows:
+            vs = [int(r["step"]) for r in vrows]
+            ax_val.plot(vs, [float(r["val_pixel"]) for r in vrows], "o-", label="val pixel (MSE)")
+            ax_val.set_xlabel("step")
+            ax_val.set_title("validation (normal clips held out)")
+            ax_val.legend()
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    os.replace(tmp, out)
+
+
+def train(opts: TrainOptions, on_event: Event = lambda kind, **info: None) -> TrainResult | None:
+    """Train both networks on normal footage under opts.data and write opts.out.
+
+    Returns the result on rank 0 (None on other ranks of a distributed run). Raises
+    TrainingInterrupted after a clean stop on Ctrl-C / SIGTERM (the checkpoint is written).
+    """
+    opts = TrainOptions(**{**asdict(opts), "data": Path(opts.data), "out": Path(opts.out)})
+    if opts.preset not in PRESETS:
+        raise TrainingError(f"--preset {opts.preset}: unknown. Use one of {', '.join(PRESETS)}.")
+    for name in ("pretrain_epochs", "epochs", "val_clips", "workers"):
+        if getattr(opts, name) < 0:
+            raise TrainingError(f"--{name.replace('_', '-')} must be >= 0.")
+    if opts.batch_size < 1 or opts.lr <= 0 or opts.checkpoint_every < 1:
+        raise TrainingError("--batch-size and --checkpoint-every must be >= 1 and --lr > 0.")
+    rank = _Rank()
+    device = resolve_device(opts.device)
+    if rank.world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", rank.local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    emit = on_event if rank.main else (lambda kind, **info: None)
+    lock = _Lock(opts.out)
+    try:
+        _prepare_outputs(opts, rank)
+        if rank.main:
+            lock.acquire()
+        return _run(opts, rank, device, emit)
+    finally:
+        lock.release()
+        if rank.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event) -> TrainResult | None:
+    ckpt_dir = opts.ckpt_dir
+    last_path, best_path = ckpt_dir / "last.safetensors", ckpt_dir / "best.safetensors"
+    if rank.main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    progress: dict = {}
+    if opts.resume:
+        from .weights import read_checkpoint_progress
+
+        progress = read_checkpoint_progress(last_path)
+        stored = progress["options"]
+        changed = [k for k in TrainOptions.RUN_KEYS if stored[k] != getattr(opts, k)]
+        if changed and rank.main:
+            emit("warning", message=f"resuming with the run's own {', '.join(changed)} (command-line values ignored)")
+        opts = TrainOptions(**{**asdict(opts), **{k: stored[k] for k in TrainOptions.RUN_KEYS}})
+        if opts.pretrain_epochs < progress["pretrain_epochs"] and progress["phase"] != "pretrain":
+            opts.pretrain_epochs = progress["pretrain_epochs"]
+
+    config = PRESETS[opts.preset]
+    torch.manual_seed(opts.seed)
+    generator, discriminator = Generator(config).to(device), Discriminator(config).to(device)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=opts.lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=opts.lr, betas=(0.5, 0.999))
+    if opts.resume:
+        progress = load_checkpoint(last_path, generator, discriminator, opt_g, opt_d)
+    else:
+        progress = {"phase": "pretrain", "epoch": 0, "batch": 0, "step": 0, "wall_s": 0.0, "best": None}
+    progress.update(
+        options={k: getattr(opts, k) for k in TrainOptions.RUN_KEYS},
+        pretrain_epochs=opts.pretrain_epochs,
+        epochs=opts.epochs,
+    )
+    if progress["phase"] == "done":  # continue a finished run with more epochs
+        final = _final_phase(opts)
+        done_epochs = progress["done_epochs"]
+        wanted = dict(_phases(opts))[final]
+        if wanted <= done_epochs:
+            raise TrainingError(
+                f"{last_path}: this run already finished {done_epochs} {final} epochs. "
+                f"Ask for more with --epochs N (N > {done_epochs}) to continue it."
+            )
+        progress.update(phase=final, epoch=done_epochs, batch=0)
+
+    # Data: rank 0 decodes into the cache, the others wait and open it.
+    warnings: list[str] = []
+
+    def warn(msg: str) -> None:
+        warnings.append(msg)
+        emit("warning", message=msg)
+
+    if rank.main:
+        clips = load_clips(opts.data, config.image_size, ckpt_dir / "frames", warn=warn)
+    rank.barrier()
+    if not rank.main:
+        clips = load_clips(opts.data, config.image_size, ckpt_dir / "frames", decode=False)
+    train_clips, val_clips = split_validation(clips, opts.val_clips)
+    windows = WindowSet(train_clips)
+    n_val = len(WindowSet(val_clips))
+    emit(
+        "data",
+        clips=len(clips),
+        train_clips=len(train_clips),
+        val_clips=len(val_clips),
+        train_windows=len(windows),
+        val_windows=n_val,
+        skipped=len(warnings),
+    )
+    if len(windows) < opts.batch_size * rank.world:
+        raise InputError(f"{opts.data}: only {len(windows)} training windows; need at least one batch.")
+    if rank.main and opts.resume:
+        _restart_logs(opts, progress["step"])
+
+    g_model: torch.nn.Module = generator
+    d_model: torch.nn.Module = discriminator
+    if rank.world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        g_model = DistributedDataParallel(generator, device_ids=ids)
+        d_model = DistributedDataParallel(discriminator, device_ids=ids)
+
+    def checkpoint() -> None:
+        if rank.main:
+            save_checkpoint(last_path, generator, discriminator, opt_g, opt_d, progress)
+
+    started = time.perf_counter()
+    wall_before = progress["wall_s"]
+    phase_index = [p for p, _ in _phases(opts)].index(progress["phase"])
+    with _StopFlag() as stop:
+        for phase, n_epochs in _phases(opts)[phase_index:]:
+            if progress["phase"] != phase:
+                progress.update(phase=phase, epoch=0, batch=0)
+            while progress["epoch"] < n_epochs:
+                epoch = progress["epoch"]
+                order = _epoch_order(len(windows), opts.seed, phase, epoch, rank)
+                batches = [order[i : i + opts.batch_size] for i in range(0, len(order), opts.batch_size)]
+                emit("epoch_start", phase=phase, epoch=epoch, epochs=n_epochs, steps=len(batches), done=progress["batch"])
+                loader = torch.utils.data.DataLoader(
+                    windows, batch_sampler=batches[progress["batch"] :], num_workers=opts.workers
+                )
+                t_last = time.perf_counter()
+                for b, batch in enumerate(loader, start=progress["batch"]):
+                    x = to_tensor(batch).to(device)  # (B, 11, S, S) uint8 -> (B, 11, 1, S, S) in [-1, 1]
+                    where = f"step {progress['step'] + 1} ({phase} epoch {epoch + 1})"
+                    losses = _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, last_path)
+                    progress["step"] += 1
+                    progress["batch"] = b + 1
+                    now = time.perf_counter()
+                    rate = len(batches[b]) * rank.world / max(now - t_last, 1e-9)
+                    t_last = now
+                    progress["wall_s"] = wall_before + (now - started)
+                    if rank.main:
+                        row = {"step": progress["step"], "phase": phase, "epoch": epoch + 1, "samples_per_s": f"{rate:.3f}"}
+                        row.update({k: f"{v:.6g}" for k, v in losses.items()})
+                        _append_row(opts.log_path, LOG_FIELDS, row)
+                    emit("step", phase=phase, epoch=epoch, batch=b + 1, steps=len(batches), losses=losses, samples_per_s=rate)
+                    if progress["step"] % opts.checkpoint_every == 0:
+                        checkpoint()
+                    if _any_rank(stop.stop, rank, device):
+                        checkpoint()
+                        raise TrainingInterrupted(
+                            f"stopped at step {progress['step']}; checkpoint written to {last_path}. "
+                            "Run the same command with --resume to continue."
+                        )
+                progress.update(epoch=epoch + 1, batch=0)
+                if rank.main:
+                    _end_of_epoch(opts, progress, phase, generator, discriminator, val_clips, device, best_path, emit)
+                checkpoint()
+                rank.barrier()
+
+    if not rank.main:
+        return None
+    final = _final_phase(opts)
+    progress.update(phase="done", done_epochs=dict(_phases(opts))[final])
+    checkpoint()
+    return _finish(opts, progress, generator, discriminator, config, train_clips, val_clips, device, best_path, warnings, emit)
+
+
+def _any_rank(flag: bool, rank: _Rank, device: torch.device) -> bool:
+    if rank.world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt) -> dict[str, float]:
+    neighbours, target = split_window(x)
+    if phase == "pretrain":
+        with autocast(device, opts.precision):
+            pred = g_model(neighbours)
+        loss = pixel_loss(pred, target).mean()
+        _check_finite({"pixel loss": loss}, where, ckpt)
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_g.step()
+        return {"loss_pixel": loss.item()}
+
+    b = x.shape[0]
+    with autocast(device, opts.precision):
+        pred = g_model(neighbours)  # (B, 1, S, S)
+    fake = with_middle(x, pred.to(x.dtype))  # (B, 11, 1, S, S): S^_t
+    # Discriminator step: real and fake in one forward (one DDP reduction).
+    with autocast(device, opts.precision):
+        logits = d_model(torch.cat([x, fake.detach()]))  # (2B, h, w)
+    d_real = d_loss_map(logits[:b], real=True).mean()
+    d_fake = d_loss_map(logits[b:], real=False).mean()
+    loss_d = d_real + d_fake
+    _check_finite({"discriminator loss": loss_d}, where, ckpt)
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+    # Generator step against the updated discriminator, called bare with frozen weights:
+    # gradients reach the fake frame only, and a DDP-wrapped discriminator sees exactly one
+    # forward per backward.
+    d_core = _unwrap(d_model)
+    d_core.requires_grad_(False)
+    try:
+        with autocast(device, opts.precision):
+            fake_logits = d_core(fake)
+        loss_adv = d_loss_map(fake_logits, real=True).mean()
+        loss_pix = pixel_loss(pred, target).mean()
+        loss_g = loss_adv + opts.lam * loss_pix
+        _check_finite({"generator loss": loss_g}, where, ckpt)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+    finally:
+        d_core.requires_grad_(True)
+    with torch.no_grad():
+        d_on_real = torch.sigmoid(logits[:b].float()).mean().item()
+        d_on_fake = torch.sigmoid(logits[b:].float()).mean().item()
+    return {
+        "loss_pixel": loss_pix.item(),
+        "loss_adv": loss_adv.item(),
+        "loss_d": loss_d.item(),
+        "d_real": d_on_real,
+        "d_fake": d_on_fake,
+    }
+
+
+def _end_of_epoch(opts, progress, phase, generator, discriminator, val_clips, device, best_path, emit) -> None:
+    val_pixel = val_d = float("nan")
+    if val_clips:
+        pixel, d = validate(generator, discriminator, val_clips, device, opts.precision)
+        val_pixel, val_d = float(pixel.mean()), float(d.mean())
+    selected = False
+    if phase == _final_phase(opts):
+        best = progress.get("best")
+        if not val_clips or best is None or val_pixel < best["val_pixel"] or (
+            best.get("phase") != phase
+        ):
+            progress["best"] = {"phase": phase, "epoch": progress["epoch"], "step": progress["step"], "val_pixel": val_pixel, "val_d": val_d}
+            save_weights(best_path, generator, discriminator, PRESETS[opts.preset])
+            selected = True
+    _append_row(
+        opts.val_log_path,
+        VAL_FIELDS,
+        {"step": progress["step"], "phase": phase, "epoch": progress["epoch"], "val_pixel": f"{val_pixel:.6g}", "val_d": f"{val_d:.6g}", "selected": int(selected)},
+    )
+    plot_losses(opts.log_path, opts.val_log_path, opts.plot_path)
+    emit("epoch_end", phase=phase, epoch=progress["epoch"], val_pixel=val_pixel, val_d=val_d, selected=selected)
+
+
+def _finish(opts, progress, generator, discriminator, config, train_clips, val_clips, device, best_path, warnings, emit):
+    if best_path.exists():
+        best = load_weights(best_path).to(device)
+        generator, discriminator = best.generator, best.discriminator
+    calib_clips, calib_source = (val_clips, "validation") if val_clips else (train_clips, "training (no validation data)")
+    emit("calibrate", windows=len(WindowSet(calib_clips)), source=calib_source)
+    pixel, d = validate(generator, discriminator, calib_clips, device, opts.precision)
+    try:
+        calibration = scoring.calibrate(pixel, d, opts.false_alarm_rate)
+    except ValueError as err:
+        raise TrainingError(f"{opts.data}: cannot calibrate on {calib_source} windows ({err}).") from None
+    calibration["source"] = calib_source
+    calibration["clips"] = [c.source for c in calib_clips]
+    training = {
+        "stan_version": __version__,
+        "command": " ".join(sys.argv),
+        "data": str(opts.data),
+        "train_clips": [c.source for c in train_clips],
+        "pretrain_epochs": opts.pretrain_epochs,
+        "epochs": opts.epochs,
+        "steps": progress["step"],
+        "options": {k: getattr(opts, k) for k in TrainOptions.RUN_KEYS} | {"precision": opts.precision},
+        "selection_rule": SELECTION_RULE,
+        "selected": progress.get("best"),
+        "wall_s": round(progress["wall_s"], 1),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "device": str(device),
+            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        },
+        "warnings": warnings,
+    }
+    save_weights(opts.out, generator, discriminator, config, calibration, training)
+    plot_losses(opts.log_path, opts.val_log_path, opts.plot_path)
+    result = TrainResult(
+        out=opts.out,
+        selected=progress.get("best") or {},
+        calibration=calibration,
+        wall_s=progress["wall_s"],
+        steps=progress["step"],
+        log=opts.log_path,
+        plot=opts.plot_path,
+    )
+    emit("done", result=result)
+    return result

@@ -1,0 +1,253 @@
+"""Weights and training checkpoints as safetensors, with JSON metadata. No pickle anywhere.
+
+A weights file holds `generator.*` and `discriminator.*` tensors and string metadata:
+  format="stan-weights", format_version, config (StanConfig as JSON), calibration (JSON or
+  absent), training (JSON: command, data, epochs, wall time, selection rule ...).
+Loading is strict: a missing or unexpected key, a shape from another config, or a newer
+format version is an error that says which.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import WeightsError
+from .model import Discriminator, Generator, StanConfig
+
+FORMAT = "stan-weights"
+FORMAT_VERSION = 1
+CHECKPOINT_FORMAT = "stan-checkpoint"
+# Shipped weights, best first: trained Ped2 weights once they exist, else the seeded untrained file.
+DEFAULT_WEIGHTS_NAMES = ("stan-ped2.safetensors", "stan-untrained.safetensors")
+
+
+def find_default_weights() -> Path:
+    """The shipped weights: $STAN_WEIGHTS, else weights/ of the source tree, else ./weights/."""
+    env = os.environ.get("STAN_WEIGHTS")
+    if env:
+        return Path(env)
+    folders = [Path(__file__).resolve().parent.parent / "weights", Path.cwd() / "weights"]
+    for folder in folders:
+        for name in DEFAULT_WEIGHTS_NAMES:
+            if (folder / name).is_file():
+                return folder / name
+    raise WeightsError(
+        "no default weights found (looked in "
+        + ", ".join(str(f) for f in folders)
+        + "). Pass --weights FILE, set STAN_WEIGHTS, or run from the stan source folder."
+    )
+
+
+@dataclass
+class Stan:
+    """Both networks, rebuilt from a weights file, with what was stored beside them."""
+
+    generator: Generator
+    discriminator: Discriminator
+    config: StanConfig
+    calibration: dict | None = None
+    training: dict = field(default_factory=dict)
+    path: Path | None = None
+    sha256: str | None = None
+
+    def to(self, device: torch.device | str) -> "Stan":
+        self.generator.to(device)
+        self.discriminator.to(device)
+        return self
+
+    def eval(self) -> "Stan":
+        self.generator.eval()
+        self.discriminator.eval()
+        return self
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def model_tensors(generator: nn.Module, discriminator: nn.Module) -> dict[str, torch.Tensor]:
+    tensors = {f"generator.{k}": v for k, v in generator.state_dict().items()}
+    tensors.update({f"discriminator.{k}": v for k, v in discriminator.state_dict().items()})
+    return tensors
+
+
+def save_weights(
+    path: Path,
+    generator: nn.Module,
+    discriminator: nn.Module,
+    config: StanConfig,
+    calibration: dict | None = None,
+    training: dict | None = None,
+) -> None:
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "config": json.dumps(config.to_dict()),
+        "training": json.dumps(training or {}),
+    }
+    if calibration is not None:
+        metadata["calibration"] = json.dumps(calibration)
+    _atomic_save(model_tensors(generator, discriminator), metadata, path)
+
+
+def _read(path: Path, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found. Pass --weights with a .safetensors file from `stan train`.")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise WeightsError(
+            f"{path}: not a readable safetensors file ({err}); it may be truncated or another format. "
+            "Re-download it or point --weights at a file written by `stan train`."
+        ) from None
+    if metadata.get("format") != expected_format:
+        raise WeightsError(
+            f"{path}: a safetensors file, but not {expected_format} (format={metadata.get('format')!r}). "
+            "Use a file written by `stan train`."
+        )
+    try:
+        version = int(metadata.get("format_version", "0"))
+    except ValueError:
+        version = -1
+    if version > FORMAT_VERSION:
+        raise WeightsError(
+            f"{path}: format version {version} is newer than this stan understands ({FORMAT_VERSION}). Upgrade stan."
+        )
+    if version < 1:
+        raise WeightsError(f"{path}: format version {metadata.get('format_version')!r} is not valid.")
+    return tensors, metadata
+
+
+def _load_strict(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path: Path) -> None:
+    wanted = module.state_dict()
+    given = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    missing = sorted(set(wanted) - set(given))
+    unexpected = sorted(set(given) - set(wanted))
+    if missing or unexpected:
+        raise WeightsError(
+            f"{path}: weights do not match the {prefix.rstrip('.')} (missing keys: {missing[:5]}, "
+            f"unexpected keys: {unexpected[:5]}). The file is for another architecture."
+        )
+    for k, v in wanted.items():
+        if tuple(given[k].shape) != tuple(v.shape):
+            raise WeightsError(
+                f"{path}: {prefix}{k} has shape {tuple(given[k].shape)}, the config says {tuple(v.shape)}. "
+                "The file's config and tensors disagree."
+            )
+    module.load_state_dict(given, strict=True)
+
+
+def load_weights(path: Path) -> Stan:
+    """Rebuild both networks from a weights file (on the CPU, in eval mode)."""
+    path = Path(path)
+    tensors, metadata = _read(path, FORMAT)
+    try:
+        config = StanConfig.from_dict(json.loads(metadata["config"]))
+        calibration = json.loads(metadata["calibration"]) if "calibration" in metadata else None
+        training = json.loads(metadata.get("training", "{}"))
+    except (KeyError, ValueError, TypeError) as err:
+        raise WeightsError(f"{path}: metadata is damaged ({err}). Use a file written by `stan train`.") from None
+    generator, discriminator = Generator(config), Discriminator(config)
+    _load_strict(generator, tensors, "generator.", path)
+    _load_strict(discriminator, tensors, "discriminator.", path)
+    stan = Stan(generator, discriminator, config, calibration, training, path, file_sha256(path))
+    return stan.eval()
+
+
+# --- training checkpoints: models, optimisers, RNG state and progress, all in one safetensors file
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], str]:
+    sd = opt.state_dict()
+    tensors = {}
+    for index, state in sd["state"].items():
+        for name, value in state.items():
+            tensors[f"{prefix}.{index}.{name}"] = torch.as_tensor(value)
+    return tensors, json.dumps(sd["param_groups"])
+
+
+def _unflatten_optimizer(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str, groups: str
+) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            index, name = key[len(prefix) + 1 :].split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": json.loads(groups)})
+
+
+def save_checkpoint(
+    path: Path,
+    generator: nn.Module,
+    discriminator: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    progress: dict,
+) -> None:
+    """Everything a run needs to continue exactly where it stopped; written atomically."""
+    tensors = model_tensors(generator, discriminator)
+    g_state, g_groups = _flatten_optimizer(opt_g, "opt_g")
+    d_state, d_groups = _flatten_optimizer(opt_d, "opt_d")
+    tensors.update(g_state)
+    tensors.update(d_state)
+    tensors["rng.torch"] = torch.get_rng_state()
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "opt_g_groups": g_groups,
+        "opt_d_groups": d_groups,
+        "progress": json.dumps(progress),
+    }
+    _atomic_save(tensors, metadata, path)
+
+
+def load_checkpoint(
+    path: Path,
+    generator: nn.Module,
+    discriminator: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+) -> dict:
+    """Restore a checkpoint into the given modules and optimisers; returns its progress dict."""
+    tensors, metadata = _read(path, CHECKPOINT_FORMAT)
+    _load_strict(generator, tensors, "generator.", path)
+    _load_strict(discriminator, tensors, "discriminator.", path)
+    _unflatten_optimizer(opt_g, tensors, "opt_g", metadata["opt_g_groups"])
+    _unflatten_optimizer(opt_d, tensors, "opt_d", metadata["opt_d_groups"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return json.loads(metadata["progress"])
+
+
+def read_checkpoint_progress(path: Path) -> dict:
+    _, metadata = _read(path, CHECKPOINT_FORMAT)
+    return json.loads(metadata["progress"])
