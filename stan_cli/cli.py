@@ -125,7 +125,7 @@ def detect(
     t = s["timings"]
     table.add_row("time", f"{t['total_s']:.1f} s ({t['scoring_s']:.1f} s scoring, {result.n_frames / max(t['scoring_s'], 1e-9):.1f} frames/s)")
     out.print(table)
-    out.print(f"Results written to [bold]{out_dir}[/] (open {out_dir / 'index.html'})")
+    out.print(f"Results written to [bold]{out_dir}[/] (open {out_dir / 'index.html'})", soft_wrap=True, highlight=False)
 
 
 # ----------------------------------------------------------------------------------------- train
@@ -214,7 +214,7 @@ def train(
     table.add_row("steps / wall time", f"{result.steps} / {result.wall_s / 60:.1f} min")
     table.add_row("loss log / plot", f"{result.log} / {result.plot}")
     out.print(table)
-    out.print(f"Weights written to [bold]{result.out}[/]")
+    out.print(f"Weights written to [bold]{result.out}[/]", soft_wrap=True, highlight=False)
 
 
 # ---------------------------------------------------------------------------------------- explain

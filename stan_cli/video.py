@@ -73,6 +73,7 @@ def _concat_list(files: list[Path]) -> str:
     for f in files:
         escaped = str(f.resolve()).replace("'", "'\\''")
         lines.append(f"file '{escaped}'")
+        lines.append("duration 0.04")  # without it, single-image inputs get broken timestamps and are dropped
     return "\n".join(lines) + "\n"
 
 
@@ -125,6 +126,8 @@ class _Source:
 
 def _open(source: _Source, output_params: list[str] | None = None):
     target, input_params = source.input_args()
+    # passthrough: every decoded frame exactly once, never duplicated or dropped to fit a rate
+    output_params = ["-fps_mode", "passthrough", *(output_params or [])]
     gen = imageio_ffmpeg.read_frames(
         target, pix_fmt="rgb24", input_params=input_params, output_params=output_params
     )

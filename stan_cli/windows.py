@@ -68,4 +68,4 @@ def _emit(buffer: list[np.ndarray], first_index: int, count: int) -> tuple[list[
     windows = np.lib.stride_tricks.sliding_window_view(stack, WINDOW, axis=0)  # (count, S, S, 11)
     windows = np.moveaxis(windows, -1, 1)  # (count, 11, S, S)
     middles = [first_index + CONTEXT + k for k in range(count)]
-    return middles, np.ascontiguousarray(windows)
+    return middles, np.array(windows)  # a writable, contiguous copy

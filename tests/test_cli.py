@@ -1,0 +1,113 @@
+"""The `stan` command through Typer's CliRunner: exit codes, error lines, the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from stan_cli import __version__
+from stan_cli.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_help_lists_the_commands():
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("detect", "train", "explain"):
+        assert command in result.output
+
+
+def test_no_args_shows_help():
+    result = run()
+    assert "detect" in result.output and "Usage" in result.output
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_detect_writes_report_and_says_where(clip_video, tiny_weights, tmp_path):
+    out = tmp_path / "report dir ünicode"
+    result = run("detect", clip_video, "--out", out, "--weights", tiny_weights, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert (out / "index.html").exists() and (out / "overlay_pixel_loss.mp4").exists()
+    last = result.output.strip().splitlines()[-1]
+    assert "Results written to" in last and "index.html" in last
+    assert json.loads((out / "summary.json").read_text())["input"]["frames"] == 40
+
+
+def _one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 1, result.output
+    text = result.stderr if hasattr(result, "stderr") else result.output
+    assert "Traceback" not in result.output
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    assert lines and lines[0].startswith("error:")
+    joined = " ".join(ln.strip() for ln in lines)
+    for fragment in fragments:
+        assert fragment in joined
+
+
+def test_missing_video(tmp_path, tiny_weights):
+    missing = tmp_path / "nope.mp4"
+    _one_line_error(run("detect", missing, "--out", tmp_path / "r", "--weights", tiny_weights), "nope.mp4", "no such file")
+
+
+def test_text_file_named_mp4(tmp_path, tiny_weights):
+    fake = tmp_path / "fake.mp4"
+    fake.write_text("this is not a video")
+    _one_line_error(run("detect", fake, "--out", tmp_path / "r", "--weights", tiny_weights), "fake.mp4", "ffmpeg")
+
+
+def test_empty_folder(tmp_path, tiny_weights):
+    (tmp_path / "empty").mkdir()
+    _one_line_error(run("detect", tmp_path / "empty", "--out", tmp_path / "r", "--weights", tiny_weights), "no frames")
+
+
+def test_missing_weights(clip_video, tmp_path):
+    _one_line_error(run("detect", clip_video, "--out", tmp_path / "r", "--weights", tmp_path / "w.safetensors"), "w.safetensors", "not found")
+
+
+def test_weights_not_safetensors(clip_video, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 100)
+    _one_line_error(run("detect", clip_video, "--out", tmp_path / "r", "--weights", bad), "bad.safetensors")
+
+
+def test_non_empty_out_refused_then_overwrite(clip_video, tiny_weights, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+    _one_line_error(run("detect", clip_video, "--out", out, "--weights", tiny_weights), "already holds files", "--overwrite")
+    ok = run("detect", clip_video, "--out", out, "--weights", tiny_weights, "--overwrite", "--no-video")
+    assert ok.exit_code == 0, ok.output
+    assert not (out / "overlay_pixel_loss.mp4").exists()
+
+
+def test_cuda_when_absent(clip_video, tiny_weights, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    _one_line_error(run("detect", clip_video, "--out", tmp_path / "r", "--weights", tiny_weights, "--device", "cuda"), "CUDA")
+
+
+def test_bad_score_kind(clip_video, tiny_weights, tmp_path):
+    _one_line_error(run("detect", clip_video, "--out", tmp_path / "r", "--weights", tiny_weights, "--score", "xyz"), "--score")
+
+
+def test_usage_error_exit_code_2(tmp_path):
+    result = run("detect", "--no-such-option")
+    assert result.exit_code == 2
+
+
+def test_explain_answers_not_yet(clip_video):
+    result = run("explain", clip_video, "--frame", "12")
+    assert result.exit_code == 1 and "not available yet" in result.output
