@@ -449,7 +449,7 @@ def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event) -> 
 
     def checkpoint() -> None:
         if rank.main:
-            save_checkpoint(last_path, generator, discriminator, opt_g, opt_d, progress)
+            save_checkpoint(last_path, generator, discriminator, opt_g, opt_d, progress, config)
 
     started = time.perf_counter()
     wall_before = progress["wall_s"]

@@ -78,11 +78,13 @@ def _concat_list(files: list[Path]) -> str:
 
 
 def _ffmpeg_message(err: BaseException) -> str:
-    """The most useful line of an imageio-ffmpeg error (ffmpeg's own words)."""
-    text = str(err).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    """The most useful line of an imageio-ffmpeg error (ffmpeg's own words, or the OS error)."""
+    lines = [
+        ln.strip() for ln in str(err).splitlines()
+        if ln.strip() and not ln.strip().startswith(("FFMPEG COMMAND", "FFMPEG STDERR OUTPUT", "/", "ffmpeg "))
+    ]
     for ln in reversed(lines):
-        if "Error" in ln or "Invalid" in ln or "No such" in ln or "does not contain" in ln:
+        if any(k in ln for k in ("Error", "Invalid", "No such", "does not contain", "Errno", "Broken pipe")):
             return ln
     return lines[-1] if lines else type(err).__name__
 
@@ -197,8 +199,10 @@ def read_frames(path: Path, fps: float | None = None) -> tuple[VideoInfo, Iterat
 
 def _stream(gen, source: _Source, info: VideoInfo) -> Iterator[np.ndarray]:
     shape = (info.height, info.width, 3)
+    count = 0
     try:
         for raw in gen:
+            count += 1
             yield np.frombuffer(raw, dtype=np.uint8).reshape(shape)
     except (OSError, RuntimeError) as err:
         raise InputError(
@@ -208,6 +212,12 @@ def _stream(gen, source: _Source, info: VideoInfo) -> Iterator[np.ndarray]:
     finally:
         gen.close()
         source.close()
+    if source.kind == "frames" and count != len(source.files):
+        # ffmpeg skips an image it cannot decode; every later frame would get the wrong index.
+        raise InputError(
+            f"{source.path}: decoded {count} of {len(source.files)} images; at least one is unreadable. "
+            "Remove or replace the corrupt image."
+        )
 
 
 class VideoWriter:
@@ -219,6 +229,8 @@ class VideoWriter:
 
     def __init__(self, path: Path, width: int, height: int, fps: float) -> None:
         self.path = Path(path)
+        if not self.path.parent.is_dir() or not os.access(self.path.parent, os.W_OK):
+            raise OutputError(f"{self.path}: its folder does not exist or is not writable. Choose a writable location.")
         self.width, self.height = width + width % 2, height + height % 2
         self.tmp = self.path.with_name(f".{self.path.name}.tmp.mp4")
         self._gen = imageio_ffmpeg.write_frames(
@@ -239,21 +251,28 @@ class VideoWriter:
 
     def write(self, frame: np.ndarray) -> None:
         h, w = frame.shape[:2]
+        if h > self.height or w > self.width:
+            raise ValueError(f"frame {w}x{h} is larger than the video {self.width}x{self.height}")
         if (h, w) != (self.height, self.width):
             frame = np.pad(frame, ((0, self.height - h), (0, self.width - w), (0, 0)), mode="edge")
         try:
             self._gen.send(np.ascontiguousarray(frame, dtype=np.uint8))
         except (OSError, RuntimeError) as err:
-            raise OutputError(f"{self.path}: writing video failed ({_ffmpeg_message(err)}).") from None
+            raise OutputError(
+                f"{self.path}: writing video failed ({_ffmpeg_message(err)}). Is the folder writable and the disk not full?"
+            ) from None
 
     def close(self, ok: bool = True) -> None:
         try:
             self._gen.close()
         finally:
-            if ok and self.tmp.exists():
+            written = self.tmp.exists() and self.tmp.stat().st_size > 0
+            if ok and written:
                 os.replace(self.tmp, self.path)
             elif self.tmp.exists():
                 self.tmp.unlink()
+        if ok and not written:
+            raise OutputError(f"{self.path}: ffmpeg wrote no video. Is the folder writable and the disk not full?")
 
     def __enter__(self) -> "VideoWriter":
         return self

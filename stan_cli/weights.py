@@ -213,6 +213,7 @@ def save_checkpoint(
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer,
     progress: dict,
+    config: StanConfig | None = None,
 ) -> None:
     """Everything a run needs to continue exactly where it stopped; written atomically."""
     tensors = model_tensors(generator, discriminator)
@@ -228,6 +229,8 @@ def save_checkpoint(
         "opt_d_groups": d_groups,
         "progress": json.dumps(progress),
     }
+    if config is not None:
+        metadata["config"] = json.dumps(config.to_dict())
     _atomic_save(tensors, metadata, path)
 
 
@@ -242,12 +245,18 @@ def load_checkpoint(
     tensors, metadata = _read(path, CHECKPOINT_FORMAT)
     _load_strict(generator, tensors, "generator.", path)
     _load_strict(discriminator, tensors, "discriminator.", path)
-    _unflatten_optimizer(opt_g, tensors, "opt_g", metadata["opt_g_groups"])
-    _unflatten_optimizer(opt_d, tensors, "opt_d", metadata["opt_d_groups"])
-    torch.set_rng_state(tensors["rng.torch"])
-    return json.loads(metadata["progress"])
+    try:
+        _unflatten_optimizer(opt_g, tensors, "opt_g", metadata["opt_g_groups"])
+        _unflatten_optimizer(opt_d, tensors, "opt_d", metadata["opt_d_groups"])
+        torch.set_rng_state(tensors["rng.torch"])
+        return json.loads(metadata["progress"])
+    except (KeyError, ValueError) as err:
+        raise WeightsError(f"{path}: checkpoint is incomplete ({err}). Start a new run with --overwrite.") from None
 
 
 def read_checkpoint_progress(path: Path) -> dict:
     _, metadata = _read(path, CHECKPOINT_FORMAT)
-    return json.loads(metadata["progress"])
+    try:
+        return json.loads(metadata["progress"])
+    except (KeyError, ValueError) as err:
+        raise WeightsError(f"{path}: checkpoint is incomplete ({err}). Start a new run with --overwrite.") from None

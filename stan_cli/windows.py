@@ -50,6 +50,8 @@ def sliding_windows(
     Yields (middle frame indices, (B, 11, S, S) uint8 windows). Memory holds at most
     batch_size + 10 frames, whatever the length of the stream.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     buffer: list[np.ndarray] = []
     first_index = 0  # frame index of buffer[0]
     for frame in frames:

@@ -1,7 +1,8 @@
 """The two networks: Table 1 shapes, parameter counts, the open choices we made, a golden tensor.
 
-Regenerate the golden tensor (after a deliberate change to the networks) with
+Regenerate the golden tensor (only after a deliberate change to the networks) with
     STAN_REGEN_GOLDEN=1 .venv/bin/pytest tests/test_model.py -k golden
+or  .venv/bin/python tests/test_model.py
 """
 
 from __future__ import annotations
@@ -429,3 +430,8 @@ def test_golden_tiny_outputs():
     np.testing.assert_allclose(out["logits"], stored["logits"], rtol=0, atol=1e-5)
     # a golden tensor that is constant would pin nothing
     assert stored["generated"].std() > 1e-4
+
+
+if __name__ == "__main__":  # python tests/test_model.py: the same as STAN_REGEN_GOLDEN=1
+    regenerate_golden()
+    print(f"wrote {GOLDEN}")

@@ -1,0 +1,574 @@
+"""`stan train`: a short run trains and calibrates; stops, crashes and kills resume exactly;
+refusals are one red line; two processes train with Gloo on the CPU.
+
+Everything uses the tiny preset on 30-frame synthetic clips and one torch thread (the CPU may
+be shared with other work, and tiny convolutions only lose time to thread hand-offs).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from conftest import make_clip, write_frame_folder, write_video
+from stan_cli import cli
+from stan_cli.detect import detect
+from stan_cli.errors import InputError, OutputError, TrainingError
+from stan_cli.model import TINY, Discriminator, Generator
+from stan_cli.train import SELECTION_RULE, TrainOptions, train
+from stan_cli.weights import load_checkpoint, load_weights, read_checkpoint_progress
+
+NORMAL = range(0)  # make_clip without the bright square: normal footage
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "200"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data3(tmp_path_factory) -> Path:
+    """Three normal 30-frame clips, a frame folder and two videos: 1/, 2.mp4, 3.mp4."""
+    root = tmp_path_factory.mktemp("train3")
+    write_frame_folder(root / "1", make_clip(30, anomaly=NORMAL, seed=0))
+    write_video(root / "2.mp4", make_clip(30, anomaly=NORMAL, seed=1))
+    write_video(root / "3.mp4", make_clip(30, anomaly=NORMAL, seed=2))
+    return root
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    """Loose clips to copy into per-test folders: two normal, one short, one not a video."""
+    root = tmp_path_factory.mktemp("clips")
+    clips = {
+        "a": write_video(root / "a.mp4", make_clip(30, anomaly=NORMAL, seed=3)),
+        "b": write_video(root / "b.mp4", make_clip(30, anomaly=NORMAL, seed=4)),
+        "short": write_video(root / "short.mp4", make_clip(8, anomaly=NORMAL, seed=5)),
+        "short2": write_video(root / "short2.mp4", make_clip(10, anomaly=NORMAL, seed=6)),
+        "c25": write_video(root / "c25.mp4", make_clip(25, anomaly=NORMAL, seed=7)),
+    }
+    bad = root / "bad.mp4"
+    bad.write_text("this is a text file, not a video\n")
+    clips["bad"] = bad
+    return clips
+
+
+@pytest.fixture(scope="module")
+def folder44(tmp_path_factory) -> Path:
+    """One clip as a single folder of 44 frames (the shortest that gets a validation tail)."""
+    return write_frame_folder(tmp_path_factory.mktemp("single") / "clip44", make_clip(44, anomaly=NORMAL, seed=8))
+
+
+def folder_of(tmp_path: Path, name: str, *clips: Path, names: list[str] | None = None) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    for k, clip in enumerate(clips):
+        shutil.copy(clip, folder / (names[k] if names else clip.name))
+    return folder
+
+
+def options(data: Path, out: Path, **kw) -> TrainOptions:
+    """A tiny, quick run: one pretrain epoch, nothing held out, 4 windows a step."""
+    base = dict(data=data, out=out, preset="tiny", device="cpu", pretrain_epochs=1, epochs=0, batch_size=4, val_clips=0)
+    return TrainOptions(**{**base, **kw})
+
+
+class Events:
+    """on_event recorder; optionally raises `exc` at the n-th event of kind `at`."""
+
+    def __init__(self, at: str | None = None, n: int = 1, exc: BaseException | type = KeyboardInterrupt) -> None:
+        self.at, self.n, self.exc = at, n, exc
+        self.events: list[tuple[str, dict]] = []
+
+    def __call__(self, kind: str, **info) -> None:
+        self.events.append((kind, info))
+        if kind == self.at and len(self.of(kind)) == self.n:
+            raise self.exc
+
+    def of(self, kind: str) -> list[dict]:
+        return [info for k, info in self.events if k == kind]
+
+
+class _Stop(Exception):
+    pass
+
+
+def log_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def log_steps(path: Path) -> list[int]:
+    return [int(r["step"]) for r in log_rows(path)]
+
+
+def assert_steps_once(path: Path, n: int) -> None:
+    steps = log_steps(path)
+    assert len(steps) == len(set(steps)), f"duplicated steps in {path.name}: {steps}"
+    assert steps == list(range(1, n + 1))
+
+
+def ckpt_of(out: Path) -> Path:
+    return out.with_name(out.name + ".ckpt") / "last.safetensors"
+
+
+def lock_of(out: Path) -> Path:
+    return out.with_name(out.name + ".lock")
+
+
+def stan_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "stan_cli.cli", "train", *(str(a) for a in args)]
+
+
+def wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"stan train exited ({proc.returncode}) before {what}:\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"timed out waiting for {what}:\n{out}\n{err}")
+        time.sleep(0.01)
+
+
+runner = CliRunner()
+
+
+def run_cli(*args):
+    return runner.invoke(cli.app, ["train", *(str(a) for a in args)])
+
+
+# -------------------------------------------------------------------------------- 1. a short run
+
+
+def test_short_run_trains_calibrates_and_detect_uses_it(data3, videos, tmp_path):
+    out = tmp_path / "model.safetensors"
+    events = Events()
+    result = train(options(data3, out, pretrain_epochs=2, epochs=2, batch_size=3, val_clips=1), events)
+
+    assert result.out == out and result.steps == 4 * math.ceil(40 / 3)
+    stan = load_weights(out)
+    assert stan.config == TINY
+    cal = stan.calibration
+    assert cal["source"] == "validation" and cal["clips"] == [str(data3 / "3.mp4")]
+    assert math.isfinite(cal["lambda_s"]) and cal["lambda_s"] > 0
+    assert set(cal["kinds"]) == {"g", "d", "gd"}
+    assert all(math.isfinite(cal["kinds"][k]["threshold"]) for k in "g d gd".split())
+    training = stan.training
+    assert training["selection_rule"] == SELECTION_RULE
+    assert training["selected"]["phase"] == "adversarial" and training["selected"]["epoch"] in (1, 2)
+    assert training["steps"] == result.steps and training["wall_s"] > 0
+    assert training["train_clips"] == [str(data3 / "1"), str(data3 / "2.mp4")]
+
+    # The pixel loss falls a lot within four epochs: per step and on the held-out clip.
+    pixel = [float(r["loss_pixel"]) for r in log_rows(result.log)]
+    assert np.mean(pixel[-5:]) < 0.7 * np.mean(pixel[:5]), pixel
+    val = [float(r["val_pixel"]) for r in log_rows(out.with_name("model.val.csv"))]
+    assert len(val) == 4 and min(val) < 0.7 * val[0], val
+    assert [e["epoch"] for e in events.of("epoch_end")] == [1, 2, 1, 2]
+
+    assert result.log == tmp_path / "model.log.csv" and result.log.exists()
+    assert (tmp_path / "model.val.csv").exists()
+    assert result.plot == tmp_path / "model.losses.png"
+    assert result.plot.read_bytes()[:8] == PNG_SIGNATURE
+    assert not lock_of(out).exists()
+
+    report = detect(videos["a"], weights=out, out=tmp_path / "report", write_video=False, device="cpu")
+    assert "calibration" in report.threshold_source
+    assert report.threshold == pytest.approx(cal["kinds"]["gd"]["threshold"])
+
+
+# ------------------------------------------------------------------------- 2. resume after a crash
+
+
+def test_resume_after_a_crash_replays_exactly(data3, tmp_path):
+    # 40 windows in steps of 8: 5 steps an epoch, 20 in all; a checkpoint every 3 steps and at
+    # each epoch end. The crash at step 7 comes after the epoch-1 end (step 5) and a periodic
+    # checkpoint (step 6), before the next one (step 9).
+    kw = dict(pretrain_epochs=2, epochs=2, batch_size=8, val_clips=1, checkpoint_every=3)
+    reference = train(options(data3, tmp_path / "ref.safetensors", **kw))
+    assert reference.steps == 20
+
+    out = tmp_path / "model.safetensors"
+    crash = Events(at="step", n=7)
+    with pytest.raises(KeyboardInterrupt):
+        train(options(data3, out, **kw), crash)
+    assert len(crash.of("step")) == 7
+    assert read_checkpoint_progress(ckpt_of(out))["step"] == 6
+    assert not out.exists() and not lock_of(out).exists()
+    assert log_steps(tmp_path / "model.log.csv")[-1] == 7  # step 7 was logged, then lost
+
+    resumed = Events()
+    result = train(options(data3, out, resume=True, **kw), resumed)
+    assert result.steps == reference.steps == 20
+    assert len(resumed.of("step")) == 14
+    assert_steps_once(tmp_path / "model.log.csv", 20)
+    assert [int(r["step"]) for r in log_rows(tmp_path / "model.val.csv")] == [5, 10, 15, 20]
+
+    # Same seed, CPU, fp32: the resumed run is bit-identical to the uninterrupted one.
+    got, want = load_file(str(out)), load_file(str(reference.out))
+    assert got.keys() == want.keys()
+    different = [k for k in want if not torch.equal(got[k], want[k])]
+    assert not different, f"resumed weights differ from an uninterrupted run in {different[:5]}"
+    assert load_weights(out).calibration == load_weights(reference.out).calibration
+    assert read_checkpoint_progress(ckpt_of(out))["phase"] == "done"
+
+
+# ----------------------------------------------------------------- 3. real kill -9 and Ctrl-C
+
+
+def test_kill_9_then_resume_from_the_cli(data3, tmp_path):
+    out = tmp_path / "model.safetensors"
+    args = [data3, "--out", out, "--preset", "tiny", "--device", "cpu", "--pretrain-epochs", "2", "--epochs", "2",
+            "--val-clips", "1", "--checkpoint-every", "2"]
+    proc = subprocess.Popen(stan_cmd(*args), env=SUBPROCESS_ENV, cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(ckpt_of(out).exists, proc, "the first checkpoint")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    step = read_checkpoint_progress(ckpt_of(out))["step"]
+    assert step >= 2 and step % 2 == 0  # every 2 steps (epoch ends, 14 and 28, are even too)
+    assert lock_of(out).read_text().split()[1] == str(proc.pid)  # a stale lock stays behind
+
+    result = run_cli(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "Weights written to" in result.output
+    assert load_weights(out).training["steps"] == 4 * math.ceil(40 / 3)
+    assert_steps_once(tmp_path / "model.log.csv", 4 * math.ceil(40 / 3))
+    assert not lock_of(out).exists()
+
+
+def test_ctrl_c_checkpoints_the_current_step_and_exits_130(data3, tmp_path):
+    out = tmp_path / "model.safetensors"
+    log = tmp_path / "model.log.csv"
+    proc = subprocess.Popen(
+        stan_cmd(data3, "--out", out, "--preset", "tiny", "--device", "cpu", "--pretrain-epochs", "20", "--epochs", "0",
+                 "--val-clips", "0"),
+        env=SUBPROCESS_ENV, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 3, proc, "two logged steps")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+    stopped = int(re.search(r"stopped at step (\d+)", stderr).group(1))
+    assert read_checkpoint_progress(ckpt_of(out))["step"] == stopped
+    assert log_steps(log)[-1] == stopped
+    assert not out.exists() and not lock_of(out).exists()
+
+
+# ------------------------------------------------------------------- 4. continue a finished run
+
+
+def test_finished_run_continues_with_more_epochs_only(data3, tmp_path):
+    out = tmp_path / "model.safetensors"
+    kw = dict(pretrain_epochs=1, epochs=1, batch_size=8, val_clips=1)
+    assert train(options(data3, out, **kw)).steps == 10
+
+    more = train(options(data3, out, resume=True, **{**kw, "epochs": 2}))
+    assert more.steps == 15
+    assert_steps_once(tmp_path / "model.log.csv", 15)
+    training = load_weights(out).training
+    assert training["epochs"] == 2 and training["steps"] == 15
+    assert [r["phase"] for r in log_rows(tmp_path / "model.log.csv")[10:]] == ["adversarial"] * 5
+
+    with pytest.raises(TrainingError, match=r"--epochs N \(N > 2\)"):
+        train(options(data3, out, resume=True, **{**kw, "epochs": 2}))
+    assert not lock_of(out).exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="train.py _run: continuing a finished pretrain-only run (--epochs 0) with --epochs N starts the "
+    "adversarial phase at epoch done_epochs (the pretrain count), skipping adversarial epochs",
+)
+def test_finished_pretrain_only_run_continues_with_adversarial_epochs(data3, tmp_path):
+    out = tmp_path / "model.safetensors"
+    kw = dict(pretrain_epochs=1, epochs=0, batch_size=8, val_clips=1)
+    assert train(options(data3, out, **kw)).steps == 5
+    result = train(options(data3, out, resume=True, **{**kw, "epochs": 2}))
+    adversarial = [int(r["epoch"]) for r in log_rows(tmp_path / "model.log.csv") if r["phase"] == "adversarial"]
+    assert result.steps == 15 and adversarial == [1] * 5 + [2] * 5
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TrainingError,
+    reason="train.py _run: a run that stops after its 'done' checkpoint but before the weights file is "
+    "written (crash during calibration) cannot be resumed: --resume says it already finished",
+)
+def test_crash_during_calibration_is_resumable(data3, tmp_path):
+    out = tmp_path / "model.safetensors"
+    kw = dict(pretrain_epochs=1, epochs=0, batch_size=8, val_clips=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(options(data3, out, **kw), Events(at="calibrate"))
+    assert not out.exists()
+    result = train(options(data3, out, resume=True, **kw))
+    assert result.steps == 5 and load_weights(out).calibration is not None
+
+
+# --------------------------------------------------------------------------------- 5. the lock
+
+
+def test_a_live_lock_refuses_a_second_run(data3, tmp_path):
+    out = tmp_path / "model.safetensors"
+    lock_of(out).write_text(f"{socket.gethostname()} {os.getpid()}")
+    with pytest.raises(TrainingError, match="another `stan train`"):
+        train(options(data3, out))
+    assert lock_of(out).exists() and not out.exists()
+
+
+def test_a_lock_from_another_host_is_not_taken_over(data3, tmp_path):
+    out = tmp_path / "model.safetensors"
+    lock_of(out).write_text(f"not-{socket.gethostname()} 1")
+    with pytest.raises(TrainingError, match="another"):
+        train(options(data3, out))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="train.py train(): _prepare_outputs (which deletes last/best checkpoints and logs under "
+    "--overwrite) runs before the lock is taken, so a refused second run still wrecks the live run's files",
+)
+def test_a_refused_overwrite_leaves_the_live_runs_files_alone(data3, tmp_path):
+    out = tmp_path / "model.safetensors"
+    ckpt = ckpt_of(out)
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"the live run's checkpoint")
+    (tmp_path / "model.log.csv").write_text("step,phase\n1,pretrain\n")
+    lock_of(out).write_text(f"{socket.gethostname()} {os.getpid()}")
+    with pytest.raises(TrainingError, match="another"):
+        train(options(data3, out, overwrite=True))
+    assert ckpt.exists() and (tmp_path / "model.log.csv").exists()
+
+
+def test_a_stale_lock_is_taken_over_and_released(data3, tmp_path):
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert done.wait() == 0
+    for dead in (999_999_999, done.pid):
+        out = tmp_path / f"model-{dead}.safetensors"
+        lock_of(out).write_text(f"{socket.gethostname()} {dead}")
+        held = []
+        result = train(options(data3, out), lambda kind, **info: held.append(lock_of(out).read_text()))
+        assert result.steps == 15 and load_weights(out).calibration["source"].startswith("training")
+        assert set(held) == {f"{socket.gethostname()} {os.getpid()}"}  # ours while it ran
+        assert not lock_of(out).exists()
+
+
+# ------------------------------------------------------------------------------- 6. refusals
+
+
+def test_existing_out_is_refused(data3, tmp_path):
+    out = tmp_path / "model.safetensors"
+    out.write_bytes(b"someone's weights")
+    with pytest.raises(OutputError, match="--overwrite"):
+        train(options(data3, out))
+    assert out.read_bytes() == b"someone's weights"
+
+
+def test_resume_without_a_checkpoint_is_refused(data3, tmp_path):
+    with pytest.raises(TrainingError, match="no checkpoint to resume"):
+        train(options(data3, tmp_path / "model.safetensors", resume=True))
+
+
+def test_empty_folder_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="found no frames"):
+        train(options(tmp_path / "empty", tmp_path / "model.safetensors"))
+
+
+def test_only_short_clips_is_refused(videos, tmp_path):
+    data = folder_of(tmp_path, "short", videos["short"], videos["short2"])
+    events = Events()
+    with pytest.raises(InputError, match="at least 11"):
+        train(options(data, tmp_path / "model.safetensors"), events)
+    assert len(events.of("warning")) == 2
+
+
+@pytest.mark.parametrize("odd", ["short", "bad"])
+def test_an_unusable_clip_is_skipped_with_a_warning(videos, tmp_path, odd):
+    data = folder_of(tmp_path, "data", videos["a"], videos["b"], videos[odd])
+    events = Events()
+    result = train(options(data, tmp_path / "model.safetensors"), events)
+    warnings = [w["message"] for w in events.of("warning")]
+    assert len(warnings) == 1 and videos[odd].name in warnings[0], warnings
+    assert events.of("data")[0]["clips"] == 2 and events.of("data")[0]["skipped"] == 1
+    assert result.steps == 10  # 2 clips x 20 windows, 4 a step
+    assert load_weights(result.out).training["warnings"] == warnings
+
+
+@pytest.fixture
+def refusal(request, data3, videos, tmp_path):
+    """(args, fragment) of a `stan train` the user gets wrong."""
+    out = tmp_path / "model.safetensors"
+    case = request.param
+    if case == "existing out":
+        out.write_bytes(b"x")
+        return [data3, "--out", out], "already exists"
+    if case == "resume without checkpoint":
+        return [data3, "--out", out, "--resume"], "no checkpoint to resume"
+    if case == "empty folder":
+        (tmp_path / "empty").mkdir()
+        return [tmp_path / "empty", "--out", out], "found no frames"
+    if case == "missing folder":
+        return [tmp_path / "nope", "--out", out], "no such folder"
+    if case == "short clips":
+        return [folder_of(tmp_path, "short", videos["short"]), "--out", out], "at least 11"
+    if case == "live lock":
+        lock_of(out).write_text(f"{socket.gethostname()} {os.getpid()}")
+        return [data3, "--out", out], "another `stan train`"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    ["existing out", "resume without checkpoint", "empty folder", "missing folder", "short clips", "live lock"],
+    indirect=True,
+)
+def test_cli_user_errors_are_one_error_line(refusal):
+    args, fragment = refusal
+    result = run_cli(*args, "--preset", "tiny", "--device", "cpu")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and fragment in errors[0], result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_cli_error_line_is_red(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    monkeypatch.setattr(cli, "err", Console(stderr=True, force_terminal=True, color_system="standard", width=200))
+    result = run_cli(tmp_path / "nope", "--out", tmp_path / "m.safetensors", "--preset", "tiny")
+    assert result.exit_code == 1
+    assert "\x1b[1;31merror:" in result.stderr, repr(result.stderr)
+
+
+# --------------------------------------------------------------------------------------- 7. NaN
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data3, tmp_path, monkeypatch):
+    import stan_cli.train as train_module
+
+    real = train_module.pixel_loss
+    calls = {"n": 0}
+
+    def pixel_loss(pred, target):
+        calls["n"] += 1
+        loss = real(pred, target)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(train_module, "pixel_loss", pixel_loss)
+    out = tmp_path / "model.safetensors"
+    with pytest.raises(TrainingError, match="step 5") as info:
+        train(options(data3, out, checkpoint_every=2))
+    message = str(info.value)
+    assert "nan" in message and str(ckpt_of(out)) in message and "is kept" in message
+    assert not out.exists() and not lock_of(out).exists()
+    assert log_steps(tmp_path / "model.log.csv") == [1, 2, 3, 4]
+
+    torch.manual_seed(1)
+    g, d = Generator(TINY), Discriminator(TINY)
+    opt_g, opt_d = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
+    progress = load_checkpoint(ckpt_of(out), g, d, opt_g, opt_d)
+    assert progress["step"] == 4
+    assert all(torch.isfinite(p).all() for p in [*g.parameters(), *d.parameters()])
+
+
+# --------------------------------------------------------------------------------------- 8. DDP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_gloo_run_shards_the_windows(data3, tmp_path):
+    out = tmp_path / "model.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "stan_cli.cli", "train", str(data3), "--out", str(out),
+           "--preset", "tiny", "--device", "cpu", "--pretrain-epochs", "1", "--epochs", "1", "--val-clips", "1"]
+    try:
+        proc = subprocess.run(cmd, env=SUBPROCESS_ENV, cwd=tmp_path, text=True, capture_output=True, timeout=180)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"2-process training hung:\n{err.stdout}\n{err.stderr}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    stan = load_weights(out)
+    steps_per_epoch = math.ceil((40 // 2) / 3)  # 40 training windows, half a rank, 3 a step
+    assert stan.training["steps"] == 2 * steps_per_epoch
+    assert stan.training["machine"]["world_size"] == 2
+    rows = log_rows(tmp_path / "model.log.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, 2 * steps_per_epoch + 1))  # rank 0 logs, once
+    assert all(float(r["samples_per_s"]) > 0 for r in rows)
+    assert stan.calibration["n_windows"] == 20 and not lock_of(out).exists()
+
+
+# ------------------------------------------------------------------------ 9. validation split
+
+
+def _data_event(data: Path, out: Path, **kw) -> dict:
+    events = Events(at="data", exc=_Stop)
+    with pytest.raises(_Stop):
+        train(options(data, out, **kw), events)
+    return events.of("data")[0]
+
+
+def test_the_last_clip_in_natural_order_is_held_out(videos, tmp_path):
+    # 1.mp4 and 2.mp4 have 30 frames, 10.mp4 has 25: natural order puts 10 last.
+    data = folder_of(tmp_path, "data", videos["a"], videos["b"], videos["c25"], names=["1.mp4", "2.mp4", "10.mp4"])
+    info = _data_event(data, tmp_path / "model.safetensors", val_clips=1)
+    assert info == dict(clips=3, train_clips=2, val_clips=1, train_windows=40, val_windows=15, skipped=0)
+
+
+def test_a_single_long_clip_gives_its_tail(folder44, tmp_path):
+    info = _data_event(folder44, tmp_path / "a.safetensors", val_clips=2)
+    assert info["clips"] == 1 and info["val_clips"] == 1
+    assert info["val_windows"] > 0 and info["train_windows"] + info["val_windows"] < 44 - 10
+    assert info["train_windows"] == 44 - 11 - 10  # the tail: max(11, 15 %) frames
+
+    shorter = shutil.copytree(folder44, tmp_path / "clip43")
+    (shorter / "43.png").unlink()
+    info = _data_event(shorter, tmp_path / "b.safetensors", val_clips=2)
+    assert info["val_windows"] == 0 and info["train_windows"] == 43 - 10
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TrainingError,
+    reason="dataset.py split_validation: a single clip of 44-79 frames gets an 11-frame tail, i.e. ONE "
+    "validation window, and scoring.calibrate needs at least 2, so training fails at the very end",
+)
+def test_a_single_44_frame_clip_trains_and_calibrates(folder44, tmp_path):
+    result = train(options(folder44, tmp_path / "model.safetensors", val_clips=2))
+    assert result.calibration["n_windows"] >= 2
