@@ -74,26 +74,30 @@ def _decode(source: Path, size: int, target: Path) -> int:
     """Decode a clip into target (.npy, uint8 (N, S, S)); returns N. Streams in chunks."""
     _, frames = read_frames(source)
     tmp = target.with_suffix(".partial")
-    count = 0
-    with open(tmp, "wb") as fh:
+    try:
+        _write_grey(frames, size, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    count = tmp.stat().st_size // (size * size)
+    with open(tmp, "rb") as raw, open(target, "wb") as out:
+        out.write(_npy_header((count, size, size)))
+        while block := raw.read(1 << 24):
+            out.write(block)
+    tmp.unlink()
+    return count
+
+
+def _write_grey(frames, size: int, path: Path) -> None:
+    with open(path, "wb") as fh:
         chunk: list[np.ndarray] = []
         for frame in frames:
             chunk.append(frame)
             if len(chunk) == DECODE_CHUNK:
                 fh.write(to_grey_square(np.stack(chunk), size).tobytes())
-                count += len(chunk)
                 chunk = []
         if chunk:
             fh.write(to_grey_square(np.stack(chunk), size).tobytes())
-            count += len(chunk)
-    # Prefix the raw bytes with a .npy header so the cache opens with np.load(mmap_mode="r").
-    header = _npy_header((count, size, size))
-    with open(target, "wb") as out, open(tmp, "rb") as raw:
-        out.write(header)
-        while block := raw.read(1 << 24):
-            out.write(block)
-    tmp.unlink()
-    return count
 
 
 def _npy_header(shape: tuple[int, ...]) -> bytes:
@@ -158,7 +162,7 @@ def split_validation(clips: list[Clip], val_clips: int) -> tuple[list[Clip], lis
 
     With more clips than `val_clips`, the last `val_clips` clips (natural order) are held out.
     Otherwise each clip long enough (>= 4 windows' worth) gives its last 15 % of frames, at least
-    11, so that one long video can still be validated. val_clips=0 holds out nothing.
+    12 (two windows), so that one long video can still be validated. val_clips=0 holds out nothing.
     """
     if val_clips <= 0:
         return clips, []
@@ -167,7 +171,7 @@ def split_validation(clips: list[Clip], val_clips: int) -> tuple[list[Clip], lis
     train, val = [], []
     for clip in clips:
         n = len(clip)
-        n_val = max(WINDOW, int(round(0.15 * n)))
+        n_val = max(WINDOW + 1, int(round(0.15 * n)))  # at least 2 windows: calibration needs 2
         if n - n_val >= WINDOW and n >= 4 * WINDOW:
             train.append(Clip(clip.name, clip.source, clip.frames[: n - n_val]))
             val.append(Clip(clip.name + ":tail", clip.source, clip.frames[n - n_val :]))

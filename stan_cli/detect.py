@@ -138,28 +138,63 @@ def detect(
     return result
 
 
+class ScoreStream:
+    """Decode a video and score it window by window: `for middles, scores in stream: ...`.
+
+    The one scoring loop, shared by `detect`, `evaluate` and anything else that needs the
+    per-window losses or maps. After iteration, `n_frames` holds the number of frames decoded.
+    """
+
+    def __init__(self, video: Path, model: Stan, device, batch_size: int = 8, precision: str = "fp32",
+                 fps: float | None = None, on_progress: Progress = lambda stage, done, total: None) -> None:
+        self.video = Path(video)
+        self.info, self._frames = read_frames(self.video, fps=fps)
+        self.model, self.device, self.batch_size, self.precision = model, device, batch_size, precision
+        self.on_progress = on_progress
+        self.n_frames = 0
+
+    def _grey_frames(self):
+        size = self.model.config.image_size
+        for frame in self._frames:
+            self.n_frames += 1
+            if self.n_frames % 16 == 0:
+                self.on_progress("score", self.n_frames, self.info.n_frames)
+            yield to_grey_square(frame[None], size)[0]
+
+    def __iter__(self):
+        try:
+            for middles, windows in sliding_windows(self._grey_frames(), self.batch_size):
+                batch = to_tensor(windows).to(self.device)  # (B, 11, S, S) uint8 -> (B, 11, 1, S, S)
+                yield middles, score_windows(self.model.generator, self.model.discriminator, batch, self.precision)
+        finally:
+            self._frames.close()
+        self.on_progress("score", self.n_frames, self.n_frames)
+        if self.n_frames < WINDOW:
+            raise InputError(
+                f"{self.video}: only {self.n_frames} frame{'s' if self.n_frames != 1 else ''}; STAN needs at "
+                f"least {WINDOW} (one window of 5 frames either side). Use a longer clip."
+            )
+
+    def close(self) -> None:
+        self._frames.close()
+
+
+def per_frame(n: int, values: list[float]) -> np.ndarray:
+    """Per-window values -> one value per frame, NaN for the unscored first and last 5."""
+    full = np.full(n, np.nan)
+    full[np.array(scored_range(n), dtype=int)] = values
+    return full
+
+
 def _score_pass(video, fps, model: Stan, dev, batch_size, precision, maps_path, on_progress):
     """Decode and score; returns info, pixel and d arrays (NaN where unscored), map histogram."""
-    info, frames = read_frames(video, fps=fps)
-    size = model.config.image_size
-    half = size // 2
+    stream = ScoreStream(video, model, dev, batch_size, precision, fps, on_progress)
     pixel: list[float] = []
     d: list[float] = []
     hist = np.zeros(256, dtype=np.int64)
     maps_file = open(maps_path, "wb") if maps_path is not None else None
-    count = {"n": 0}
-
-    def grey_frames():
-        for frame in frames:
-            count["n"] += 1
-            if count["n"] % 16 == 0:
-                on_progress("score", count["n"], info.n_frames)
-            yield to_grey_square(frame[None], size)[0]
-
     try:
-        for middles, windows in sliding_windows(grey_frames(), batch_size):
-            batch = to_tensor(torch.from_numpy(windows)).to(dev)  # (B, 11, S, S) -> (B, 11, 1, S, S)
-            scores = score_windows(model.generator, model.discriminator, batch, precision)
+        for _, scores in stream:
             pixel.extend(scores.pixel.cpu().tolist())
             d.extend(scores.d.cpu().tolist())
             if maps_file is not None:
@@ -169,22 +204,11 @@ def _score_pass(video, fps, model: Stan, dev, batch_size, precision, maps_path, 
                 hist += np.bincount(q.ravel(), minlength=256)
                 maps_file.write(q.tobytes())
     finally:
-        frames.close()
+        stream.close()
         if maps_file is not None:
             maps_file.close()
-    n = count["n"]
-    on_progress("score", n, n)
-    if n < WINDOW:
-        raise InputError(
-            f"{video}: only {n} frame{'s' if n != 1 else ''}; STAN needs at least {WINDOW} "
-            "(one window of 5 frames either side). Use a longer clip."
-        )
-    full_pixel = np.full(n, np.nan)
-    full_d = np.full(n, np.nan)
-    idx = np.array(scored_range(n))
-    full_pixel[idx] = pixel
-    full_d[idx] = d
-    return info, full_pixel, full_d, hist
+    n = stream.n_frames
+    return stream.info, per_frame(n, pixel), per_frame(n, d), hist
 
 
 def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length) -> DetectResult:

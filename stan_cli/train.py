@@ -157,6 +157,8 @@ class _Lock:
             return False
         except ProcessLookupError:
             return True
+        except PermissionError:  # alive, owned by another user
+            return False
         except (ValueError, OSError):
             return True
 
@@ -214,10 +216,12 @@ def _epoch_order(n: int, seed: int, phase: str, epoch: int, rank: _Rank) -> list
 def _check_finite(losses: dict[str, torch.Tensor], where: str, ckpt: Path) -> None:
     for name, value in losses.items():
         if not torch.isfinite(value):
-            raise TrainingError(
-                f"{name} became {value.item()} at {where}; training stopped and the last good checkpoint "
-                f"({ckpt}) is kept. Try --precision fp32 or a lower --lr, then --resume."
+            kept = (
+                f"the last good checkpoint ({ckpt}) is kept. Try --precision fp32 or a lower --lr, then --resume."
+                if ckpt.exists()
+                else "no checkpoint had been written yet. Try --precision fp32 or a lower --lr."
             )
+            raise TrainingError(f"{name} became {value.item()} at {where}; training stopped and {kept}")
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -357,9 +361,9 @@ def train(opts: TrainOptions, on_event: Event = lambda kind, **info: None) -> Tr
     emit = on_event if rank.main else (lambda kind, **info: None)
     lock = _Lock(opts.out)
     try:
-        _prepare_outputs(opts, rank)
         if rank.main:
-            lock.acquire()
+            lock.acquire()  # before anything is checked or deleted: a live run's files stay untouched
+        _prepare_outputs(opts, rank)
         return _run(opts, rank, device, emit)
     finally:
         lock.release()
@@ -400,16 +404,22 @@ def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event) -> 
         pretrain_epochs=opts.pretrain_epochs,
         epochs=opts.epochs,
     )
+    finish_only = False
     if progress["phase"] == "done":  # continue a finished run with more epochs
         final = _final_phase(opts)
-        done_epochs = progress["done_epochs"]
+        same_phase = progress.get("done_phase", final) == final
+        done_epochs = progress["done_epochs"] if same_phase else 0
         wanted = dict(_phases(opts))[final]
-        if wanted <= done_epochs:
+        if wanted > done_epochs:
+            progress.update(phase=final, epoch=done_epochs, batch=0)
+        elif not opts.out.exists():
+            finish_only = True  # training ended but the weights were never written: write them now
+        else:
+            flag = "--epochs" if final == "adversarial" else "--pretrain-epochs"
             raise TrainingError(
                 f"{last_path}: this run already finished {done_epochs} {final} epochs. "
-                f"Ask for more with --epochs N (N > {done_epochs}) to continue it."
+                f"Ask for more with {flag} N (N > {done_epochs}) to continue it."
             )
-        progress.update(phase=final, epoch=done_epochs, batch=0)
 
     # Data: rank 0 decodes into the cache, the others wait and open it.
     warnings: list[str] = []
@@ -453,7 +463,8 @@ def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event) -> 
 
     started = time.perf_counter()
     wall_before = progress["wall_s"]
-    phase_index = [p for p, _ in _phases(opts)].index(progress["phase"])
+    phase_names = [p for p, _ in _phases(opts)]
+    phase_index = len(phase_names) if finish_only else phase_names.index(progress["phase"])
     with _StopFlag() as stop:
         for phase, n_epochs in _phases(opts)[phase_index:]:
             if progress["phase"] != phase:
@@ -499,7 +510,7 @@ def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event) -> 
     if not rank.main:
         return None
     final = _final_phase(opts)
-    progress.update(phase="done", done_epochs=dict(_phases(opts))[final])
+    progress.update(phase="done", done_phase=final, done_epochs=dict(_phases(opts))[final])
     checkpoint()
     return _finish(opts, progress, generator, discriminator, config, train_clips, val_clips, device, best_path, warnings, emit)
 
@@ -594,7 +605,10 @@ def _finish(opts, progress, generator, discriminator, config, train_clips, val_c
     if best_path.exists():
         best = load_weights(best_path).to(device)
         generator, discriminator = best.generator, best.discriminator
-    calib_clips, calib_source = (val_clips, "validation") if val_clips else (train_clips, "training (no validation data)")
+    if len(WindowSet(val_clips)) >= 2:
+        calib_clips, calib_source = val_clips, "validation"
+    else:
+        calib_clips, calib_source = train_clips, "training (too little validation data)"
     emit("calibrate", windows=len(WindowSet(calib_clips)), source=calib_source)
     pixel, d = validate(generator, discriminator, calib_clips, device, opts.precision)
     try:

@@ -307,11 +307,6 @@ def test_finished_run_continues_with_more_epochs_only(data3, tmp_path):
     assert not lock_of(out).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train.py _run: continuing a finished pretrain-only run (--epochs 0) with --epochs N starts the "
-    "adversarial phase at epoch done_epochs (the pretrain count), skipping adversarial epochs",
-)
 def test_finished_pretrain_only_run_continues_with_adversarial_epochs(data3, tmp_path):
     out = tmp_path / "model.safetensors"
     kw = dict(pretrain_epochs=1, epochs=0, batch_size=8, val_clips=1)
@@ -321,12 +316,6 @@ def test_finished_pretrain_only_run_continues_with_adversarial_epochs(data3, tmp
     assert result.steps == 15 and adversarial == [1] * 5 + [2] * 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TrainingError,
-    reason="train.py _run: a run that stops after its 'done' checkpoint but before the weights file is "
-    "written (crash during calibration) cannot be resumed: --resume says it already finished",
-)
 def test_crash_during_calibration_is_resumable(data3, tmp_path):
     out = tmp_path / "model.safetensors"
     kw = dict(pretrain_epochs=1, epochs=0, batch_size=8, val_clips=1)
@@ -355,11 +344,6 @@ def test_a_lock_from_another_host_is_not_taken_over(data3, tmp_path):
         train(options(data3, out))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train.py train(): _prepare_outputs (which deletes last/best checkpoints and logs under "
-    "--overwrite) runs before the lock is taken, so a refused second run still wrecks the live run's files",
-)
 def test_a_refused_overwrite_leaves_the_live_runs_files_alone(data3, tmp_path):
     out = tmp_path / "model.safetensors"
     ckpt = ckpt_of(out)
@@ -555,7 +539,7 @@ def test_a_single_long_clip_gives_its_tail(folder44, tmp_path):
     info = _data_event(folder44, tmp_path / "a.safetensors", val_clips=2)
     assert info["clips"] == 1 and info["val_clips"] == 1
     assert info["val_windows"] > 0 and info["train_windows"] + info["val_windows"] < 44 - 10
-    assert info["train_windows"] == 44 - 11 - 10  # the tail: max(11, 15 %) frames
+    assert info["train_windows"] == 44 - 12 - 10  # the tail: max(12, 15 %) frames (two windows)
 
     shorter = shutil.copytree(folder44, tmp_path / "clip43")
     (shorter / "43.png").unlink()
@@ -563,12 +547,6 @@ def test_a_single_long_clip_gives_its_tail(folder44, tmp_path):
     assert info["val_windows"] == 0 and info["train_windows"] == 43 - 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TrainingError,
-    reason="dataset.py split_validation: a single clip of 44-79 frames gets an 11-frame tail, i.e. ONE "
-    "validation window, and scoring.calibrate needs at least 2, so training fails at the very end",
-)
 def test_a_single_44_frame_clip_trains_and_calibrates(folder44, tmp_path):
     result = train(options(folder44, tmp_path / "model.safetensors", val_clips=2))
     assert result.calibration["n_windows"] >= 2
