@@ -223,10 +223,32 @@ def train(
 @app.command()
 def explain(
     video: Annotated[Path, typer.Argument(help="Video file or frame folder.")],
-    frame: Annotated[int, typer.Option(help="0-based frame index to explain.")] = 0,
+    frame: Annotated[int, typer.Option(help="0-based frame index to explain (needs 5 frames on each side).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the panel and maps to.")] = Path("explain"),
+    weights: Annotated[Optional[Path], typer.Option(help="Weights file [default: the shipped weights/].")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder [default: 25].")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that already holds files.")] = False,
 ) -> None:
-    """Real, generated, pixel-loss and guided-backprop maps for one frame (not yet available)."""
-    fail("`stan explain` is not available yet in this version; `stan detect` writes the pixel-loss overlay.")
+    """Real frame, generated frame, pixel-loss map and guided-backprop map for one moment."""
+    from .explain import explain as run_explain
+
+    try:
+        with err.status(f"explaining frame {frame} of {video.name}"):
+            result = run_explain(video, frame, out=out_dir, weights=weights, device=device, fps=fps, overwrite=overwrite)
+    except StanError as e:
+        fail(str(e))
+    v = result.values
+    table = Table(title=f"stan explain: {video.name}, frame {frame} ({v['time_s']:.2f} s)", show_header=False)
+    table.add_row("pixel loss", f"{v['pixel_loss']:.5g}")
+    table.add_row("-log D(S_t)", f"{v['d_loss']:.5g}")
+    if v.get("score_raw") is not None:
+        verdict = "[red]abnormal[/]" if v["abnormal"] else "normal"
+        table.add_row("score (gd)", f"{v['score_raw']:.5g} vs threshold {v['threshold']:.5g}: {verdict}")
+    else:
+        table.add_row("score", v["note"])
+    out.print(table)
+    out.print(f"Results written to [bold]{out_dir}[/] (panel.png, maps as .npy)", soft_wrap=True, highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,10 +1,10 @@
 """`detect(...)`: score every frame of one video or frame folder and write the report folder.
 
 Two passes over the input, both streaming (memory does not grow with the video's length):
-1. decode -> grey 224 -> sliding windows -> both networks -> per-frame losses; each scored
-   frame's pixel-loss map is kept at half resolution as uint8 in a temporary memory-mapped file
-   inside the output folder (12.5 kB per frame);
-2. only for the overlay video: decode again and draw each frame with its map, its score, the
+1. decode -> grey 224 -> sliding windows -> both networks -> per-frame losses; for the overlay
+   videos, each scored frame's pixel-loss and guided-backprop maps are kept at half resolution
+   in temporary files inside the output folder (heatmaps.MapStore, 25 kB per frame);
+2. only for the overlay videos: decode again and draw each frame with its maps, its score, the
    flag and the whole clip's curve, which are all known by then.
 """
 
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import __version__, overlay, report, scoring
 from .errors import InputError, OutputError, StanError
-from .inference import autocast, resolve_device, score_windows
+from .heatmaps import MapReader, MapStore
+from .inference import guided_backprop, resolve_device, score_windows
 from .model import WINDOW
 from .video import VideoInfo, VideoWriter, read_frames
 from .weights import Stan, find_default_weights, load_weights
@@ -32,6 +32,11 @@ SCORE_KINDS = {"g": "generator", "d": "discriminator", "gd": "generator + discri
 MAP_SCALE_FLOOR = 0.1  # |difference| in [-1, 1] units below which a heat map stays cold
 REPORT_FILES = ("scores.csv", "segments.csv", "summary.json", "scores.png", "index.html")
 OVERLAY_PIXEL = "overlay_pixel_loss.mp4"
+OVERLAY_GUIDED = "overlay_guided_backprop.mp4"
+OVERLAYS = (
+    (OVERLAY_PIXEL, "pixel", "Generator pixel-loss map (|generated - real|) over the input"),
+    (OVERLAY_GUIDED, "guided", "Guided backpropagation of the discriminator over the input"),
+)
 Progress = Callable[[str, int, int | None], None]
 
 
@@ -107,9 +112,12 @@ def detect(
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    maps_path = out / ".pixel_loss_maps.u8" if out is not None and write_video else None
+    stores = (
+        {"pixel": MapStore(out / ".pixel_loss_maps.u8"), "guided": MapStore(out / ".guided_backprop_maps.u8")}
+        if out is not None and write_video else {}
+    )
     try:
-        info, pixel, d, map_hist = _score_pass(video, fps, model, dev, batch_size, precision, maps_path, on_progress)
+        info, pixel, d = _score_pass(video, fps, model, dev, batch_size, precision, stores, on_progress)
         timings["scoring_s"] = time.perf_counter() - t0
         result = _decide(info, pixel, d, model, score, threshold, merge_gap, min_length)
         result.summary.update(
@@ -121,10 +129,9 @@ def detect(
             result.out = out
             if write_video:
                 t1 = time.perf_counter()
-                scale = _map_scale(map_hist)
-                _write_overlay(video, fps, result, maps_path, scale, out / OVERLAY_PIXEL, on_progress)
+                _write_overlays(video, fps, result, stores, out, on_progress)
                 timings["overlay_s"] = time.perf_counter() - t1
-                result.files.append(OVERLAY_PIXEL)
+                result.files.extend(name for name, _, _ in OVERLAYS)
             timings["total_s"] = time.perf_counter() - t0
             timings["frames_per_s"] = result.n_frames / timings["scoring_s"] if timings["scoring_s"] > 0 else None
             result.summary["timings"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()}
@@ -133,8 +140,8 @@ def detect(
             timings["total_s"] = time.perf_counter() - t0
             result.summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
     finally:
-        if maps_path is not None and maps_path.exists():
-            maps_path.unlink()
+        for store in stores.values():
+            store.remove()
     return result
 
 
@@ -146,8 +153,10 @@ class ScoreStream:
     """
 
     def __init__(self, video: Path, model: Stan, device, batch_size: int = 8, precision: str = "fp32",
-                 fps: float | None = None, on_progress: Progress = lambda stage, done, total: None) -> None:
+                 fps: float | None = None, on_progress: Progress = lambda stage, done, total: None,
+                 guided: bool = False) -> None:
         self.video = Path(video)
+        self.guided = guided
         self.info, self._frames = read_frames(self.video, fps=fps)
         self.model, self.device, self.batch_size, self.precision = model, device, batch_size, precision
         self.on_progress = on_progress
@@ -165,7 +174,10 @@ class ScoreStream:
         try:
             for middles, windows in sliding_windows(self._grey_frames(), self.batch_size):
                 batch = to_tensor(windows).to(self.device)  # (B, 11, S, S) uint8 -> (B, 11, 1, S, S)
-                yield middles, score_windows(self.model.generator, self.model.discriminator, batch, self.precision)
+                scores = score_windows(self.model.generator, self.model.discriminator, batch, self.precision)
+                if self.guided:
+                    scores.guided = guided_backprop(self.model.discriminator, batch)
+                yield middles, scores
         finally:
             self._frames.close()
         self.on_progress("score", self.n_frames, self.n_frames)
@@ -186,29 +198,23 @@ def per_frame(n: int, values: list[float]) -> np.ndarray:
     return full
 
 
-def _score_pass(video, fps, model: Stan, dev, batch_size, precision, maps_path, on_progress):
-    """Decode and score; returns info, pixel and d arrays (NaN where unscored), map histogram."""
-    stream = ScoreStream(video, model, dev, batch_size, precision, fps, on_progress)
+def _score_pass(video, fps, model: Stan, dev, batch_size, precision, stores: dict[str, MapStore], on_progress):
+    """Decode and score; returns info, pixel and d arrays (NaN where unscored); fills the map stores."""
+    stream = ScoreStream(video, model, dev, batch_size, precision, fps, on_progress, guided="guided" in stores)
     pixel: list[float] = []
     d: list[float] = []
-    hist = np.zeros(256, dtype=np.int64)
-    maps_file = open(maps_path, "wb") if maps_path is not None else None
     try:
         for _, scores in stream:
             pixel.extend(scores.pixel.cpu().tolist())
             d.extend(scores.d.cpu().tolist())
-            if maps_file is not None:
-                # |difference| averaged over 2x2 blocks, quantised over [0, 2] -> uint8
-                diff = F.avg_pool2d(scores.error.sqrt()[:, None], 2)[:, 0]  # (B, S/2, S/2)
-                q = (diff.clamp(0, 2) * 127.5).round().to(torch.uint8).cpu().numpy()
-                hist += np.bincount(q.ravel(), minlength=256)
-                maps_file.write(q.tobytes())
+            if "pixel" in stores:
+                stores["pixel"].append(scores.error.sqrt())  # |generated - real| per pixel
+            if "guided" in stores:
+                stores["guided"].append(scores.guided)
     finally:
         stream.close()
-        if maps_file is not None:
-            maps_file.close()
     n = stream.n_frames
-    return stream.info, per_frame(n, pixel), per_frame(n, d), hist
+    return stream.info, per_frame(n, pixel), per_frame(n, d)
 
 
 def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length) -> DetectResult:
@@ -274,45 +280,49 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length)
     )
 
 
-def _map_scale(hist: np.ndarray) -> float:
-    """Heat-map full scale: the 99.9th percentile of |difference| over the clip, floored."""
-    total = hist.sum()
-    if total == 0:
-        return 1.0
-    q = int(np.searchsorted(np.cumsum(hist), 0.999 * total))
-    return max(q / 127.5, MAP_SCALE_FLOOR)
+def _display_scales(stores: dict[str, MapStore]) -> dict[str, float]:
+    """Full heat = the 99.9th percentile of the clip's map values (pixel map floored, see below)."""
+    scales = {name: store.quantile(0.999) for name, store in stores.items()}
+    scales["pixel"] = max(scales["pixel"], MAP_SCALE_FLOOR)  # a clean clip's noise stays cold
+    scales["guided"] = scales["guided"] or 1.0
+    return scales
 
 
-def _write_overlay(video, fps, result: DetectResult, maps_path, scale, path, on_progress) -> None:
+def _write_overlays(video, fps, result: DetectResult, stores: dict[str, MapStore], out: Path, on_progress) -> None:
+    """Decode again and write both overlay videos in one pass."""
+    scales = _display_scales(stores)
+    readers: dict[str, MapReader] = {name: store.reader() for name, store in stores.items()}
     info, frames = read_frames(video, fps=fps)
     n = result.n_frames
-    maps = np.memmap(maps_path, dtype=np.uint8, mode="r") if maps_path.stat().st_size else np.zeros(0, np.uint8)
     first = scored_range(n).start
-    side = int(round((maps.size // max(len(scored_range(n)), 1)) ** 0.5)) if maps.size else 0
-    maps = maps.reshape(-1, side, side) if side else maps
     strip_h = max(24, info.height // 8)
-    curve = np.where(np.isfinite(result.score_raw), result.score_raw, np.nan)
+    curve = result.score_raw
     finite = curve[np.isfinite(curve)]
-    vmax = float(max(finite.max(), result.threshold if np.isfinite(result.threshold) else 0.0)) * 1.05 if finite.size else None
+    top = max(float(finite.max()), result.threshold if np.isfinite(result.threshold) else 0.0) if finite.size else 0.0
+    vmax = top * 1.05 if top > 0 else None
+    writers = {kind: VideoWriter(out / name, info.width, info.height + strip_h, info.fps) for name, kind, _ in OVERLAYS}
+    ok = False
     try:
-        with VideoWriter(path, info.width, info.height + strip_h, info.fps) as writer:
-            for t, frame in enumerate(frames):
-                if t >= n:
-                    break
-                k = t - first
-                heat = None
-                if 0 <= k < len(maps):
-                    heat = np.minimum(maps[k].astype(np.float32) / 127.5 / scale, 1.0)
-                raw = result.score_raw[t]
-                label = f"{t}  {result.time_s[t]:.1f}S  " + (
-                    f"SCORE {raw:.4g} / {result.threshold:.4g}" if np.isfinite(raw) else "NOT SCORED"
-                )
-                strip = overlay.score_strip(info.width, strip_h, curve, t, result.threshold, vmax)
+        for t, frame in enumerate(frames):
+            if t >= n:
+                break
+            raw = result.score_raw[t]
+            label = f"{t}  {result.time_s[t]:.1f}S  " + (
+                f"SCORE {raw:.4g} / {result.threshold:.4g}" if np.isfinite(raw) else "NOT SCORED"
+            )
+            strip = overlay.score_strip(info.width, strip_h, curve, t, result.threshold, vmax)
+            k = t - first
+            for kind, writer in writers.items():
+                reader = readers[kind]
+                heat = np.minimum(reader[k] / scales[kind], 1.0) if 0 <= k < len(reader) else None
                 writer.write(overlay.compose_frame(frame, heat, label, bool(result.abnormal[t]), strip))
-                if t % 16 == 0:
-                    on_progress("overlay", t, n)
+            if t % 16 == 0:
+                on_progress("overlay", t, n)
+        ok = True
     finally:
         frames.close()
+        for writer in writers.values():
+            writer.close(ok=ok)
     on_progress("overlay", n, n)
 
 
@@ -340,6 +350,6 @@ def _write_report(out: Path, result: DetectResult) -> None:
         "threshold": s["threshold"], "threshold_source": s["threshold_source"], "score_kind": SCORE_KINDS[r.score_kind],
         "scored_frames": s["scored_frames"], "abnormal_frames": s["abnormal_frames"],
     }
-    videos = [(OVERLAY_PIXEL, "Generator pixel-loss map over the input")] if OVERLAY_PIXEL in r.files else []
+    videos = [(name, caption) for name, _, caption in OVERLAYS if name in r.files]
     report.write_index_html(out / "index.html", summary=facts, segments=r.segments, plot_name="scores.png", videos=videos, time_s=r.time_s)
     r.files.extend(["summary.json", "index.html"])

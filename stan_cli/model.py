@@ -20,7 +20,8 @@ Choices the paper leaves open, made here (tests/test_model.py pins each one):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -172,11 +173,14 @@ class Discriminator(nn.Module):
             ]
         )
 
-    def forward(self, sequence: torch.Tensor) -> torch.Tensor:
-        """(B, 11, 1, H, W) sequence -> (B, H/32, W/32) logits; D = sigmoid(logits)."""
+    def forward(self, sequence: torch.Tensor, activation: Callable[[torch.Tensor], torch.Tensor] = F.elu) -> torch.Tensor:
+        """(B, 11, 1, H, W) sequence -> (B, H/32, W/32) logits; D = sigmoid(logits).
+
+        `activation` is ELU; guided backpropagation passes a version with a guided backward.
+        """
         x = sequence.transpose(1, 2)  # (B, 1, 11, H, W): Conv3d wants channels before time
         for conv in self.convs[:-1]:
-            x = F.elu(conv(x))
+            x = activation(conv(x))
         return self.convs[-1](x)[:, 0, 0]  # (B, 1, 1, h, w) -> (B, h, w)
 
 

@@ -108,6 +108,3 @@ def test_usage_error_exit_code_2(tmp_path):
     assert result.exit_code == 2
 
 
-def test_explain_answers_not_yet(clip_video):
-    result = run("explain", clip_video, "--frame", "12")
-    assert result.exit_code == 1 and "not available yet" in result.output

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from stan_cli.detect import OVERLAY_PIXEL, REPORT_FILES, detect
+from stan_cli.detect import OVERLAY_GUIDED, OVERLAY_PIXEL, REPORT_FILES, detect
 from stan_cli.errors import InputError, OutputError, StanError
 from stan_cli.video import read_frames
 
@@ -24,7 +24,7 @@ def test_report_folder_contract(clip_video, tiny_weights, tmp_path):
     out = tmp_path / "report"
     result = detect(clip_video, out=out, weights=tiny_weights, device="cpu")
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted([*REPORT_FILES, OVERLAY_PIXEL])  # no temp files left behind
+    assert names == sorted([*REPORT_FILES, OVERLAY_PIXEL, OVERLAY_GUIDED])  # no temp files left behind
 
     rows = _rows(out / "scores.csv")
     assert list(rows[0]) == ["frame", "time_s", "pixel_loss", "d_loss", "score_raw", "score", "abnormal"]
@@ -53,12 +53,13 @@ def test_report_folder_contract(clip_video, tiny_weights, tmp_path):
 
     assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (out / "index.html").read_text()
-    assert "scores.png" in html and OVERLAY_PIXEL in html and "http" not in html
+    assert "scores.png" in html and OVERLAY_PIXEL in html and OVERLAY_GUIDED in html and "http" not in html
 
-    info, frames = read_frames(out / OVERLAY_PIXEL)
-    n = sum(1 for _ in frames)
-    assert n == N_FRAMES
-    assert info.width == 64 and info.height > 48  # the score strip sits below the frame
+    for name in (OVERLAY_PIXEL, OVERLAY_GUIDED):
+        info, frames = read_frames(out / name)
+        n = sum(1 for _ in frames)
+        assert n == N_FRAMES
+        assert info.width == 64 and info.height > 48  # the score strip sits below the frame
 
 
 def test_no_video_skips_overlays(clip_folder, tiny_weights, tmp_path):

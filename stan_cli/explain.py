@@ -1,0 +1,184 @@
+"""`explain(...)`: the paper's Fig. 3 for one frame.
+
+(a) the real frame, (b) the generated frame, (c) the generator's pixel-loss map, (d) the
+guided-backpropagation map of the discriminator with respect to the real input sequence
+(inference.guided_backprop says how guided backprop is done with ELU). Maps are brought to the
+input's own resolution; the raw maps are saved as float32 .npy files.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import overlay, report, scoring
+from .detect import prepare_output
+from .errors import InputError
+from .inference import guided_backprop, resolve_device, score_windows
+from .model import CONTEXT, WINDOW
+from .video import read_frames
+from .weights import Stan, find_default_weights, load_weights
+from .windows import to_grey_square, to_tensor
+
+PANEL_FILES = ("panel.png", "real.png", "generated.png", "pixel_loss.png", "guided_backprop.png")
+MAP_FILES = ("pixel_loss.npy", "guided_backprop.npy")
+
+
+@dataclass
+class Explanation:
+    frame: int
+    time_s: float
+    real: np.ndarray  # (H, W, 3) uint8, the input frame
+    generated: np.ndarray  # (H, W) uint8, the generator's prediction at the input's resolution
+    pixel_loss_map: np.ndarray  # (H, W) float32, squared error per pixel ([-1, 1] units)
+    guided_backprop_map: np.ndarray  # (H, W) float32, |d(-log D)/d input| summed over the window
+    pixel_loss: float
+    d_loss: float
+    values: dict  # what explanation.json holds
+    out: Path | None = None
+    files: list[str] = field(default_factory=list)
+
+
+def explain(
+    video: Path,
+    frame: int,
+    *,
+    out: Path | None = None,
+    weights: Path | Stan | None = None,
+    device: str = "auto",
+    fps: float | None = None,
+    overwrite: bool = False,
+) -> Explanation:
+    video = Path(video)
+    model = weights if isinstance(weights, Stan) else load_weights(Path(weights) if weights else find_default_weights())
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    if out is not None:
+        out = Path(out)
+    info, window = _window_around(video, frame, fps)
+    if out is not None:
+        prepare_output(out, overwrite)
+
+    size = model.config.image_size
+    grey = to_grey_square(np.stack(window), size)  # (11, S, S) uint8
+    batch = to_tensor(grey[None]).to(dev)  # (1, 11, 1, S, S)
+    scores = score_windows(model.generator, model.discriminator, batch, "fp32")
+    guided = guided_backprop(model.discriminator, batch)  # (1, S, S)
+    h, w = info.height, info.width
+    real = window[CONTEXT]
+    generated = _resize(scores.prediction[:, 0], h, w)  # [-1, 1]
+    generated_u8 = ((generated + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    pixel_map = _resize(scores.error, h, w).clip(min=0)
+    guided_map = _resize(guided, h, w).clip(min=0)
+
+    pixel_loss, d_loss = float(scores.pixel[0]), float(scores.d[0])
+    values = _values(model, frame, info.fps, pixel_loss, d_loss)
+    values["input"] = {"path": str(video), "width": w, "height": h, "fps": info.fps}
+    values["weights"] = {"file": str(model.path) if model.path else None, "sha256": model.sha256}
+    result = Explanation(frame, frame / info.fps, real, generated_u8, pixel_map, guided_map, pixel_loss, d_loss, values)
+    if out is not None:
+        result.out = out
+        _write(out, result)
+    return result
+
+
+def _window_around(video: Path, frame: int, fps: float | None):
+    """Decode up to frame + 5 and keep the 11 frames around it; a clear error outside the range."""
+    info, frames = read_frames(video, fps=fps)
+    window: deque[np.ndarray] = deque(maxlen=WINDOW)
+    count = 0
+    try:
+        for image in frames:
+            count += 1
+            window.append(image)
+            if frame >= CONTEXT and count == frame + CONTEXT + 1:
+                return info, list(window)
+        # the frame is out of range: `count` is now the clip's length
+    finally:
+        frames.close()
+    if count < WINDOW:
+        raise InputError(f"{video}: only {count} frames; STAN needs at least {WINDOW}. Use a longer clip.")
+    raise InputError(
+        f"{video}: --frame {frame} has no full 11-frame window; this clip's valid frames are "
+        f"{CONTEXT} to {count - CONTEXT - 1} (0-based, {count} frames)."
+    )
+
+
+def _resize(maps: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """(1, S, S) -> (height, width) float32 numpy, bilinear."""
+    x = F.interpolate(maps[:, None].float().cpu(), size=(height, width), mode="bilinear", align_corners=False)
+    return x[0, 0].numpy().astype(np.float32)
+
+
+def _values(model: Stan, frame: int, fps: float, pixel_loss: float, d_loss: float) -> dict:
+    values: dict = {"frame": frame, "time_s": round(frame / fps, 3), "pixel_loss": pixel_loss, "d_loss": d_loss}
+    cal = model.calibration
+    if cal is None:
+        values.update(score_raw=None, threshold=None, abnormal=None,
+                      note="the weights carry no calibration: lambda_s and the threshold come from a whole clip (stan detect)")
+        return values
+    lam = float(cal["lambda_s"])
+    raw = pixel_loss + lam * d_loss
+    thr = float(cal["kinds"]["gd"]["threshold"])
+    values.update(lambda_s=lam, score_raw=raw, threshold=thr, abnormal=bool(raw > thr), score_kind="gd")
+    return values
+
+
+def _write(out: Path, r: Explanation) -> None:
+    from matplotlib.image import imsave
+
+    heat_pixel = np.minimum(r.pixel_loss_map / max(float(r.pixel_loss_map.max()), 1e-12), 1.0)
+    heat_guided = np.minimum(r.guided_backprop_map / max(float(r.guided_backprop_map.max()), 1e-12), 1.0)
+    images = {
+        "real.png": r.real,
+        "generated.png": np.repeat(r.generated[..., None], 3, axis=2),
+        "pixel_loss.png": overlay.heat_overlay(r.real, heat_pixel),
+        "guided_backprop.png": overlay.heat_overlay(r.real, heat_guided),
+    }
+    for name, image in images.items():
+        with report.atomic_path(out / name) as tmp:
+            imsave(tmp, image, format="png")
+    _panel(out / "panel.png", r)
+    for name, array in (("pixel_loss.npy", r.pixel_loss_map), ("guided_backprop.npy", r.guided_backprop_map)):
+        with report.atomic_path(out / name) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, array.astype(np.float32))
+    report.write_json(out / "explanation.json", r.values)
+    r.files = [*PANEL_FILES, *MAP_FILES, "explanation.json"]
+
+
+def _panel(path: Path, r: Explanation) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    h, w = r.real.shape[:2]
+    fig = Figure(figsize=(4 * 4.2, 4.2 * h / w + 0.9), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 4)
+    grey = r.real.mean(axis=2)
+    axes[0].imshow(r.real)
+    axes[0].set_title(f"(a) real frame {r.frame}")
+    axes[1].imshow(r.generated, cmap="gray", vmin=0, vmax=255)
+    axes[1].set_title("(b) generated frame")
+    for ax, data, title in (
+        (axes[2], r.pixel_loss_map, f"(c) pixel loss (mean {r.pixel_loss:.4g})"),
+        (axes[3], r.guided_backprop_map, f"(d) guided backprop, -log D = {r.d_loss:.3g}"),
+    ):
+        ax.imshow(grey, cmap="gray", vmin=0, vmax=255)
+        im = ax.imshow(data, cmap="inferno", alpha=0.6)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        ax.set_title(title)
+    for ax in axes:
+        ax.axis("off")
+    v = r.values
+    if v.get("score_raw") is not None:
+        verdict = "abnormal" if v["abnormal"] else "normal"
+        fig.suptitle(f"score {v['score_raw']:.4g} vs threshold {v['threshold']:.4g}: {verdict}")
+    fig.tight_layout()
+    with report.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")

@@ -1,0 +1,79 @@
+"""Per-frame heat maps kept on disk between detect's scoring pass and its overlay pass.
+
+Each map is stored at half the network resolution as uint8 relative to its own maximum, with
+the maximum kept beside it (12.5 kB per frame at 224), so memory stays flat for any video length.
+A log-spaced histogram of every stored value gives the clip-wide display scale (a high
+percentile) without keeping the values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_LOG_LO, _LOG_HI, _BINS = -12.0, 2.0, 2800  # log10 range of map values, 0.005 decades per bin
+
+
+class MapStore:
+    """Append (B, S, S) maps frame by frame; read them back as float32 (S/2, S/2) arrays."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._file = open(self.path, "wb")
+        self.maxima: list[float] = []
+        self.side = 0
+        self._hist = np.zeros(_BINS + 1, dtype=np.int64)  # last bin: zeros and below range
+
+    def append(self, maps: torch.Tensor) -> None:
+        half = F.avg_pool2d(maps.float()[:, None], 2)[:, 0]  # (B, S/2, S/2)
+        self.side = half.shape[-1]
+        peak = half.flatten(1).amax(dim=1).clamp(min=1e-30)  # (B,)
+        q = (half / peak[:, None, None] * 255).round().to(torch.uint8)
+        self._file.write(q.cpu().numpy().tobytes())
+        self.maxima.extend(peak.cpu().tolist())
+        values = half.flatten().cpu().numpy().astype(np.float64)
+        with np.errstate(divide="ignore"):
+            logs = np.log10(values)
+        idx = np.clip(((logs - _LOG_LO) / (_LOG_HI - _LOG_LO) * _BINS).astype(np.int64, copy=False), 0, _BINS - 1)
+        idx[~np.isfinite(logs)] = _BINS
+        self._hist += np.bincount(idx, minlength=_BINS + 1)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def quantile(self, q: float) -> float:
+        """Approximate q-quantile of every stored value (within one histogram bin)."""
+        total = self._hist.sum()
+        if total == 0:
+            return 0.0
+        zeros = self._hist[_BINS]
+        rank = q * total
+        if rank <= zeros:
+            return 0.0
+        k = int(np.searchsorted(np.cumsum(self._hist[:_BINS]), rank - zeros))
+        return float(10 ** (_LOG_LO + (k + 1) * (_LOG_HI - _LOG_LO) / _BINS))
+
+    def reader(self) -> "MapReader":
+        self.close()
+        return MapReader(self.path, self.side, np.asarray(self.maxima, dtype=np.float32))
+
+    def remove(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+class MapReader:
+    def __init__(self, path: Path, side: int, maxima: np.ndarray) -> None:
+        self.maxima = maxima
+        size = path.stat().st_size if path.exists() else 0
+        self._data = np.memmap(path, dtype=np.uint8, mode="r").reshape(-1, side, side) if size else None
+
+    def __len__(self) -> int:
+        return len(self.maxima)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        assert self._data is not None
+        return self._data[k].astype(np.float32) * (self.maxima[k] / 255.0)

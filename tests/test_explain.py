@@ -1,0 +1,136 @@
+"""`explain(...)` and guided backpropagation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from stan_cli.cli import app
+from stan_cli.errors import InputError, OutputError
+from stan_cli.explain import MAP_FILES, PANEL_FILES, explain
+from stan_cli.inference import _GuidedELU, guided_backprop, guided_elu
+from stan_cli.model import TINY, Discriminator, d_loss_map
+
+from conftest import HEIGHT, N_FRAMES, WIDTH
+
+
+def test_guided_elu_backward_by_hand():
+    x = torch.tensor([-1.0, 0.5, 2.0, -2.0], requires_grad=True)
+    y = _GuidedELU.apply(x)
+    assert torch.allclose(y, F.elu(x.detach()))
+    y.backward(torch.tensor([1.0, -1.0, 2.0, -3.0]))
+    # positive gradients pass, times ELU's derivative (exp(x) below 0, 1 above); negative ones stop
+    expected = torch.tensor([math.exp(-1.0), 0.0, 2.0, 0.0])
+    assert torch.allclose(x.grad, expected)
+
+
+def _reference_guided(disc: Discriminator, windows: torch.Tensor) -> torch.Tensor:
+    """An independent implementation: plain ELU, a hook on each ELU output that keeps only the
+    positive part of the gradient; autograd then applies ELU's own derivative."""
+
+    def act(z):
+        out = F.elu(z)
+        out.register_hook(lambda g: g.clamp(min=0))
+        return out
+
+    x = windows.clone().requires_grad_(True)
+    d_loss_map(disc(x, activation=act), real=True).sum().backward()
+    return x.grad.abs().sum(dim=1)[:, 0]
+
+
+def test_guided_backprop_matches_reference():
+    torch.manual_seed(0)
+    disc = Discriminator(TINY)
+    windows = torch.rand(2, 11, 1, 32, 32) * 2 - 1
+    got = guided_backprop(disc, windows)
+    assert got.shape == (2, 32, 32)
+    assert torch.allclose(got, _reference_guided(disc, windows), rtol=1e-5, atol=1e-12)
+    # differs from the plain gradient: the guidance matters
+    x = windows.clone().requires_grad_(True)
+    d_loss_map(disc(x), real=True).sum().backward()
+    assert not torch.allclose(got, x.grad.abs().sum(dim=1)[:, 0])
+
+
+def test_guided_backprop_leaves_the_model_alone():
+    disc = Discriminator(TINY).train()
+    before = [p.detach().clone() for p in disc.parameters()]
+    guided_backprop(disc, torch.zeros(1, 11, 1, 32, 32))
+    assert disc.training and all(p.requires_grad and p.grad is None for p in disc.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, disc.parameters()))
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_guided_backprop_hand_built_case(sign):
+    """d(-log D)/d logit = -(1 - D) < 0. With the last layer's weights all positive, every
+    gradient arriving at the last ELU is negative: guided backprop stops it and the map is zero,
+    though the plain gradient is not. With them all negative, it passes."""
+    torch.manual_seed(0)
+    disc = Discriminator(TINY)
+    with torch.no_grad():
+        disc.convs[-1].weight.copy_(sign * disc.convs[-1].weight.abs())
+    windows = torch.rand(1, 11, 1, 32, 32) * 2 - 1
+    guided = guided_backprop(disc, windows)
+    x = windows.clone().requires_grad_(True)
+    d_loss_map(disc(x), real=True).sum().backward()
+    assert x.grad.abs().sum() > 0
+    if sign > 0:
+        assert torch.count_nonzero(guided) == 0
+    else:
+        assert torch.count_nonzero(guided) > 0
+
+
+def test_explain_writes_panels_and_maps(clip_video, tiny_weights_calibrated, tmp_path):
+    out = tmp_path / "ex"
+    result = explain(clip_video, 20, out=out, weights=tiny_weights_calibrated, device="cpu")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([*PANEL_FILES, *MAP_FILES, "explanation.json"])
+    for name in PANEL_FILES:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in MAP_FILES:
+        arr = np.load(out / name)
+        assert arr.dtype == np.float32 and arr.shape == (HEIGHT, WIDTH)
+        assert np.isfinite(arr).all() and (arr >= 0).all()
+    values = json.loads((out / "explanation.json").read_text())
+    assert values["frame"] == 20 and values["time_s"] == pytest.approx(2.0)
+    assert values["pixel_loss"] == pytest.approx(result.pixel_loss)
+    assert values["score_raw"] == pytest.approx(result.pixel_loss + values["lambda_s"] * result.d_loss)
+    assert isinstance(values["abnormal"], bool)
+    # the pixel-loss map's mean is (close to) the frame's pixel loss: same quantity, resized
+    assert result.pixel_loss_map.mean() == pytest.approx(result.pixel_loss, rel=0.1)
+    assert result.generated.shape == (HEIGHT, WIDTH) and result.generated.dtype == np.uint8
+
+
+def test_explain_frame_folder_and_video_agree(clip_video, clip_folder, tiny_weights):
+    a = explain(clip_folder, 12, weights=tiny_weights)
+    b = explain(clip_video, 12, weights=tiny_weights)
+    assert a.pixel_loss == pytest.approx(b.pixel_loss, rel=0.05)
+    assert a.values["score_raw"] is None  # no calibration: said, not invented
+
+
+@pytest.mark.parametrize("frame", [0, 4, N_FRAMES - 5, N_FRAMES + 100])
+def test_explain_frame_out_of_range(clip_video, tiny_weights, frame):
+    with pytest.raises(InputError, match=f"valid frames are 5 to {N_FRAMES - 6}"):
+        explain(clip_video, frame, weights=tiny_weights)
+
+
+def test_explain_refuses_non_empty_out(clip_video, tiny_weights, tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(OutputError):
+        explain(clip_video, 10, out=tmp_path, weights=tiny_weights)
+
+
+def test_explain_cli(clip_video, tiny_weights, tmp_path):
+    runner = CliRunner()
+    ok = runner.invoke(app, ["explain", str(clip_video), "--frame", "15", "--out", str(tmp_path / "e"), "--weights", str(tiny_weights)])
+    assert ok.exit_code == 0, ok.output
+    assert "pixel loss" in ok.output and "Results written to" in ok.output.strip().splitlines()[-1]
+    bad = runner.invoke(app, ["explain", str(clip_video), "--frame", "2", "--out", str(tmp_path / "f"), "--weights", str(tiny_weights)])
+    assert bad.exit_code == 1 and "valid frames are 5 to 34" in bad.output and "Traceback" not in bad.output
+    missing = runner.invoke(app, ["explain", str(clip_video)])
+    assert missing.exit_code == 2  # --frame is required
