@@ -217,6 +217,84 @@ def train(
     out.print(f"Weights written to [bold]{result.out}[/]", soft_wrap=True, highlight=False)
 
 
+# ------------------------------------------------------------------------------------------- eval
+
+
+@app.command("eval")
+def eval_(
+    test_dir: Annotated[Path, typer.Argument(help="Test folder: frames/<clip>/ + labels (*.m, *.mat, labels.json/csv) + optional masks/<clip>/, or videos + labels.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Results folder to write.")],
+    weights: Annotated[Optional[Path], typer.Option(help="Weights file [default: the shipped weights/].")] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="Labels file: MATLAB .m/.mat (1-based, clip order), JSON {clip: [[start, end]]} or CSV clip,start,end (0-based) [default: found in TEST_DIR].")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that already holds files.", rich_help_panel="Output")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.", rich_help_panel="Machine")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.", rich_help_panel="Machine")] = 8,
+    precision: Annotated[str, typer.Option(help="fp32 or bf16.", rich_help_panel="Machine")] = "fp32",
+) -> None:
+    """Score a labelled test set and report frame-, event- and pixel-level results beside the paper's."""
+    from .evaluate import evaluate
+
+    progress = _progress()
+    tasks: dict[str, int] = {}
+
+    def on_progress(stage: str, done: int, total: int | None) -> None:
+        if stage == "clips":
+            if "clips" not in tasks:
+                tasks["clips"] = progress.add_task("clips", total=total, info="")
+            progress.update(tasks["clips"], completed=done)
+            return
+        clip = stage.removeprefix("frames:")
+        if stage not in tasks:
+            for old in [k for k in tasks if k != "clips"]:
+                progress.remove_task(tasks.pop(old))
+            tasks[stage] = progress.add_task(f"clip {clip}", total=total, info="frames")
+        progress.update(tasks[stage], completed=done, total=total if total and total >= done else None)
+
+    try:
+        with progress:
+            r = evaluate(
+                test_dir, weights=weights, out=out_dir, labels=labels, device=device, batch_size=batch_size,
+                precision=precision, overwrite=overwrite, on_progress=on_progress,
+            )
+    except StanError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        raise typer.Exit(130)
+
+    def pct(x) -> str:
+        return "-" if x is None or x != x else f"{100 * x:.1f} %"
+
+    paper = r["paper_ped2"]
+    fl = r["frame_level"]
+    table = Table(title=f"stan eval: {r['clips']} clips, {r['scored_frames']} of {r['frames']} frames scored, {r['abnormal_frames']} abnormal")
+    table.add_column("metric")
+    table.add_column("ours", justify="right")
+    table.add_column("paper (Ped2)", justify="right")
+    for kind, name in (("g", "generator"), ("d", "discriminator"), ("gd", "both")):
+        table.add_row(f"frame AUC, pooled, {kind} ({name})", pct(fl[kind]["pooled"]["auc"]), pct(paper["frame_auc"][kind]))
+    for kind in ("g", "d", "gd"):
+        skipped = len(fl[kind]["macro"]["skipped_clips"])
+        table.add_row(f"frame AUC, macro, {kind}", pct(fl[kind]["macro"]["auc"]) + (f" ({skipped} clips skipped)" if skipped else ""), "")
+    table.add_row("frame EER, pooled, gd", pct(fl["gd"]["pooled"]["eer"]), "")
+    if "gd_calibration_lambda" in fl:
+        table.add_row("frame AUC, pooled, gd, calibration lambda_s", pct(fl["gd_calibration_lambda"]["pooled"]["auc"]), "")
+    ev, pev = r["event_level"], paper["event_level"]
+    table.add_row(
+        "events: correct / false alarms (precision)",
+        f"{ev['correct']} / {ev['false_alarms']} ({pct(ev['precision'])})",
+        f"{pev['correct']} / {pev['false_alarms']} ({pct(pev['precision'])})",
+    )
+    table.add_row("events detected / ground truth", f"{ev['events_detected']} / {ev['ground_truth_events']}", f"- / {pev['ground_truth_events']}")
+    px = r["pixel_level"]
+    if px.get("available"):
+        table.add_row("pixel level (40 % rule): AUC / EDR", f"{pct(px['auc'])} / {pct(px['edr'])}", "")
+    table.add_row("lambda_s", f"{r['lambda_s']:.4g} (test set)", "")
+    table.add_row("time", f"{r['timings']['wall_s']:.1f} s ({r['timings']['frames_per_s'] or 0:.1f} frames/s)", "")
+    out.print(table)
+    out.print(f"Results written to [bold]{out_dir}[/] (results.json, roc.png, per_clip.csv, scores/)", soft_wrap=True, highlight=False)
+
+
 # ---------------------------------------------------------------------------------------- explain
 
 

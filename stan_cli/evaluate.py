@@ -1,0 +1,655 @@
+"""`evaluate(...)`: score a labelled test set and measure it the way the field does (STAN.md).
+
+Input, one of two layouts:
+- the Ped2 layout: ``TEST_DIR/frames/<clip>/`` frame folders, labels in a MATLAB ``*.m`` file
+  (``TestVideoFile{end+1}.gt_frame = [61:180];``, one line per clip in clip order, 1-based
+  inclusive ranges, several allowed: ``[1:10, 20:30]``; ``[]`` for none) or a MATLAB v5
+  ``*.mat`` file (a cell array ``gt`` of 2 x K [start; end] matrices, 1-based), and optional
+  pixel masks ``TEST_DIR/masks/<clip>/`` (one image per frame; a pixel is set when any channel
+  is > 127);
+- a folder of videos (``TEST_DIR/<clip>.mp4`` ...) with a labels file.
+Labels may also come from a file named by ``labels=``, in either MATLAB form or:
+- JSON ``{"<clip>": [[start, end], ...], ...}``, 0-based inclusive, every clip listed ([] = none);
+- CSV rows ``clip,start,end`` (header optional), 0-based inclusive; ``clip,,`` lists a clip
+  without abnormal frames. A clip is a frame folder's name or a video's name without extension.
+Without ``labels=``, TEST_DIR is searched for ``*.m``, then ``*.mat``, ``labels.json``,
+``labels.csv``; the first found is used.
+
+Each clip is scored once by ``detect.ScoreStream`` (the one scoring loop). Frames without a
+full window (5 at each end) are left out of every metric, never given a score.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import struct
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch.nn.functional as F
+
+from . import __version__, metrics, report, scoring
+from .detect import ScoreStream, per_frame, prepare_output
+from .errors import InputError, StanError
+from .inference import PRECISIONS, resolve_device
+from .video import is_video_file, list_frames, natural_key, read_frames
+from .weights import Stan, find_default_weights, load_weights
+
+Progress = Callable[[str, int, "int | None"], None]
+RESULTS_FILES = ("results.json", "roc.png", "per_clip.csv")
+SCORES_DIR = "scores"
+SCORES_HEADER = "frame,label,pixel_loss,d_loss,pixel_critical"
+PER_CLIP_HEADER = "clip,frames,abnormal_frames,auc_g,auc_d,auc_gd"
+KIND_NAMES = {"g": "generator", "d": "discriminator", "gd": "generator + discriminator"}
+LAMBDA_SOURCE = "test set: max pixel term / max -log D term / 10 over all scored test frames (the paper's rule)"
+
+# STAN.md, Tables 2 and 3, UCSD Ped2 column: the paper's numbers, shown beside ours.
+PAPER_PED2 = {
+    "source": "Lee, Kim, Ro, ICASSP 2018, Table 2 (frame-level AUC) and Table 3 (event level), Ped2 column",
+    "note": "the paper's own numbers, not ours; comparable only when TEST_DIR is the UCSD Ped2 test set",
+    "frame_auc": {"g": 0.959, "d": 0.862, "gd": 0.965},
+    "frame_auc_protocol": "not stated in the paper; pooled is the field's standard",
+    "event_level": {"correct": 12, "false_alarms": 0, "ground_truth_events": 12, "precision": 1.0},
+}
+PROTOCOL_TEXT = {
+    "pooled": "per-clip min-max normalisation, all clips' scored frames pooled into one ROC, no smoothing (the field's standard)",
+    "macro": "mean of per-clip AUCs over the clips whose scored frames hold both classes",
+}
+_MASK_LEVEL = 127  # a mask pixel is set when any channel exceeds this
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+@dataclass(frozen=True)
+class Clip:
+    name: str
+    path: Path
+    frames: int | None  # known before decoding for frame folders
+    mask: Path | None = None
+
+
+@dataclass(frozen=True)
+class LabelFile:
+    path: Path
+    format: str  # "matlab-m", "matlab-mat", "json" or "csv"
+    ranges: list | dict  # ordered: list of per-clip ranges; named: {clip: ranges}; 0-based inclusive
+    one_based: bool  # how the file writes frames, for messages
+
+    def show(self, start: int, end: int) -> str:
+        b = 1 if self.one_based else 0
+        return f"{start + b}:{end + b} ({'1' if self.one_based else '0'}-based)"
+
+
+def find_clips(test_dir: Path) -> tuple[str, list[Clip]]:
+    """The clips of a test folder, in natural order: ("frames", ...) or ("videos", ...)."""
+    test_dir = Path(test_dir)
+    if not test_dir.is_dir():
+        raise InputError(f"{test_dir}: no such folder. Point to a test folder (frames/ and a labels file, or videos).")
+    frames_dir = test_dir / "frames"
+    masks_dir = test_dir / "masks"
+    if frames_dir.is_dir():
+        folders = sorted((p for p in frames_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                         key=lambda p: natural_key(p.name))
+        if not folders:
+            raise InputError(f"{frames_dir}: holds no clip folders. Expected frames/01/, frames/02/, ... with images.")
+        clips = []
+        for p in folders:
+            n = len(list_frames(p))
+            if n == 0:
+                raise InputError(f"{p}: clip folder holds no frames (.jpg .png .tif .bmp).")
+            clips.append(Clip(p.name, p, n, masks_dir / p.name if (masks_dir / p.name).is_dir() else None))
+        return "frames", clips
+    videos = sorted((p for p in test_dir.iterdir() if is_video_file(p) and not p.name.startswith(".")),
+                    key=lambda p: natural_key(p.name))
+    if not videos:
+        raise InputError(
+            f"{frames_dir}: no such folder, and {test_dir} holds no video files. Use the Ped2 layout "
+            "(frames/01/, frames/02/, ... and a labels file) or a folder of videos and a labels file."
+        )
+    stems = [p.stem for p in videos]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise InputError(f"{test_dir}: several videos are named {dupes[0]!r} (different extensions). Rename one.")
+    return "videos", [Clip(p.stem, p, None, masks_dir / p.stem if (masks_dir / p.stem).is_dir() else None) for p in videos]
+
+
+def find_label_file(test_dir: Path) -> Path:
+    """The labels file of a test folder: the first *.m, *.mat, labels.json, labels.csv found."""
+    test_dir = Path(test_dir)
+    candidates = sorted(test_dir.glob("*.m")) + sorted(test_dir.glob("*.mat"))
+    candidates += [p for p in (test_dir / "labels.json", test_dir / "labels.csv") if p.is_file()]
+    if not candidates:
+        raise InputError(
+            f"{test_dir}: no labels file found (looked for *.m, *.mat, labels.json, labels.csv). "
+            "Add one or pass --labels FILE."
+        )
+    return candidates[0]
+
+
+def _range_items(path: Path, entry: int, body: str) -> list[tuple[int, int]]:
+    """'61:180' or '1:10, 20:30' or '5' (1-based, inclusive) -> 0-based inclusive pairs."""
+    out = []
+    for item in (t for t in re.split(r"[,;\s]+", body.strip()) if t):
+        m = re.fullmatch(r"(\d+)(?::(\d+))?", item)
+        if not m:
+            raise InputError(f"{path}: gt_frame entry {entry}: cannot read {item!r}. Write ranges as [a:b] or [a:b, c:d].")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if a < 1 or b < a:
+            raise InputError(f"{path}: gt_frame entry {entry}: range {item} is empty or starts before frame 1 (1-based).")
+        out.append((a - 1, b - 1))
+    return out
+
+
+def parse_matlab_labels(path: Path) -> list[list[tuple[int, int]]]:
+    """Ranges per clip, in file order, from ``...gt_frame = [a:b, c:d];`` lines (0-based inclusive)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the labels file ({err.strerror}).") from None
+    text = re.sub(r"%[^\n]*", "", text)  # MATLAB comments
+    bodies = re.findall(r"gt_frame\s*=\s*\[([^\]]*)\]", text)
+    if not bodies:
+        raise InputError(f"{path}: no `gt_frame = [a:b];` lines. Use the dataset's own labels file (e.g. UCSDped2.m).")
+    return [_range_items(path, k, body) for k, body in enumerate(bodies, start=1)]
+
+
+# MATLAB v5 MAT-file data types (the MAT-File Format reference, Table 1-1).
+_MI_NUMERIC = {1: "i1", 2: "u1", 3: "<i2", 4: "<u2", 5: "<i4", 6: "<u4", 7: "<f4", 9: "<f8", 12: "<i8", 13: "<u8"}
+_MI_MATRIX, _MI_COMPRESSED = 14, 15
+_MX_CELL, _MX_NUMERIC = 1, range(6, 16)
+
+
+def _mat_elements(buf: bytes, path: Path):
+    """Yield (type, payload) of the data elements in ``buf`` (little-endian; compressed inflated)."""
+    pos = 0
+    while pos + 8 <= len(buf):
+        kind, size = struct.unpack_from("<II", buf, pos)
+        if kind >> 16:  # small element: size in the upper half, data in the next 4 bytes
+            kind, size = kind & 0xFFFF, kind >> 16
+            yield kind, buf[pos + 4 : pos + 4 + size]
+            pos += 8
+            continue
+        payload = buf[pos + 8 : pos + 8 + size]
+        if len(payload) < size:
+            raise InputError(f"{path}: MAT-file is truncated. Use the dataset's own labels file.")
+        if kind == _MI_COMPRESSED:
+            try:
+                yield from _mat_elements(zlib.decompress(payload), path)
+            except zlib.error:
+                raise InputError(f"{path}: MAT-file has a damaged compressed element.") from None
+            pos += 8 + size
+        else:
+            yield kind, payload
+            pos += 8 + size + (-size % 8)
+
+
+def _mat_matrix(payload: bytes, path: Path):
+    """A miMATRIX element -> (name, value): a cell is a list, a numeric array a numpy array."""
+    parts = list(_mat_elements(payload, path))
+    if len(parts) < 3:
+        raise InputError(f"{path}: MAT-file holds a matrix this reader does not know.")
+    flags = np.frombuffer(parts[0][1], "<u4")
+    cls, complex_ = int(flags[0] & 0xFF), bool(flags[0] & 0x800)
+    dims = tuple(int(v) for v in np.frombuffer(parts[1][1], _MI_NUMERIC[parts[1][0]]))
+    name = parts[2][1].decode("ascii", "replace")
+    if cls == _MX_CELL:
+        return name, [_mat_matrix(p, path)[1] for kind, p in parts[3:] if kind == _MI_MATRIX]
+    if cls in _MX_NUMERIC and not complex_ and len(parts) >= 4 and parts[3][0] in _MI_NUMERIC:
+        data = np.frombuffer(parts[3][1], _MI_NUMERIC[parts[3][0]]).astype(np.float64)
+        return name, data.reshape(dims, order="F")  # MATLAB is column-major
+    raise InputError(f"{path}: MAT-file variable {name!r} is not a cell array of numeric [start; end] pairs.")
+
+
+def read_mat_labels(path: Path) -> list[list[tuple[int, int]]]:
+    """Ranges per clip from a MATLAB v5 MAT-file holding a cell array ``gt`` (or its only
+    variable) of 2 x K matrices of [start; end] columns, 1-based inclusive. No scipy needed:
+    MAT v5 is a simple tagged format; v7.3 (HDF5) files are refused with a message."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the labels file ({err.strerror}).") from None
+    if len(raw) < 128 or not raw.startswith(b"MATLAB 5.0 MAT-file") or raw[126:128] != b"IM":
+        raise InputError(f"{path}: not a little-endian MATLAB v5 MAT-file (v7.3/HDF5 is not read). Use the *.m labels or --labels JSON.")
+    variables = {}
+    for kind, payload in _mat_elements(raw[128:], path):
+        if kind == _MI_MATRIX:
+            name, value = _mat_matrix(payload, path)
+            variables[name] = value
+    cells = variables.get("gt", next(iter(variables.values())) if len(variables) == 1 else None)
+    if not isinstance(cells, list):
+        raise InputError(f"{path}: no cell array named gt. Use the *.m labels or --labels JSON.")
+    out = []
+    for k, m in enumerate(cells, start=1):
+        m = np.asarray(m)
+        if m.size == 0:
+            out.append([])
+            continue
+        if m.ndim != 2 or m.shape[0] != 2:
+            raise InputError(f"{path}: gt{{{k}}} has shape {m.shape}; expected 2 x K [start; end] columns.")
+        pairs = []
+        for a, b in m.T.astype(np.int64).tolist():
+            if a < 1 or b < a:
+                raise InputError(f"{path}: gt{{{k}}}: range {a}:{b} is empty or starts before frame 1 (1-based).")
+            pairs.append((a - 1, b - 1))
+        out.append(pairs)
+    return out
+
+
+def _pair(path: Path, clip: str, a, b) -> tuple[int, int]:
+    try:
+        s, e = int(a), int(b)
+        if s != float(a) or e != float(b):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: clip {clip!r}: range [{a}, {b}] is not a pair of whole frame numbers.") from None
+    if s < 0 or e < s:
+        raise InputError(f"{path}: clip {clip!r}: range [{s}, {e}] is empty or negative (0-based, inclusive).")
+    return s, e
+
+
+def read_json_labels(path: Path) -> dict[str, list[tuple[int, int]]]:
+    """{clip: [[start, end], ...]} 0-based inclusive."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot read it as JSON ({err}). Expected {{\"clip\": [[start, end], ...]}}.") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object {{\"clip\": [[start, end], ...]}}.")
+    out = {}
+    for clip, ranges in data.items():
+        if not isinstance(ranges, list) or not all(isinstance(r, list) and len(r) == 2 for r in ranges):
+            raise InputError(f"{path}: clip {clip!r}: expected a list of [start, end] pairs (0-based, inclusive).")
+        out[str(clip)] = [_pair(path, clip, a, b) for a, b in ranges]
+    return out
+
+
+def read_csv_labels(path: Path) -> dict[str, list[tuple[int, int]]]:
+    """Rows clip,start,end (0-based inclusive, header optional); clip,, lists a clip with none."""
+    try:
+        rows = list(csv.reader(io.StringIO(Path(path).read_text(encoding="utf-8"))))
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the labels file ({err.strerror}).") from None
+    rows = [[c.strip() for c in r] for r in rows if r and any(c.strip() for c in r)]
+    if rows and [c.lower() for c in rows[0][:3]] == ["clip", "start", "end"]:
+        rows = rows[1:]
+    out: dict[str, list[tuple[int, int]]] = {}
+    for k, r in enumerate(rows, start=1):
+        if len(r) != 3:
+            raise InputError(f"{path}: row {k} has {len(r)} cells; expected clip,start,end.")
+        clip, a, b = r
+        ranges = out.setdefault(clip, [])
+        if a or b:
+            ranges.append(_pair(path, clip, a, b))
+    return out
+
+
+def read_labels(path: Path) -> LabelFile:
+    """Read a labels file of any of the four formats, by its extension."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such labels file. Check the path.")
+    suffix = path.suffix.lower()
+    if suffix == ".m":
+        return LabelFile(path, "matlab-m", parse_matlab_labels(path), True)
+    if suffix == ".mat":
+        return LabelFile(path, "matlab-mat", read_mat_labels(path), True)
+    if suffix == ".json":
+        return LabelFile(path, "json", read_json_labels(path), False)
+    if suffix == ".csv":
+        return LabelFile(path, "csv", read_csv_labels(path), False)
+    raise InputError(f"{path}: unknown labels format. Use a MATLAB .m or .mat file, .json or .csv (see `stan eval --help`).")
+
+
+def clip_ranges(labels: LabelFile, clips: list[Clip]) -> list[list[tuple[int, int]]]:
+    """Each clip's abnormal ranges: by position for MATLAB files, by name for JSON/CSV."""
+    if isinstance(labels.ranges, list):
+        if len(labels.ranges) != len(clips):
+            raise InputError(
+                f"{labels.path}: {len(labels.ranges)} label entries for {len(clips)} clips "
+                f"({clips[0].name} .. {clips[-1].name}). Each clip needs one entry, in clip order."
+            )
+        return list(labels.ranges)
+    names = {c.name for c in clips} | {c.path.name for c in clips}
+    missing = [c.name for c in clips if c.name not in labels.ranges and c.path.name not in labels.ranges]
+    extra = [k for k in labels.ranges if k not in names]
+    if missing or extra:
+        what = (f"no labels for clip(s) {', '.join(missing)}" if missing else "") + (
+            ("; " if missing and extra else "") + (f"labels for unknown clip(s) {', '.join(extra)}" if extra else "")
+        )
+        raise InputError(
+            f"{labels.path}: {len(labels.ranges)} labelled clips for {len(clips)} clips: {what}. "
+            "List every clip (an empty list for a clip without abnormal frames)."
+        )
+    return [labels.ranges.get(c.name, labels.ranges.get(c.path.name)) for c in clips]
+
+
+def label_array(labels: LabelFile, clip: Clip, ranges: list[tuple[int, int]], n: int) -> np.ndarray:
+    """(n,) bool per frame; InputError naming the labels file when a range ends past the clip."""
+    y = np.zeros(n, dtype=bool)
+    for s, e in ranges:
+        if e >= n:
+            raise InputError(
+                f"{labels.path}: clip {clip.name} has {n} frames, but its label range {labels.show(s, e)} "
+                "ends beyond it. Check that the labels belong to these clips."
+            )
+        y[s : e + 1] = True
+    return y
+
+
+# ------------------------------------------------------------------------------------------ scoring
+
+
+@dataclass
+class ClipScores:
+    clip: Clip
+    pixel: np.ndarray  # (N,) NaN where unscored
+    d: np.ndarray  # (N,)
+    map_max: np.ndarray  # (N,) maximum of the upsampled pixel-loss map; NaN unscored or no masks
+    mask_critical: np.ndarray  # (N,) 40 %-coverage critical value inside the mask; NaN when empty
+    mask_set: np.ndarray  # (N,) bool: the frame's mask has a pixel set
+
+
+def score_clip(clip: Clip, model: Stan, device, batch_size: int, precision: str, on_progress: Progress) -> ClipScores:
+    """Score one clip with ScoreStream; with masks, each scored frame's pixel-level critical values.
+
+    Masks are decoded in step with the frames (at most one batch of them is held); the pixel-loss
+    map (S x S) is upsampled bilinearly to the mask's size before the UCSD rule is applied.
+    """
+    stream = ScoreStream(clip.path, model, device, batch_size, precision,
+                         on_progress=lambda stage, done, total: on_progress(f"frames:{clip.name}", done, total))
+    pixel: list[float] = []
+    d: list[float] = []
+    map_max: dict[int, float] = {}
+    mask_crit: dict[int, float] = {}
+    mask_set: list[bool] = []
+    pending: dict[int, np.ndarray] = {}  # frame index -> (H, W) bool mask, awaiting its scores
+    masks = read_frames(clip.mask)[1] if clip.mask is not None else None
+    try:
+        for middles, scores in stream:
+            pixel.extend(scores.pixel.cpu().tolist())
+            d.extend(scores.d.cpu().tolist())
+            if masks is None:
+                continue
+            while len(mask_set) <= middles[-1]:
+                frame = next(masks, None)
+                if frame is None:
+                    break
+                mk = (frame > _MASK_LEVEL).any(axis=2)  # (H, W) bool
+                if len(mask_set) >= middles[0]:
+                    pending[len(mask_set)] = mk
+                mask_set.append(bool(mk.any()))
+            if not pending:
+                continue
+            h, w = next(iter(pending.values())).shape
+            up = F.interpolate(scores.error[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)
+            up_np = up[:, 0].cpu().numpy()  # (B, H, W): the pixel-loss map at the mask's size
+            for k, t in enumerate(middles):
+                mk = pending.pop(t, None)
+                if mk is not None:
+                    map_max[t] = metrics.pixel_critical_value(up_np[k], mk, abnormal=False)
+                    mask_crit[t] = metrics.pixel_critical_value(up_np[k], mk, abnormal=True)
+        if masks is not None:
+            mask_set.extend(bool((f > _MASK_LEVEL).any()) for f in masks)
+    finally:
+        stream.close()
+        if masks is not None:
+            masks.close()
+    n = stream.n_frames
+    if masks is not None and len(mask_set) != n:
+        raise InputError(f"{clip.mask}: {len(mask_set)} mask images for {n} frames in {clip.path}. Each frame needs one mask.")
+    return ClipScores(
+        clip, per_frame(n, pixel), per_frame(n, d), _dense(n, map_max), _dense(n, mask_crit), np.array(mask_set, dtype=bool)
+    )
+
+
+def _dense(n: int, values: dict[int, float]) -> np.ndarray:
+    out = np.full(n, np.nan)
+    for t, v in values.items():
+        out[t] = v
+    return out
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+
+
+def evaluate(
+    test_dir: Path,
+    *,
+    weights: Path | Stan | None = None,
+    out: Path | None = None,
+    labels: Path | None = None,
+    device: str = "auto",
+    batch_size: int = 8,
+    precision: str = "fp32",
+    overwrite: bool = False,
+    on_progress: Progress = lambda stage, done, total: None,
+) -> dict:
+    """Score every clip of a labelled test folder and measure it; with ``out``, write
+    results.json, roc.png, per_clip.csv and scores/<clip>.csv there. Returns what results.json holds.
+
+    on_progress(stage, done, total): stage "clips" counts finished clips; "frames:<clip>"
+    counts decoded frames of the clip being scored.
+    """
+    t0 = time.perf_counter()
+    test_dir = Path(test_dir)
+    if batch_size < 1:
+        raise StanError("--batch-size must be at least 1.")
+    if precision not in PRECISIONS:
+        raise StanError(f"--precision {precision}: unknown precision. Use one of {', '.join(PRECISIONS)}.")
+    layout, clips = find_clips(test_dir)
+    label_file = read_labels(Path(labels) if labels is not None else find_label_file(test_dir))
+    ranges = clip_ranges(label_file, clips)
+    for clip, r in zip(clips, ranges):
+        if clip.frames is not None:  # fail before hours of scoring, not after
+            label_array(label_file, clip, r, clip.frames)
+    with_masks = all(c.mask is not None for c in clips)
+    if with_masks:
+        for c in clips:
+            if c.frames is not None and len(list_frames(c.mask)) != c.frames:
+                raise InputError(f"{c.mask}: {len(list_frames(c.mask))} mask images for {c.frames} frames in {c.path}. Each frame needs one mask.")
+    else:
+        clips = [Clip(c.name, c.path, c.frames, None) for c in clips]
+    model = weights if isinstance(weights, Stan) else load_weights(Path(weights) if weights else find_default_weights())
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    if out is not None:
+        out = Path(out)
+        prepare_output(out, overwrite)
+
+    scored: list[ClipScores] = []
+    on_progress("clips", 0, len(clips))
+    for k, clip in enumerate(clips):
+        scored.append(score_clip(clip, model, dev, batch_size, precision, on_progress))
+        on_progress("clips", k + 1, len(clips))
+    scoring_s = time.perf_counter() - t0
+    y = [label_array(label_file, s.clip, r, len(s.pixel)) for s, r in zip(scored, ranges)]
+
+    measured, curves = _measure(scored, y, model)
+    n_frames = sum(len(s.pixel) for s in scored)
+    results = {
+        "stan_version": __version__,
+        "test_dir": str(test_dir),
+        "layout": layout,
+        "labels": {
+            "file": str(label_file.path),
+            "format": label_file.format,
+            "convention": "1-based inclusive ranges per clip, in clip order" if label_file.one_based
+            else "0-based inclusive ranges per clip name",
+        },
+        "masks": str(test_dir / "masks") if with_masks else None,
+        "clips": len(scored),
+        "frames": n_frames,
+        "scored_frames": int(sum(np.isfinite(s.pixel).sum() for s in scored)),
+        "abnormal_frames": int(sum(v.sum() for v in y)),
+        "unscored_frames": "the first and last 5 frames of each clip have no full 11-frame window; "
+        "they are left out of every metric (their score cells are empty)",
+        "weights": {
+            "file": str(model.path) if model.path else None,
+            "sha256": model.sha256,
+            "config": model.config.to_dict(),
+            "training": model.training,
+            "calibrated": model.calibration is not None,
+        },
+        "device": str(dev),
+        "precision": precision,
+        "batch_size": batch_size,
+        **measured,
+        "paper_ped2": PAPER_PED2,
+    }
+    results["timings"] = {
+        "scoring_s": round(scoring_s, 3),
+        "frames_per_s": round(n_frames / scoring_s, 3) if scoring_s > 0 else None,
+    }
+    if out is not None:
+        _write_results(out, results, scored, y, curves)
+    results["timings"]["wall_s"] = round(time.perf_counter() - t0, 3)
+    if out is not None:
+        report.write_json(out / "results.json", results)
+    return results
+
+
+def _aucs(per_clip: list[np.ndarray], y: list[np.ndarray], names: list[str]) -> dict:
+    pooled = metrics.frame_auc(per_clip, y, "pooled")
+    macro = metrics.frame_auc(per_clip, y, "macro")
+    s, lab = metrics.pooled(per_clip, y)
+    e = metrics.eer(*metrics.roc_curve(s, lab)[:2]) if metrics.has_both_classes(lab) else float("nan")
+    return {
+        "pooled": {"auc": pooled.auc, "eer": e, "frames": pooled.frames, "clips": pooled.clips},
+        "macro": {
+            "auc": macro.auc, "frames": macro.frames, "clips": macro.clips,
+            "skipped_clips": [names[k] for k in macro.skipped_clips],
+            "skipped_reason": "scored frames hold a single class (all normal or all abnormal)",
+        },
+    }
+
+
+def _measure(scored: list[ClipScores], y: list[np.ndarray], model: Stan) -> tuple[dict, dict]:
+    """Every metric from the per-frame losses and labels; and the pooled ROC inputs per kind."""
+    names = [s.clip.name for s in scored]
+    pixel = [s.pixel for s in scored]
+    d = [s.d for s in scored]
+    lam = scoring.lambda_s(np.concatenate(pixel), np.concatenate(d))
+    raw = {kind: [scoring.raw_score(p, q, kind, lam) for p, q in zip(pixel, d)] for kind in scoring.KINDS}
+    frame_level = {kind: _aucs(raw[kind], y, names) for kind in scoring.KINDS}
+    cal_lam = float(model.calibration["lambda_s"]) if model.calibration is not None else None
+    if cal_lam is not None:
+        frame_level["gd_calibration_lambda"] = {
+            "lambda_s": cal_lam, **_aucs([scoring.raw_score(p, q, "gd", cal_lam) for p, q in zip(pixel, d)], y, names)
+        }
+    events = metrics.event_level(raw["gd"], y)
+    for det in events["detections"]:
+        det["clip"] = names[det["clip"]]
+    per_clip = [
+        {"clip": n, "frames": int(len(lab)), "scored_frames": int(np.isfinite(p).sum()), "abnormal_frames": int(lab.sum()),
+         **{f"auc_{kind}": metrics.clip_auc(raw[kind][k], lab) for kind in scoring.KINDS}}
+        for k, (n, p, lab) in enumerate(zip(names, pixel, y))
+    ]
+    return {
+        "lambda_s": lam,
+        "lambda_s_source": LAMBDA_SOURCE,
+        "lambda_s_calibration": cal_lam,
+        "protocols": PROTOCOL_TEXT,
+        "headline": {
+            "metric": "frame-level AUC, pooled protocol, score gd",
+            "auc": frame_level["gd"]["pooled"]["auc"],
+            "paper_ped2": PAPER_PED2["frame_auc"]["gd"],
+        },
+        "frame_level": frame_level,
+        "event_level": {"score": "gd", **events},
+        "pixel_level": _pixel_level(scored, y),
+        "per_clip": per_clip,
+    }, {kind: metrics.pooled(raw[kind], y) for kind in scoring.KINDS}
+
+
+def _critical(s: ClipScores, lab: np.ndarray) -> np.ndarray:
+    """Per-frame pixel-level critical value given the frame label (NaN where unscored/no masks)."""
+    return np.where(lab, s.mask_critical, s.map_max)
+
+
+def _pixel_level(scored: list[ClipScores], y: list[np.ndarray]) -> dict:
+    rule = (f"UCSD: an abnormal frame is detected at tau when >= {metrics.PIXEL_COVERAGE:.0%} of its mask pixels have "
+            "pixel loss > tau; a normal frame with any pixel > tau is a false positive; pixel-loss map upsampled "
+            "bilinearly to the mask size")
+    if any(s.clip.mask is None for s in scored):
+        return {"available": False, "reason": "no masks/<clip>/ folder for every clip", "rule": rule}
+    crit = np.concatenate([_critical(s, lab) for s, lab in zip(scored, y)])
+    lab = np.concatenate(y)
+    scored_mask = np.concatenate([np.isfinite(s.pixel) for s in scored])
+    masks = np.concatenate([s.mask_set for s in scored])
+    empty_abnormal = int((lab & ~masks & scored_mask).sum())
+    r = metrics.pixel_level(crit, lab)
+    return {
+        "available": True, **r, "rule": rule,
+        "abnormal_frames_with_empty_mask": empty_abnormal,
+        "label_mask_disagreements": int((lab != masks).sum()),
+    }
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+
+def _cell(x: float) -> str:
+    return f"{x:.8g}" if np.isfinite(x) else ""
+
+
+def _write_results(out: Path, results: dict, scored: list[ClipScores], y: list[np.ndarray], curves: dict) -> None:
+    """per_clip.csv, scores/<clip>.csv and roc.png (results.json is written last, by the caller)."""
+    rows = [PER_CLIP_HEADER] + [
+        f"{r['clip']},{r['frames']},{r['abnormal_frames']},{_cell(r['auc_g'])},{_cell(r['auc_d'])},{_cell(r['auc_gd'])}"
+        for r in results["per_clip"]
+    ]
+    report.atomic_write_bytes(out / "per_clip.csv", ("\n".join(rows) + "\n").encode())
+    (out / SCORES_DIR).mkdir(exist_ok=True)
+    with_masks = results["pixel_level"].get("available", False)
+    for s, lab in zip(scored, y):
+        crit = _critical(s, lab) if with_masks else np.full(len(lab), np.nan)
+        lines = [SCORES_HEADER] + [
+            f"{t},{int(lab[t])},{_cell(s.pixel[t])},{_cell(s.d[t])},{_cell(crit[t])}" for t in range(len(lab))
+        ]
+        report.atomic_write_bytes(out / SCORES_DIR / f"{s.clip.name}.csv", ("\n".join(lines) + "\n").encode())
+    plot_roc(out / "roc.png", curves, results["frame_level"], results["clips"])
+    results["files"] = [*RESULTS_FILES, f"{SCORES_DIR}/<clip>.csv"]
+
+
+def plot_roc(path: Path, curves: dict, frame_level: dict, n_clips: int) -> None:
+    """Pooled frame-level ROC curves of g, d and gd, with AUC and EER in the legend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], color="#999999", linestyle=":", linewidth=1.0, label="chance")
+    colours = {"g": "#1f5fa8", "d": "#e07b00", "gd": "#c0392b"}
+    n_frames = 0
+    for kind, (s, lab) in curves.items():
+        n_frames = s.size
+        if not metrics.has_both_classes(lab):
+            continue
+        fpr, tpr, _ = metrics.roc_curve(s, lab)
+        r = frame_level[kind]["pooled"]
+        ax.plot(fpr, tpr, color=colours[kind], linewidth=1.6,
+                label=f"{kind} ({KIND_NAMES[kind]}): AUC {100 * r['auc']:.1f} %, EER {100 * r['eer']:.1f} %")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.005)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(f"Frame-level ROC, pooled ({n_frames} scored frames, {n_clips} clips)", fontsize=10, loc="left")
+    ax.grid(True, alpha=0.25)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    fig.clear()
+    report.atomic_write_bytes(path, buf.getvalue())

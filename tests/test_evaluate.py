@@ -1,0 +1,229 @@
+"""`evaluate(...)` and `stan eval` on a tiny Ped2-layout test set, and the label readers."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from stan_cli.cli import app
+from stan_cli.detect import detect
+from stan_cli.errors import InputError, OutputError
+from stan_cli.weights import load_weights
+from stan_cli.evaluate import (
+    PER_CLIP_HEADER, SCORES_HEADER, evaluate, find_clips, parse_matlab_labels, read_csv_labels,
+    read_json_labels, read_labels, read_mat_labels,
+)
+
+from conftest import HEIGHT, WIDTH, make_clip, write_frame_folder, write_video
+
+N = 24  # frames per clip: 14 scored
+ANOMALIES = {"01": range(12, 20), "02": range(16, N)}  # clip 02 ends abnormal
+PED2 = Path("/work/shared/data/ped2/testing")
+
+
+def _mask_frames(anomaly: range) -> np.ndarray:
+    """White where make_clip draws the bright square, black elsewhere."""
+    masks = np.zeros((N, HEIGHT, WIDTH, 3), np.uint8)
+    for t in anomaly:
+        x = int((t - anomaly.start) / len(anomaly) * (WIDTH - 12))
+        masks[t, HEIGHT - 16 : HEIGHT - 4, x : x + 12] = 255
+    return masks
+
+
+def _m_file(path: Path, entries: list[str]) -> Path:
+    lines = ["TestVideoFile = {};", "% frame-level ground truth"]
+    lines += [f"TestVideoFile{{end+1}}.gt_frame = [{e}];" for e in entries]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ped2_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ped2") / "testing"
+    for k, (name, anomaly) in enumerate(ANOMALIES.items()):
+        write_frame_folder(root / "frames" / name, make_clip(N, anomaly=anomaly, seed=k), "{:03d}.png")
+        write_frame_folder(root / "masks" / name, _mask_frames(anomaly), "{:03d}.png")
+    _m_file(root / "UCSDmini.m", ["13:20", "17:24"])  # 1-based inclusive
+    return root
+
+
+@pytest.fixture(scope="module")
+def evaluated(ped2_dir, tiny_weights, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "results"
+    return out, evaluate(ped2_dir, weights=tiny_weights, out=out, device="cpu")
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+def test_results_folder_contract(evaluated):
+    out, r = evaluated
+    assert sorted(p.name for p in out.iterdir()) == ["per_clip.csv", "results.json", "roc.png", "scores"]
+    assert sorted(p.name for p in (out / "scores").iterdir()) == ["01.csv", "02.csv"]
+    assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((out / "results.json").read_text())
+    for key in ("labels", "weights", "lambda_s", "lambda_s_source", "protocols", "headline", "frame_level",
+                "event_level", "pixel_level", "per_clip", "paper_ped2", "timings", "files"):
+        assert key in saved, key
+    assert saved["clips"] == 2 and saved["frames"] == 2 * N and saved["scored_frames"] == 2 * (N - 10)
+    assert saved["abnormal_frames"] == 8 + 8
+    assert saved["labels"]["format"] == "matlab-m" and saved["labels"]["file"].endswith("UCSDmini.m")
+    assert "test set" in saved["lambda_s_source"] and saved["lambda_s_calibration"] is None
+    assert len(saved["weights"]["sha256"]) == 64 and saved["weights"]["training"] == {"untrained": True}
+    assert saved["paper_ped2"]["frame_auc"] == {"g": 0.959, "d": 0.862, "gd": 0.965}
+    assert saved["paper_ped2"]["event_level"]["correct"] == 12
+    assert saved["timings"]["wall_s"] > 0
+    for kind in ("g", "d", "gd"):
+        pooled = saved["frame_level"][kind]["pooled"]
+        assert 0.0 <= pooled["auc"] <= 1.0 and 0.0 <= pooled["eer"] <= 1.0 and pooled["frames"] == 28
+        assert saved["frame_level"][kind]["macro"]["clips"] == 2
+    assert saved["headline"]["auc"] == saved["frame_level"]["gd"]["pooled"]["auc"]
+    ev = saved["event_level"]
+    assert ev["ground_truth_events"] == 2 and ev["correct"] + ev["false_alarms"] == len(ev["detections"])
+    assert {d["clip"] for d in ev["detections"]} <= {"01", "02"}
+    px = saved["pixel_level"]
+    assert px["available"] and px["frames"] == 28 and px["label_mask_disagreements"] == 0  # masks in step
+    assert px["edr"] == pytest.approx(1 - px["eer"])
+
+
+def test_csv_files(evaluated):
+    out, r = evaluated
+    rows = _rows(out / "per_clip.csv")
+    assert (out / "per_clip.csv").read_text().splitlines()[0] == PER_CLIP_HEADER
+    assert [(x["clip"], int(x["frames"]), int(x["abnormal_frames"])) for x in rows] == [("01", N, 8), ("02", N, 8)]
+    for x in rows:
+        assert 0.0 <= float(x["auc_gd"]) <= 1.0
+    scores = _rows(out / "scores" / "01.csv")
+    assert (out / "scores" / "01.csv").read_text().splitlines()[0] == SCORES_HEADER
+    assert [int(x["frame"]) for x in scores] == list(range(N))
+    assert [int(x["label"]) for x in scores] == [int(t in ANOMALIES["01"]) for t in range(N)]
+    for x in scores[:5] + scores[-5:]:
+        assert x["pixel_loss"] == x["d_loss"] == x["pixel_critical"] == ""
+    for x in scores[5:-5]:
+        assert float(x["pixel_loss"]) >= 0 and float(x["d_loss"]) >= 0 and float(x["pixel_critical"]) >= 0
+
+
+def test_scores_are_detects_scores(evaluated, ped2_dir, tiny_weights):
+    """One scoring loop: evaluate's losses are detect's, frame for frame."""
+    out, _ = evaluated
+    ours = _rows(out / "scores" / "02.csv")
+    theirs = detect(ped2_dir / "frames" / "02", weights=tiny_weights, device="cpu", write_video=False)
+    got = np.array([float(x["pixel_loss"]) if x["pixel_loss"] else np.nan for x in ours])
+    np.testing.assert_allclose(got, theirs.pixel_loss, rtol=1e-6, equal_nan=True)
+
+
+def test_output_folder_refused_when_not_empty(evaluated, ped2_dir, tiny_weights):
+    out, _ = evaluated
+    with pytest.raises(OutputError, match="already holds files"):
+        evaluate(ped2_dir, weights=tiny_weights, out=out, device="cpu")
+
+
+def test_videos_with_json_labels_and_calibrated_weights(tmp_path, tiny_weights_calibrated):
+    for k, (name, anomaly) in enumerate(ANOMALIES.items()):
+        write_video(tmp_path / f"cam{name}.mp4", make_clip(N, anomaly=anomaly, seed=k))
+    (tmp_path / "labels.json").write_text(json.dumps({"cam01": [[12, 19]], "cam02.mp4": [[16, 23]]}))
+    r = evaluate(tmp_path, weights=tiny_weights_calibrated, device="cpu")  # no out: data only
+    assert r["layout"] == "videos" and r["labels"]["format"] == "json"
+    assert [c["clip"] for c in r["per_clip"]] == ["cam01", "cam02"] and r["abnormal_frames"] == 16
+    assert r["pixel_level"]["available"] is False
+    assert r["lambda_s_calibration"] == load_weights(tiny_weights_calibrated).calibration["lambda_s"]
+    assert "gd_calibration_lambda" in r["frame_level"]
+
+
+# ------------------------------------------------------------------------------------------ labels
+
+
+def test_matlab_label_lines(tmp_path):
+    m = _m_file(tmp_path / "gt.m", ["61:180", "1:10, 20:30", "1:10 20:30", "", "5", " 7:8 "])
+    assert parse_matlab_labels(m) == [[(60, 179)], [(0, 9), (19, 29)], [(0, 9), (19, 29)], [], [(4, 4)], [(6, 7)]]
+    bad = _m_file(tmp_path / "bad.m", ["10:5"])
+    with pytest.raises(InputError, match="bad.m"):
+        parse_matlab_labels(bad)
+    (tmp_path / "none.m").write_text("x = 1;\n")
+    with pytest.raises(InputError, match="none.m.*gt_frame"):
+        parse_matlab_labels(tmp_path / "none.m")
+
+
+@pytest.mark.skipif(not (PED2 / "ped2.mat").is_file(), reason="Ped2 test labels not present")
+def test_mat_file_agrees_with_m_file():
+    labels = read_mat_labels(PED2 / "ped2.mat")
+    assert labels == parse_matlab_labels(PED2 / "UCSDped2.m")
+    assert labels[0] == [(60, 179)] and len(labels) == 12
+
+
+def test_mat_file_refuses_other_files(tmp_path):
+    (tmp_path / "x.mat").write_bytes(b"\x89HDF\r\n" + bytes(200))
+    with pytest.raises(InputError, match="x.mat.*v5"):
+        read_mat_labels(tmp_path / "x.mat")
+
+
+def test_json_and_csv_labels(tmp_path):
+    (tmp_path / "l.json").write_text('{"a": [[0, 4], [10, 12]], "b": []}')
+    assert read_json_labels(tmp_path / "l.json") == {"a": [(0, 4), (10, 12)], "b": []}
+    (tmp_path / "l.csv").write_text("clip,start,end\na,0,4\na,10,12\nb,,\n")
+    assert read_csv_labels(tmp_path / "l.csv") == {"a": [(0, 4), (10, 12)], "b": []}
+    (tmp_path / "bad.json").write_text('{"a": [[4, 1]]}')
+    with pytest.raises(InputError, match="bad.json"):
+        read_json_labels(tmp_path / "bad.json")
+    (tmp_path / "l.txt").write_text("")
+    with pytest.raises(InputError, match="l.txt.*unknown labels format"):
+        read_labels(tmp_path / "l.txt")
+
+
+def test_label_count_must_match_clips(ped2_dir, tiny_weights, tmp_path):
+    labels = _m_file(tmp_path / "three.m", ["1:5", "1:5", "1:5"])
+    with pytest.raises(InputError, match=r"three\.m: 3 label entries for 2 clips"):
+        evaluate(ped2_dir, weights=tiny_weights, labels=labels, device="cpu")
+    (tmp_path / "names.json").write_text('{"01": [], "03": []}')
+    with pytest.raises(InputError, match=r"names\.json.*no labels for clip\(s\) 02.*unknown clip\(s\) 03"):
+        evaluate(ped2_dir, weights=tiny_weights, labels=tmp_path / "names.json", device="cpu")
+
+
+def test_label_range_beyond_clip(ped2_dir, tiny_weights, tmp_path):
+    labels = _m_file(tmp_path / "long.m", ["13:20", "17:25"])
+    with pytest.raises(InputError, match=r"long\.m: clip 02 has 24 frames.*17:25 \(1-based\)"):
+        evaluate(ped2_dir, weights=tiny_weights, labels=labels, device="cpu")
+
+
+def test_missing_frames_folder_and_labels(tmp_path, tiny_weights):
+    with pytest.raises(InputError, match="frames: no such folder"):
+        find_clips(tmp_path)
+    (tmp_path / "frames" / "01").mkdir(parents=True)
+    with pytest.raises(InputError, match="01: clip folder holds no frames"):
+        find_clips(tmp_path)
+    with pytest.raises(InputError, match="no such folder"):
+        find_clips(tmp_path / "nope")
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+runner = CliRunner()
+
+
+def test_cli_eval(ped2_dir, tiny_weights, tmp_path):
+    out = tmp_path / "res"
+    result = runner.invoke(app, ["eval", str(ped2_dir), "--weights", str(tiny_weights), "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "paper (Ped2)" in result.output and "96.5 %" in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert "Results written to" in last and str(out.name) in last
+    assert (out / "results.json").is_file()
+
+    bad = _m_file(tmp_path / "bad.m", ["1:5"])
+    result = runner.invoke(app, ["eval", str(ped2_dir), "--weights", str(tiny_weights), "--out", str(tmp_path / "r2"),
+                                 "--labels", str(bad)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    text = " ".join(ln.strip() for ln in result.output.strip().splitlines())
+    assert text.startswith("error:") and "bad.m" in text and "1 label entries for 2 clips" in text
+
+    assert runner.invoke(app, ["eval", str(ped2_dir)]).exit_code == 2  # --out is required
