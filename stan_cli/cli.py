@@ -135,8 +135,8 @@ def detect(
 def train(
     data: Annotated[Path, typer.Argument(help="Normal footage: a frame folder, a folder of clip folders, or of videos.")],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Weights file to write.")] = Path("model.safetensors"),
-    pretrain_epochs: Annotated[int, typer.Option(help="Epochs of the generator alone on the pixel loss.", rich_help_panel="Recipe")] = 10,
-    epochs: Annotated[int, typer.Option(help="Adversarial epochs (generator and discriminator alternately).", rich_help_panel="Recipe")] = 20,
+    pretrain_epochs: Annotated[Optional[int], typer.Option(help="Epochs of the generator alone on the pixel loss [default: 10; on --resume the run's own].", rich_help_panel="Recipe", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Adversarial epochs, generator and discriminator alternately [default: 20; on --resume the run's own].", rich_help_panel="Recipe", show_default=False)] = None,
     lr: Annotated[float, typer.Option(help="Adam learning rate.", rich_help_panel="Recipe")] = 2e-4,
     batch_size: Annotated[int, typer.Option(help="Windows per step (per process).", rich_help_panel="Recipe")] = 3,
     lam: Annotated[float, typer.Option("--lambda", help="Weight of the pixel loss in L_G.", rich_help_panel="Recipe")] = 1.0,
@@ -167,7 +167,14 @@ def train(
     def on_event(kind: str, **info) -> None:
         if kind == "warning":
             progress.console.print(f"[yellow]warning:[/] {info['message']}", highlight=False)
+        elif kind == "decode":
+            if task["id"] is None:
+                task["id"] = progress.add_task("decoding footage", total=info["total"], info="")
+            progress.update(task["id"], completed=info["done"], info=Path(info["name"]).name)
         elif kind == "data":
+            if task["id"] is not None:
+                progress.remove_task(task["id"])
+                task["id"] = None
             progress.console.print(
                 f"{info['clips']} clips: {info['train_windows']} training windows from {info['train_clips']} clips, "
                 f"{info['val_windows']} validation windows from {info['val_clips']}"

@@ -12,6 +12,7 @@ Windows never cross a clip boundary.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from .model import CONTEXT, WINDOW
 from .video import is_video_file, list_frames, natural_key, read_frames
 from .windows import to_grey_square
 
-DECODE_CHUNK = 64
+DECODE_CHUNK_BYTES = 64 << 20  # RGB bytes converted at once: about 64 frames of 640x480, 2 of 4K
 
 
 @dataclass
@@ -74,17 +75,19 @@ def _decode(source: Path, size: int, target: Path) -> int:
     """Decode a clip into target (.npy, uint8 (N, S, S)); returns N. Streams in chunks."""
     _, frames = read_frames(source)
     tmp = target.with_suffix(".partial")
+    out_tmp = target.with_suffix(".npy.tmp")
     try:
         _write_grey(frames, size, tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     count = tmp.stat().st_size // (size * size)
-    with open(tmp, "rb") as raw, open(target, "wb") as out:
+    with open(tmp, "rb") as raw, open(out_tmp, "wb") as out:
         out.write(_npy_header((count, size, size)))
         while block := raw.read(1 << 24):
             out.write(block)
     tmp.unlink()
+    os.replace(out_tmp, target)
     return count
 
 
@@ -93,7 +96,7 @@ def _write_grey(frames, size: int, path: Path) -> None:
         chunk: list[np.ndarray] = []
         for frame in frames:
             chunk.append(frame)
-            if len(chunk) == DECODE_CHUNK:
+            if len(chunk) * frame.nbytes >= DECODE_CHUNK_BYTES:
                 fh.write(to_grey_square(np.stack(chunk), size).tobytes())
                 chunk = []
         if chunk:
@@ -114,6 +117,7 @@ def load_clips(
     cache: Path,
     warn: Callable[[str], None] = lambda msg: None,
     decode: bool = True,
+    on_clip: Callable[[int, int, str], None] = lambda done, total, name: None,
 ) -> list[Clip]:
     """Decode (or reuse) every clip under `folder`; skip, with a warning, what cannot be used.
 
@@ -122,7 +126,10 @@ def load_clips(
     sources = find_sources(Path(folder))
     cache.mkdir(parents=True, exist_ok=True)
     manifest_path = cache / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    try:
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    except ValueError:  # damaged: decode everything again
+        manifest = {}
     clips: list[Clip] = []
     skipped: list[str] = []
     for index, source in enumerate(sources):
@@ -131,6 +138,7 @@ def load_clips(
         print_name = str(source)
         entry = {"source": _fingerprint(source), "size": size}
         if decode and (manifest.get(key, {}).get("entry") != entry or not target.exists()):
+            on_clip(index, len(sources), print_name)
             try:
                 _decode(source, size, target)
             except InputError as err:
@@ -140,7 +148,9 @@ def load_clips(
                 target.unlink(missing_ok=True)
                 continue
             manifest[key] = {"entry": entry}
-            manifest_path.write_text(json.dumps(manifest, indent=1))
+            tmp = manifest_path.with_name(".manifest.json.tmp")
+            tmp.write_text(json.dumps(manifest, indent=1))
+            os.replace(tmp, manifest_path)
         if key not in manifest:
             continue
         frames = np.load(target, mmap_mode="r")

@@ -20,6 +20,7 @@ and the decoded frame cache. All writes are a temp file then a rename.
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import platform
@@ -28,7 +29,8 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import __version__, scoring
 from .dataset import Clip, WindowSet, load_clips, split_validation
 from .errors import InputError, OutputError, TrainingError
-from .inference import autocast, resolve_device, score_windows
+from .inference import PRECISIONS, autocast, resolve_device, score_windows
 from .model import PRESETS, Discriminator, Generator, d_loss_map, pixel_loss, split_window, with_middle
 from .weights import load_checkpoint, load_weights, save_checkpoint, save_weights
 from .windows import to_tensor
@@ -51,14 +53,16 @@ SELECTION_RULE = (
 LOG_FIELDS = ["step", "phase", "epoch", "loss_pixel", "loss_adv", "loss_d", "d_real", "d_fake", "samples_per_s"]
 VAL_FIELDS = ["step", "phase", "epoch", "val_pixel", "val_d", "selected"]
 Event = Callable[..., None]
+DEFAULT_PRETRAIN_EPOCHS = 10
+DEFAULT_EPOCHS = 20
 
 
 @dataclass
 class TrainOptions:
     data: Path
     out: Path
-    pretrain_epochs: int = 10
-    epochs: int = 20
+    pretrain_epochs: int | None = None  # None: DEFAULT_PRETRAIN_EPOCHS, or a resumed run's own value
+    epochs: int | None = None  # None: DEFAULT_EPOCHS, or a resumed run's own value
     lr: float = 2e-4
     batch_size: int = 3
     lam: float = 1.0
@@ -103,7 +107,6 @@ class TrainResult:
     steps: int
     log: Path
     plot: Path
-    history: list[dict] = field(default_factory=list)
 
 
 class _Rank:
@@ -124,48 +127,39 @@ class _Rank:
 
 
 class _Lock:
-    """`<out>.lock` held for the life of a run: two runs writing one --out are refused."""
+    """`<out>.lock`, flock-ed for the life of a run: two runs writing one --out are refused.
+
+    The kernel drops an flock when its process dies (kill -9, reboot, a requeued job), so a
+    lock left behind never blocks a resumed run; host and pid in the file are only for the message.
+    """
 
     def __init__(self, out: Path) -> None:
         self.path = out.with_name(out.name + ".lock")
-        self.held = False
+        self._fd: int | None = None
 
     def acquire(self) -> None:
-        me = f"{socket.gethostname()} {os.getpid()}"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if self._stale():
-                    self.path.unlink(missing_ok=True)
-                    continue
-                raise TrainingError(
-                    f"{self.path}: another `stan train` is writing this --out ({self.path.read_text().strip()}). "
-                    "Wait for it to finish or choose another --out."
-                ) from None
-            with os.fdopen(fd, "w") as fh:
-                fh.write(me)
-            self.held = True
-            return
-
-    def _stale(self) -> bool:
         try:
-            host, pid = self.path.read_text().split()
-            if host != socket.gethostname():
-                return False
-            os.kill(int(pid), 0)
-            return False
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # alive, owned by another user
-            return False
-        except (ValueError, OSError):
-            return True
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as err:
+            raise OutputError(f"{self.path}: cannot create the run's lock file ({err.strerror}). Choose a writable --out.") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
+            os.close(fd)
+            raise TrainingError(
+                f"{self.path}: another `stan train` is writing this --out ({holder}). "
+                "Wait for it to finish or choose another --out."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{socket.gethostname()} pid {os.getpid()}".encode())
+        self._fd = fd
 
     def release(self) -> None:
-        if self.held:
+        if self._fd is not None:
             self.path.unlink(missing_ok=True)
-            self.held = False
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
 
 
 class _StopFlag:
@@ -217,25 +211,35 @@ def _check_finite(losses: dict[str, torch.Tensor], where: str, ckpt: Path) -> No
     for name, value in losses.items():
         if not torch.isfinite(value):
             kept = (
-                f"the last good checkpoint ({ckpt}) is kept. Try --precision fp32 or a lower --lr, then --resume."
+                f"the last good checkpoint ({ckpt}) is kept. Resume with --resume --precision fp32, "
+                "or start over (--overwrite) with a lower --lr."
                 if ckpt.exists()
                 else "no checkpoint had been written yet. Try --precision fp32 or a lower --lr."
             )
             raise TrainingError(f"{name} became {value.item()} at {where}; training stopped and {kept}")
 
 
+def _grad_norm(opt: torch.optim.Optimizer) -> torch.Tensor:
+    """Total gradient norm: an inf/NaN gradient must stop the run before Adam spreads it."""
+    grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module.module if isinstance(module, DistributedDataParallel) else module
 
 
-def validate(generator, discriminator, clips: list[Clip], device, precision: str, batch_size: int = 8):
-    """Per-window pixel loss and -log D(S_t) on the given clips: two float64 arrays."""
+def validate(generator, discriminator, clips: list[Clip], device, batch_size: int = 8):
+    """Per-window pixel loss and -log D(S_t) on the given clips: two float64 arrays.
+
+    Always fp32, whatever the training precision: calibration must match `stan detect`'s default.
+    """
     generator.eval()
     discriminator.eval()
     pixel, d = [], []
     loader = torch.utils.data.DataLoader(WindowSet(clips), batch_size=batch_size, shuffle=False)
     for batch in loader:
-        scores = score_windows(generator, discriminator, to_tensor(batch).to(device), precision)
+        scores = score_windows(generator, discriminator, to_tensor(batch).to(device), "fp32")
         pixel.append(scores.pixel.cpu().double().numpy())
         d.append(scores.d.cpu().double().numpy())
     generator.train()
@@ -245,12 +249,32 @@ def validate(generator, discriminator, clips: list[Clip], device, precision: str
     return np.concatenate(pixel), np.concatenate(d)
 
 
+def _validate(opts: TrainOptions) -> None:
+    """Every option checked before anything is locked, deleted or decoded."""
+    if opts.preset not in PRESETS:
+        raise TrainingError(f"--preset {opts.preset}: unknown. Use one of {', '.join(PRESETS)}.")
+    for name in ("pretrain_epochs", "epochs", "val_clips", "workers"):
+        value = getattr(opts, name)
+        if value is not None and value < 0:
+            raise TrainingError(f"--{name.replace('_', '-')} must be >= 0.")
+    if opts.batch_size < 1 or opts.checkpoint_every < 1:
+        raise TrainingError("--batch-size and --checkpoint-every must be at least 1.")
+    if not opts.lr > 0 or not opts.lam >= 0:
+        raise TrainingError("--lr must be > 0 and --lambda >= 0.")
+    if not 0 < opts.false_alarm_rate < 1:
+        raise TrainingError(f"--false-alarm-rate {opts.false_alarm_rate}: must be between 0 and 1 (0.01 = 1 %).")
+    if opts.precision not in PRECISIONS:
+        raise TrainingError(f"--precision {opts.precision}: unknown. Use one of {', '.join(PRECISIONS)}.")
+    if opts.out.is_dir():
+        raise OutputError(f"{opts.out}: is a folder. --out must be a file name such as model.safetensors.")
+    if not opts.out.parent.is_dir():
+        raise OutputError(f"{opts.out.parent}: folder does not exist. Create it or choose another --out.")
+    if not os.access(opts.out.parent, os.W_OK):
+        raise OutputError(f"{opts.out.parent}: folder is not writable. Choose another --out.")
+
+
 def _prepare_outputs(opts: TrainOptions, rank: _Rank) -> None:
     ckpt = opts.ckpt_dir / "last.safetensors"
-    if opts.out.exists() and opts.out.is_dir():
-        raise OutputError(f"{opts.out}: is a folder. --out must be a file name such as model.safetensors.")
-    if not opts.out.parent.exists():
-        raise OutputError(f"{opts.out.parent}: folder does not exist. Create it or choose another --out.")
     if opts.resume:
         if not ckpt.exists():
             raise TrainingError(f"{ckpt}: no checkpoint to resume. Run without --resume to start training.")
@@ -343,13 +367,7 @@ def train(opts: TrainOptions, on_event: Event = lambda kind, **info: None) -> Tr
     TrainingInterrupted after a clean stop on Ctrl-C / SIGTERM (the checkpoint is written).
     """
     opts = TrainOptions(**{**asdict(opts), "data": Path(opts.data), "out": Path(opts.out)})
-    if opts.preset not in PRESETS:
-        raise TrainingError(f"--preset {opts.preset}: unknown. Use one of {', '.join(PRESETS)}.")
-    for name in ("pretrain_epochs", "epochs", "val_clips", "workers"):
-        if getattr(opts, name) < 0:
-            raise TrainingError(f"--{name.replace('_', '-')} must be >= 0.")
-    if opts.batch_size < 1 or opts.lr <= 0 or opts.checkpoint_every < 1:
-        raise TrainingError("--batch-size and --checkpoint-every must be >= 1 and --lr > 0.")
+    _validate(opts)
     rank = _Rank()
     device = resolve_device(opts.device)
     if rank.world > 1:
@@ -357,7 +375,8 @@ def train(opts: TrainOptions, on_event: Event = lambda kind, **info: None) -> Tr
             device = torch.device("cuda", rank.local_rank)
             torch.cuda.set_device(device)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            # rank 0 decodes all footage and validates alone while the others wait at a barrier
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=6))
     emit = on_event if rank.main else (lambda kind, **info: None)
     lock = _Lock(opts.out)
     try:
@@ -387,8 +406,21 @@ def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event) -> 
         if changed and rank.main:
             emit("warning", message=f"resuming with the run's own {', '.join(changed)} (command-line values ignored)")
         opts = TrainOptions(**{**asdict(opts), **{k: stored[k] for k in TrainOptions.RUN_KEYS}})
-        if opts.pretrain_epochs < progress["pretrain_epochs"] and progress["phase"] != "pretrain":
+        if opts.epochs is None:
+            opts.epochs = progress["epochs"]
+        if opts.pretrain_epochs is None or (
+            opts.pretrain_epochs < progress["pretrain_epochs"] and progress["phase"] != "pretrain"
+        ):
             opts.pretrain_epochs = progress["pretrain_epochs"]
+        world = progress.get("world_size", 1)
+        if world != rank.world:
+            raise TrainingError(
+                f"{last_path}: this run was trained by {world} process(es), now {rank.world}. "
+                f"Resume with the same number of processes (the data order depends on it)."
+            )
+    else:
+        opts.pretrain_epochs = DEFAULT_PRETRAIN_EPOCHS if opts.pretrain_epochs is None else opts.pretrain_epochs
+        opts.epochs = DEFAULT_EPOCHS if opts.epochs is None else opts.epochs
 
     config = PRESETS[opts.preset]
     torch.manual_seed(opts.seed)
@@ -403,6 +435,7 @@ def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event) -> 
         options={k: getattr(opts, k) for k in TrainOptions.RUN_KEYS},
         pretrain_epochs=opts.pretrain_epochs,
         epochs=opts.epochs,
+        world_size=rank.world,
     )
     finish_only = False
     if progress["phase"] == "done":  # continue a finished run with more epochs
@@ -429,11 +462,22 @@ def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event) -> 
         emit("warning", message=msg)
 
     if rank.main:
-        clips = load_clips(opts.data, config.image_size, ckpt_dir / "frames", warn=warn)
+        clips = load_clips(
+            opts.data, config.image_size, ckpt_dir / "frames", warn=warn,
+            on_clip=lambda done, total, name: emit("decode", done=done, total=total, name=name),
+        )
     rank.barrier()
     if not rank.main:
         clips = load_clips(opts.data, config.image_size, ckpt_dir / "frames", decode=False)
     train_clips, val_clips = split_validation(clips, opts.val_clips)
+    sources = {"train": [c.source for c in train_clips], "val": [c.source for c in val_clips]}
+    if "clips" in progress and progress["clips"] != sources:
+        raise TrainingError(
+            f"{opts.data}: the footage differs from the run being resumed (clips added, removed or renamed), "
+            "which would move clips between training and validation. Resume with the same footage, "
+            "or start a new run with another --out."
+        )
+    progress["clips"] = sources
     windows = WindowSet(train_clips)
     n_val = len(WindowSet(val_clips))
     emit(
@@ -532,6 +576,7 @@ def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt) -
         _check_finite({"pixel loss": loss}, where, ckpt)
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
+        _check_finite({"generator gradient": _grad_norm(opt_g)}, where, ckpt)
         opt_g.step()
         return {"loss_pixel": loss.item()}
 
@@ -548,6 +593,7 @@ def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt) -
     _check_finite({"discriminator loss": loss_d}, where, ckpt)
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
+    _check_finite({"discriminator gradient": _grad_norm(opt_d)}, where, ckpt)
     opt_d.step()
     # Generator step against the updated discriminator, called bare with frozen weights:
     # gradients reach the fake frame only, and a DDP-wrapped discriminator sees exactly one
@@ -563,6 +609,7 @@ def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt) -
         _check_finite({"generator loss": loss_g}, where, ckpt)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
+        _check_finite({"generator gradient": _grad_norm(opt_g)}, where, ckpt)
         opt_g.step()
     finally:
         d_core.requires_grad_(True)
@@ -581,7 +628,7 @@ def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt) -
 def _end_of_epoch(opts, progress, phase, generator, discriminator, val_clips, device, best_path, emit) -> None:
     val_pixel = val_d = float("nan")
     if val_clips:
-        pixel, d = validate(generator, discriminator, val_clips, device, opts.precision)
+        pixel, d = validate(generator, discriminator, val_clips, device)
         val_pixel, val_d = float(pixel.mean()), float(d.mean())
     selected = False
     if phase == _final_phase(opts):
@@ -610,7 +657,7 @@ def _finish(opts, progress, generator, discriminator, config, train_clips, val_c
     else:
         calib_clips, calib_source = train_clips, "training (too little validation data)"
     emit("calibrate", windows=len(WindowSet(calib_clips)), source=calib_source)
-    pixel, d = validate(generator, discriminator, calib_clips, device, opts.precision)
+    pixel, d = validate(generator, discriminator, calib_clips, device)
     try:
         calibration = scoring.calibrate(pixel, d, opts.false_alarm_rate)
     except ValueError as err:

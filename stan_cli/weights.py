@@ -83,10 +83,20 @@ def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pat
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        _fsync(tmp)  # on disk before the rename: a power cut leaves the old file or the new, never an empty one
         os.replace(tmp, path)
+        _fsync(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def model_tensors(generator: nn.Module, discriminator: nn.Module) -> dict[str, torch.Tensor]:
@@ -127,7 +137,8 @@ def _read(path: Path, expected_format: str) -> tuple[dict[str, torch.Tensor], di
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise WeightsError(
             f"{path}: not a readable safetensors file ({err}); it may be truncated or another format. "
-            "Re-download it or point --weights at a file written by `stan train`."
+            + ("Start the run again with --overwrite." if expected_format == CHECKPOINT_FORMAT
+               else "Re-download it or point --weights at a file written by `stan train`.")
         ) from None
     if metadata.get("format") != expected_format:
         raise WeightsError(
@@ -255,7 +266,16 @@ def load_checkpoint(
 
 
 def read_checkpoint_progress(path: Path) -> dict:
-    _, metadata = _read(path, CHECKPOINT_FORMAT)
+    """The progress record alone, from the header (no tensors are read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise WeightsError(f"{path}: not a readable checkpoint ({err}). Start a new run with --overwrite.") from None
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise WeightsError(f"{path}: not a stan checkpoint. Start a new run with --overwrite.")
     try:
         return json.loads(metadata["progress"])
     except (KeyError, ValueError) as err:

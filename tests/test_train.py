@@ -8,6 +8,7 @@ be shared with other work, and tiny convolutions only lose time to thread hand-o
 from __future__ import annotations
 
 import csv
+import fcntl
 import math
 import os
 import re
@@ -253,7 +254,7 @@ def test_kill_9_then_resume_from_the_cli(data3, tmp_path):
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     step = read_checkpoint_progress(ckpt_of(out))["step"]
     assert step >= 2 and step % 2 == 0  # every 2 steps (epoch ends, 14 and 28, are even too)
-    assert lock_of(out).read_text().split()[1] == str(proc.pid)  # a stale lock stays behind
+    assert lock_of(out).read_text().split()[-1] == str(proc.pid)  # the dead run's lock file stays behind
 
     result = run_cli(*args, "--resume")
     assert result.exit_code == 0, result.output
@@ -329,19 +330,24 @@ def test_crash_during_calibration_is_resumable(data3, tmp_path):
 # --------------------------------------------------------------------------------- 5. the lock
 
 
+def hold_lock(out: Path, text: str = "other-host pid 4242") -> int:
+    """Play a live run: flock the lock file the way `stan train` does. Close the fd to release."""
+    fd = os.open(lock_of(out), os.O_CREAT | os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, text.encode())
+    return fd
+
+
 def test_a_live_lock_refuses_a_second_run(data3, tmp_path):
     out = tmp_path / "model.safetensors"
-    lock_of(out).write_text(f"{socket.gethostname()} {os.getpid()}")
-    with pytest.raises(TrainingError, match="another `stan train`"):
-        train(options(data3, out))
-    assert lock_of(out).exists() and not out.exists()
-
-
-def test_a_lock_from_another_host_is_not_taken_over(data3, tmp_path):
-    out = tmp_path / "model.safetensors"
-    lock_of(out).write_text(f"not-{socket.gethostname()} 1")
-    with pytest.raises(TrainingError, match="another"):
-        train(options(data3, out))
+    fd = hold_lock(out)
+    try:
+        with pytest.raises(TrainingError, match="another `stan train`.*other-host pid 4242"):
+            train(options(data3, out))
+        assert lock_of(out).exists() and not out.exists()
+    finally:
+        os.close(fd)
+    assert train(options(data3, out)).steps == 15  # released: the next run goes ahead
 
 
 def test_a_refused_overwrite_leaves_the_live_runs_files_alone(data3, tmp_path):
@@ -350,23 +356,42 @@ def test_a_refused_overwrite_leaves_the_live_runs_files_alone(data3, tmp_path):
     ckpt.parent.mkdir()
     ckpt.write_bytes(b"the live run's checkpoint")
     (tmp_path / "model.log.csv").write_text("step,phase\n1,pretrain\n")
-    lock_of(out).write_text(f"{socket.gethostname()} {os.getpid()}")
-    with pytest.raises(TrainingError, match="another"):
-        train(options(data3, out, overwrite=True))
+    fd = hold_lock(out)
+    try:
+        with pytest.raises(TrainingError, match="another"):
+            train(options(data3, out, overwrite=True))
+    finally:
+        os.close(fd)
     assert ckpt.exists() and (tmp_path / "model.log.csv").exists()
 
 
-def test_a_stale_lock_is_taken_over_and_released(data3, tmp_path):
-    done = subprocess.Popen([sys.executable, "-c", "pass"])
-    assert done.wait() == 0
-    for dead in (999_999_999, done.pid):
-        out = tmp_path / f"model-{dead}.safetensors"
-        lock_of(out).write_text(f"{socket.gethostname()} {dead}")
+def test_a_lock_file_nobody_holds_is_taken_over_and_released(data3, tmp_path):
+    """What kill -9, a reboot or a requeued job leaves: a lock file, but no flock on it. Its
+    text (another host, a pid now reused by someone else) does not matter."""
+    for text in (f"{socket.gethostname()} pid {os.getpid()}", "another-node pid 1", ""):
+        out = tmp_path / f"model-{len(text)}.safetensors"
+        lock_of(out).write_text(text)
         held = []
         result = train(options(data3, out), lambda kind, **info: held.append(lock_of(out).read_text()))
         assert result.steps == 15 and load_weights(out).calibration["source"].startswith("training")
-        assert set(held) == {f"{socket.gethostname()} {os.getpid()}"}  # ours while it ran
+        assert set(held) == {f"{socket.gethostname()} pid {os.getpid()}"}  # ours while it ran
         assert not lock_of(out).exists()
+
+
+def test_out_in_a_missing_folder_is_one_clear_error(data3, tmp_path):
+    with pytest.raises(OutputError, match="does not exist"):
+        train(options(data3, tmp_path / "nodir" / "m.safetensors"))
+
+
+@pytest.mark.parametrize("bad", [{"false_alarm_rate": 1.5}, {"precision": "fp16"}, {"lam": -1.0}])
+def test_bad_options_are_refused_before_anything_is_touched(data3, tmp_path, bad):
+    out = tmp_path / "model.safetensors"
+    ckpt = ckpt_of(out)
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"an earlier run's checkpoint")
+    with pytest.raises(TrainingError):
+        train(options(data3, out, overwrite=True, **bad))
+    assert ckpt.read_bytes() == b"an earlier run's checkpoint" and not lock_of(out).exists()
 
 
 # ------------------------------------------------------------------------------- 6. refusals
@@ -429,7 +454,8 @@ def refusal(request, data3, videos, tmp_path):
     if case == "short clips":
         return [folder_of(tmp_path, "short", videos["short"]), "--out", out], "at least 11"
     if case == "live lock":
-        lock_of(out).write_text(f"{socket.gethostname()} {os.getpid()}")
+        fd = hold_lock(out)
+        request.addfinalizer(lambda: os.close(fd))
         return [data3, "--out", out], "another `stan train`"
     raise AssertionError(case)
 
