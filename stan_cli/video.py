@@ -25,6 +25,7 @@ VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".mts", ".3gp", ".ogv"}
 )
 DEFAULT_FOLDER_FPS = 25.0
+_IMAGE_KIND = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp"}
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,12 @@ class _Source:
                     f"{self.path}: folder holds no frames (.jpg .png .tif .bmp). "
                     "Point to a video file or a folder of images."
                 )
+            kinds = sorted({_IMAGE_KIND[f.suffix.lower()] for f in self.files})
+            if len(kinds) > 1:  # ffmpeg's concat reader cannot switch image decoders mid-stream
+                raise InputError(
+                    f"{self.path}: folder mixes image formats ({', '.join(kinds)}). "
+                    "Convert the frames to one format."
+                )
             fd, self.list_file = tempfile.mkstemp(suffix=".ffconcat", prefix="stan-")
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(_concat_list(self.files))
@@ -176,12 +183,13 @@ def _info(source: _Source, meta: dict, fps: float | None) -> VideoInfo:
     return VideoInfo(source.path, source.kind, width, height, rate, assumed, n_frames)
 
 
-def read_frames(path: Path, fps: float | None = None) -> tuple[VideoInfo, Iterator[np.ndarray]]:
-    """Open `path` and return its info and a generator of (H, W, 3) uint8 RGB frames.
+def read_frames(path: Path, fps: float | None = None) -> tuple[VideoInfo, "FrameStream"]:
+    """Open `path` and return its info and a stream of (H, W, 3) uint8 RGB frames.
 
     Every frame has the size of the first one (ffmpeg scales a folder's odd-sized images to it).
-    The generator closes ffmpeg when exhausted or closed; decode errors mid-stream raise
-    InputError naming the file.
+    The stream closes ffmpeg when exhausted or closed; decode errors mid-stream raise
+    InputError naming the file. After iteration, `stream.complete` says whether a video gave
+    as many frames as its header promised (a truncated file decodes to fewer, silently).
     """
     source = _Source(path)
     try:
@@ -194,30 +202,75 @@ def read_frames(path: Path, fps: float | None = None) -> tuple[VideoInfo, Iterat
         source.close()
         raise
     info = _info(source, meta, fps)
-    return info, _stream(gen, source, info)
+    return info, FrameStream(gen, source, info)
 
 
-def _stream(gen, source: _Source, info: VideoInfo) -> Iterator[np.ndarray]:
-    shape = (info.height, info.width, 3)
-    count = 0
-    try:
-        for raw in gen:
-            count += 1
-            yield np.frombuffer(raw, dtype=np.uint8).reshape(shape)
-    except (OSError, RuntimeError) as err:
-        raise InputError(
-            f"{source.path}: decoding failed part-way ({_ffmpeg_message(err)}). "
-            "The file may be truncated or corrupt."
-        ) from None
-    finally:
-        gen.close()
-        source.close()
-    if source.kind == "frames" and count != len(source.files):
-        # ffmpeg skips an image it cannot decode; every later frame would get the wrong index.
-        raise InputError(
-            f"{source.path}: decoded {count} of {len(source.files)} images; at least one is unreadable. "
-            "Remove or replace the corrupt image."
-        )
+class FrameStream:
+    """Iterate once over a clip's frames; `count` and `complete` are known afterwards."""
+
+    # A header's duration x rate is an estimate; fewer frames than this share means truncation.
+    COMPLETE_SHARE = 0.98
+
+    def __init__(self, gen, source: _Source, info: VideoInfo) -> None:
+        self._gen, self._source, self.info = gen, source, info
+        self.count = 0
+        self.finished = False
+        self._it: Iterator[np.ndarray] | None = None
+        self._closed = False
+
+    def __iter__(self) -> "FrameStream":
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self._closed:
+            raise StopIteration
+        if self._it is None:
+            self._it = self._frames()
+        return next(self._it)  # type: ignore[call-overload]
+
+    def _frames(self) -> Iterator[np.ndarray]:
+        shape = (self.info.height, self.info.width, 3)
+        try:
+            for raw in self._gen:
+                self.count += 1
+                yield np.frombuffer(raw, dtype=np.uint8).reshape(shape)
+        except (OSError, RuntimeError) as err:
+            raise InputError(
+                f"{self._source.path}: decoding failed part-way ({_ffmpeg_message(err)}). "
+                "The file may be truncated or corrupt."
+            ) from None
+        finally:
+            self._release()
+        self.finished = True
+        if self._source.kind == "frames" and self.count != len(self._source.files):
+            # ffmpeg skips an image it cannot decode; every later frame would get the wrong index.
+            raise InputError(
+                f"{self._source.path}: decoded {self.count} of {len(self._source.files)} images; at least one "
+                "is unreadable. Remove or replace the corrupt image."
+            )
+
+    @property
+    def expected(self) -> int | None:
+        return self.info.n_frames
+
+    @property
+    def complete(self) -> bool:
+        """False when a video ended well short of the frame count its header implies."""
+        if self.info.kind != "video" or not self.expected:
+            return True
+        return self.count >= self.COMPLETE_SHARE * self.expected - 2
+
+    def _release(self) -> None:
+        self._gen.close()
+        self._source.close()
+
+    def close(self) -> None:
+        """Stop decoding early (ffmpeg is closed, temp files removed); safe to call twice."""
+        it, self._it = self._it, None
+        self._closed = True
+        if it is not None:
+            it.close()  # runs _frames' finally
+        self._release()
 
 
 class VideoWriter:
@@ -233,6 +286,7 @@ class VideoWriter:
             raise OutputError(f"{self.path}: its folder does not exist or is not writable. Choose a writable location.")
         self.width, self.height = width + width % 2, height + height % 2
         self.tmp = self.path.with_name(f".{self.path.name}.tmp.mp4")
+        self.frames_written = 0
         self._gen = imageio_ffmpeg.write_frames(
             str(self.tmp),
             (self.width, self.height),
@@ -257,6 +311,7 @@ class VideoWriter:
             frame = np.pad(frame, ((0, self.height - h), (0, self.width - w), (0, 0)), mode="edge")
         try:
             self._gen.send(np.ascontiguousarray(frame, dtype=np.uint8))
+            self.frames_written += 1
         except (OSError, RuntimeError) as err:
             raise OutputError(
                 f"{self.path}: writing video failed ({_ffmpeg_message(err)}). Is the folder writable and the disk not full?"
@@ -266,13 +321,25 @@ class VideoWriter:
         try:
             self._gen.close()
         finally:
-            written = self.tmp.exists() and self.tmp.stat().st_size > 0
-            if ok and written:
+            written = ok and self._readable()
+            if written:
                 os.replace(self.tmp, self.path)
             elif self.tmp.exists():
                 self.tmp.unlink()
         if ok and not written:
-            raise OutputError(f"{self.path}: ffmpeg wrote no video. Is the folder writable and the disk not full?")
+            raise OutputError(
+                f"{self.path}: ffmpeg did not finish the video. Is the folder writable and the disk not full?"
+            )
+
+    def _readable(self) -> bool:
+        """The file plays back with every frame (imageio-ffmpeg ignores ffmpeg's exit status)."""
+        if not self.tmp.exists() or self.tmp.stat().st_size == 0:
+            return False
+        try:
+            frames, _ = imageio_ffmpeg.count_frames_and_secs(str(self.tmp))
+        except (OSError, RuntimeError):
+            return False
+        return frames == self.frames_written
 
     def __enter__(self) -> "VideoWriter":
         return self
