@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,11 +32,16 @@ DEFAULT_WEIGHTS_NAMES = ("stan-ped2.safetensors", "stan-untrained.safetensors")
 
 
 def find_default_weights() -> Path:
-    """The shipped weights: $STAN_WEIGHTS, else weights/ of the source tree, else ./weights/."""
+    """The shipped weights: $STAN_WEIGHTS, else weights/ of the source tree (editable install),
+    else <prefix>/share/stan/weights (pip install .), else ./weights/."""
     env = os.environ.get("STAN_WEIGHTS")
     if env:
         return Path(env)
-    folders = [Path(__file__).resolve().parent.parent / "weights", Path.cwd() / "weights"]
+    folders = [
+        Path(__file__).resolve().parent.parent / "weights",
+        Path(sys.prefix) / "share" / "stan" / "weights",
+        Path.cwd() / "weights",
+    ]
     for folder in folders:
         for name in DEFAULT_WEIGHTS_NAMES:
             if (folder / name).is_file():
