@@ -6,7 +6,6 @@ stderr, no traceback), 2 usage errors (Typer's own), 130 interrupted by Ctrl-C.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 

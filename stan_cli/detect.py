@@ -22,11 +22,11 @@ import torch
 from . import __version__, overlay, report, scoring
 from .errors import InputError, OutputError, StanError
 from .heatmaps import MapReader, MapStore
-from .inference import guided_backprop, resolve_device, score_windows
-from .model import WINDOW
+from .inference import StreamScorer, guided_backprop, resolve_device
+from .model import CONTEXT, WINDOW
 from .video import VideoInfo, VideoWriter, read_frames
 from .weights import Stan, find_default_weights, load_weights
-from .windows import scored_range, sliding_windows, to_grey_square, to_tensor
+from .windows import scored_range, to_grey_square, to_tensor
 
 SCORE_KINDS = {"g": "generator", "d": "discriminator", "gd": "generator + discriminator"}
 MAP_SCALE_FLOOR = 0.1  # |difference| in [-1, 1] units below which a heat map stays cold
@@ -38,6 +38,7 @@ OVERLAYS = (
     (OVERLAY_GUIDED, "guided", "Guided backpropagation of the discriminator over the input"),
 )
 Progress = Callable[[str, int, int | None], None]
+GUIDED_CHUNK = 2  # windows per guided-backprop pass: at 224, about 70 MB of activations per window
 
 
 @dataclass
@@ -150,6 +151,9 @@ class ScoreStream:
 
     The one scoring loop, shared by `detect`, `evaluate` and anything else that needs the
     per-window losses or maps. After iteration, `n_frames` holds the number of frames decoded.
+    Batches hold `batch_size` windows (fewer in the last);
+    frames are preprocessed a batch at a time and scored by `inference.StreamScorer`, which computes
+    what overlapping windows share once per frame. Memory holds about batch_size + 10 frames.
     """
 
     def __init__(self, video: Path, model: Stan, device, batch_size: int = 8, precision: str = "fp32",
@@ -158,26 +162,43 @@ class ScoreStream:
         self.video = Path(video)
         self.guided = guided
         self.info, self._frames = read_frames(self.video, fps=fps)
-        self.model, self.device, self.batch_size, self.precision = model, device, batch_size, precision
+        self.model, self.device, self.batch_size, self.precision = model, torch.device(device), batch_size, precision
         self.on_progress = on_progress
         self.n_frames = 0
 
-    def _grey_frames(self):
+    def _grey_chunks(self):
+        """Decoded frames -> (n, S, S) uint8 grey, n frames at a time: one batch of windows' worth."""
         size = self.model.config.image_size
+        chunk: list[np.ndarray] = []
+        want = self.batch_size + WINDOW - 1  # the first batch needs its windows' 10 extra frames
         for frame in self._frames:
+            chunk.append(frame)
             self.n_frames += 1
             if self.n_frames % 16 == 0:
                 self.on_progress("score", self.n_frames, self.info.n_frames)
-            yield to_grey_square(frame[None], size)[0]
+            if len(chunk) == want:
+                yield to_grey_square(np.stack(chunk), size)  # (n, H, W, 3) -> (n, S, S)
+                chunk, want = [], self.batch_size
+        if chunk:
+            yield to_grey_square(np.stack(chunk), size)
 
     def __iter__(self):
+        scorer = StreamScorer(self.model.generator, self.model.discriminator, self.precision)
+        first = CONTEXT  # middle frame of the next window
         try:
-            for middles, windows in sliding_windows(self._grey_frames(), self.batch_size):
-                batch = to_tensor(windows).to(self.device)  # (B, 11, S, S) uint8 -> (B, 11, 1, S, S)
-                scores = score_windows(self.model.generator, self.model.discriminator, batch, self.precision)
+            for grey in self._grey_chunks():
+                # uint8 travels to the device (4x less than float32); the same arithmetic runs there
+                scores = scorer.push(to_tensor(torch.from_numpy(grey).to(self.device)))  # (n, 1, S, S)
+                if scores is None:
+                    continue
+                count = len(scores.pixel)
                 if self.guided:
-                    scores.guided = guided_backprop(self.model.discriminator, batch)
-                yield middles, scores
+                    windows = scorer.frames.unfold(0, WINDOW, 1)  # (count, 1, S, S, 11)
+                    windows = windows.permute(0, 4, 1, 2, 3).clone()  # (count, 11, 1, S, S), not an inference tensor
+                    # backprop keeps every activation: a few windows at a time bound memory, at no cost in speed
+                    scores.guided = torch.cat([guided_backprop(self.model.discriminator, w) for w in windows.split(GUIDED_CHUNK)])
+                yield list(range(first, first + count)), scores
+                first += count
         finally:
             self._frames.close()
         self.on_progress("score", self.n_frames, self.n_frames)
@@ -321,6 +342,8 @@ def _write_overlays(video, fps, result: DetectResult, stores: dict[str, MapStore
         ok = True
     finally:
         frames.close()
+        for reader in readers.values():
+            reader.close()
         for writer in writers.values():
             writer.close(ok=ok)
     on_progress("overlay", n, n)

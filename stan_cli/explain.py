@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import overlay, report, scoring
+from . import overlay, report
 from .detect import prepare_output
 from .errors import InputError
 from .inference import guided_backprop, resolve_device, score_windows

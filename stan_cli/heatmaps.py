@@ -8,6 +8,7 @@ percentile) without keeping the values.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -66,14 +67,26 @@ class MapStore:
 
 
 class MapReader:
+    """Reads one map at a time with a positioned read: a memory map would keep every page it
+    touched resident, so RSS would grow with the video's length during the overlay pass."""
+
     def __init__(self, path: Path, side: int, maxima: np.ndarray) -> None:
         self.maxima = maxima
-        size = path.stat().st_size if path.exists() else 0
-        self._data = np.memmap(path, dtype=np.uint8, mode="r").reshape(-1, side, side) if size else None
+        self.side = side
+        self._fd = os.open(path, os.O_RDONLY) if path.exists() else None
 
     def __len__(self) -> int:
         return len(self.maxima)
 
     def __getitem__(self, k: int) -> np.ndarray:
-        assert self._data is not None
-        return self._data[k].astype(np.float32) * (self.maxima[k] / 255.0)
+        assert self._fd is not None and 0 <= k < len(self)
+        n = self.side * self.side
+        raw = os.pread(self._fd, n, k * n)
+        return np.frombuffer(raw, dtype=np.uint8).reshape(self.side, self.side).astype(np.float32) * (
+            self.maxima[k] / 255.0
+        )
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

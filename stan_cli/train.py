@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import fcntl
-import json
 import os
 import platform
 import signal

@@ -1,4 +1,4 @@
-"""uint8 RGB frames -> the networks' input: grey, square, in [-1, 1]; sliding 11-frame windows.
+"""uint8 RGB frames -> the networks' input: grey, square, in [-1, 1]; which frames are scored.
 
 Training and detection both go through `to_grey_square` then `to_tensor`, so a model sees
 exactly the pixels at detect time that it saw in training (including the uint8 rounding).
@@ -6,13 +6,11 @@ exactly the pixels at detect time that it saw in training (including the uint8 r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import CONTEXT, WINDOW
+from .model import CONTEXT
 
 # ITU-R BT.601 luma, the weights ffmpeg and most codecs use for grey.
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
@@ -40,34 +38,3 @@ def to_tensor(grey: np.ndarray | torch.Tensor) -> torch.Tensor:
 def scored_range(n_frames: int) -> range:
     """Frames that have a full 11-frame window: 5 .. n-6 (empty for clips under 11 frames)."""
     return range(CONTEXT, n_frames - CONTEXT)
-
-
-def sliding_windows(
-    frames: Iterable[np.ndarray], batch_size: int
-) -> Iterator[tuple[list[int], np.ndarray]]:
-    """Stream (size, size) uint8 frames into batches of windows.
-
-    Yields (middle frame indices, (B, 11, S, S) uint8 windows). Memory holds at most
-    batch_size + 10 frames, whatever the length of the stream.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    buffer: list[np.ndarray] = []
-    first_index = 0  # frame index of buffer[0]
-    for frame in frames:
-        buffer.append(frame)
-        if len(buffer) >= WINDOW + batch_size - 1:
-            yield _emit(buffer, first_index, batch_size)
-            buffer = buffer[batch_size:]
-            first_index += batch_size
-    n_windows = len(buffer) - WINDOW + 1
-    if n_windows > 0:
-        yield _emit(buffer, first_index, n_windows)
-
-
-def _emit(buffer: list[np.ndarray], first_index: int, count: int) -> tuple[list[int], np.ndarray]:
-    stack = np.stack(buffer[: count + WINDOW - 1])  # (count + 10, S, S)
-    windows = np.lib.stride_tricks.sliding_window_view(stack, WINDOW, axis=0)  # (count, S, S, 11)
-    windows = np.moveaxis(windows, -1, 1)  # (count, 11, S, S)
-    middles = [first_index + CONTEXT + k for k in range(count)]
-    return middles, np.array(windows)  # a writable, contiguous copy

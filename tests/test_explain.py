@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from stan_cli.cli import app
 from stan_cli.errors import InputError, OutputError
 from stan_cli.explain import MAP_FILES, PANEL_FILES, explain
-from stan_cli.inference import _GuidedELU, guided_backprop, guided_elu
+from stan_cli.inference import _GuidedELU, guided_backprop
 from stan_cli.model import TINY, Discriminator, d_loss_map
 
 from conftest import HEIGHT, N_FRAMES, WIDTH

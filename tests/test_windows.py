@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from conftest import make_clip
-from stan_cli.model import CONTEXT, WINDOW
-from stan_cli.windows import scored_range, sliding_windows, to_grey_square, to_tensor
+from stan_cli.windows import scored_range, to_grey_square, to_tensor
 
 # --- to_grey_square -------------------------------------------------------------------------
 
@@ -103,71 +102,3 @@ def test_scored_range(n, expected):
     assert len(scored_range(n)) == len(expected)
 
 
-# --- sliding_windows ------------------------------------------------------------------------
-
-
-def _indexed_frames(n: int, size: int = 4):
-    """Frames whose every pixel equals their index (mod 256)."""
-    return [np.full((size, size), t % 256, np.uint8) for t in range(n)]
-
-
-def test_sliding_windows_25_frames_batch_4():
-    batches = list(sliding_windows(_indexed_frames(25), batch_size=4))
-    assert [len(m) for m, _ in batches] == [4, 4, 4, 3]
-    middles = [m for ms, _ in batches for m in ms]
-    assert middles == list(range(5, 20))
-    assert middles == list(scored_range(25))
-    for ms, windows in batches:
-        assert windows.dtype == np.uint8
-        assert windows.shape == (len(ms), WINDOW, 4, 4)
-        for k, middle in enumerate(ms):
-            # frame j of the window is frame middle-5+j, every pixel of it
-            expected = np.arange(middle - CONTEXT, middle + CONTEXT + 1, dtype=np.uint8)
-            np.testing.assert_array_equal(windows[k], np.broadcast_to(expected[:, None, None], (WINDOW, 4, 4)))
-
-
-@pytest.mark.parametrize("n, batch", [(11, 1), (11, 4), (15, 5), (16, 5), (30, 7), (100, 32)])
-def test_sliding_windows_covers_scored_range_once(n, batch):
-    middles = [m for ms, w in sliding_windows(_indexed_frames(n), batch) for m in ms]
-    assert middles == list(scored_range(n))
-
-
-@pytest.mark.parametrize("n", [0, 1, 10])
-def test_sliding_windows_too_short_yields_nothing(n):
-    assert list(sliding_windows(_indexed_frames(n), 4)) == []
-
-
-def test_sliding_windows_are_independent_copies():
-    frames = _indexed_frames(14)
-    (ms, windows), = list(sliding_windows(iter(frames), 4))
-    assert ms == [5, 6, 7, 8]
-    assert windows.flags["C_CONTIGUOUS"] and windows.flags["WRITEABLE"]
-    windows[0, 1] = 99  # frame 1, as seen from window 0 (middle 5)
-    assert windows[1, 0, 0, 0] == 1  # frame 1 seen from window 1 (middle 6): not a view of the same memory
-    assert frames[1][0, 0] == 1
-
-
-def test_sliding_windows_is_lazy():
-    consumed = 0
-
-    def stream(n=1000):
-        nonlocal consumed
-        for t in range(n):
-            consumed += 1
-            yield np.full((2, 2), t % 256, np.uint8)
-
-    batch = 8
-    gen = sliding_windows(stream(), batch)
-    assert consumed == 0  # nothing read before the first request
-    middles, windows = next(gen)
-    assert middles == list(range(5, 5 + batch))
-    assert consumed <= batch + WINDOW - 1
-    # every later full batch reads only the frames it needs: the buffer stays bounded
-    total = len(middles)
-    for middles, windows in gen:
-        total += len(middles)
-        if len(middles) == batch:
-            assert consumed == middles[-1] + CONTEXT + 1
-        assert len(windows) <= batch
-    assert total == 1000 - 2 * CONTEXT
-    assert consumed == 1000
