@@ -109,6 +109,8 @@ def detect(
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         raise typer.Exit(130)
+    for message in result.warnings:
+        err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
     s = result.summary
     table = Table(title=f"stan detect: {video.name}", show_header=False)
     table.add_row("frames", f"{result.n_frames} ({s['scored_frames']} scored), {result.info.fps:g} fps, {result.info.width}x{result.info.height}")
@@ -116,7 +118,7 @@ def detect(
     table.add_row("threshold", f"{result.threshold:.5g} ({result.threshold_source})")
     table.add_row("abnormal frames", str(s["abnormal_frames"]))
     for k, seg in enumerate(s["segments"][:10], start=1):
-        table.add_row(f"segment {k}", f"{seg['start_s']:.1f}-{seg['end_s']:.1f} s (frames {seg['start_frame']}-{seg['end_frame']}), peak {seg['peak_score']:.4g} at {seg['peak_s']:.1f} s")
+        table.add_row(f"segment {k}", f"{seg['start_s']:.1f}-{seg['end_s']:.1f} s (frames {seg['start_frame']}-{seg['end_frame']}), peak {seg['peak_score']:.4g} at {seg['peak_time_s']:.1f} s")
     if len(s["segments"]) > 10:
         table.add_row("", f"... {len(s['segments']) - 10} more in segments.csv")
     if not s["segments"]:
@@ -322,6 +324,9 @@ def explain(
             result = run_explain(video, frame, out=out_dir, weights=weights, device=device, fps=fps, overwrite=overwrite)
     except StanError as e:
         fail(str(e))
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        raise typer.Exit(130)
     v = result.values
     table = Table(title=f"stan explain: {video.name}, frame {frame} ({v['time_s']:.2f} s)", show_header=False)
     table.add_row("pixel loss", f"{v['pixel_loss']:.5g}")

@@ -22,7 +22,7 @@ import torch
 from . import __version__, overlay, report, scoring
 from .errors import InputError, OutputError, StanError
 from .heatmaps import MapReader, MapStore
-from .inference import StreamScorer, guided_backprop, resolve_device
+from .inference import PRECISIONS, StreamScorer, guided_backprop, resolve_device
 from .model import CONTEXT, WINDOW
 from .video import VideoInfo, VideoWriter, read_frames
 from .weights import Stan, find_default_weights, load_weights
@@ -37,6 +37,7 @@ OVERLAYS = (
     (OVERLAY_PIXEL, "pixel", "Generator pixel-loss map (|generated - real|) over the input"),
     (OVERLAY_GUIDED, "guided", "Guided backpropagation of the discriminator over the input"),
 )
+ALL_FILES = (*REPORT_FILES, *(name for name, _, _ in OVERLAYS))
 Progress = Callable[[str, int, int | None], None]
 GUIDED_CHUNK = 2  # windows per guided-backprop pass: at 224, about 70 MB of activations per window
 
@@ -59,24 +60,42 @@ class DetectResult:
     summary: dict
     out: Path | None = None
     files: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def n_frames(self) -> int:
         return len(self.time_s)
 
 
-def prepare_output(out: Path, overwrite: bool) -> None:
-    """Refuse a file, or a folder that already holds files, unless overwrite is asked for."""
+def prepare_output(out: Path, overwrite: bool, replaces: tuple[str, ...] = ()) -> bool:
+    """Refuse a file, or a folder that already holds files, unless overwrite is asked for.
+
+    With overwrite, the files named in `replaces` (this command's own outputs) are removed first,
+    so an earlier run's results never sit beside the new ones; anything else is left alone.
+    Returns True when the folder was created here (the caller removes it again on failure).
+    """
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: is a file, not a folder. Choose a folder name for --out.")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise OutputError(f"{out}: folder already holds files. Choose an empty or new folder, or add --overwrite.")
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"{out}: cannot create the folder ({err.strerror}). Choose a writable location.") from None
     if not os.access(out, os.W_OK):
         raise OutputError(f"{out}: folder is not writable. Choose a writable location for --out.")
+    for name in replaces:
+        (out / name).unlink(missing_ok=True)
+    return created
+
+
+def remove_if_empty(out: Path) -> None:
+    """Undo prepare_output's mkdir after a failure: no empty report folder is left behind."""
+    try:
+        out.rmdir()
+    except OSError:
+        pass
 
 
 def detect(
@@ -104,12 +123,16 @@ def detect(
         raise StanError("--batch-size must be at least 1.")
     if merge_gap < 0 or min_length < 1:
         raise StanError("--merge-gap must be >= 0 and --min-length >= 1.")
+    check_fps(fps)
+    if precision not in PRECISIONS:
+        raise StanError(f"--precision {precision}: unknown. Use one of {', '.join(PRECISIONS)}.")
     model = weights if isinstance(weights, Stan) else load_weights(Path(weights) if weights else find_default_weights())
     dev = resolve_device(device)
     model.to(dev).eval()
+    created = False
     if out is not None:
         out = Path(out)
-        prepare_output(out, overwrite)
+        created = prepare_output(out, overwrite, replaces=ALL_FILES)
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -118,9 +141,16 @@ def detect(
         if out is not None and write_video else {}
     )
     try:
-        info, pixel, d = _score_pass(video, fps, model, dev, batch_size, precision, stores, on_progress)
+        info, pixel, d, complete = _score_pass(video, fps, model, dev, batch_size, precision, stores, on_progress)
         timings["scoring_s"] = time.perf_counter() - t0
         result = _decide(info, pixel, d, model, score, threshold, merge_gap, min_length)
+        if not complete:
+            result.warnings.append(
+                f"{video}: decoded {result.n_frames} of about {info.n_frames} frames; the file looks truncated "
+                "or damaged. The frames that could be read were scored; the report is marked incomplete."
+            )
+            result.summary["complete"] = False
+        result.summary["warnings"] = result.warnings
         result.summary.update(
             weights={"file": str(model.path) if model.path else None, "sha256": model.sha256, "config": model.config.to_dict()},
             device=str(dev),
@@ -140,10 +170,19 @@ def detect(
         else:
             timings["total_s"] = time.perf_counter() - t0
             result.summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    except BaseException:
+        if created:
+            remove_if_empty(out)
+        raise
     finally:
         for store in stores.values():
             store.remove()
     return result
+
+
+def check_fps(fps: float | None) -> None:
+    if fps is not None and not (fps > 0 and np.isfinite(fps)):
+        raise StanError(f"--fps {fps}: must be a positive number of frames per second.")
 
 
 class ScoreStream:
@@ -208,6 +247,11 @@ class ScoreStream:
                 f"least {WINDOW} (one window of 5 frames either side). Use a longer clip."
             )
 
+    @property
+    def complete(self) -> bool:
+        """False when a video decoded well short of the frame count its header implies."""
+        return self._frames.complete
+
     def close(self) -> None:
         self._frames.close()
 
@@ -235,7 +279,7 @@ def _score_pass(video, fps, model: Stan, dev, batch_size, precision, stores: dic
     finally:
         stream.close()
     n = stream.n_frames
-    return stream.info, per_frame(n, pixel), per_frame(n, d)
+    return stream.info, per_frame(n, pixel), per_frame(n, d), stream.complete
 
 
 def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length) -> DetectResult:
@@ -287,7 +331,7 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length)
                 "start_s": round(float(time_s[s.start]), 3),
                 "end_s": round(float(time_s[s.end]), 3),
                 "peak_frame": s.peak,
-                "peak_s": round(float(time_s[s.peak]), 3),
+                "peak_time_s": round(float(time_s[s.peak]), 3),
                 "peak_score": s.peak_score,
             }
             for s in segments

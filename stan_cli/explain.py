@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import overlay, report
-from .detect import prepare_output
+from .detect import check_fps, prepare_output, remove_if_empty
 from .errors import InputError
 from .inference import guided_backprop, resolve_device, score_windows
 from .model import CONTEXT, WINDOW
@@ -55,6 +55,7 @@ def explain(
     overwrite: bool = False,
 ) -> Explanation:
     video = Path(video)
+    check_fps(fps)
     model = weights if isinstance(weights, Stan) else load_weights(Path(weights) if weights else find_default_weights())
     dev = resolve_device(device)
     model.to(dev).eval()
@@ -62,7 +63,7 @@ def explain(
         out = Path(out)
     info, window = _window_around(video, frame, fps)
     if out is not None:
-        prepare_output(out, overwrite)
+        created = prepare_output(out, overwrite, replaces=(*PANEL_FILES, *MAP_FILES, "explanation.json"))
 
     size = model.config.image_size
     grey = to_grey_square(np.stack(window), size)  # (11, S, S) uint8
@@ -83,7 +84,12 @@ def explain(
     result = Explanation(frame, frame / info.fps, real, generated_u8, pixel_map, guided_map, pixel_loss, d_loss, values)
     if out is not None:
         result.out = out
-        _write(out, result)
+        try:
+            _write(out, result)
+        except BaseException:
+            if created:
+                remove_if_empty(out)
+            raise
     return result
 
 

@@ -25,7 +25,13 @@ def resolve_device(name: str) -> torch.device:
         raise StanError("--device cuda: no CUDA device is available here. Use --device cpu or auto.")
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise StanError(f"--device {name}: unknown device. Use auto, cpu or cuda.")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise StanError(f"--device {name}: not a device name. Use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise StanError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    return device
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -88,12 +94,12 @@ def guided_elu(x: torch.Tensor) -> torch.Tensor:
 
 
 def guided_backprop(discriminator: Discriminator, windows: torch.Tensor) -> torch.Tensor:
-    """Where in the real sequence the discriminator sees abnormality: (B, 11, 1, S, S) -> (B, S, S).
+    """Where in the real sequence the discriminator looks: (B, 11, 1, S, S) -> (B, S, S).
 
-    The target is the discriminator term of the score, -log D(S_t) (mean over the patch map),
-    so the map shows what makes the discriminator call the real sequence fake. Its gradient
-    with respect to the input, through guided ELUs, is taken in magnitude and summed over the
-    11 frames. Runs in fp32 with the discriminator's parameters frozen (no weight gradients).
+    As in the paper (Fig. 3d): the gradient of the activation at the discriminator's output,
+    D(S_t) (the sigmoid map, averaged over its patches), with respect to the real input
+    sequence, through guided ELUs; taken in magnitude and summed over the 11 frames. Runs in
+    fp32 with the discriminator's parameters frozen (no weight gradients).
     """
     was_training = discriminator.training
     discriminator.eval()
@@ -102,7 +108,7 @@ def guided_backprop(discriminator: Discriminator, windows: torch.Tensor) -> torc
     try:
         with torch.enable_grad():
             x = windows.detach().float().requires_grad_(True)
-            target = d_loss_map(discriminator(x, activation=guided_elu), real=True).sum()
+            target = torch.sigmoid(discriminator(x, activation=guided_elu).float()).flatten(1).mean(dim=1).sum()
             (grad,) = torch.autograd.grad(target, x)
     finally:
         for p, flag in zip(discriminator.parameters(), flags):

@@ -134,15 +134,16 @@ def write_segments_csv(
 ) -> None:
     """One row per abnormal segment, numbered from 1; the header is written even with none.
 
-    duration_s is time(end) - time(start), so a one-frame segment lasts 0 s: it needs no fps
-    and stays right for variable-frame-rate input.
+    duration_s covers the frames start..end inclusive: time(end) - time(start) plus one typical
+    frame period, so 5 frames at 25 fps last 0.2 s and a one-frame segment is not 0 s long.
     """
     t = np.asarray(time_s, dtype=np.float64)
+    period = _frame_period(t)
     lines = [SEGMENTS_HEADER]
     for n, seg in enumerate(segments, start=1):
         start_s, end_s, peak_s = float(t[seg.start]), float(t[seg.end]), float(t[seg.peak])
         lines.append(
-            f"{n},{seg.start},{seg.end},{_t(start_s)},{_t(end_s)},{_t(end_s - start_s)},"
+            f"{n},{seg.start},{seg.end},{_t(start_s)},{_t(end_s)},{_t(end_s - start_s + period)},"
             f"{seg.peak},{_t(peak_s)},{_g(float(seg.peak_score))}"
         )
     _atomic_write_text(path, "\n".join(lines) + "\n")

@@ -15,7 +15,7 @@ from stan_cli.cli import app
 from stan_cli.errors import InputError, OutputError
 from stan_cli.explain import MAP_FILES, PANEL_FILES, explain
 from stan_cli.inference import _GuidedELU, guided_backprop
-from stan_cli.model import TINY, Discriminator, d_loss_map
+from stan_cli.model import TINY, Discriminator
 
 from conftest import HEIGHT, N_FRAMES, WIDTH
 
@@ -40,7 +40,7 @@ def _reference_guided(disc: Discriminator, windows: torch.Tensor) -> torch.Tenso
         return out
 
     x = windows.clone().requires_grad_(True)
-    d_loss_map(disc(x, activation=act), real=True).sum().backward()
+    torch.sigmoid(disc(x, activation=act)).mean(dim=(1, 2)).sum().backward()
     return x.grad.abs().sum(dim=1)[:, 0]
 
 
@@ -53,7 +53,7 @@ def test_guided_backprop_matches_reference():
     assert torch.allclose(got, _reference_guided(disc, windows), rtol=1e-5, atol=1e-12)
     # differs from the plain gradient: the guidance matters
     x = windows.clone().requires_grad_(True)
-    d_loss_map(disc(x), real=True).sum().backward()
+    torch.sigmoid(disc(x)).mean(dim=(1, 2)).sum().backward()
     assert not torch.allclose(got, x.grad.abs().sum(dim=1)[:, 0])
 
 
@@ -67,9 +67,9 @@ def test_guided_backprop_leaves_the_model_alone():
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_guided_backprop_hand_built_case(sign):
-    """d(-log D)/d logit = -(1 - D) < 0. With the last layer's weights all positive, every
-    gradient arriving at the last ELU is negative: guided backprop stops it and the map is zero,
-    though the plain gradient is not. With them all negative, it passes."""
+    """dD/d logit = D (1 - D) > 0. With the last layer's weights all negative, every gradient
+    arriving at the last ELU is negative: guided backprop stops it and the map is zero, though
+    the plain gradient is not. With them all positive, it passes."""
     torch.manual_seed(0)
     disc = Discriminator(TINY)
     with torch.no_grad():
@@ -77,9 +77,9 @@ def test_guided_backprop_hand_built_case(sign):
     windows = torch.rand(1, 11, 1, 32, 32) * 2 - 1
     guided = guided_backprop(disc, windows)
     x = windows.clone().requires_grad_(True)
-    d_loss_map(disc(x), real=True).sum().backward()
+    torch.sigmoid(disc(x)).mean().backward()
     assert x.grad.abs().sum() > 0
-    if sign > 0:
+    if sign < 0:
         assert torch.count_nonzero(guided) == 0
     else:
         assert torch.count_nonzero(guided) > 0

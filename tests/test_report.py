@@ -120,8 +120,8 @@ def test_segments_csv(tmp_path: Path, curves: dict[str, np.ndarray]) -> None:
     write_segments_csv(path, segs, curves["time_s"])
     assert path.read_text().splitlines() == [
         SEGMENTS_HEADER,
-        "1,9,11,0.900,1.100,0.200,10,1.000,3.5",
-        "2,13,13,1.300,1.300,0.000,13,1.300,1.2",
+        "1,9,11,0.900,1.100,0.300,10,1.000,3.5",  # frames 9..11 inclusive at 10 fps: 0.3 s
+        "2,13,13,1.300,1.300,0.100,13,1.300,1.2",
     ]
 
 
