@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -392,6 +393,7 @@ def test_find_default_weights_looks_in_weights_folders(monkeypatch, tmp_path):
     monkeypatch.delenv("STAN_WEIGHTS", raising=False)
     # a source tree without weights, run from a folder that has them
     monkeypatch.setattr(weights_module, "__file__", str(tmp_path / "src" / "stan_cli" / "weights.py"))
+    monkeypatch.setattr(weights_module.sys, "prefix", str(tmp_path / "env"))  # an install without them
     monkeypatch.chdir(tmp_path)
     with pytest.raises(WeightsError) as err:
         find_default_weights()
@@ -403,10 +405,24 @@ def test_find_default_weights_looks_in_weights_folders(monkeypatch, tmp_path):
     assert find_default_weights() == tmp_path / "weights" / DEFAULT_WEIGHTS_NAMES[0]  # trained first
 
 
-def test_find_default_weights_in_source_tree(monkeypatch):
+def test_find_default_weights_in_source_tree_or_install(monkeypatch, tmp_path):
+    """Editable install: weights/ of the source tree; `pip install .`: <prefix>/share/stan/weights.
+    Either way they are found from any working folder."""
     monkeypatch.delenv("STAN_WEIGHTS", raising=False)
+    monkeypatch.chdir(tmp_path)
     repo_weights = Path(weights_module.__file__).resolve().parent.parent / "weights"
-    if not any((repo_weights / n).is_file() for n in DEFAULT_WEIGHTS_NAMES):
-        pytest.skip("no shipped weights in this checkout")
+    installed = Path(sys.prefix) / "share" / "stan" / "weights"
     found = find_default_weights()
-    assert found.parent == repo_weights and found.name in DEFAULT_WEIGHTS_NAMES
+    assert found.parent in (repo_weights, installed) and found.name in DEFAULT_WEIGHTS_NAMES
+    assert found.is_file()
+
+
+def test_installed_weights_folder_is_searched(monkeypatch, tmp_path):
+    monkeypatch.delenv("STAN_WEIGHTS", raising=False)
+    monkeypatch.setattr(weights_module, "__file__", str(tmp_path / "src" / "stan_cli" / "weights.py"))
+    monkeypatch.setattr(weights_module.sys, "prefix", str(tmp_path / "env"))
+    monkeypatch.chdir(tmp_path)
+    share = tmp_path / "env" / "share" / "stan" / "weights"
+    share.mkdir(parents=True)
+    (share / DEFAULT_WEIGHTS_NAMES[-1]).write_bytes(b"x")
+    assert find_default_weights() == share / DEFAULT_WEIGHTS_NAMES[-1]
