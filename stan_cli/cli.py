@@ -27,6 +27,13 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
+# Options shared by several commands, declared once.
+WeightsOption = Annotated[Optional[Path], typer.Option(help="Weights file [default: the shipped weights/].")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Write into a folder that already holds files.", rich_help_panel="Output")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.", rich_help_panel="Machine")]
+BatchSizeOption = Annotated[int, typer.Option(help="Windows per forward pass.", rich_help_panel="Machine")]
+PrecisionOption = Annotated[str, typer.Option(help="fp32 or bf16.", rich_help_panel="Machine")]
+
 
 def _version(value: bool) -> None:
     if value:
@@ -68,17 +75,17 @@ def _progress() -> Progress:
 def detect(
     video: Annotated[Path, typer.Argument(help="Video file (any format ffmpeg reads) or a folder of frames.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder to write.")] = Path("report"),
-    weights: Annotated[Optional[Path], typer.Option(help="Weights file [default: the shipped weights/].")] = None,
+    weights: WeightsOption = None,
     score: Annotated[str, typer.Option(help="Score that flags frames: g (generator), d (discriminator), gd (both).", rich_help_panel="Flags")] = "gd",
     threshold: Annotated[Optional[float], typer.Option(help="Flag frames whose raw score exceeds this [default: the weights' calibration].", rich_help_panel="Flags")] = None,
     merge_gap: Annotated[int, typer.Option(help="Merge flagged runs separated by at most this many frames.", rich_help_panel="Flags")] = 10,
     min_length: Annotated[int, typer.Option(help="Drop segments shorter than this many frames.", rich_help_panel="Flags")] = 5,
     no_video: Annotated[bool, typer.Option("--no-video", help="Skip the overlay videos (faster, for batch scoring).", rich_help_panel="Output")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that already holds files.", rich_help_panel="Output")] = False,
+    overwrite: OverwriteOption = False,
     fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder [default: 25] (or override a video's).", rich_help_panel="Output")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.", rich_help_panel="Machine")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.", rich_help_panel="Machine")] = 8,
-    precision: Annotated[str, typer.Option(help="fp32 or bf16.", rich_help_panel="Machine")] = "fp32",
+    device: DeviceOption = "auto",
+    batch_size: BatchSizeOption = 8,
+    precision: PrecisionOption = "fp32",
 ) -> None:
     """Score every frame of a video, flag abnormal segments, write a report folder."""
     from .detect import detect as run_detect
@@ -143,7 +150,7 @@ def train(
     lam: Annotated[float, typer.Option("--lambda", help="Weight of the pixel loss in L_G.", rich_help_panel="Recipe")] = 1.0,
     val_clips: Annotated[int, typer.Option(help="Normal clips held out for model selection and calibration.", rich_help_panel="Selection")] = 2,
     false_alarm_rate: Annotated[float, typer.Option(help="Calibrated threshold's false-alarm rate on held-out normal windows.", rich_help_panel="Selection")] = 0.01,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.", rich_help_panel="Machine")] = "auto",
+    device: DeviceOption = "auto",
     precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast; about 2x faster on CPU).", rich_help_panel="Machine")] = "fp32",
     workers: Annotated[int, typer.Option(help="Data-loading worker processes.", rich_help_panel="Machine")] = 0,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.", rich_help_panel="Machine")] = 0,
@@ -232,12 +239,12 @@ def train(
 def eval_(
     test_dir: Annotated[Path, typer.Argument(help="Test folder: frames/<clip>/ + labels (*.m, *.mat, labels.json/csv) + optional masks/<clip>/, or videos + labels.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Results folder to write.")],
-    weights: Annotated[Optional[Path], typer.Option(help="Weights file [default: the shipped weights/].")] = None,
+    weights: WeightsOption = None,
     labels: Annotated[Optional[Path], typer.Option(help="Labels file: MATLAB .m/.mat (1-based, clip order), JSON {clip: [[start, end]]} or CSV clip,start,end (0-based) [default: found in TEST_DIR].")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that already holds files.", rich_help_panel="Output")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.", rich_help_panel="Machine")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.", rich_help_panel="Machine")] = 8,
-    precision: Annotated[str, typer.Option(help="fp32 or bf16.", rich_help_panel="Machine")] = "fp32",
+    overwrite: OverwriteOption = False,
+    device: DeviceOption = "auto",
+    batch_size: BatchSizeOption = 8,
+    precision: PrecisionOption = "fp32",
 ) -> None:
     """Score a labelled test set and report frame-, event- and pixel-level results beside the paper's."""
     from .evaluate import evaluate
@@ -311,7 +318,7 @@ def explain(
     video: Annotated[Path, typer.Argument(help="Video file or frame folder.")],
     frame: Annotated[int, typer.Option(help="0-based frame index to explain (needs 5 frames on each side).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the panel and maps to.")] = Path("explain"),
-    weights: Annotated[Optional[Path], typer.Option(help="Weights file [default: the shipped weights/].")] = None,
+    weights: WeightsOption = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder [default: 25].")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that already holds files.")] = False,
