@@ -50,6 +50,18 @@ def main(
     """Score every frame of fixed-camera footage, find the segments worth a look, show where."""
 
 
+def warn_precision(device: str, precision: str) -> None:
+    """Say so when bf16 would be emulated (slow) on this CPU; bad names are left to the command."""
+    from .inference import precision_warning, resolve_device
+
+    try:
+        message = precision_warning(resolve_device(device), precision)
+    except StanError:
+        return
+    if message:
+        err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
 def fail(message: str, code: int = 1) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -73,8 +85,8 @@ def _progress() -> Progress:
 
 @app.command()
 def detect(
-    video: Annotated[Path, typer.Argument(help="Video file (any format ffmpeg reads) or a folder of frames.")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder to write.")] = Path("report"),
+    videos: Annotated[list[Path], typer.Argument(help="Video file (any format ffmpeg reads) or a folder of frames. Several, or a folder of videos or of clip folders: a report each, and an index.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder to write (several inputs: a subfolder each, and index.html).")] = Path("report"),
     weights: WeightsOption = None,
     score: Annotated[str, typer.Option(help="Score that flags frames: g (generator), d (discriminator), gd (both).", rich_help_panel="Flags")] = "gd",
     threshold: Annotated[Optional[float], typer.Option(help="Flag frames whose raw score exceeds this [default: the weights' calibration].", rich_help_panel="Flags")] = None,
@@ -87,29 +99,29 @@ def detect(
     batch_size: BatchSizeOption = 8,
     precision: PrecisionOption = "fp32",
 ) -> None:
-    """Score every frame of a video, flag abnormal segments, write a report folder."""
+    """Score every frame of a video, flag abnormal segments, write a report folder (many videos: one each, and an index)."""
+    from .batch import World, is_batch
     from .detect import detect as run_detect
 
+    world = World.from_env()
+    if world.rank == 0:
+        warn_precision(device, precision)
+    options = dict(
+        score=score, threshold=threshold, batch_size=batch_size, precision=precision, fps=fps,
+        write_video=not no_video, merge_gap=merge_gap, min_length=min_length,
+    )
+    if is_batch(videos):
+        _detect_batch(videos, out_dir, weights, device, overwrite, world.rank == 0, options)
+        return
+    if world.rank != 0:  # one input cannot be shared: rank 0 scores it, the other ranks have nothing to do
+        return
+    video = videos[0]
     progress = _progress()
-    tasks: dict[str, int] = {}
-    started: dict[str, float] = {}
-
-    def on_progress(stage: str, done: int, total: int | None) -> None:
-        import time
-
-        if stage not in tasks:
-            label = {"score": "scoring", "overlay": "overlay video"}[stage]
-            tasks[stage] = progress.add_task(label, total=total, info="")
-            started[stage] = time.perf_counter()
-        rate = done / max(time.perf_counter() - started[stage], 1e-9)
-        progress.update(tasks[stage], completed=done, total=total if total and total >= done else None, info=f"{rate:.1f} frames/s")
-
     try:
         with progress:
             result = run_detect(
-                video, out=out_dir, weights=weights, score=score, threshold=threshold, device=device,
-                batch_size=batch_size, precision=precision, fps=fps, write_video=not no_video,
-                overwrite=overwrite, merge_gap=merge_gap, min_length=min_length, on_progress=on_progress,
+                video, out=out_dir, weights=weights, device=device, overwrite=overwrite,
+                on_progress=_StageBars(progress), **options,
             )
     except StanError as e:
         fail(str(e))
@@ -136,6 +148,99 @@ def detect(
     out.print(f"Results written to [bold]{out_dir}[/] (open {out_dir / 'index.html'})", soft_wrap=True, highlight=False)
 
 
+class _StageBars:
+    """detect's on_progress: a bar per stage (scoring, overlay video) of the current input, with its rate."""
+
+    def __init__(self, progress: Progress, prefix: str = "") -> None:
+        self.progress, self.prefix = progress, prefix
+        self.tasks: dict[str, tuple[int, float]] = {}  # stage -> (task id, start time)
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        import time
+
+        if stage not in self.tasks:
+            label = {"score": "scoring", "overlay": "overlay video"}[stage]
+            self.tasks[stage] = (self.progress.add_task(self.prefix + label, total=total, info=""), time.perf_counter())
+        task, started = self.tasks[stage]
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        self.progress.update(task, completed=done, total=total if total and total >= done else None, info=f"{rate:.1f} frames/s")
+
+    def restart(self, prefix: str) -> None:
+        """Drop the finished input's bars; the next input's bars are labelled with `prefix`."""
+        for task, _ in self.tasks.values():
+            self.progress.remove_task(task)
+        self.tasks.clear()
+        self.prefix = prefix
+
+
+def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, device: str, overwrite: bool, main: bool, options: dict) -> None:
+    """Many inputs: bars and a line per input, a table, where the index is; exit 1 if any failed.
+
+    Other ranks of a torchrun job print only their inputs' errors; rank 0 prints the rest.
+    """
+    import contextlib
+
+    from rich.markup import escape  # file names are the user's: "[x]" must print as it is
+
+    from .batch import BatchEntry, detect_many
+
+    progress = _progress()
+    bars = _StageBars(progress)
+
+    def on_input(event: str, entry: BatchEntry, total: int) -> None:
+        where = f"[{entry.index + 1}/{total}]"
+        if event == "start":
+            bars.restart(escape(f"{where} {entry.input.name}: "))
+            return
+        bars.restart("")  # its line below replaces its bars
+        if entry.status == "error":
+            message = entry.error if str(entry.input) in entry.error else f"{entry.input}: {entry.error}"
+            err.print(f"[bold red]error:[/] {escape(f'{where} {message}')}", highlight=False, soft_wrap=True)
+            return
+        if not main:
+            return
+        for message in entry.warnings:
+            err.print(f"[yellow]warning:[/] {escape(f'{where} {message}')}", highlight=False, soft_wrap=True)
+        err.print(escape(
+            f"{where} {entry.input.name}: {entry.frames} frames, {entry.segments} segment{'s' if entry.segments != 1 else ''}, "
+            f"peak {entry.peak_score:.4g} (threshold {entry.threshold:.4g}) -> {out_dir / entry.name}"
+        ), highlight=False, soft_wrap=True)
+
+    try:
+        with progress if main else contextlib.nullcontext():
+            result = detect_many(
+                videos, out_dir, weights=weights, device=device, overwrite=overwrite, on_input=on_input,
+                on_progress=bars if main else (lambda stage, done, total: None), **options,
+            )
+    except StanError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        index = out_dir / "index.html"
+        err.print("[yellow]interrupted[/]" + (escape(f": {index} lists the inputs that finished") if main and index.exists() else ""), highlight=False)
+        raise typer.Exit(130)
+    if result.index is None:  # another rank of a torchrun job: rank 0 reports
+        return
+    table = Table(title=f"stan detect: {len(result.entries)} inputs")
+    for column in ("#", "report", "frames", "duration", "segments", "peak / threshold", "status"):
+        table.add_column(column, justify="right" if column in ("#", "frames", "duration", "segments") else "left")
+    for e in result.entries:
+        scored = e.status in ("ok", "incomplete")
+        status = {"ok": "ok", "incomplete": "[yellow]incomplete[/]", "error": "[red]error[/]"}.get(e.status, e.status)
+        table.add_row(
+            str(e.index + 1), escape(e.name), str(e.frames) if scored else "", f"{e.duration_s:.1f} s" if scored else "",
+            str(e.segments) if scored else "", f"{e.peak_score:.4g} / {e.threshold:.4g}" if scored else "", status,
+        )
+    out.print(table)
+    failed = len(result.failed)
+    out.print(
+        f"{len(result.entries) - failed} of {len(result.entries)} reports written; index in [bold]{escape(str(result.index))}[/]"
+        + (f" ({failed} failed: see the error lines above)" if failed else ""),
+        soft_wrap=True, highlight=False,
+    )
+    if failed:
+        raise typer.Exit(1)
+
+
 # ----------------------------------------------------------------------------------------- train
 
 
@@ -151,13 +256,16 @@ def train(
     val_clips: Annotated[int, typer.Option(help="Normal clips held out for model selection and calibration.", rich_help_panel="Selection")] = 2,
     false_alarm_rate: Annotated[float, typer.Option(help="Calibrated threshold's false-alarm rate on held-out normal windows.", rich_help_panel="Selection")] = 0.01,
     device: DeviceOption = "auto",
-    precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast; about 2x faster on CPU).", rich_help_panel="Machine")] = "fp32",
+    precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast; about 2x faster on CPUs with native bf16, far slower without).", rich_help_panel="Machine")] = "fp32",
     workers: Annotated[int, typer.Option(help="Data-loading worker processes.", rich_help_panel="Machine")] = 0,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.", rich_help_panel="Machine")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints (also at every epoch end).", rich_help_panel="Checkpoints")] = 200,
     checkpoint_dir: Annotated[Optional[Path], typer.Option(help="Where checkpoints go [default: <out>.ckpt/].", rich_help_panel="Checkpoints")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run whose checkpoint is in the checkpoint folder.", rich_help_panel="Checkpoints")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out and start a new run.", rich_help_panel="Checkpoints")] = False,
+    init: Annotated[Optional[Path], typer.Option(help="Start from this weights file (fine-tune, e.g. the shipped Ped2 weights) instead of random networks.", rich_help_panel="Recipe")] = None,
+    reset_discriminator: Annotated[bool, typer.Option("--reset-discriminator", help="With --init: keep the generator, start the discriminator from random weights.", rich_help_panel="Recipe")] = False,
+    pixel_norm: Annotated[str, typer.Option(help="Pixel term of L_G: l2 (the paper's L2 norm) or mse.", rich_help_panel="Recipe")] = "l2",
     preset: Annotated[str, typer.Option(hidden=True, help="Network size: paper (Table 1) or tiny (tests).")] = "paper",
 ) -> None:
     """Train both networks on normal footage of one camera, the paper's way; write a weights file."""
@@ -167,7 +275,7 @@ def train(
         data=data, out=out_file, pretrain_epochs=pretrain_epochs, epochs=epochs, lr=lr, batch_size=batch_size,
         lam=lam, val_clips=val_clips, false_alarm_rate=false_alarm_rate, device=device, precision=precision,
         seed=seed, workers=workers, checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
-        resume=resume, overwrite=overwrite, preset=preset,
+        resume=resume, overwrite=overwrite, preset=preset, init=init, reset_discriminator=reset_discriminator, pixel_norm=pixel_norm,
     )
     progress = _progress()
     task = {"id": None}
@@ -248,6 +356,8 @@ def eval_(
 ) -> None:
     """Score a labelled test set and report frame-, event- and pixel-level results beside the paper's."""
     from .evaluate import evaluate
+
+    warn_precision(device, precision)
 
     progress = _progress()
     tasks: dict[str, int] = {}

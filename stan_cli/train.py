@@ -12,6 +12,18 @@ Calibration: the selected state scores the validation windows (or, without any, 
 windows, which is said in the metadata) and `scoring.calibrate` stores lambda_s, the statistics
 of each score and a threshold at the chosen false-alarm rate.
 
+The pixel term of L_G is the L2 norm ||G(neighbours) - X_t||_2 of the paper (`--pixel-norm l2`),
+not the mean squared error that the score uses: the two differ by far more than a constant, and
+with lambda = 1 the L2 norm keeps the pixel term the larger part of L_G, as in the paper. With the
+MSE (about 1e-3 here against about 0.7 for -log D) the adversarial term dominated, the
+generator learnt to fool the discriminator, and the discriminator stayed at chance (2 ln 2).
+Validation, selection, calibration and the score use the MSE throughout.
+
+`init` starts a new run from an existing weights file (fine-tuning, e.g. the shipped Ped2 weights
+on another camera): both networks and their config come from it, the optimisers start fresh.
+`reset_discriminator` keeps only the generator and starts the discriminator from random weights
+(the shipped H200 discriminator had stayed at chance and learns far slower than a fresh one).
+
 Checkpoints live in `<out>.ckpt/` (or --checkpoint-dir): `last.safetensors` (models, optimisers,
 RNG, position) every N steps and at each epoch end, `best.safetensors` (the selected models),
 and the decoded frame cache. All writes are a temp file then a rename.
@@ -40,7 +52,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import __version__, scoring
 from .dataset import Clip, WindowSet, load_clips, split_validation
 from .errors import InputError, OutputError, TrainingError
-from .inference import PRECISIONS, autocast, resolve_device, score_windows
+from .inference import PRECISIONS, autocast, precision_warning, resolve_device, score_windows
 from .model import PRESETS, Discriminator, Generator, d_loss_map, pixel_loss, split_window, with_middle
 from .weights import load_checkpoint, load_weights, save_checkpoint, save_weights
 from .windows import to_tensor
@@ -76,6 +88,9 @@ class TrainOptions:
     resume: bool = False
     overwrite: bool = False
     preset: str = "paper"
+    pixel_norm: str = "l2"
+    init: Path | None = None
+    reset_discriminator: bool = False
 
     @property
     def ckpt_dir(self) -> Path:
@@ -94,7 +109,20 @@ class TrainOptions:
         return self.out.with_name(self.out.stem + ".losses.png")
 
     # Options that define a run; a resumed run keeps the checkpoint's values for these.
-    RUN_KEYS = ("lr", "batch_size", "lam", "val_clips", "seed", "preset", "false_alarm_rate")
+    RUN_KEYS = ("lr", "batch_size", "lam", "val_clips", "seed", "preset", "false_alarm_rate", "pixel_norm")
+    # What a checkpoint written before a key existed was trained with.
+    LEGACY = {"pixel_norm": "mse"}
+
+
+PIXEL_NORMS = ("l2", "mse")
+
+
+def pixel_term(prediction: torch.Tensor, target: torch.Tensor, norm: str) -> torch.Tensor:
+    """The pixel term of L_G per sample, (B,1,H,W) x2 -> (B,): the L2 norm (paper) or the MSE."""
+    diff = (prediction.float() - target.float()).flatten(1)
+    if norm == "l2":
+        return torch.linalg.vector_norm(diff, dim=1)  # subgradient 0 at a perfect prediction
+    return diff.pow(2).mean(dim=1)
 
 
 @dataclass
@@ -262,6 +290,12 @@ def _validate(opts: TrainOptions) -> None:
         raise TrainingError("--lr must be > 0 and --lambda >= 0.")
     if not 0 < opts.false_alarm_rate < 1:
         raise TrainingError(f"--false-alarm-rate {opts.false_alarm_rate}: must be between 0 and 1 (0.01 = 1 %).")
+    if opts.pixel_norm not in PIXEL_NORMS:
+        raise TrainingError(f"--pixel-norm {opts.pixel_norm}: unknown. Use one of {', '.join(PIXEL_NORMS)}.")
+    if opts.reset_discriminator and opts.init is None:
+        raise TrainingError("--reset-discriminator only makes sense with --init FILE (a new run starts from random networks anyway).")
+    if opts.init is not None and not Path(opts.init).is_file():
+        raise InputError(f"{opts.init}: no such weights file. Give --init an existing .safetensors file (or drop --init).")
     if opts.precision not in PRECISIONS:
         raise TrainingError(f"--precision {opts.precision}: unknown. Use one of {', '.join(PRECISIONS)}.")
     if opts.out.is_dir():
@@ -377,6 +411,8 @@ def train(opts: TrainOptions, on_event: Event = lambda kind, **info: None) -> Tr
             # rank 0 decodes all footage and validates alone while the others wait at a barrier
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=6))
     emit = on_event if rank.main else (lambda kind, **info: None)
+    if message := precision_warning(device, opts.precision):
+        emit("warning", message=message)
     lock = _Lock(opts.out)
     try:
         if rank.main:
@@ -401,10 +437,11 @@ def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event) -> 
 
         progress = read_checkpoint_progress(last_path)
         stored = progress["options"]
+        stored = {k: stored.get(k, TrainOptions.LEGACY.get(k)) for k in TrainOptions.RUN_KEYS}
         changed = [k for k in TrainOptions.RUN_KEYS if stored[k] != getattr(opts, k)]
         if changed and rank.main:
             emit("warning", message=f"resuming with the run's own {', '.join(changed)} (command-line values ignored)")
-        opts = TrainOptions(**{**asdict(opts), **{k: stored[k] for k in TrainOptions.RUN_KEYS}})
+        opts = TrainOptions(**{**asdict(opts), **stored})
         if opts.epochs is None:
             opts.epochs = progress["epochs"]
         if opts.pretrain_epochs is None or (
@@ -421,15 +458,28 @@ def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event) -> 
         opts.pretrain_epochs = DEFAULT_PRETRAIN_EPOCHS if opts.pretrain_epochs is None else opts.pretrain_epochs
         opts.epochs = DEFAULT_EPOCHS if opts.epochs is None else opts.epochs
 
+    init = None
+    if opts.init is not None and not opts.resume:
+        init = load_weights(Path(opts.init))
+        preset = next((name for name, c in PRESETS.items() if c == init.config), None)
+        if preset is None:
+            raise TrainingError(f"{opts.init}: its network config matches no preset ({', '.join(PRESETS)}); cannot train from it.")
+        opts.preset = preset
     config = PRESETS[opts.preset]
     torch.manual_seed(opts.seed)
     generator, discriminator = Generator(config).to(device), Discriminator(config).to(device)
+    if init is not None:
+        generator.load_state_dict(init.generator.state_dict())
+        if not opts.reset_discriminator:
+            discriminator.load_state_dict(init.discriminator.state_dict())
     opt_g = torch.optim.Adam(generator.parameters(), lr=opts.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=opts.lr, betas=(0.5, 0.999))
     if opts.resume:
         progress = load_checkpoint(last_path, generator, discriminator, opt_g, opt_d)
     else:
         progress = {"phase": "pretrain", "epoch": 0, "batch": 0, "step": 0, "wall_s": 0.0, "best": None}
+        if init is not None:
+            progress["init"] = {"file": str(opts.init), "sha256": init.sha256, "reset_discriminator": opts.reset_discriminator}
     progress.update(
         options={k: getattr(opts, k) for k in TrainOptions.RUN_KEYS},
         pretrain_epochs=opts.pretrain_epochs,
@@ -571,13 +621,13 @@ def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt) -
     if phase == "pretrain":
         with autocast(device, opts.precision):
             pred = g_model(neighbours)
-        loss = pixel_loss(pred, target).mean()
+        loss = pixel_term(pred, target, opts.pixel_norm).mean()
         _check_finite({"pixel loss": loss}, where, ckpt)
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
         _check_finite({"generator gradient": _grad_norm(opt_g)}, where, ckpt)
         opt_g.step()
-        return {"loss_pixel": loss.item()}
+        return {"loss_pixel": pixel_loss(pred.detach(), target).mean().item()}
 
     b = x.shape[0]
     with autocast(device, opts.precision):
@@ -603,7 +653,7 @@ def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt) -
         with autocast(device, opts.precision):
             fake_logits = d_core(fake)
         loss_adv = d_loss_map(fake_logits, real=True).mean()
-        loss_pix = pixel_loss(pred, target).mean()
+        loss_pix = pixel_term(pred, target, opts.pixel_norm).mean()
         loss_g = loss_adv + opts.lam * loss_pix
         _check_finite({"generator loss": loss_g}, where, ckpt)
         opt_g.zero_grad(set_to_none=True)
@@ -616,7 +666,7 @@ def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt) -
         d_on_real = torch.sigmoid(logits[:b].float()).mean().item()
         d_on_fake = torch.sigmoid(logits[b:].float()).mean().item()
     return {
-        "loss_pixel": loss_pix.item(),
+        "loss_pixel": pixel_loss(pred.detach(), target).mean().item(),
         "loss_adv": loss_adv.item(),
         "loss_d": loss_d.item(),
         "d_real": d_on_real,
@@ -674,6 +724,7 @@ def _finish(opts, progress, generator, discriminator, config, train_clips, val_c
         "options": {k: getattr(opts, k) for k in TrainOptions.RUN_KEYS} | {"precision": opts.precision},
         "selection_rule": SELECTION_RULE,
         "selected": progress.get("best"),
+        "init": progress.get("init"),
         "wall_s": round(progress["wall_s"], 1),
         "machine": {
             "platform": platform.platform(),

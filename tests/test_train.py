@@ -576,3 +576,94 @@ def test_a_single_long_clip_gives_its_tail(folder44, tmp_path):
 def test_a_single_44_frame_clip_trains_and_calibrates(folder44, tmp_path):
     result = train(options(folder44, tmp_path / "model.safetensors", val_clips=2))
     assert result.calibration["n_windows"] >= 2
+
+
+# ------------------------------------------------------------- 8. the pixel term, --init, bf16
+
+
+def test_pixel_term_is_the_l2_norm_or_the_mse_by_hand():
+    from stan_cli.train import pixel_term
+
+    target = torch.zeros(2, 1, 2, 2)
+    pred = torch.tensor([[[[3.0, 0.0], [0.0, 4.0]]], [[[1.0, 1.0], [1.0, 1.0]]]])
+    assert pixel_term(pred, target, "l2").tolist() == pytest.approx([5.0, 2.0])
+    assert pixel_term(pred, target, "mse").tolist() == pytest.approx([25 / 4, 1.0])
+    # A perfect prediction has a finite (zero) gradient under the L2 norm.
+    perfect = target.clone().requires_grad_(True)
+    pixel_term(perfect, target, "l2").sum().backward()
+    assert torch.equal(perfect.grad, torch.zeros_like(target))
+
+
+def test_init_starts_a_new_run_from_existing_weights(data3, tmp_path):
+    first = tmp_path / "first.safetensors"
+    train(options(data3, first))
+    before = load_weights(first)
+    second = tmp_path / "second.safetensors"
+    # Zero epochs of either phase: the output must be the init weights, recalibrated.
+    train(options(data3, second, pretrain_epochs=0, epochs=0, init=first, preset="paper"))
+    after = load_weights(second)
+    assert after.config == TINY  # the config comes from the init file, not --preset
+    for name, tensor in before.generator.state_dict().items():
+        assert torch.equal(tensor, after.generator.state_dict()[name]), name
+    for name, tensor in before.discriminator.state_dict().items():
+        assert torch.equal(tensor, after.discriminator.state_dict()[name]), name
+    assert after.training["init"] == {"file": str(first), "sha256": before.sha256, "reset_discriminator": False}
+    assert after.training["options"]["pixel_norm"] == "l2"
+
+    # One adversarial epoch from it trains on and moves both networks.
+    third = tmp_path / "third.safetensors"
+    train(options(data3, third, pretrain_epochs=0, epochs=1, init=first))
+    moved = load_weights(third)
+    assert any(not torch.equal(t, moved.discriminator.state_dict()[n]) for n, t in before.discriminator.state_dict().items())
+
+    # --reset-discriminator keeps the generator only.
+    fourth = tmp_path / "fourth.safetensors"
+    train(options(data3, fourth, pretrain_epochs=0, epochs=0, init=first, reset_discriminator=True, seed=5))
+    reset = load_weights(fourth)
+    assert all(torch.equal(t, reset.generator.state_dict()[n]) for n, t in before.generator.state_dict().items())
+    assert not torch.equal(before.discriminator.convs[0].weight, reset.discriminator.convs[0].weight)
+    with pytest.raises(TrainingError, match="--init"):
+        train(options(data3, tmp_path / "fifth.safetensors", reset_discriminator=True))
+
+
+def test_init_with_a_missing_file_is_one_clear_error(data3, tmp_path):
+    out = tmp_path / "m.safetensors"
+    result = run_cli(data3, "--out", out, "--init", tmp_path / "nope.safetensors", "--preset", "tiny", "--device", "cpu")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "nope.safetensors" in errors[0] and "--init" in errors[0], result.stderr
+    assert not out.exists() and not ckpt_of(out).exists()
+
+
+def test_a_checkpoint_from_before_pixel_norm_resumes_with_the_mse(data3, tmp_path):
+    """Runs started before --pixel-norm existed trained with the MSE; resuming keeps it."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out = tmp_path / "model.safetensors"
+    with pytest.raises(_Stop):
+        train(options(data3, out, pretrain_epochs=2, checkpoint_every=2), Events(at="step", n=3, exc=_Stop))
+    path = ckpt_of(out)
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    progress = json.loads(metadata["progress"])
+    del progress["options"]["pixel_norm"]
+    save_file(tensors, str(path), {**metadata, "progress": json.dumps(progress)})
+    events = Events()
+    train(options(data3, out, pretrain_epochs=2, resume=True), events)
+    assert load_weights(out).training["options"]["pixel_norm"] == "mse"
+    assert any("pixel_norm" in w["message"] for w in events.of("warning"))
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_warned(monkeypatch):
+    from stan_cli import inference
+
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    assert "fp32" in inference.precision_warning(torch.device("cpu"), "bf16")
+    assert inference.precision_warning(torch.device("cpu"), "fp32") is None
+    assert inference.precision_warning(torch.device("cuda"), "bf16") is None
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    assert inference.precision_warning(torch.device("cpu"), "bf16") is None

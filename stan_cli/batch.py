@@ -1,0 +1,326 @@
+"""`detect_many(...)`: one report folder per input under OUT, and an index of them all.
+
+Inputs are videos, frame folders, or folders of either (a folder of videos, the UCSD layout
+testing/frames/01, 02, ...), listed by dataset.find_sources in natural order. Each input is
+scored by detect.detect into OUT/<its name>/, the ordinary report contract; the weights are
+loaded once. A bad input (missing, not a video, too short, its report folder unwritable) is
+recorded as an error and the others still run. OUT gets index.html, index.csv and summary.json,
+rewritten as each input finishes, so an interrupted run leaves an index of what was done.
+
+Under torchrun the inputs are shared between ranks (inputs[rank::world]); each rank writes its
+own report folders, and rank 0 collects every rank's rows (one gather over Gloo, which needs no
+GPU) and writes the index. OUT must be on a filesystem all ranks see.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import __version__, report
+from .dataset import find_sources
+from .detect import SCORE_KINDS, detect, prepare_output, remove_if_empty
+from .errors import InputError, OutputError, StanError
+from .inference import resolve_device
+from .video import list_frames
+from .weights import Stan, find_default_weights, load_weights
+
+INDEX_FILES = ("index.html", "index.csv", "summary.json")
+INDEX_COLUMNS = (
+    "input", "report", "status", "frames", "duration_s", "fps", "segments", "abnormal_frames",
+    "peak_score", "threshold", "error",
+)
+# Ranks that finish their share early wait for the slowest at the gather; hours of footage per
+# rank are normal, and a crashed rank ends the job through torchrun, not through this timeout.
+GATHER_TIMEOUT = timedelta(days=7)
+
+
+@dataclass
+class BatchEntry:
+    """One input's row of the index: what detect found, or why it could not run."""
+
+    index: int  # position in the input list
+    input: Path
+    name: str  # its report folder under OUT
+    status: str = "pending"  # ok, incomplete (truncated video, report written), error, pending (not run yet)
+    error: str | None = None
+    frames: int | None = None
+    fps: float | None = None
+    duration_s: float | None = None
+    segments: int | None = None
+    abnormal_frames: int | None = None
+    peak_score: float | None = None  # highest raw score of the clip
+    threshold: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    rank: int | None = None  # the torchrun rank that scored it
+
+    @property
+    def report(self) -> str | None:
+        """Relative link from OUT to the input's report page, when one was written."""
+        return f"{self.name}/index.html" if self.status in ("ok", "incomplete") else None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "input": str(self.input), "report": self.report}
+
+
+@dataclass
+class BatchResult:
+    out: Path
+    entries: list[BatchEntry]
+    index: Path | None  # OUT/index.html; None on the other ranks of a torchrun job
+
+    @property
+    def failed(self) -> list[BatchEntry]:
+        return [e for e in self.entries if e.status == "error"]
+
+
+@dataclass(frozen=True)
+class World:
+    """Who this process is in a torchrun job (rank 0 of 1 otherwise)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> World:
+        env = os.environ
+        return cls(int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0")))
+
+
+InputEvent = Callable[[str, BatchEntry, int], None]  # ("start" | "done", entry, number of inputs)
+
+
+def _clips_in(path: Path) -> list[Path]:
+    """The clips of a folder that is not itself a frame folder; [] for anything else."""
+    if not path.is_dir() or list_frames(path):
+        return []
+    try:
+        return find_sources(path)
+    except InputError:  # nothing usable in it: detect names the problem when it is an input
+        return []
+
+
+def is_batch(paths: Sequence[str | Path]) -> bool:
+    """Several arguments, or one folder of videos and/or clip folders (not a frame folder)."""
+    return len(paths) > 1 or bool(_clips_in(Path(paths[0])))
+
+
+def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
+    """Each argument as itself, or, for a folder of videos and/or clip folders, its clips."""
+    inputs: list[Path] = []
+    for path in map(Path, paths):
+        inputs.extend(_clips_in(path) or [path])
+    return inputs
+
+
+def report_names(inputs: Sequence[Path]) -> list[str]:
+    """A report folder name per input: its stem (a folder's name), -2, -3, ... on a clash.
+
+    Compared without case (macOS and Windows folders ignore it); the index files' names are taken.
+    """
+    taken = set(INDEX_FILES)
+    names = []
+    for path in inputs:
+        resolved = Path(path).resolve()
+        base = (resolved.name if resolved.is_dir() else resolved.stem) or "input"
+        name, k = base, 1
+        while name.lower() in taken:
+            k += 1
+            name = f"{base}-{k}"
+        taken.add(name.lower())
+        names.append(name)
+    return names
+
+
+def detect_many(
+    inputs: str | Path | Sequence[str | Path],
+    out: Path,
+    *,
+    weights: Path | Stan | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    on_input: InputEvent = lambda event, entry, total: None,
+    **detect_kwargs,
+) -> BatchResult:
+    """Run detect.detect on every input into OUT/<name>/ and write OUT's index (see README).
+
+    `inputs`: paths of videos, frame folders, or folders of them (one path alone is fine).
+
+    `detect_kwargs` go to every detect call (score, threshold, fps, write_video, on_progress, ...).
+    Problems of one input (InputError, OutputError) are recorded in its entry; anything that
+    would fail every input (weights, device, options, OUT itself) is raised.
+    """
+    out = Path(out)
+    paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
+    if not paths:
+        raise InputError("no inputs given. Name video files, frame folders, or a folder of videos.")
+    world = World.from_env()
+    model = weights if isinstance(weights, Stan) else load_weights(Path(weights) if weights else find_default_weights())
+    dev = resolve_device(device)
+    if world.size > 1 and dev.type == "cuda":
+        if world.local_rank >= torch.cuda.device_count():
+            raise StanError(
+                f"torchrun started process {world.local_rank} of this machine, which has {torch.cuda.device_count()} "
+                "CUDA device(s). Use one process per GPU (--nproc_per_node), or --device cpu."
+            )
+        dev = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(dev)
+    entries = [BatchEntry(i, path, name) for i, (path, name) in enumerate(zip(paths, report_names(paths)))]
+    own_group = world.size > 1 and not dist.is_initialized()
+    if own_group:
+        dist.init_process_group("gloo", timeout=GATHER_TIMEOUT)
+    try:
+        created = _prepare(out, overwrite, world)
+        index = _Index(out, model, detect_kwargs.get("score", "gd"), world) if world.rank == 0 else None
+        try:
+            for entry in entries[world.rank :: world.size]:
+                on_input("start", entry, len(entries))
+                _detect_one(entry, out, model, dev, overwrite, world.rank, detect_kwargs)
+                if index is not None:
+                    index.write(entries)
+                on_input("done", entry, len(entries))
+            if world.size > 1:
+                _gather(entries, world)
+                if index is not None:
+                    index.write(entries)
+        except BaseException:
+            if created:  # an option error or Ctrl-C before any input finished leaves no folder behind
+                remove_if_empty(out)
+            raise
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+    return BatchResult(out, entries, out / "index.html" if index is not None else None)
+
+
+def _prepare(out: Path, overwrite: bool, world: World) -> bool:
+    """detect's rule for OUT, applied once by rank 0; every rank raises its refusal alike.
+
+    Returns True on the rank that created OUT.
+    """
+    if world.size == 1:
+        return prepare_output(out, overwrite, replaces=INDEX_FILES)
+    created, message = False, [None]
+    if world.rank == 0:
+        try:
+            created = prepare_output(out, overwrite, replaces=INDEX_FILES)
+        except OutputError as err:
+            message = [str(err)]
+    dist.broadcast_object_list(message, src=0)  # no rank writes a report before OUT is accepted
+    if message[0] is not None:
+        raise OutputError(message[0])
+    return created
+
+
+def _detect_one(entry: BatchEntry, out: Path, model: Stan, dev: torch.device, overwrite: bool, rank: int, kwargs: dict) -> None:
+    entry.rank = rank
+    try:
+        result = detect(entry.input, out=out / entry.name, weights=model, device=str(dev), overwrite=overwrite, **kwargs)
+    except (InputError, OutputError) as err:
+        entry.status, entry.error = "error", str(err)
+        return
+    s = result.summary
+    entry.status = "ok" if s["complete"] else "incomplete"
+    entry.frames, entry.fps, entry.duration_s = result.n_frames, s["input"]["fps"], s["input"]["duration_s"]
+    entry.segments, entry.abnormal_frames = len(result.segments), s["abnormal_frames"]
+    entry.peak_score = float(np.nanmax(result.score_raw))
+    entry.threshold = result.threshold
+    entry.warnings = list(result.warnings)
+
+
+def _gather(entries: list[BatchEntry], world: World) -> None:
+    """Rank 0's list gets every rank's finished entries (the others keep their own)."""
+    mine = entries[world.rank :: world.size]
+    gathered: list[list[BatchEntry]] | None = [[] for _ in range(world.size)] if world.rank == 0 else None
+    dist.gather_object(mine, gathered, dst=0)
+    for share in gathered or []:
+        for entry in share:
+            entries[entry.index] = entry
+
+
+class _Index:
+    """OUT/index.html, index.csv and summary.json, each written atomically (report.atomic_path)."""
+
+    def __init__(self, out: Path, model: Stan, score: str, world: World) -> None:
+        self.out = out
+        self.facts = {
+            "stan_version": __version__,
+            "weights": {"file": str(model.path) if model.path else None, "sha256": model.sha256},
+            "score_kind": score,
+            "world_size": world.size,
+        }
+
+    def write(self, entries: list[BatchEntry]) -> None:
+        counts = {status: sum(e.status == status for e in entries) for status in ("ok", "incomplete", "error", "pending")}
+        report.write_json(self.out / "summary.json", {**self.facts, "inputs": len(entries), "counts": counts,
+                                                      "entries": [e.to_dict() for e in entries]})
+        self._write_csv(entries)
+        self._write_html(entries, counts)
+
+    def _write_csv(self, entries: list[BatchEntry]) -> None:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(INDEX_COLUMNS)
+        for e in entries:
+            row = {**e.to_dict(), "peak_score": _num(e.peak_score, 6), "threshold": _num(e.threshold, 6)}
+            writer.writerow(["" if row[c] is None else row[c] for c in INDEX_COLUMNS])
+        report.atomic_write_bytes(self.out / "index.csv", buf.getvalue().encode("utf-8"))
+
+    def _write_html(self, entries: list[BatchEntry], counts: dict[str, int]) -> None:
+        # the per-input pages' own style and escaping, so the index looks and behaves like them
+        esc, weights = report._esc, self.facts["weights"]
+        facts = {
+            "Inputs": ", ".join(f"{n} {status}" for status, n in counts.items() if n),
+            "Weights": f"{Path(weights['file'] or '-').name} (sha256 {(weights['sha256'] or '-')[:12]})",
+            "Score kind": SCORE_KINDS.get(self.facts["score_kind"], self.facts["score_kind"]),
+        }
+        columns = ("#", "report", "input", "frames", "duration (s)", "segments", "abnormal frames", "peak score",
+                   "threshold", "status")
+        rows = []
+        for e in entries:
+            link = f'<a href="{report._href(e.report)}">{esc(e.name)}</a>' if e.report else esc(e.name)
+            notes = "".join(f'<br><span class="why">{esc(text)}</span>' for text in [e.error, *e.warnings] if text)
+            numbers = (e.frames, e.duration_s, e.segments, e.abnormal_frames, e.peak_score, e.threshold)
+            rows.append(
+                f'<tr class="{esc(e.status)}"><td class="num">{e.index + 1}</td><td>{link}</td><td>{esc(e.input.name)}</td>'
+                + "".join(f'<td class="num">{_num(v)}</td>' for v in numbers)
+                + f"<td>{esc(e.status)}{notes}</td></tr>"
+            )
+        title = f"STAN reports \u2014 {len(entries)} inputs"
+        body = [
+            f"<h1>{title}</h1>",
+            '<table class="facts">\n' + "\n".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in facts.items()) + "\n</table>",
+            "<h2>Inputs</h2>",
+            '<table class="inputs">\n<tr>' + "".join(f"<th>{c}</th>" for c in columns) + "</tr>\n" + "\n".join(rows) + "\n</table>",
+        ]
+        page = (
+            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{title}</title>\n<style>\n{report._CSS}\n{_CSS}\n</style>\n"
+            "</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+        )
+        report.atomic_write_bytes(self.out / "index.html", page.encode("utf-8"))
+
+
+_CSS = """
+tr.error td{background:#fdecea}tr.incomplete td{background:#fff8e1}tr.pending td{color:#888}
+.why{font-size:.8rem;color:#555}
+""".strip()
+
+
+def _num(value: float | int | None, digits: int = 4) -> str:
+    """A cell: integers as they are, floats to `digits` significant digits, nothing as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if np.isfinite(value) else ""
+    return str(value)
