@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # file names are the user's: "[x]" must print as it is
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -28,7 +29,7 @@ out = Console()
 err = Console(stderr=True)
 
 # Options shared by several commands, declared once.
-WeightsOption = Annotated[Optional[Path], typer.Option(help="Weights file [default: the shipped weights/].")]
+WeightsOption = Annotated[Optional[Path], typer.Option(help="Weights file \\[default: the shipped weights/].")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Write into a folder that already holds files.", rich_help_panel="Output")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.", rich_help_panel="Machine")]
 BatchSizeOption = Annotated[int, typer.Option(help="Windows per forward pass.", rich_help_panel="Machine")]
@@ -59,11 +60,11 @@ def warn_precision(device: str, precision: str) -> None:
     except StanError:
         return
     if message:
-        err.print(f"[yellow]warning:[/] {message}", highlight=False)
+        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -89,12 +90,12 @@ def detect(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder to write (several inputs: a subfolder each, and index.html).")] = Path("report"),
     weights: WeightsOption = None,
     score: Annotated[str, typer.Option(help="Score that flags frames: g (generator), d (discriminator), gd (both).", rich_help_panel="Flags")] = "gd",
-    threshold: Annotated[Optional[float], typer.Option(help="Flag frames whose raw score exceeds this [default: the weights' calibration].", rich_help_panel="Flags")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Flag frames whose raw score exceeds this \\[default: the weights' calibration].", rich_help_panel="Flags")] = None,
     merge_gap: Annotated[int, typer.Option(help="Merge flagged runs separated by at most this many frames.", rich_help_panel="Flags")] = 10,
     min_length: Annotated[int, typer.Option(help="Drop segments shorter than this many frames.", rich_help_panel="Flags")] = 5,
     no_video: Annotated[bool, typer.Option("--no-video", help="Skip the overlay videos (faster, for batch scoring).", rich_help_panel="Output")] = False,
     overwrite: OverwriteOption = False,
-    fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder [default: 25] (or override a video's).", rich_help_panel="Output")] = None,
+    fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder \\[default: 25] (or override a video's).", rich_help_panel="Output")] = None,
     device: DeviceOption = "auto",
     batch_size: BatchSizeOption = 8,
     precision: PrecisionOption = "fp32",
@@ -129,9 +130,9 @@ def detect(
         err.print("[yellow]interrupted[/]")
         raise typer.Exit(130)
     for message in result.warnings:
-        err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
     s = result.summary
-    table = Table(title=f"stan detect: {video.name}", show_header=False)
+    table = Table(title=escape(f"stan detect: {video.name}"), show_header=False)
     table.add_row("frames", f"{result.n_frames} ({s['scored_frames']} scored), {result.info.fps:g} fps, {result.info.width}x{result.info.height}")
     table.add_row("weights", f"{s['weights']['file']}")
     table.add_row("threshold", f"{result.threshold:.5g} ({result.threshold_source})")
@@ -145,7 +146,7 @@ def detect(
     t = s["timings"]
     table.add_row("time", f"{t['total_s']:.1f} s ({t['scoring_s']:.1f} s scoring, {result.n_frames / max(t['scoring_s'], 1e-9):.1f} frames/s)")
     out.print(table)
-    out.print(f"Results written to [bold]{out_dir}[/] (open {out_dir / 'index.html'})", soft_wrap=True, highlight=False)
+    out.print(f"Results written to [bold]{escape(str(out_dir))}[/] (open {escape(str(out_dir / 'index.html'))})", soft_wrap=True, highlight=False)
 
 
 class _StageBars:
@@ -180,7 +181,6 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
     """
     import contextlib
 
-    from rich.markup import escape  # file names are the user's: "[x]" must print as it is
 
     from .batch import BatchEntry, detect_many
 
@@ -248,8 +248,8 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
 def train(
     data: Annotated[Path, typer.Argument(help="Normal footage: a frame folder, a folder of clip folders, or of videos.")],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Weights file to write.")] = Path("model.safetensors"),
-    pretrain_epochs: Annotated[Optional[int], typer.Option(help="Epochs of the generator alone on the pixel loss [default: 10; on --resume the run's own].", rich_help_panel="Recipe", show_default=False)] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Adversarial epochs, generator and discriminator alternately [default: 20; on --resume the run's own].", rich_help_panel="Recipe", show_default=False)] = None,
+    pretrain_epochs: Annotated[Optional[int], typer.Option(help="Epochs of the generator alone on the pixel loss \\[default: 10; on --resume the run's own].", rich_help_panel="Recipe", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Adversarial epochs, generator and discriminator alternately \\[default: 20; on --resume the run's own].", rich_help_panel="Recipe", show_default=False)] = None,
     lr: Annotated[float, typer.Option(help="Adam learning rate.", rich_help_panel="Recipe")] = 2e-4,
     batch_size: Annotated[int, typer.Option(help="Windows per step (per process).", rich_help_panel="Recipe")] = 3,
     lam: Annotated[float, typer.Option("--lambda", help="Weight of the pixel loss in L_G.", rich_help_panel="Recipe")] = 1.0,
@@ -260,7 +260,7 @@ def train(
     workers: Annotated[int, typer.Option(help="Data-loading worker processes.", rich_help_panel="Machine")] = 0,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.", rich_help_panel="Machine")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints (also at every epoch end).", rich_help_panel="Checkpoints")] = 200,
-    checkpoint_dir: Annotated[Optional[Path], typer.Option(help="Where checkpoints go [default: <out>.ckpt/].", rich_help_panel="Checkpoints")] = None,
+    checkpoint_dir: Annotated[Optional[Path], typer.Option(help="Where checkpoints go \\[default: <out>.ckpt/].", rich_help_panel="Checkpoints")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run whose checkpoint is in the checkpoint folder.", rich_help_panel="Checkpoints")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out and start a new run.", rich_help_panel="Checkpoints")] = False,
     init: Annotated[Optional[Path], typer.Option(help="Start from this weights file (fine-tune, e.g. the shipped Ped2 weights) instead of random networks.", rich_help_panel="Recipe")] = None,
@@ -282,7 +282,7 @@ def train(
 
     def on_event(kind: str, **info) -> None:
         if kind == "warning":
-            progress.console.print(f"[yellow]warning:[/] {info['message']}", highlight=False)
+            progress.console.print(f"[yellow]warning:[/] {escape(info['message'])}", highlight=False)
         elif kind == "decode":
             if task["id"] is None:
                 task["id"] = progress.add_task("decoding footage", total=info["total"], info="")
@@ -318,7 +318,7 @@ def train(
         with progress:
             result = run_train(opts, on_event)
     except TrainingInterrupted as e:
-        err.print(f"[yellow]interrupted:[/] {e}", highlight=False)
+        err.print(f"[yellow]interrupted:[/] {escape(str(e))}", highlight=False)
         raise typer.Exit(130)
     except StanError as e:
         fail(str(e))
@@ -337,7 +337,7 @@ def train(
     table.add_row("steps / wall time", f"{result.steps} / {result.wall_s / 60:.1f} min")
     table.add_row("loss log / plot", f"{result.log} / {result.plot}")
     out.print(table)
-    out.print(f"Weights written to [bold]{result.out}[/]", soft_wrap=True, highlight=False)
+    out.print(f"Weights written to [bold]{escape(str(result.out))}[/]", soft_wrap=True, highlight=False)
 
 
 # ------------------------------------------------------------------------------------------- eval
@@ -348,7 +348,7 @@ def eval_(
     test_dir: Annotated[Path, typer.Argument(help="Test folder: frames/<clip>/ + labels (*.m, *.mat, labels.json/csv) + optional masks/<clip>/, or videos + labels.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Results folder to write.")],
     weights: WeightsOption = None,
-    labels: Annotated[Optional[Path], typer.Option(help="Labels file: MATLAB .m/.mat (1-based, clip order), JSON {clip: [[start, end]]} or CSV clip,start,end (0-based) [default: found in TEST_DIR].")] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="Labels file: MATLAB .m/.mat (1-based, clip order), JSON {clip: [[start, end]]} or CSV clip,start,end (0-based) \\[default: found in TEST_DIR].")] = None,
     overwrite: OverwriteOption = False,
     device: DeviceOption = "auto",
     batch_size: BatchSizeOption = 8,
@@ -417,7 +417,7 @@ def eval_(
     table.add_row("lambda_s", f"{r['lambda_s']:.4g} (test set)", "")
     table.add_row("time", f"{r['timings']['wall_s']:.1f} s ({r['timings']['frames_per_s'] or 0:.1f} frames/s)", "")
     out.print(table)
-    out.print(f"Results written to [bold]{out_dir}[/] (results.json, roc.png, per_clip.csv, scores/)", soft_wrap=True, highlight=False)
+    out.print(f"Results written to [bold]{escape(str(out_dir))}[/] (results.json, roc.png, per_clip.csv, scores/)", soft_wrap=True, highlight=False)
 
 
 # ---------------------------------------------------------------------------------------- explain
@@ -430,7 +430,7 @@ def explain(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the panel and maps to.")] = Path("explain"),
     weights: WeightsOption = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder [default: 25].")] = None,
+    fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder \\[default: 25].")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that already holds files.")] = False,
 ) -> None:
     """Real frame, generated frame, pixel-loss map and guided-backprop map for one moment."""
@@ -445,7 +445,7 @@ def explain(
         err.print("[yellow]interrupted[/]")
         raise typer.Exit(130)
     v = result.values
-    table = Table(title=f"stan explain: {video.name}, frame {frame} ({v['time_s']:.2f} s)", show_header=False)
+    table = Table(title=escape(f"stan explain: {video.name}, frame {frame} ({v['time_s']:.2f} s)"), show_header=False)
     table.add_row("pixel loss", f"{v['pixel_loss']:.5g}")
     table.add_row("-log D(S_t)", f"{v['d_loss']:.5g}")
     if v.get("score_raw") is not None:
@@ -454,7 +454,7 @@ def explain(
     else:
         table.add_row("score", v["note"])
     out.print(table)
-    out.print(f"Results written to [bold]{out_dir}[/] (panel.png, maps as .npy)", soft_wrap=True, highlight=False)
+    out.print(f"Results written to [bold]{escape(str(out_dir))}[/] (panel.png, maps as .npy)", soft_wrap=True, highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,10 +6,14 @@ Two passes over the input, both streaming (memory does not grow with the video's
    in temporary files inside the output folder (heatmaps.MapStore, 25 kB per frame);
 2. only for the overlay videos: decode again and draw each frame with its maps, its score, the
    flag and the whole clip's curve, which are all known by then.
+
+Every report file is written under a temporary name and all are renamed together when the run
+has succeeded (report.staged): a failure half-way leaves the output folder as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -24,7 +28,7 @@ from .errors import InputError, OutputError, StanError
 from .heatmaps import MapReader, MapStore
 from .inference import PRECISIONS, StreamScorer, guided_backprop, resolve_device
 from .model import CONTEXT, WINDOW
-from .video import VideoInfo, VideoWriter, read_frames
+from .video import VideoInfo, VideoWriter, frame_times, read_frames
 from .weights import Stan, find_default_weights, load_weights
 from .windows import scored_range, to_grey_square, to_tensor
 
@@ -132,51 +136,65 @@ def detect(
     created = False
     if out is not None:
         out = Path(out)
-        created = prepare_output(out, overwrite, replaces=ALL_FILES)
+        # nothing is removed up front: an earlier report is replaced only when this run succeeds
+        created = prepare_output(out, overwrite)
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    stores = (
-        {"pixel": MapStore(out / ".pixel_loss_maps.u8"), "guided": MapStore(out / ".guided_backprop_maps.u8")}
-        if out is not None and write_video else {}
-    )
+    stores: dict[str, MapStore] = {}
+    ok = False
     try:
-        info, pixel, d, complete = _score_pass(video, fps, model, dev, batch_size, precision, stores, on_progress)
-        timings["scoring_s"] = time.perf_counter() - t0
-        result = _decide(info, pixel, d, model, score, threshold, merge_gap, min_length)
-        if not complete:
-            result.warnings.append(
-                f"{video}: decoded {result.n_frames} of about {info.n_frames} frames; the file looks truncated "
-                "or damaged. The frames that could be read were scored; the report is marked incomplete."
-            )
-            result.summary["complete"] = False
-        result.summary["warnings"] = result.warnings
-        result.summary.update(
-            weights={"file": str(model.path) if model.path else None, "sha256": model.sha256, "config": model.config.to_dict()},
-            device=str(dev),
-            precision=precision,
-        )
-        if out is not None:
-            result.out = out
-            if write_video:
-                t1 = time.perf_counter()
-                _write_overlays(video, fps, result, stores, out, on_progress)
-                timings["overlay_s"] = time.perf_counter() - t1
-                result.files.extend(name for name, _, _ in OVERLAYS)
-            timings["total_s"] = time.perf_counter() - t0
-            timings["frames_per_s"] = result.n_frames / timings["scoring_s"] if timings["scoring_s"] > 0 else None
-            result.summary["timings"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()}
-            _write_report(out, result)
-        else:
-            timings["total_s"] = time.perf_counter() - t0
-            result.summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
-    except BaseException:
-        if created:
-            remove_if_empty(out)
-        raise
+        with contextlib.ExitStack() as stack:
+            if out is not None:
+                # every report file keeps a temporary name until all are written (report.staged)
+                stack.enter_context(report.staged(out, own=ALL_FILES))
+                if write_video:
+                    stores["pixel"] = MapStore(out / ".pixel_loss_maps.u8")
+                    stores["guided"] = MapStore(out / ".guided_backprop_maps.u8")
+            result = _run(video, out, model, dev, fps, score, threshold, batch_size, precision, write_video,
+                          merge_gap, min_length, stores, timings, t0, on_progress)
+        ok = True
     finally:
         for store in stores.values():
             store.remove()
+        if not ok and created:
+            remove_if_empty(out)
+    return result
+
+
+def _run(video, out, model, dev, fps, score, threshold, batch_size, precision, write_video, merge_gap, min_length,
+         stores, timings, t0, on_progress) -> DetectResult:
+    """detect's work once its output folder is ready: score, decide, write (staged) files."""
+    info, pixel, d, complete = _score_pass(video, fps, model, dev, batch_size, precision, stores, on_progress)
+    timings["scoring_s"] = time.perf_counter() - t0
+    time_s, time_source = frame_times(info, len(pixel), fps)
+    result = _decide(info, pixel, d, model, score, threshold, merge_gap, min_length, time_s, time_source)
+    if not complete:
+        result.warnings.append(
+            f"{video}: decoded {result.n_frames} of about {info.n_frames} frames; the file looks truncated "
+            "or damaged. The frames that could be read were scored; the report is marked incomplete."
+        )
+        result.summary["complete"] = False
+    result.summary["warnings"] = result.warnings
+    result.summary.update(
+        weights={"file": str(model.path) if model.path else None, "sha256": model.sha256, "config": model.config.to_dict()},
+        device=str(dev),
+        precision=precision,
+    )
+    if out is None:
+        timings["total_s"] = time.perf_counter() - t0
+        result.summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        return result
+    result.out = out
+    if write_video:
+        t1 = time.perf_counter()
+        _write_overlays(video, fps, result, stores, out, on_progress)
+        timings["overlay_s"] = time.perf_counter() - t1
+        result.files.extend(name for name, _, _ in OVERLAYS)
+    timings["total_s"] = time.perf_counter() - t0
+    timings["frames_per_s"] = result.n_frames / timings["scoring_s"] if timings["scoring_s"] > 0 else None
+    result.summary["timings"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()}
+    _write_report(out, result)
     return result
 
 
@@ -206,20 +224,25 @@ class ScoreStream:
         self.n_frames = 0
 
     def _grey_chunks(self):
-        """Decoded frames -> (n, S, S) uint8 grey, n frames at a time: one batch of windows' worth."""
+        """Decoded frames -> (n, S, S) uint8 grey, n frames at a time: one batch of windows' worth.
+
+        Each frame is made grey and small as soon as it is decoded, so only one full-size frame
+        is alive at a time: a 4K frame is 25 MB as uint8 and 100 MB as float, and a batch of them
+        would take gigabytes.
+        """
         size = self.model.config.image_size
         chunk: list[np.ndarray] = []
         want = self.batch_size + WINDOW - 1  # the first batch needs its windows' 10 extra frames
         for frame in self._frames:
-            chunk.append(frame)
+            chunk.append(to_grey_square(frame[None], size)[0])
             self.n_frames += 1
             if self.n_frames % 16 == 0:
                 self.on_progress("score", self.n_frames, self.info.n_frames)
             if len(chunk) == want:
-                yield to_grey_square(np.stack(chunk), size)  # (n, H, W, 3) -> (n, S, S)
+                yield np.stack(chunk)  # (n, S, S)
                 chunk, want = [], self.batch_size
         if chunk:
-            yield to_grey_square(np.stack(chunk), size)
+            yield np.stack(chunk)
 
     def __iter__(self):
         scorer = StreamScorer(self.model.generator, self.model.discriminator, self.precision)
@@ -282,7 +305,16 @@ def _score_pass(video, fps, model: Stan, dev, batch_size, precision, stores: dic
     return stream.info, per_frame(n, pixel), per_frame(n, d), stream.complete
 
 
-def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length) -> DetectResult:
+def _duration(time_s: np.ndarray, fps: float) -> float:
+    """Seconds the clip covers: the last frame's time plus its own period (n / fps at a constant rate)."""
+    if time_s.size == 0:
+        return 0.0
+    period = float(time_s[-1] - time_s[-2]) if time_s.size > 1 else 1.0 / fps
+    return float(time_s[-1]) + period
+
+
+def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
+            time_s: np.ndarray | None = None, time_source: str = "frame index / fps") -> DetectResult:
     """Scores -> raw score, normalised score, threshold, flags, segments; and the summary."""
     n = len(pixel)
     calibration = model.calibration
@@ -301,7 +333,8 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length)
         thr_source = "fallback: median + 3 x 1.4826 x MAD of this clip (weights carry no calibration)"
     abnormal = scoring.flag(raw, thr)
     segments = scoring.find_segments(abnormal, raw, merge_gap=merge_gap, min_length=min_length)
-    time_s = np.arange(n) / info.fps
+    if time_s is None:
+        time_s = np.arange(n) / info.fps
     scored = np.isfinite(raw)
     summary = {
         "stan_version": __version__,
@@ -313,7 +346,8 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length)
             "fps_assumed": info.fps_assumed,
             "width": info.width,
             "height": info.height,
-            "duration_s": round(n / info.fps, 3),
+            "duration_s": round(_duration(time_s, info.fps), 3),
+            "time_source": time_source,
         },
         "score_kind": kind,
         "lambda_s": lam,

@@ -21,12 +21,13 @@ from .detect import check_fps, prepare_output, remove_if_empty
 from .errors import InputError
 from .inference import guided_backprop, resolve_device, score_windows
 from .model import CONTEXT, WINDOW
-from .video import read_frames
+from .video import frame_timestamps, read_frames
 from .weights import Stan, find_default_weights, load_weights
 from .windows import to_grey_square, to_tensor
 
 PANEL_FILES = ("panel.png", "real.png", "generated.png", "pixel_loss.png", "guided_backprop.png")
 MAP_FILES = ("pixel_loss.npy", "guided_backprop.npy")
+OWN_FILES = (*PANEL_FILES, *MAP_FILES, "explanation.json")
 
 
 @dataclass
@@ -63,7 +64,8 @@ def explain(
         out = Path(out)
     info, window = _window_around(video, frame, fps)
     if out is not None:
-        created = prepare_output(out, overwrite, replaces=(*PANEL_FILES, *MAP_FILES, "explanation.json"))
+        # nothing is removed up front: earlier files are replaced only when this run succeeds
+        created = prepare_output(out, overwrite)
 
     size = model.config.image_size
     grey = to_grey_square(np.stack(window), size)  # (11, S, S) uint8
@@ -78,14 +80,16 @@ def explain(
     guided_map = _resize(guided, h, w).clip(min=0)
 
     pixel_loss, d_loss = float(scores.pixel[0]), float(scores.d[0])
-    values = _values(model, frame, info.fps, pixel_loss, d_loss)
-    values["input"] = {"path": str(video), "width": w, "height": h, "fps": info.fps}
+    time_s, time_source = _frame_time(info, frame, fps)
+    values = _values(model, frame, time_s, pixel_loss, d_loss)
+    values["input"] = {"path": str(video), "width": w, "height": h, "fps": info.fps, "time_source": time_source}
     values["weights"] = {"file": str(model.path) if model.path else None, "sha256": model.sha256}
-    result = Explanation(frame, frame / info.fps, real, generated_u8, pixel_map, guided_map, pixel_loss, d_loss, values)
+    result = Explanation(frame, time_s, real, generated_u8, pixel_map, guided_map, pixel_loss, d_loss, values)
     if out is not None:
         result.out = out
         try:
-            _write(out, result)
+            with report.staged(out, own=OWN_FILES):  # all files appear together, or none
+                _write(out, result)
         except BaseException:
             if created:
                 remove_if_empty(out)
@@ -115,14 +119,23 @@ def _window_around(video: Path, frame: int, fps: float | None):
     )
 
 
+def _frame_time(info, frame: int, fps: float | None) -> tuple[float, str]:
+    """The frame's time as `detect` gives it: the video's own timestamp, else frame / fps."""
+    if info.kind == "video" and fps is None:
+        stamps = frame_timestamps(info.path)
+        if stamps is not None and len(stamps) > frame + CONTEXT:
+            return float(stamps[frame]), "timestamps"
+    return frame / info.fps, "frame index / fps"
+
+
 def _resize(maps: torch.Tensor, height: int, width: int) -> np.ndarray:
     """(1, S, S) -> (height, width) float32 numpy, bilinear."""
     x = F.interpolate(maps[:, None].float().cpu(), size=(height, width), mode="bilinear", align_corners=False)
     return x[0, 0].numpy().astype(np.float32)
 
 
-def _values(model: Stan, frame: int, fps: float, pixel_loss: float, d_loss: float) -> dict:
-    values: dict = {"frame": frame, "time_s": round(frame / fps, 3), "pixel_loss": pixel_loss, "d_loss": d_loss}
+def _values(model: Stan, frame: int, time_s: float, pixel_loss: float, d_loss: float) -> dict:
+    values: dict = {"frame": frame, "time_s": round(time_s, 3), "pixel_loss": pixel_loss, "d_loss": d_loss}
     cal = model.calibration
     if cal is None:
         values.update(score_raw=None, threshold=None, abnormal=None,

@@ -4,6 +4,10 @@ Each map is stored at half the network resolution as uint8 relative to its own m
 the maximum kept beside it (12.5 kB per frame at 224), so memory stays flat for any video length.
 A log-spaced histogram of every stored value gives the clip-wide display scale (a high
 percentile) without keeping the values.
+
+The store files are scratch space in the output folder (hidden names, removed at the end). A full
+disk or a read-only folder while writing them is an OutputError naming the file, like any
+report file, never a bare OSError.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .report import output_error, remove_quietly
+
 _LOG_LO, _LOG_HI, _BINS = -12.0, 2.0, 2800  # log10 range of map values, 0.005 decades per bin
 
 
@@ -23,7 +29,10 @@ class MapStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._file = open(self.path, "wb")
+        try:
+            self._file = open(self.path, "wb")
+        except OSError as err:
+            raise output_error(self.path, err) from err
         self.maxima: list[float] = []
         self.side = 0
         self._hist = np.zeros(_BINS + 1, dtype=np.int64)  # last bin: zeros and below range
@@ -33,7 +42,10 @@ class MapStore:
         self.side = half.shape[-1]
         peak = half.flatten(1).amax(dim=1).clamp(min=1e-30)  # (B,)
         q = (half / peak[:, None, None] * 255).round().to(torch.uint8)
-        self._file.write(q.cpu().numpy().tobytes())
+        try:
+            self._file.write(q.cpu().numpy().tobytes())
+        except OSError as err:
+            raise output_error(self.path, err) from err
         self.maxima.extend(peak.cpu().tolist())
         values = half.flatten().cpu().numpy().astype(np.float64)
         with np.errstate(divide="ignore"):
@@ -43,7 +55,10 @@ class MapStore:
         self._hist += np.bincount(idx, minlength=_BINS + 1)
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()  # flushes the last maps: a full disk can show only here
+        except OSError as err:
+            raise output_error(self.path, err) from err
 
     def quantile(self, q: float) -> float:
         """Approximate q-quantile of every stored value (within one histogram bin)."""
@@ -62,8 +77,12 @@ class MapStore:
         return MapReader(self.path, self.side, np.asarray(self.maxima, dtype=np.float32))
 
     def remove(self) -> None:
-        self.close()
-        self.path.unlink(missing_ok=True)
+        """Close and delete the file; called on every way out, so it never raises."""
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        remove_quietly(self.path)
 
 
 class MapReader:

@@ -15,6 +15,7 @@ import numpy as np
 RGB = tuple[int, int, int]
 
 ABNORMAL_RED: RGB = (230, 30, 30)
+_BAND = 128  # image rows processed at a time: memory per frame stays small for any resolution
 
 # 5x7 glyphs, one string per row; "#" is ink. Only what labels like
 # "FRAME 120  T=4.00S  SCORE=0.83 [ABNORMAL]" need; anything else is drawn as a space.
@@ -116,9 +117,12 @@ def resize_bilinear(a: np.ndarray, height: int, width: int) -> np.ndarray:
         raise ValueError(f"resize_bilinear target must be at least 1x1, got {height}x{width}")
     y0, y1, wy = _source_index(a.shape[0], height)
     x0, x1, wx = _source_index(a.shape[1], width)
-    rows = a[y0] * (1.0 - wy)[:, None] + a[y1] * wy[:, None]  # (height, w)
-    out = rows[:, x0] * (1.0 - wx)[None, :] + rows[:, x1] * wx[None, :]  # (height, width)
-    return out.astype(np.float32)
+    out = np.empty((height, width), dtype=np.float32)
+    for top in range(0, height, _BAND):  # bands keep float64 temporaries small at 4K and above
+        rows_of = slice(top, top + _BAND)
+        rows = a[y0[rows_of]] * (1.0 - wy[rows_of])[:, None] + a[y1[rows_of]] * wy[rows_of][:, None]  # (band, w)
+        out[rows_of] = rows[:, x0] * (1.0 - wx)[None, :] + rows[:, x1] * wx[None, :]  # (band, width)
+    return out
 
 
 def _check_frame(frame: np.ndarray) -> None:
@@ -150,11 +154,15 @@ def heat_overlay(
     heat = np.clip(np.where(finite, heat, 0.0), 0.0, 1.0)
     height, width = frame.shape[:2]
     up = np.clip(resize_bilinear(heat, height, width), 0.0, 1.0)  # (H, W)
-    colour = colormap_lut(cmap)[np.rint(up * 255.0).astype(np.uint8)]  # (H, W, 3)
-    alpha = (alpha_max * up)[..., None]  # (H, W, 1)
-    base = frame.astype(np.float32)
-    out = base + alpha * (colour.astype(np.float32) - base)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    lut = colormap_lut(cmap)
+    out = np.empty_like(frame)
+    for top in range(0, height, _BAND):  # a band at a time: a 4K frame as float32 is 100 MB per copy
+        rows = slice(top, top + _BAND)
+        colour = lut[np.rint(up[rows] * 255.0).astype(np.uint8)].astype(np.float32)  # (band, W, 3)
+        alpha = (alpha_max * up[rows])[..., None]  # (band, W, 1)
+        base = frame[rows].astype(np.float32)
+        out[rows] = np.clip(np.rint(base + alpha * (colour - base)), 0, 255).astype(np.uint8)
+    return out
 
 
 # --------------------------------------------------------------------------- text and borders

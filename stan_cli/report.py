@@ -4,17 +4,25 @@ Every file goes through `atomic_path`: written under a hidden temporary name in 
 folder, then renamed with `os.replace`. A crash or Ctrl-C therefore never leaves a half-written
 scores.csv that a later script would read as complete; either the old file or the new one is
 there. The overlay videos are encoded by video.py, which follows the same rule.
+
+A report is a set of files that refer to each other, so `detect` and `explain` write inside
+`staged(folder)`: there every atomic write into the folder keeps its temporary name until the
+whole run has succeeded, and then all are renamed together. If the disk fills up or the run
+fails half-way, the temporaries are removed and the folder is as it was: an earlier report
+being overwritten and the user's own files stay untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import html
 import io
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -37,26 +45,127 @@ def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{path.suffix}")
 
 
+_NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG})
+_NO_PERMISSION = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def output_error(path: str | os.PathLike[str], err: OSError) -> OutputError:
+    """The one-line OutputError for an OSError while writing `path`: what happened and what to do.
+
+    A full disk is the common case on long videos, so it gets its own words.
+    """
+    reason = err.strerror or str(err)
+    if err.errno in _NO_SPACE:
+        return OutputError(
+            f"Cannot write {path}: {reason}. The disk is full: free some space (or choose --out on "
+            "another disk) and run again; files from earlier runs were left as they were."
+        )
+    if err.errno in _NO_PERMISSION:
+        return OutputError(f"Cannot write {path}: {reason}. Choose a writable location for the output.")
+    return OutputError(
+        f"Cannot write {path}: {reason}. Check that the folder is writable and the disk has free space."
+    )
+
+
+def remove_quietly(path: Path) -> None:
+    """Delete a temporary if it is there; cleaning up must never hide the error that caused it."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+class StagedFiles:
+    """Files of one run in one folder, held under temporary names until `commit` renames them all.
+
+    `own` names every file the command may write; at commit, those this run did not write
+    (an earlier run's overlay videos when this one has --no-video) are removed, so the folder
+    never mixes two runs' results. Nothing final-named changes before commit.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], own: Iterable[str] = ()) -> None:
+        self.folder = Path(folder)
+        self._key = os.path.abspath(self.folder)
+        self.own = tuple(own)
+        self.held: dict[str, Path] = {}  # final name -> temporary path, in the order written
+
+    def holds(self, path: Path) -> bool:
+        return os.path.abspath(path.parent) == self._key
+
+    def hold(self, path: Path, tmp: Path) -> None:
+        """Keep `tmp` (complete) to be renamed onto `path` at commit."""
+        self.held[path.name] = tmp
+
+    def commit(self) -> None:
+        """Rename every held file onto its name, index.html last; then drop stale outputs."""
+        names = sorted(self.held, key=lambda name: name == "index.html")
+        try:
+            for name in names:
+                os.replace(self.held[name], self.folder / name)
+                del self.held[name]
+            for name in self.own:
+                if name not in names:
+                    (self.folder / name).unlink(missing_ok=True)
+        except OSError as err:
+            self.discard()
+            raise output_error(self.folder, err) from err
+
+    def discard(self) -> None:
+        """Remove every temporary; the folder is left as it was before the run."""
+        for tmp in self.held.values():
+            remove_quietly(tmp)
+        self.held.clear()
+
+
+_STAGING: ContextVar[StagedFiles | None] = ContextVar("stan_staging", default=None)
+
+
+@contextlib.contextmanager
+def staged(folder: str | os.PathLike[str], own: Iterable[str] = ()) -> Iterator[StagedFiles]:
+    """Hold back every atomic write into `folder` until the block ends; then rename all together.
+
+    On an exception (a full disk, Ctrl-C, a decode error half-way) every temporary is removed
+    and the exception goes on: no final-named file changed.
+    """
+    staging = StagedFiles(folder, own)
+    token = _STAGING.set(staging)
+    try:
+        yield staging
+    except BaseException:
+        staging.discard()
+        raise
+    finally:
+        _STAGING.reset(token)
+    staging.commit()
+
+
+def finish_temporary(tmp: Path, path: Path) -> None:
+    """A complete temporary file: rename it onto `path` now, or hold it when the folder is staged."""
+    staging = _STAGING.get()
+    if staging is not None and staging.holds(path):
+        staging.hold(path, tmp)
+    else:
+        os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path to write; rename it onto `path` on success, delete it on error.
 
     The temporary file lives in the same folder so the rename is atomic (same filesystem).
+    Inside `staged(...)` for that folder the rename waits for the end of the run.
     OSErrors (disk full, permission denied) become an OutputError naming the file.
     """
     path = Path(path)
     tmp = _temp_path(path)
     try:
         yield tmp
-        os.replace(tmp, path)
+        finish_temporary(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(
-            f"Cannot write {path}: {err.strerror or err}. "
-            "Check that the folder is writable and the disk has free space."
-        ) from err
+        remove_quietly(tmp)
+        raise output_error(path, err) from err
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        remove_quietly(tmp)
         raise
 
 

@@ -3,13 +3,25 @@
 Frames are streamed one at a time as (H, W, 3) uint8 RGB; a video is never held in memory.
 A folder of images is decoded by ONE ffmpeg process through the concat demuxer, in natural
 order (2.jpg before 10.jpg), so folders and videos share one code path and one error style.
+
+What a frame is, for inputs that are not plain 8-bit RGB (README, "When something is wrong"):
+- rotation metadata (phone videos): frames come out rotated as a player shows them (ffmpeg's
+  autorotation), and `VideoInfo.width`/`height` are the rotated, displayed size;
+- 10/12/16-bit video or images are converted to 8 bits per channel by ffmpeg;
+- an alpha channel is dropped: the stored colour is used, not composited over a background;
+- only the first real video stream is read (`-map 0:V:0`); cover art and thumbnails do not count,
+  so a file with audio only is refused as "holds no video stream";
+- paths go to ffmpeg as absolute paths in an argument list, never through a shell, so names with
+  spaces, non-ASCII letters, a leading dash or a colon are read as names, never as options.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +31,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from .errors import InputError, OutputError
+from .report import finish_temporary, output_error, remove_quietly
 
 FRAME_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 VIDEO_EXTENSIONS = frozenset(
@@ -26,6 +39,27 @@ VIDEO_EXTENSIONS = frozenset(
 )
 DEFAULT_FOLDER_FPS = 25.0
 _IMAGE_KIND = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp"}
+_FIRST_VIDEO = ["-map", "0:V:0"]  # capital V: video streams that are not cover art or thumbnails
+_NO_VIDEO = ("matches no streams", "does not contain any stream")  # ffmpeg's words for "no video stream"
+_WRITE_ERRORS = ("No space left on device", "Disk quota exceeded", "Permission denied", "Read-only file system")
+_NOPTS = -(2**63)  # AV_NOPTS_VALUE, how framecrc prints a packet without a timestamp
+
+
+class _QuietRotation(logging.Filter):
+    """imageio-ffmpeg warns when the decoded size differs from the coded one. For a rotated video
+    that is the point (we want frames as displayed), and the warning would be a stray line on the
+    user's terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is different from the source frame size" not in record.getMessage()
+
+
+logging.getLogger("imageio_ffmpeg").addFilter(_QuietRotation())
+
+
+def ffmpeg_path(path: str | os.PathLike[str]) -> str:
+    """A path as ffmpeg must get it: absolute, so "-clip.mp4" is no option and "cam:1.mp4" no protocol."""
+    return os.path.abspath(os.fspath(path))
 
 
 @dataclass(frozen=True)
@@ -122,7 +156,7 @@ class _Source:
     def input_args(self) -> tuple[str, list[str]]:
         if self.list_file is not None:
             return self.list_file, ["-f", "concat", "-safe", "0"]
-        return str(self.path), []
+        return ffmpeg_path(self.path), []
 
     def close(self) -> None:
         if self.list_file is not None:
@@ -136,7 +170,7 @@ class _Source:
 def _open(source: _Source, output_params: list[str] | None = None):
     target, input_params = source.input_args()
     # passthrough: every decoded frame exactly once, never duplicated or dropped to fit a rate
-    output_params = ["-fps_mode", "passthrough", *(output_params or [])]
+    output_params = [*_FIRST_VIDEO, "-fps_mode", "passthrough", *(output_params or [])]
     gen = imageio_ffmpeg.read_frames(
         target, pix_fmt="rgb24", input_params=input_params, output_params=output_params
     )
@@ -144,13 +178,18 @@ def _open(source: _Source, output_params: list[str] | None = None):
         meta = next(gen)
     except (OSError, RuntimeError, StopIteration) as err:
         gen.close()
+        if any(words in str(err) for words in _NO_VIDEO):
+            raise InputError(
+                f"{source.path}: holds no video stream (audio only, or just a cover image). "
+                "Use a file with video in it."
+            ) from None
         raise InputError(
             f"{source.path}: ffmpeg cannot read it ({_ffmpeg_message(err)}). "
             "Use a video file ffmpeg can decode, or a folder of images."
         ) from None
     if not meta.get("size") or meta["size"] == (0, 0):
         gen.close()
-        raise InputError(f"{source.path}: has no video stream. Use a file with video in it.")
+        raise InputError(f"{source.path}: holds no video stream. Use a file with video in it.")
     return gen, meta
 
 
@@ -203,6 +242,64 @@ def read_frames(path: Path, fps: float | None = None) -> tuple[VideoInfo, "Frame
         raise
     info = _info(source, meta, fps)
     return info, FrameStream(gen, source, info)
+
+
+def frame_timestamps(path: Path) -> np.ndarray | None:
+    """Presentation times of a video's frames in seconds from the first, in display order.
+
+    Read from the container's packet timestamps (`ffmpeg -c copy -f framecrc`: demuxing only, no
+    decoding, so it costs one read of the file). None for a frame folder, when ffmpeg fails, and
+    when any packet has no timestamp (AVI; MPEG program streams with B-frames), so callers fall
+    back to frame index / fps, which is exact for such constant-rate files.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    cmd = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
+        "-i", ffmpeg_path(path), *_FIRST_VIDEO, "-c", "copy", "-f", "framecrc", "-",
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    except OSError:
+        return None
+    if proc.returncode != 0:
+        return None
+    base = None
+    pts: list[int] = []
+    try:
+        for line in proc.stdout.splitlines():
+            if line.startswith("#tb 0:"):
+                num, _, den = line.split(":", 1)[1].strip().partition("/")
+                base = (int(num), int(den))
+            elif line and not line.startswith("#"):
+                fields = line.split(",")
+                if len(fields) < 3 or fields[0].strip() != "0":
+                    continue
+                value = int(fields[2])
+                if value == _NOPTS:
+                    return None
+                pts.append(value)
+    except ValueError:  # a line framecrc never writes: trust nothing from it
+        return None
+    if base is None or not pts or base[1] == 0:
+        return None
+    ticks = np.sort(np.asarray(pts, dtype=np.int64))
+    return (ticks - ticks[0]).astype(np.float64) * base[0] / base[1]
+
+
+def frame_times(info: VideoInfo, n_frames: int, fps: float | None = None) -> tuple[np.ndarray, str]:
+    """Seconds of each of the `n_frames` decoded frames, and where they come from.
+
+    A video's own timestamps (so variable-frame-rate footage gets true times), unless `fps` was
+    given (the user's rate wins), the input is a frame folder, or the timestamps do not match the
+    decoded frames one to one (a damaged file); then frame index / fps.
+    """
+    if info.kind == "video" and fps is None:
+        stamps = frame_timestamps(info.path)
+        if stamps is not None and len(stamps) == n_frames and (n_frames < 2 or bool(np.all(np.diff(stamps) > 0))):
+            return stamps, "timestamps"
+    return np.arange(n_frames, dtype=np.float64) / info.fps, "frame index / fps"
 
 
 class FrameStream:
@@ -276,8 +373,16 @@ class FrameStream:
 class VideoWriter:
     """H.264 / yuv420p / faststart MP4 that plays in a browser. Odd sizes are padded by one pixel.
 
-    Writes to a temporary name beside `path` and renames on a clean close, so a crash never
-    leaves a half-written file that looks complete.
+    yuv420p stores colour per 2 x 2 block, so H.264 needs even sizes: an odd width or height is
+    made even by repeating the last column or row (`width`/`height` say the written size; the
+    picture itself is never scaled or cropped). Writes to a temporary name beside `path` and
+    renames on a clean close (or, inside report.staged, at the end of the run), so a crash or a
+    full disk never leaves a half-written file that looks complete.
+
+    ffmpeg (imageio-ffmpeg's binary) runs as our own process rather than through
+    imageio_ffmpeg.write_frames, which lets ffmpeg print to the user's terminal: its log goes to a
+    temporary file instead, and its last error ("No space left on device") becomes part of one
+    OutputError line.
     """
 
     def __init__(self, path: Path, width: int, height: int, fps: float) -> None:
@@ -287,21 +392,20 @@ class VideoWriter:
         self.width, self.height = width + width % 2, height + height % 2
         self.tmp = self.path.with_name(f".{self.path.name}.tmp.mp4")
         self.frames_written = 0
-        self._gen = imageio_ffmpeg.write_frames(
-            str(self.tmp),
-            (self.width, self.height),
-            fps=fps,
-            codec="libx264",
-            pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p",
-            macro_block_size=1,
-            quality=None,
-            output_params=["-crf", "23", "-preset", "veryfast", "-movflags", "+faststart"],
-        )
+        cmd = [
+            imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}", "-r", f"{fps:.6g}", "-i", "-",
+            "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "23", "-preset", "veryfast",
+            "-movflags", "+faststart", ffmpeg_path(self.tmp),
+        ]
+        self._log = tempfile.TemporaryFile()
+        # its own session: Ctrl-C reaches Python, which then stops ffmpeg and removes the temporary
+        session = {"start_new_session": True} if os.name == "posix" else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
         try:
-            self._gen.send(None)
-        except (OSError, RuntimeError) as err:
-            raise OutputError(f"{self.path}: cannot write video ({_ffmpeg_message(err)}).") from None
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log, **session)
+        except OSError as err:
+            self._log.close()
+            raise OutputError(f"{self.path}: cannot start ffmpeg to write the video ({err.strerror or err}).") from None
 
     def write(self, frame: np.ndarray) -> None:
         h, w = frame.shape[:2]
@@ -310,33 +414,73 @@ class VideoWriter:
         if (h, w) != (self.height, self.width):
             frame = np.pad(frame, ((0, self.height - h), (0, self.width - w), (0, 0)), mode="edge")
         try:
-            self._gen.send(np.ascontiguousarray(frame, dtype=np.uint8))
+            self._proc.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).data)  # type: ignore[union-attr]
             self.frames_written += 1
-        except (OSError, RuntimeError) as err:
-            raise OutputError(
-                f"{self.path}: writing video failed ({_ffmpeg_message(err)}). Is the folder writable and the disk not full?"
-            ) from None
+        except OSError:  # ffmpeg has gone (a full disk, an unwritable folder): its log says why
+            self._stop(kill=False)
+            raise self._failure("writing the video failed") from None
+
+    def _stop(self, kill: bool) -> int:
+        """End ffmpeg: let it finish the file, or kill it; returns its exit status."""
+        try:
+            self._proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+        if kill:
+            self._proc.kill()
+        try:
+            return self._proc.wait(timeout=None if not kill else 10)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            return -1
+
+    def _reason(self) -> str:
+        """ffmpeg's most telling log line, without its "[mp4 @ 0x...]" prefix."""
+        try:
+            self._log.seek(0)
+            text = self._log.read().decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return "ffmpeg stopped"
+        lines = [re.sub(r"^(\[[^]]*\]\s*)+", "", ln).strip() for ln in text.splitlines()]
+        lines = [ln for ln in lines if ln]
+        for known in _WRITE_ERRORS:  # the operating system's words say it best
+            if any(known in ln for ln in lines):
+                return known
+        return f"ffmpeg: {lines[-1]}" if lines else "ffmpeg stopped"
+
+    def _failure(self, what: str) -> OutputError:
+        reason = self._reason()
+        if reason in ("No space left on device", "Disk quota exceeded"):
+            advice = "The disk is full: free some space (or choose --out on another disk) and run again."
+        else:
+            advice = "Check that the disk has free space and the folder is writable."
+        return OutputError(f"{self.path}: {what} ({reason}). {advice}")
 
     def close(self, ok: bool = True) -> None:
+        if self._proc.poll() is None or not self._proc.stdin.closed:  # type: ignore[union-attr]
+            status = self._stop(kill=not ok)
+        else:
+            status = self._proc.returncode
         try:
-            self._gen.close()
-        finally:
-            written = ok and self._readable()
+            written = ok and status == 0 and self._readable()
             if written:
-                os.replace(self.tmp, self.path)
-            elif self.tmp.exists():
-                self.tmp.unlink()
-        if ok and not written:
-            raise OutputError(
-                f"{self.path}: ffmpeg did not finish the video. Is the folder writable and the disk not full?"
-            )
+                try:
+                    finish_temporary(self.tmp, self.path)
+                except OSError as err:
+                    remove_quietly(self.tmp)
+                    raise output_error(self.path, err) from err
+            else:
+                remove_quietly(self.tmp)
+            if ok and not written:
+                raise self._failure("ffmpeg did not finish the video")
+        finally:
+            self._log.close()
 
     def _readable(self) -> bool:
-        """The file plays back with every frame (imageio-ffmpeg ignores ffmpeg's exit status)."""
+        """The file plays back with every frame."""
         if not self.tmp.exists() or self.tmp.stat().st_size == 0:
             return False
         try:
-            frames, _ = imageio_ffmpeg.count_frames_and_secs(str(self.tmp))
+            frames, _ = imageio_ffmpeg.count_frames_and_secs(ffmpeg_path(self.tmp))
         except (OSError, RuntimeError):
             return False
         return frames == self.frames_written

@@ -490,15 +490,15 @@ def test_cli_error_line_is_red(tmp_path, monkeypatch):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data3, tmp_path, monkeypatch):
     import stan_cli.train as train_module
 
-    real = train_module.pixel_loss
+    real = train_module.pixel_term
     calls = {"n": 0}
 
-    def pixel_loss(pred, target):
+    def pixel_term(pred, target, norm):
         calls["n"] += 1
-        loss = real(pred, target)
+        loss = real(pred, target, norm)
         return loss * float("nan") if calls["n"] == 5 else loss
 
-    monkeypatch.setattr(train_module, "pixel_loss", pixel_loss)
+    monkeypatch.setattr(train_module, "pixel_term", pixel_term)
     out = tmp_path / "model.safetensors"
     with pytest.raises(TrainingError, match="step 5") as info:
         train(options(data3, out, checkpoint_every=2))
