@@ -1,7 +1,7 @@
 """Detection speed and memory: the plain per-window loop vs `stan detect`, on synthetic video.
 
     python benchmarks/bench_detect.py                        # throughput (15 s at 25 fps, 360x240) + memory (0.5, 2 min, 640x480)
-    python benchmarks/bench_detect.py --minutes 1 10 60      # memory on longer videos
+    python benchmarks/bench_detect.py --memory-only --minutes 1 10 60 --modes no-video   # memory on longer videos
     python benchmarks/bench_detect.py --device cuda          # on a GPU, with what bounds it
     python benchmarks/bench_detect.py --variants --compile   # also: which model-level variants pay
     python benchmarks/bench_detect.py --seconds 5 --repeats 1 --minutes   # a quick look, no memory runs
@@ -336,11 +336,12 @@ def memory(args, tmp: Path, weights: Path) -> None:
         env["OMP_NUM_THREADS"] = str(args.threads)
     print(f"\npeak RSS of `stan detect` on 640x480 video at {args.memory_fps:g} fps (a child process each):")
     print(f"  {'minutes':>7} {'frames':>7} {'mode':<10} {'wall s':>8} {'frames/s':>9} {'peak RSS MB':>12}")
-    peaks: dict[str, list[float]] = {"--no-video": [], "overlays": []}
+    modes = [m for m in (("--no-video", ["--no-video"]), ("overlays", [])) if m[0].lstrip("-") in args.modes]
+    peaks: dict[str, list[float]] = {mode: [] for mode, _ in modes}
     for minutes in args.minutes:
         video = tmp / f"memory-{minutes:g}min.mp4"
         n = write_synthetic(video, minutes * 60, 640, 480, args.memory_fps)
-        for mode, extra in (("--no-video", ["--no-video"]), ("overlays", [])):
+        for mode, extra in modes:
             out = tmp / "memory-report"
             cmd = [sys.executable, "-m", "stan_cli.cli", "detect", str(video), "--out", str(out), "--overwrite",
                    "--weights", str(weights), "--device", args.device, "--batch-size", str(args.batch_size), *extra]
@@ -389,6 +390,8 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], help="detect precisions to time")
     parser.add_argument("--minutes", type=float, nargs="*", default=[0.5, 2.0], help="memory runs (none: skip)")
     parser.add_argument("--memory-fps", type=float, default=10.0)
+    parser.add_argument("--modes", nargs="+", default=["no-video", "overlays"], choices=["no-video", "overlays"],
+                        help="memory runs to make (overlays take ~5x longer)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--memory-only", action="store_true", help="skip FLOPs and throughput")
     parser.add_argument("--variants", action="store_true", help="also time model-level variants")

@@ -142,7 +142,8 @@ def load_clips(
             try:
                 _decode(source, size, target)
             except InputError as err:
-                warn(f"skipped {print_name}: {err}")
+                message = str(err)  # most errors already start with the file's name
+                warn(f"skipped {message}" if message.startswith(print_name) else f"skipped {print_name}: {message}")
                 skipped.append(print_name)
                 manifest.pop(key, None)
                 target.unlink(missing_ok=True)

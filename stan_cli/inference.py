@@ -45,8 +45,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it, bf16 is emulated."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    try:  # private helpers, present since torch 2.1; oneDNN's own check also says yes on AVX-512 without BF16
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 

@@ -54,7 +54,7 @@ from .dataset import Clip, WindowSet, load_clips, split_validation
 from .errors import InputError, OutputError, TrainingError
 from .inference import PRECISIONS, autocast, precision_warning, resolve_device, score_windows
 from .model import PRESETS, Discriminator, Generator, d_loss_map, pixel_loss, split_window, with_middle
-from .weights import load_checkpoint, load_weights, save_checkpoint, save_weights
+from .weights import Stan, load_checkpoint, load_weights, save_checkpoint, save_weights
 from .windows import to_tensor
 
 SELECTION_RULE = (
@@ -401,6 +401,7 @@ def train(opts: TrainOptions, on_event: Event = lambda kind, **info: None) -> Tr
     """
     opts = TrainOptions(**{**asdict(opts), "data": Path(opts.data), "out": Path(opts.out)})
     _validate(opts)
+    init = _load_init(opts)
     rank = _Rank()
     device = resolve_device(opts.device)
     if rank.world > 1:
@@ -418,14 +419,27 @@ def train(opts: TrainOptions, on_event: Event = lambda kind, **info: None) -> Tr
         if rank.main:
             lock.acquire()  # before anything is checked or deleted: a live run's files stay untouched
         _prepare_outputs(opts, rank)
-        return _run(opts, rank, device, emit)
+        return _run(opts, rank, device, emit, init)
     finally:
         lock.release()
         if rank.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event) -> TrainResult | None:
+def _load_init(opts: TrainOptions) -> Stan | None:
+    """Read --init into memory before anything is deleted (it may even live in the run's own
+    folder); its network size becomes the run's preset."""
+    if opts.init is None or opts.resume:
+        return None
+    stan = load_weights(Path(opts.init))
+    preset = next((name for name, c in PRESETS.items() if c == stan.config), None)
+    if preset is None:
+        raise TrainingError(f"{opts.init}: its network config matches no preset ({', '.join(PRESETS)}); cannot train from it.")
+    opts.preset = preset
+    return stan
+
+
+def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event, init: Stan | None) -> TrainResult | None:
     ckpt_dir = opts.ckpt_dir
     last_path, best_path = ckpt_dir / "last.safetensors", ckpt_dir / "best.safetensors"
     if rank.main:
@@ -458,13 +472,6 @@ def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event) -> 
         opts.pretrain_epochs = DEFAULT_PRETRAIN_EPOCHS if opts.pretrain_epochs is None else opts.pretrain_epochs
         opts.epochs = DEFAULT_EPOCHS if opts.epochs is None else opts.epochs
 
-    init = None
-    if opts.init is not None and not opts.resume:
-        init = load_weights(Path(opts.init))
-        preset = next((name for name, c in PRESETS.items() if c == init.config), None)
-        if preset is None:
-            raise TrainingError(f"{opts.init}: its network config matches no preset ({', '.join(PRESETS)}); cannot train from it.")
-        opts.preset = preset
     config = PRESETS[opts.preset]
     torch.manual_seed(opts.seed)
     generator, discriminator = Generator(config).to(device), Discriminator(config).to(device)

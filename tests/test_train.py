@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from conftest import make_clip, write_frame_folder, write_video
 from stan_cli import cli
 from stan_cli.detect import detect
-from stan_cli.errors import InputError, OutputError, TrainingError
+from stan_cli.errors import InputError, OutputError, StanError, TrainingError
 from stan_cli.model import TINY, Discriminator, Generator
 from stan_cli.train import SELECTION_RULE, TrainOptions, train
 from stan_cli.weights import load_checkpoint, load_weights, read_checkpoint_progress
@@ -626,6 +626,23 @@ def test_init_starts_a_new_run_from_existing_weights(data3, tmp_path):
         train(options(data3, tmp_path / "fifth.safetensors", reset_discriminator=True))
 
 
+def test_a_bad_init_with_overwrite_leaves_the_earlier_run_alone(data3, tmp_path):
+    out = tmp_path / "model.safetensors"
+    train(options(data3, out, val_clips=1))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not weights")
+    before[bad] = bad.read_bytes()
+    with pytest.raises(StanError):
+        train(options(data3, out, overwrite=True, init=bad))
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    # Fine-tuning from the run's own selected state, in place, reads it before replacing anything.
+    best = ckpt_of(out).with_name("best.safetensors")
+    assert best.exists()
+    train(options(data3, out, overwrite=True, init=best, pretrain_epochs=0, epochs=0, val_clips=1))
+    assert load_weights(out).training["init"]["file"] == str(best)
+
+
 def test_init_with_a_missing_file_is_one_clear_error(data3, tmp_path):
     out = tmp_path / "m.safetensors"
     result = run_cli(data3, "--out", out, "--init", tmp_path / "nope.safetensors", "--preset", "tiny", "--device", "cpu")
@@ -667,3 +684,27 @@ def test_bf16_on_a_cpu_without_native_bf16_is_warned(monkeypatch):
     assert inference.precision_warning(torch.device("cuda"), "bf16") is None
     monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
     assert inference.precision_warning(torch.device("cpu"), "bf16") is None
+
+
+def test_clips_of_different_frame_sizes_train_together(tmp_path):
+    data = tmp_path / "mixed"
+    data.mkdir()
+    write_video(data / "wide.mp4", make_clip(30, height=48, width=96, anomaly=NORMAL, seed=11))
+    write_frame_folder(data / "square", make_clip(30, height=40, width=40, anomaly=NORMAL, seed=12))
+    events = Events()
+    train(options(data, tmp_path / "m.safetensors"), events)
+    (info,) = events.of("data")
+    assert info["clips"] == 2 and info["train_windows"] == 2 * 20 and not events.of("warning")
+
+
+def test_one_unreadable_frame_skips_its_clip_with_a_warning_naming_the_frame(data3, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(data3, data)
+    frames = sorted((data / "1").iterdir())
+    frames[17].write_bytes(b"not an image")
+    events = Events()
+    result = train(options(data, tmp_path / "m.safetensors"), events)
+    warnings = [w["message"] for w in events.of("warning")]
+    assert len(warnings) == 1 and str(data / "1") in warnings[0] and frames[17].name in warnings[0], warnings
+    assert events.of("data")[0]["skipped"] == 1 and result.out.exists()
+    assert load_weights(result.out).training["warnings"] == warnings
