@@ -1,15 +1,20 @@
 """`detect_many(...)`: one report folder per input under OUT, and an index of them all.
 
 Inputs are videos, frame folders, or folders of either (a folder of videos, the UCSD layout
-testing/frames/01, 02, ...), listed by dataset.find_sources in natural order. Each input is
+testing/frames/01, 02, ...), listed as dataset.find_sources lists them, in natural order. Each input is
 scored by detect.detect into OUT/<its name>/, the ordinary report contract; the weights are
 loaded once. A bad input (missing, not a video, too short, its report folder unwritable) is
 recorded as an error and the others still run. OUT gets index.html, index.csv and summary.json,
-rewritten as each input finishes, so an interrupted run leaves an index of what was done.
+rewritten as each input finishes, so an interrupted run leaves an index of what was done. An
+earlier run's index is replaced (atomically) only then: a run refused for a bad option, or
+stopped before its first input finished, leaves it as it was.
 
 Under torchrun the inputs are shared between ranks (inputs[rank::world]); each rank writes its
 own report folders, and rank 0 collects every rank's rows (one gather over Gloo, which needs no
-GPU) and writes the index. OUT must be on a filesystem all ranks see.
+GPU) and writes the index. That gather happens once, when every rank has finished its share:
+until then rank 0's index shows its own inputs as they finish and the others' as pending, so an
+interrupted torchrun job leaves an index of rank 0's inputs only (the other ranks' report
+folders are written all the same). OUT must be on a filesystem all ranks see.
 """
 
 from __future__ import annotations
@@ -27,11 +32,10 @@ import torch
 import torch.distributed as dist
 
 from . import __version__, report
-from .dataset import find_sources
-from .detect import SCORE_KINDS, detect, prepare_output, remove_if_empty
+from .detect import SCORE_KINDS, check_options, detect, prepare_output, remove_if_empty
 from .errors import InputError, OutputError, StanError
 from .inference import resolve_device
-from .video import list_frames
+from .video import is_video_file, list_frames, natural_key
 from .weights import Stan, find_default_weights, load_weights
 
 INDEX_FILES = ("index.html", "index.csv", "summary.json")
@@ -59,7 +63,7 @@ class BatchEntry:
     segments: int | None = None
     abnormal_frames: int | None = None
     peak_score: float | None = None  # highest raw score of the clip
-    threshold: float | None = None
+    threshold: float | str | None = None
     warnings: list[str] = field(default_factory=list)
     rank: int | None = None  # the torchrun rank that scored it
 
@@ -101,13 +105,30 @@ InputEvent = Callable[[str, BatchEntry, int], None]  # ("start" | "done", entry,
 
 
 def _clips_in(path: Path) -> list[Path]:
-    """The clips of a folder that is not itself a frame folder; [] for anything else."""
-    if not path.is_dir() or list_frames(path):
-        return []
+    """The clips of a folder that is not itself a frame folder, in natural order; [] for anything else.
+
+    The clips are what dataset.find_sources finds: image subfolders and videos, hidden entries
+    skipped. Never raises OSError, so is_batch and expand_inputs never do: a `path` that cannot be
+    looked at or listed (permissions) gives [] and stays one input, for which detect records the
+    reason; a subfolder that cannot be listed is kept as an input of its own, recorded alike,
+    and the other clips still run.
+    """
     try:
-        return find_sources(path)
-    except InputError:  # nothing usable in it: detect names the problem when it is an input
+        if not path.is_dir() or list_frames(path):
+            return []
+        children = sorted(path.iterdir(), key=lambda p: natural_key(p.name))
+    except OSError:
         return []
+    clips = []
+    for child in children:
+        if child.name.startswith("."):
+            continue
+        try:
+            if is_video_file(child) or (child.is_dir() and list_frames(child)):
+                clips.append(child)
+        except OSError:  # unreadable: detect says so for this input alone
+            clips.append(child)
+    return clips
 
 
 def is_batch(paths: Sequence[str | Path]) -> bool:
@@ -127,12 +148,17 @@ def report_names(inputs: Sequence[Path]) -> list[str]:
     """A report folder name per input: its stem (a folder's name), -2, -3, ... on a clash.
 
     Compared without case (macOS and Windows folders ignore it); the index files' names are taken.
+    A name that would not be a plain visible folder under OUT is made one: "..mp4" and "...mp4"
+    have the stems "." and "..", OUT itself and its parent, so leading dots become one "_"
+    (".hidden.mp4" -> "_hidden") and a name of dots only, or none, becomes "input".
     """
     taken = set(INDEX_FILES)
     names = []
     for path in inputs:
         resolved = Path(path).resolve()
-        base = (resolved.name if resolved.is_dir() else resolved.stem) or "input"
+        base = resolved.name if resolved.is_dir() else resolved.stem
+        if base.startswith(".") or not base:
+            base = f"_{base.lstrip('.')}" if base.lstrip(".") else "input"
         name, k = base, 1
         while name.lower() in taken:
             k += 1
@@ -161,6 +187,8 @@ def detect_many(
     would fail every input (weights, device, options, OUT itself) is raised.
     """
     out = Path(out)
+    # the options every input would refuse alike: refused once, before OUT or an earlier index is touched
+    check_options(**detect_kwargs)
     paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
     if not paths:
         raise InputError("no inputs given. Name video files, frame folders, or a folder of videos.")
@@ -206,14 +234,16 @@ def detect_many(
 def _prepare(out: Path, overwrite: bool, world: World) -> bool:
     """detect's rule for OUT, applied once by rank 0; every rank raises its refusal alike.
 
+    Nothing is removed up front: the index files are replaced atomically when the index is
+    written, so a run that fails first leaves an earlier index in place.
     Returns True on the rank that created OUT.
     """
     if world.size == 1:
-        return prepare_output(out, overwrite, replaces=INDEX_FILES)
+        return prepare_output(out, overwrite)
     created, message = False, [None]
     if world.rank == 0:
         try:
-            created = prepare_output(out, overwrite, replaces=INDEX_FILES)
+            created = prepare_output(out, overwrite)
         except OutputError as err:
             message = [str(err)]
     dist.broadcast_object_list(message, src=0)  # no rank writes a report before OUT is accepted

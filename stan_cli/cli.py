@@ -90,7 +90,7 @@ def detect(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder to write (several inputs: a subfolder each, and index.html).")] = Path("report"),
     weights: WeightsOption = None,
     score: Annotated[str, typer.Option(help="Score that flags frames: g (generator), d (discriminator), gd (both).", rich_help_panel="Flags")] = "gd",
-    threshold: Annotated[Optional[float], typer.Option(help="Flag frames whose raw score exceeds this \\[default: the weights' calibration].", rich_help_panel="Flags")] = None,
+    threshold: Annotated[Optional[str], typer.Option(help="Flag frames whose raw score exceeds this: a number, 'calibrated' (the weights' calibration on normal footage) or 'clip' (median + 3 MAD of this clip, when calibration does not transfer to this footage).", rich_help_panel="Flags", show_default="calibrated")] = None,
     merge_gap: Annotated[int, typer.Option(help="Merge flagged runs separated by at most this many frames.", rich_help_panel="Flags")] = 10,
     min_length: Annotated[int, typer.Option(help="Drop segments shorter than this many frames.", rich_help_panel="Flags")] = 5,
     no_video: Annotated[bool, typer.Option("--no-video", help="Skip the overlay videos (faster, for batch scoring).", rich_help_panel="Output")] = False,
@@ -180,7 +180,6 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
     Other ranks of a torchrun job print only their inputs' errors; rank 0 prints the rest.
     """
     import contextlib
-
 
     from .batch import BatchEntry, detect_many
 

@@ -71,12 +71,12 @@ class DetectResult:
         return len(self.time_s)
 
 
-def prepare_output(out: Path, overwrite: bool, replaces: tuple[str, ...] = ()) -> bool:
+def prepare_output(out: Path, overwrite: bool) -> bool:
     """Refuse a file, or a folder that already holds files, unless overwrite is asked for.
 
-    With overwrite, the files named in `replaces` (this command's own outputs) are removed first,
-    so an earlier run's results never sit beside the new ones; anything else is left alone.
-    Returns True when the folder was created here (the caller removes it again on failure).
+    Nothing in the folder is removed here: each command replaces its own earlier outputs only
+    when its new ones are complete (report.staged, atomic writes), so a run that fails leaves
+    them. Returns True when the folder was created here (the caller removes it again on failure).
     """
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: is a file, not a folder. Choose a folder name for --out.")
@@ -89,8 +89,6 @@ def prepare_output(out: Path, overwrite: bool, replaces: tuple[str, ...] = ()) -
         raise OutputError(f"{out}: cannot create the folder ({err.strerror}). Choose a writable location.") from None
     if not os.access(out, os.W_OK):
         raise OutputError(f"{out}: folder is not writable. Choose a writable location for --out.")
-    for name in replaces:
-        (out / name).unlink(missing_ok=True)
     return created
 
 
@@ -102,13 +100,29 @@ def remove_if_empty(out: Path) -> None:
         pass
 
 
+THRESHOLD_RULES = ("calibrated", "clip")
+
+
+def parse_threshold(value: float | str | None) -> float | str | None:
+    """--threshold: a number, "calibrated" or "clip"; anything else is a user error."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    text = str(value).strip().lower()
+    if text in THRESHOLD_RULES:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise StanError(f"--threshold {value}: not a number. Give a raw score such as 0.0015, 'calibrated' or 'clip'.") from None
+
+
 def detect(
     video: Path,
     *,
     out: Path | None = None,
     weights: Path | Stan | None = None,
     score: str = "gd",
-    threshold: float | None = None,
+    threshold: float | str | None = None,
     device: str = "auto",
     batch_size: int = 8,
     precision: str = "fp32",
@@ -119,17 +133,15 @@ def detect(
     min_length: int = scoring.DEFAULT_MIN_LENGTH,
     on_progress: Progress = lambda stage, done, total: None,
 ) -> DetectResult:
-    """Score every frame of `video`; with `out`, write the report folder (see README)."""
+    """Score every frame of `video`; with `out`, write the report folder (see README).
+
+    threshold: a number; "calibrated" or None for the weights' calibration (or the per-clip rule
+    when they carry none); "clip" for the per-clip rule, median + 3 x 1.4826 x MAD of the clip.
+    """
     video = Path(video)
-    if score not in SCORE_KINDS:
-        raise StanError(f"--score {score}: unknown. Use g (generator), d (discriminator) or gd (both).")
-    if batch_size < 1:
-        raise StanError("--batch-size must be at least 1.")
-    if merge_gap < 0 or min_length < 1:
-        raise StanError("--merge-gap must be >= 0 and --min-length >= 1.")
-    check_fps(fps)
-    if precision not in PRECISIONS:
-        raise StanError(f"--precision {precision}: unknown. Use one of {', '.join(PRECISIONS)}.")
+    threshold = parse_threshold(threshold)
+    check_options(score=score, batch_size=batch_size, precision=precision, fps=fps, merge_gap=merge_gap,
+                  min_length=min_length)
     model = weights if isinstance(weights, Stan) else load_weights(Path(weights) if weights else find_default_weights())
     dev = resolve_device(device)
     model.to(dev).eval()
@@ -196,6 +208,26 @@ def _run(video, out, model, dev, fps, score, threshold, batch_size, precision, w
     result.summary["timings"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()}
     _write_report(out, result)
     return result
+
+
+def check_options(*, score: str = "gd", batch_size: int = 8, precision: str = "fp32", fps: float | None = None,
+                  merge_gap: int = scoring.DEFAULT_MERGE_GAP, min_length: int = scoring.DEFAULT_MIN_LENGTH,
+                  threshold: float | str | None = None, **_others) -> None:
+    """Refuse detect's bad options (a StanError naming the option) before anything is read or written.
+
+    Takes detect's keyword arguments; those with nothing to check (write_video,
+    on_progress, ...) are ignored, so detect_many can check its `detect_kwargs` once, up front.
+    """
+    if score not in SCORE_KINDS:
+        raise StanError(f"--score {score}: unknown. Use g (generator), d (discriminator) or gd (both).")
+    if batch_size < 1:
+        raise StanError("--batch-size must be at least 1.")
+    if merge_gap < 0 or min_length < 1:
+        raise StanError("--merge-gap must be >= 0 and --min-length >= 1.")
+    check_fps(fps)
+    if precision not in PRECISIONS:
+        raise StanError(f"--precision {precision}: unknown. Use one of {', '.join(PRECISIONS)}.")
+    parse_threshold(threshold)
 
 
 def check_fps(fps: float | None) -> None:
@@ -323,7 +355,10 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
     else:
         lam, lam_source = scoring.lambda_s(pixel, d), "this clip (max pixel / max -log D / 10)"
     raw = scoring.raw_score(pixel, d, kind, lam)
-    if threshold is not None:
+    if threshold == "clip":
+        thr = scoring.fallback_threshold(raw)
+        thr_source = "--threshold clip: median + 3 x 1.4826 x MAD of this clip"
+    elif threshold not in (None, "calibrated"):
         thr, thr_source = float(threshold), "--threshold"
     elif calibration is not None:
         thr = float(calibration["kinds"][kind]["threshold"])
@@ -388,20 +423,33 @@ def _display_scales(stores: dict[str, MapStore]) -> dict[str, float]:
 
 
 def _write_overlays(video, fps, result: DetectResult, stores: dict[str, MapStore], out: Path, on_progress) -> None:
-    """Decode again and write both overlay videos in one pass."""
+    """Decode again and write both overlay videos in one pass.
+
+    Every resource is entered into one ExitStack as soon as it exists, so each is released on
+    every way out, whichever step fails: the map readers' files, the decoder, and each writer
+    (VideoWriter.__exit__: finished on success, else ffmpeg stopped and its temporary removed).
+    The writers close one at a time; one that fails (a full disk, a failed check, Ctrl-C) makes
+    the stack close the other as failed too, so no ffmpeg is left running and no temporary stays.
+    """
     scales = _display_scales(stores)
-    readers: dict[str, MapReader] = {name: store.reader() for name, store in stores.items()}
-    info, frames = read_frames(video, fps=fps)
     n = result.n_frames
     first = scored_range(n).start
-    strip_h = max(24, info.height // 8)
     curve = result.score_raw
     finite = curve[np.isfinite(curve)]
     top = max(float(finite.max()), result.threshold if np.isfinite(result.threshold) else 0.0) if finite.size else 0.0
     vmax = top * 1.05 if top > 0 else None
-    writers = {kind: VideoWriter(out / name, info.width, info.height + strip_h, info.fps) for name, kind, _ in OVERLAYS}
-    ok = False
-    try:
+    with contextlib.ExitStack() as stack:
+        readers: dict[str, MapReader] = {}
+        for name, store in stores.items():
+            readers[name] = store.reader()
+            stack.callback(readers[name].close)
+        info, frames = read_frames(video, fps=fps)
+        stack.callback(frames.close)
+        strip_h = max(24, info.height // 8)
+        writers = {
+            kind: stack.enter_context(VideoWriter(out / name, info.width, info.height + strip_h, info.fps))
+            for name, kind, _ in OVERLAYS
+        }
         for t, frame in enumerate(frames):
             if t >= n:
                 break
@@ -417,13 +465,6 @@ def _write_overlays(video, fps, result: DetectResult, stores: dict[str, MapStore
                 writer.write(overlay.compose_frame(frame, heat, label, bool(result.abnormal[t]), strip))
             if t % 16 == 0:
                 on_progress("overlay", t, n)
-        ok = True
-    finally:
-        frames.close()
-        for reader in readers.values():
-            reader.close()
-        for writer in writers.values():
-            writer.close(ok=ok)
     on_progress("overlay", n, n)
 
 

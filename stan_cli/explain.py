@@ -21,7 +21,7 @@ from .detect import check_fps, prepare_output, remove_if_empty
 from .errors import InputError
 from .inference import guided_backprop, resolve_device, score_windows
 from .model import CONTEXT, WINDOW
-from .video import frame_timestamps, read_frames
+from .video import frame_times, read_frames
 from .weights import Stan, find_default_weights, load_weights
 from .windows import to_grey_square, to_tensor
 
@@ -63,10 +63,25 @@ def explain(
     if out is not None:
         out = Path(out)
     info, window = _window_around(video, frame, fps)
+    created = False
     if out is not None:
         # nothing is removed up front: earlier files are replaced only when this run succeeds
         created = prepare_output(out, overwrite)
+    try:
+        result = _explain(model, dev, video, info, window, frame, fps)
+        if out is not None:
+            result.out = out
+            with report.staged(out, own=OWN_FILES):  # all files appear together, or none
+                _write(out, result)
+    except BaseException:  # an error or Ctrl-C anywhere after prepare_output: no folder of ours is left
+        if created:
+            remove_if_empty(out)
+        raise
+    return result
 
+
+def _explain(model: Stan, dev, video: Path, info, window: list[np.ndarray], frame: int, fps: float | None) -> Explanation:
+    """Score the window around `frame`, backpropagate, bring the maps to the input's size."""
     size = model.config.image_size
     grey = to_grey_square(np.stack(window), size)  # (11, S, S) uint8
     batch = to_tensor(grey[None]).to(dev)  # (1, 11, 1, S, S)
@@ -84,17 +99,7 @@ def explain(
     values = _values(model, frame, time_s, pixel_loss, d_loss)
     values["input"] = {"path": str(video), "width": w, "height": h, "fps": info.fps, "time_source": time_source}
     values["weights"] = {"file": str(model.path) if model.path else None, "sha256": model.sha256}
-    result = Explanation(frame, time_s, real, generated_u8, pixel_map, guided_map, pixel_loss, d_loss, values)
-    if out is not None:
-        result.out = out
-        try:
-            with report.staged(out, own=OWN_FILES):  # all files appear together, or none
-                _write(out, result)
-        except BaseException:
-            if created:
-                remove_if_empty(out)
-            raise
-    return result
+    return Explanation(frame, time_s, real, generated_u8, pixel_map, guided_map, pixel_loss, d_loss, values)
 
 
 def _window_around(video: Path, frame: int, fps: float | None):
@@ -120,12 +125,13 @@ def _window_around(video: Path, frame: int, fps: float | None):
 
 
 def _frame_time(info, frame: int, fps: float | None) -> tuple[float, str]:
-    """The frame's time as `detect` gives it: the video's own timestamp, else frame / fps."""
-    if info.kind == "video" and fps is None:
-        stamps = frame_timestamps(info.path)
-        if stamps is not None and len(stamps) > frame + CONTEXT:
-            return float(stamps[frame]), "timestamps"
-    return frame / info.fps, "frame index / fps"
+    """The frame's time by detect's rule (video.frame_times): its timestamp, else frame / fps.
+
+    explain decoded only frames 0 to frame + 5, so the rule's count check is "at least that many
+    timestamps" (decoded_all=False); video.frame_times says when that can differ from detect.
+    """
+    times, source = frame_times(info, frame + CONTEXT + 1, fps, decoded_all=False)
+    return float(times[frame]), source
 
 
 def _resize(maps: torch.Tensor, height: int, width: int) -> np.ndarray:

@@ -7,7 +7,8 @@ there. The overlay videos are encoded by video.py, which follows the same rule.
 
 A report is a set of files that refer to each other, so `detect` and `explain` write inside
 `staged(folder)`: there every atomic write into the folder keeps its temporary name until the
-whole run has succeeded, and then all are renamed together. If the disk fills up or the run
+whole run has succeeded, and then all are renamed together (the earlier files renamed aside
+first, and renamed back should the renames fail part-way). If the disk fills up or the run
 fails half-way, the temporaries are removed and the folder is as it was: an earlier report
 being overwritten and the user's own files stay untouched.
 """
@@ -43,6 +44,11 @@ SEGMENTS_HEADER = (
 def _temp_path(path: Path) -> Path:
     """Hidden sibling of `path`; it keeps the suffix so format-sniffing writers still work."""
     return path.with_name(f".{path.name}.tmp{path.suffix}")
+
+
+def _backup_path(path: Path) -> Path:
+    """Hidden sibling that holds an earlier file while a staged commit renames the new ones in."""
+    return path.with_name(f".{path.name}.old")
 
 
 _NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG})
@@ -97,18 +103,47 @@ class StagedFiles:
         self.held[path.name] = tmp
 
     def commit(self) -> None:
-        """Rename every held file onto its name, index.html last; then drop stale outputs."""
+        """Rename every held file onto its name, index.html last; drop stale outputs; all or nothing.
+
+        The earlier files this replaces or drops are first renamed aside (`.NAME.old`, same folder,
+        no copying). If a rename fails or Ctrl-C comes part-way, the new files are taken out and
+        the earlier ones renamed back, so the folder is as it was; only when the backups are no
+        longer needed are they deleted. (A process killed outright part-way leaves the backups.)
+        """
         names = sorted(self.held, key=lambda name: name == "index.html")
+        stale = [name for name in self.own if name not in self.held]
+        backups: dict[str, Path] = {}  # final name -> the earlier file, renamed aside
+        placed: list[str] = []
         try:
+            for name in [*names, *stale]:
+                target = self.folder / name
+                if os.path.lexists(target) and (os.path.islink(target) or not os.path.isdir(target)):
+                    backup = _backup_path(target)  # (a folder of that name is left alone: the rename onto it fails)
+                    os.replace(target, backup)
+                    backups[name] = backup
             for name in names:
                 os.replace(self.held[name], self.folder / name)
-                del self.held[name]
-            for name in self.own:
-                if name not in names:
-                    (self.folder / name).unlink(missing_ok=True)
-        except OSError as err:
+                placed.append(name)
+        except BaseException as err:
+            self._restore(placed, backups)
             self.discard()
-            raise output_error(self.folder, err) from err
+            if isinstance(err, OSError):
+                raise output_error(self.folder, err) from err
+            raise
+        self.held.clear()
+        for backup in backups.values():
+            remove_quietly(backup)
+
+    def _restore(self, placed: list[str], backups: dict[str, Path]) -> None:
+        """Undo a commit part-way: remove the new files placed, rename the earlier ones back."""
+        for name in placed:
+            if name not in backups:
+                remove_quietly(self.folder / name)
+        for name, backup in backups.items():
+            try:
+                os.replace(backup, self.folder / name)
+            except OSError:  # pragma: no cover - the folder refuses renames back: keep the backup
+                pass
 
     def discard(self) -> None:
         """Remove every temporary; the folder is left as it was before the run."""

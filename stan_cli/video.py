@@ -130,10 +130,16 @@ class _Source:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.list_file: str | None = None
-        if not self.path.exists():
-            raise InputError(f"{self.path}: no such file or folder. Check the path.")
-        if self.path.is_dir():
-            self.files = list_frames(self.path)
+        try:
+            if not self.path.exists():
+                raise InputError(f"{self.path}: no such file or folder. Check the path.")
+            is_dir = self.path.is_dir()
+            self.files = list_frames(self.path) if is_dir else []
+        except OSError as err:  # a folder we may not list (or a path we may not look at): no traceback
+            raise InputError(
+                f"{self.path}: cannot read it ({err.strerror or err}). Check that it exists and that you may read it."
+            ) from None
+        if is_dir:
             if not self.files:
                 raise InputError(
                     f"{self.path}: folder holds no frames (.jpg .png .tif .bmp). "
@@ -150,7 +156,6 @@ class _Source:
                 fh.write(_concat_list(self.files))
             self.kind = "frames"
         else:
-            self.files = []
             self.kind = "video"
 
     def input_args(self) -> tuple[str, list[str]]:
@@ -245,12 +250,14 @@ def read_frames(path: Path, fps: float | None = None) -> tuple[VideoInfo, "Frame
 
 
 def frame_timestamps(path: Path) -> np.ndarray | None:
-    """Presentation times of a video's frames in seconds from the first, in display order.
+    """Presentation times of a video's frames in seconds from the first, sorted into display order.
 
     Read from the container's packet timestamps (`ffmpeg -c copy -f framecrc`: demuxing only, no
-    decoding, so it costs one read of the file). None for a frame folder, when ffmpeg fails, and
-    when any packet has no timestamp (AVI; MPEG program streams with B-frames), so callers fall
-    back to frame index / fps, which is exact for such constant-rate files.
+    decoding, so it costs one read of the file). Packets come in decoding order, which B-frames
+    make differ from display order, so the times are sorted: the result never decreases, and
+    two packets with one timestamp show up as a repeated value. None for a frame folder, when
+    ffmpeg fails, and when any packet has no timestamp (AVI; MPEG program streams with B-frames),
+    so callers fall back to frame index / fps, which is exact for such constant-rate files.
     """
     path = Path(path)
     if not path.is_file():
@@ -288,18 +295,55 @@ def frame_timestamps(path: Path) -> np.ndarray | None:
     return (ticks - ticks[0]).astype(np.float64) * base[0] / base[1]
 
 
-def frame_times(info: VideoInfo, n_frames: int, fps: float | None = None) -> tuple[np.ndarray, str]:
-    """Seconds of each of the `n_frames` decoded frames, and where they come from.
+def frame_times(info: VideoInfo, n_frames: int, fps: float | None = None, *,
+                decoded_all: bool = True) -> tuple[np.ndarray, str]:
+    """Seconds of the first `n_frames` decoded frames, and where they come from.
 
-    A video's own timestamps (so variable-frame-rate footage gets true times), unless `fps` was
-    given (the user's rate wins), the input is a frame folder, or the timestamps do not match the
-    decoded frames one to one (a damaged file); then frame index / fps.
+    The one rule for `time_s`, shared by `detect` and `explain`. A video's own timestamps (so
+    variable-frame-rate footage gets true times), unless `fps` was given (the user's rate wins),
+    the input is a frame folder, or the timestamps cannot be matched to the decoded frames one to
+    one; then frame index / fps. What is checked: some packet has no timestamp (see
+    frame_timestamps); two frames share a timestamp (the times come sorted, so a repeat is the
+    only disorder left to find); their number differs from the frames decoded (a damaged file).
+
+    `decoded_all=False` is for a caller that stopped decoding after `n_frames` frames (`explain`
+    decodes only up to the frame it explains plus 5): it cannot know the clip's length, so the
+    count check becomes "at least `n_frames` timestamps". The other checks look at all of the
+    timestamps either way, so `detect` and `explain` give a frame the same time, except on a
+    damaged video whose decodable frames and timestamps differ in number: there `detect` uses
+    frame index / fps and `explain` may still use the frame's timestamp.
     """
     if info.kind == "video" and fps is None:
         stamps = frame_timestamps(info.path)
-        if stamps is not None and len(stamps) == n_frames and (n_frames < 2 or bool(np.all(np.diff(stamps) > 0))):
-            return stamps, "timestamps"
+        if stamps is not None:
+            counted = len(stamps) == n_frames if decoded_all else len(stamps) >= n_frames
+            distinct = len(stamps) < 2 or bool(np.all(np.diff(stamps) > 0))  # sorted: only repeats can fail
+            if counted and distinct:
+                return stamps[:n_frames], "timestamps"
     return np.arange(n_frames, dtype=np.float64) / info.fps, "frame index / fps"
+
+
+# Leading bytes of the image formats a frame folder may hold (ffmpeg's image2 demuxer).
+_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _not_images(files: list[Path]) -> list[Path]:
+    """Files whose first bytes are no image signature: names for the error when ffmpeg skipped some.
+
+    Reads 8 bytes a file, only after a count mismatch; a truncated image with a valid header is
+    not found this way, and the error then says only how many were lost.
+    """
+    bad = []
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                head = fh.read(8)
+        except OSError:
+            bad.append(f)
+            continue
+        if not head.startswith(_IMAGE_SIGNATURES):
+            bad.append(f)
+    return bad
 
 
 class FrameStream:
@@ -341,9 +385,11 @@ class FrameStream:
         self.finished = True
         if self._source.kind == "frames" and self.count != len(self._source.files):
             # ffmpeg skips an image it cannot decode; every later frame would get the wrong index.
+            bad = _not_images(self._source.files)
+            which = f" ({', '.join(f.name for f in bad[:3])}{', ...' if len(bad) > 3 else ''} not an image)" if bad else ""
             raise InputError(
                 f"{self._source.path}: decoded {self.count} of {len(self._source.files)} images; at least one "
-                "is unreadable. Remove or replace the corrupt image."
+                f"is unreadable{which}. Remove or replace the corrupt image."
             )
 
     @property
@@ -392,6 +438,7 @@ class VideoWriter:
         self.width, self.height = width + width % 2, height + height % 2
         self.tmp = self.path.with_name(f".{self.path.name}.tmp.mp4")
         self.frames_written = 0
+        self._closed = False
         cmd = [
             imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}", "-r", f"{fps:.6g}", "-i", "-",
@@ -456,23 +503,35 @@ class VideoWriter:
         return OutputError(f"{self.path}: {what} ({reason}). {advice}")
 
     def close(self, ok: bool = True) -> None:
-        if self._proc.poll() is None or not self._proc.stdin.closed:  # type: ignore[union-attr]
-            status = self._stop(kill=not ok)
-        else:
-            status = self._proc.returncode
+        """Finish the video (ok) or abandon it; safe to call twice.
+
+        Whatever happens here (a failed check, a full disk, Ctrl-C while ffmpeg finishes), ffmpeg
+        has ended and the temporary is gone on the way out, unless it was handed over complete:
+        renamed onto `path`, or held by report.staged, which renames or removes it.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        handed_over = False
         try:
+            if self._proc.poll() is None or not self._proc.stdin.closed:  # type: ignore[union-attr]
+                status = self._stop(kill=not ok)
+            else:
+                status = self._proc.returncode
             written = ok and status == 0 and self._readable()
             if written:
                 try:
                     finish_temporary(self.tmp, self.path)
                 except OSError as err:
-                    remove_quietly(self.tmp)
                     raise output_error(self.path, err) from err
-            else:
-                remove_quietly(self.tmp)
+                handed_over = True
             if ok and not written:
                 raise self._failure("ffmpeg did not finish the video")
         finally:
+            if not handed_over:
+                if self._proc.poll() is None:  # interrupted before ffmpeg ended: it must not write on
+                    self._stop(kill=True)
+                remove_quietly(self.tmp)
             self._log.close()
 
     def _readable(self) -> bool:

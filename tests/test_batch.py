@@ -199,6 +199,25 @@ def test_an_option_error_stops_the_run_and_leaves_nothing(videos, tiny_weights, 
         detect_many([videos / "2.mp4", videos / "10.mp4"], tiny_weights, weights=tiny_weights, device="cpu")
 
 
+@pytest.mark.parametrize("option", [
+    ("--score", "x"), ("--batch-size", "0"), ("--precision", "fp8"), ("--merge-gap", "-1"), ("--min-length", "0"),
+    ("--fps", "0"),
+])
+def test_an_earlier_index_survives_a_run_refused_for_a_bad_option(videos, tiny_weights, tmp_path, option):
+    """--overwrite replaces the index only when the new one is written: a refused run leaves it."""
+    out = tmp_path / "out"
+    args = (videos / "2.mp4", videos / "10.mp4", "--out", out, "--weights", tiny_weights, "--device", "cpu", "--no-video")
+    assert run(*args).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert sorted(before) == sorted(INDEX_FILES)
+    refused = run(*args, "--overwrite", *option)
+    assert refused.exit_code == 1, refused.output
+    errors = error_lines(stderr_of(refused))
+    assert len(errors) == 1 and option[0] in errors[0]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert_report(out / "2")
+
+
 def test_an_interrupted_run_leaves_an_index_of_what_finished(videos, tiny_weights, tmp_path):
     def stop_at_the_second(event, entry, total):
         if event == "start" and entry.index == 1:
@@ -227,6 +246,74 @@ def test_which_arguments_make_a_batch(videos, tmp_path):
     assert expand_inputs([videos, videos / "2.mp4", tmp_path / "empty"]) == [
         videos / "2.mp4", videos / "10.mp4", videos / "11", videos / "2.mp4", tmp_path / "empty",
     ]
+
+
+@pytest.fixture
+def locked(monkeypatch):
+    """Make Path.iterdir refuse the folders added to the returned set, as for a folder without
+    read permission (the tests run as root, for whom chmod changes nothing)."""
+    folders: set[Path] = set()
+    real = Path.iterdir
+
+    def iterdir(self):
+        if self in folders:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    return folders
+
+
+def test_an_unreadable_folder_is_one_error_line_not_a_traceback(videos, tiny_weights, tmp_path, locked):
+    folder = write_frame_folder(tmp_path / "locked", make_clip(SHORT))
+    locked.add(folder)
+    assert not is_batch([folder]) and expand_inputs([folder]) == [folder]
+    result = run(folder, "--out", tmp_path / "r", "--weights", tiny_weights, "--device", "cpu", "--no-video")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    errors = error_lines(stderr_of(result))
+    assert len(errors) == 1 and "locked: cannot read it (Permission denied)" in errors[0]
+    assert not (tmp_path / "r").exists()
+    # among other inputs it is recorded for itself, and the others run
+    out = tmp_path / "out"
+    batch = run(videos / "2.mp4", folder, "--out", out, "--weights", tiny_weights, "--device", "cpu", "--no-video")
+    assert batch.exit_code == 1 and "Traceback" not in batch.output, batch.output
+    assert [r["status"] for r in rows(out)] == ["ok", "error"]
+    assert "Permission denied" in rows(out)[1]["error"]
+    assert_report(out / "2")
+
+
+def test_an_unreadable_clip_folder_inside_a_folder_is_its_own_error(tiny_weights, tmp_path, locked):
+    root = tmp_path / "frames"
+    write_frame_folder(root / "01", make_clip(SHORT, seed=0))
+    write_frame_folder(root / "02", make_clip(SHORT, seed=1))
+    locked.add(root / "01")
+    assert is_batch([root]) and expand_inputs([root]) == [root / "01", root / "02"]
+    out = tmp_path / "out"
+    result = run(root, "--out", out, "--weights", tiny_weights, "--device", "cpu", "--no-video")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    errors = error_lines(stderr_of(result))
+    assert len(errors) == 1 and "01: cannot read it (Permission denied)" in errors[0]
+    assert [r["status"] for r in rows(out)] == ["error", "ok"]
+    assert_report(out / "02")
+
+
+def test_names_of_dots_never_point_at_out_or_its_parent(videos, tiny_weights, tmp_path):
+    """"..mp4" and "...mp4" have the stems "." and "..": their reports would land in OUT itself
+    or in OUT's parent (and --overwrite would replace what is there)."""
+    assert report_names([Path("a/..mp4"), Path("b/...mp4"), Path("c/.hidden.mp4"), Path("d/..x.mp4"), Path("input.mp4")]) == [
+        "input", "input-2", "_hidden", "_x", "input-3",
+    ]
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("..mp4", "...mp4"):
+        (src / name).write_bytes((videos / "2.mp4").read_bytes())
+    out = tmp_path / "work" / "out"
+    result = detect_many([src / "..mp4", src / "...mp4"], out, weights=tiny_weights, device="cpu", write_video=False)
+    assert [e.name for e in result.entries] == ["input", "input-2"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*INDEX_FILES, "input", "input-2"])
+    assert_report(out / "input")
+    assert_report(out / "input-2")
+    assert [p.name for p in (tmp_path / "work").iterdir()] == ["out"]  # nothing beside OUT
 
 
 def _free_port() -> int:

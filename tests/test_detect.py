@@ -90,6 +90,21 @@ def test_calibrated_threshold_and_override(clip_video, tiny_weights_calibrated):
     assert (seg.start, seg.end) == (5, N_FRAMES - 6)
 
 
+def test_threshold_rules_clip_and_calibrated(clip_video, tiny_weights_calibrated):
+    from stan_cli import scoring
+
+    calibrated = detect(clip_video, weights=tiny_weights_calibrated, score="g")
+    named = detect(clip_video, weights=tiny_weights_calibrated, score="g", threshold="calibrated")
+    assert named.threshold == calibrated.threshold and named.threshold_source == calibrated.threshold_source
+    clip = detect(clip_video, weights=tiny_weights_calibrated, score="g", threshold="clip")
+    assert clip.threshold_source.startswith("--threshold clip")
+    assert clip.threshold == pytest.approx(scoring.fallback_threshold(clip.score_raw))
+    assert np.array_equal(clip.abnormal, scoring.flag(clip.score_raw, clip.threshold))
+    assert detect(clip_video, weights=tiny_weights_calibrated, threshold="0.5").threshold == 0.5
+    with pytest.raises(StanError, match="--threshold lots: not a number"):
+        detect(clip_video, weights=tiny_weights_calibrated, threshold="lots")
+
+
 def test_score_kinds_pick_the_terms(clip_video, tiny_weights_calibrated):
     g = detect(clip_video, weights=tiny_weights_calibrated, score="g")
     d = detect(clip_video, weights=tiny_weights_calibrated, score="d")

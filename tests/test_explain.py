@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from stan_cli.cli import app
 from stan_cli.errors import InputError, OutputError
+from stan_cli import explain as explain_module
 from stan_cli.explain import MAP_FILES, PANEL_FILES, explain
 from stan_cli.inference import _GuidedELU, guided_backprop
 from stan_cli.model import TINY, Discriminator
@@ -123,6 +124,30 @@ def test_explain_refuses_non_empty_out(clip_video, tiny_weights, tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(OutputError):
         explain(clip_video, 10, out=tmp_path, weights=tiny_weights)
+
+
+@pytest.mark.parametrize("step, failure", [
+    ("guided_backprop", KeyboardInterrupt),  # Ctrl-C while the discriminator is backpropagated
+    ("score_windows", KeyboardInterrupt),
+    ("frame_times", InputError),  # an error while the frame's time is looked up
+])
+def test_explain_failing_after_the_folder_is_made_leaves_no_folder(clip_video, tiny_weights, tmp_path, monkeypatch,
+                                                                    step, failure):
+    def fails(*args, **kwargs):
+        raise failure("simulated") if failure is InputError else failure
+
+    monkeypatch.setattr(explain_module, step, fails)
+    out = tmp_path / "ex"
+    with pytest.raises(failure):
+        explain(clip_video, 10, out=out, weights=tiny_weights)
+    assert not out.exists()
+    # a folder that was there already stays, with the user's files
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(failure):
+        explain(clip_video, 10, out=mine, weights=tiny_weights, overwrite=True)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 def test_explain_cli(clip_video, tiny_weights, tmp_path):

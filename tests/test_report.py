@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from stan_cli.report import (
     SEGMENTS_HEADER,
     atomic_path,
     atomic_write_bytes,
+    staged,
     plot_scores,
     write_index_html,
     write_json,
@@ -90,6 +93,48 @@ def test_atomic_path_temp_is_hidden_sibling_with_suffix(tmp_path: Path) -> None:
 def test_atomic_write_into_missing_folder_is_output_error(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="missing"):
         atomic_write_bytes(tmp_path / "missing" / "a.json", b"{}")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.EROFS, "Read-only file system"), KeyboardInterrupt()])
+@pytest.mark.parametrize("at", [1, 3, 5, 7])  # the rename that fails: 1-4 move earlier files aside, 5-7 new ones in
+def test_staged_commit_failing_part_way_puts_the_earlier_files_back(tmp_path: Path, monkeypatch, failure, at) -> None:
+    """The commit renames one file after another; a failure between two of them (a folder that
+    turned read-only, Ctrl-C) must not leave a mix of old and new files."""
+    own = ("a.csv", "b.json", "index.html", "stale.mp4")
+    for name in ("a.csv", "b.json", "index.html", "stale.mp4"):
+        (tmp_path / name).write_text(f"old {name}")
+    (tmp_path / "mine.txt").write_text("the user's")
+    before = _files(tmp_path)
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) == at:
+            raise failure
+        return real(src, dst)
+
+    with pytest.raises(OutputError if isinstance(failure, OSError) else KeyboardInterrupt):
+        with staged(tmp_path, own=own):
+            for name in ("a.csv", "b.json", "index.html"):  # stale.mp4 is not written this time
+                atomic_write_bytes(tmp_path / name, f"new {name}".encode())
+            monkeypatch.setattr(os, "replace", replace)  # from here on: the commit's renames
+    monkeypatch.undo()
+    assert len(calls) >= at
+    assert _files(tmp_path) == before  # every earlier file back, no backups, no temporaries
+
+
+def test_staged_commit_replaces_and_drops_stale_outputs(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("old")
+    (tmp_path / "stale.mp4").write_text("old")
+    (tmp_path / "mine.txt").write_text("the user's")
+    with staged(tmp_path, own=("a.csv", "stale.mp4")):
+        atomic_write_bytes(tmp_path / "a.csv", b"new")
+        assert (tmp_path / "a.csv").read_bytes() == b"old"
+    assert _files(tmp_path) == {"a.csv": b"new", "mine.txt": b"the user's"}
 
 
 # --------------------------------------------------------------------------- CSV

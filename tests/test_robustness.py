@@ -282,6 +282,25 @@ def test_variable_frame_rate_times_come_from_timestamps(tmp_path, tiny_weights, 
     assert explain(video, 14, weights=tiny_weights).time_s == pytest.approx(3.0, abs=1e-3)
 
 
+@pytest.mark.parametrize("damage", ["none", "a repeated timestamp after the window"])
+def test_detect_and_explain_give_a_frame_the_same_time(tmp_path, tiny_weights, monkeypatch, damage):
+    """One rule (video.frame_times) for both: a timestamp repeated past the frames explain
+    decodes makes detect fall back to frame / fps, and explain now does the same."""
+    from stan_cli import video as video_module
+
+    video = _vfr_clip(tmp_path)
+    if damage != "none":
+        stamps = VFR_TIMES.copy()
+        stamps[-1] = stamps[-2]
+        monkeypatch.setattr(video_module, "frame_timestamps", lambda path: stamps.copy())
+    result = detect(video, weights=tiny_weights)
+    for frame in (5, 12):
+        explained = explain(video, frame, weights=tiny_weights)
+        assert explained.time_s == pytest.approx(result.time_s[frame])
+        assert explained.values["input"]["time_source"] == result.summary["input"]["time_source"]
+    assert result.summary["input"]["time_source"] == ("timestamps" if damage == "none" else "frame index / fps")
+
+
 def test_fps_option_overrides_the_timestamps(tmp_path, tiny_weights):
     result = detect(_vfr_clip(tmp_path), weights=tiny_weights, fps=4)
     np.testing.assert_allclose(result.time_s, np.arange(20) / 4)
@@ -507,6 +526,67 @@ def test_ctrl_c_during_detect_leaves_the_folder_as_it_was(earlier_report, clip16
     before = listing(earlier_report)
     result = run("detect", clip16, "--out", earlier_report, "--weights", tiny_weights, "--overwrite")
     assert result.exit_code == 130, result.output
+    assert listing(earlier_report) == before
+
+
+def _track(monkeypatch, cls, method: str, fail_on=None) -> list:
+    """Record every object `cls.method` returns (or, for __init__, every instance made); raise
+    OutputError instead of making the one for which `fail_on(*args)` is true."""
+    made = []
+    real = getattr(cls, method)
+
+    if method == "__init__":
+        def init(self, *args, **kwargs):
+            if fail_on is not None and fail_on(*args):
+                raise OutputError(f"{args[0]}: cannot start ffmpeg to write the video (simulated).")
+            real(self, *args, **kwargs)
+            made.append(self)
+        monkeypatch.setattr(cls, "__init__", init)
+    else:
+        def wrapped(*args, **kwargs):
+            made.append(real(*args, **kwargs))
+            return made[-1]
+        monkeypatch.setattr(cls, method, wrapped)
+    return made
+
+
+@pytest.mark.parametrize("failure", [OutputError, KeyboardInterrupt])
+def test_a_failing_overlay_close_ends_the_other_writer_and_leaves_no_temporaries(
+        earlier_report, clip16, tiny_weights, monkeypatch, failure):
+    """The first overlay writer to close fails (its readability check: OutputError; or Ctrl-C
+    there): the other writer's ffmpeg is stopped and its temporary removed, not left running."""
+    writers = _track(monkeypatch, VideoWriter, "__init__")
+    real = VideoWriter._readable
+    checked = []
+
+    def readable(self):
+        checked.append(self)
+        if len(checked) == 1:
+            if failure is KeyboardInterrupt:
+                raise KeyboardInterrupt
+            return False
+        return real(self)
+
+    monkeypatch.setattr(VideoWriter, "_readable", readable)
+    before = listing(earlier_report)
+    with pytest.raises(failure):
+        detect(clip16, out=earlier_report, weights=tiny_weights, device="cpu", overwrite=True)
+    assert len(writers) == 2 and len(checked) == 1  # the second writer was abandoned, not finished
+    assert [w._proc.poll() is not None for w in writers] == [True, True]  # no ffmpeg left running
+    assert listing(earlier_report) == before  # no temporaries, the earlier report as it was
+
+
+def test_a_failing_second_overlay_writer_releases_the_first_the_decoder_and_the_maps(
+        earlier_report, clip16, tiny_weights, monkeypatch):
+    writers = _track(monkeypatch, VideoWriter, "__init__", fail_on=lambda path, *_: path.name == OVERLAY_GUIDED)
+    readers = _track(monkeypatch, heatmaps.MapStore, "reader")
+    streams = _track(monkeypatch, detect_module, "read_frames")
+    before = listing(earlier_report)
+    with pytest.raises(OutputError, match="simulated"):
+        detect(clip16, out=earlier_report, weights=tiny_weights, device="cpu", overwrite=True)
+    assert [w.path.name for w in writers] == [OVERLAY_PIXEL] and writers[0]._proc.poll() is not None
+    assert len(readers) == 2 and all(r._fd is None for r in readers)  # the maps' file descriptors closed
+    assert len(streams) == 2 and all(stream._closed for _, stream in streams)  # both decoders closed
     assert listing(earlier_report) == before
 
 

@@ -12,9 +12,12 @@ import pytest
 
 from conftest import FPS, HEIGHT, N_FRAMES, WIDTH, make_clip, write_frame_folder
 from stan_cli.errors import InputError, OutputError
+from stan_cli import video as video_module
 from stan_cli.video import (
     DEFAULT_FOLDER_FPS,
+    VideoInfo,
     VideoWriter,
+    frame_times,
     is_video_file,
     list_frames,
     natural_key,
@@ -309,3 +312,82 @@ def test_video_writer_short_video_to_unwritable_location_raises(tmp_path):
         with VideoWriter(path, 16, 16, fps=10) as writer:
             writer.write(np.zeros((16, 16, 3), np.uint8))
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("where", ["waiting for ffmpeg", "checking the file"])
+def test_video_writer_interrupted_while_closing_ends_ffmpeg_and_removes_its_temporary(tmp_path, monkeypatch, where):
+    """Ctrl-C inside close (while ffmpeg finishes the file, or during the readability check):
+    ffmpeg is ended and the temporary removed on the way out; a second close does nothing."""
+    writer = VideoWriter(tmp_path / "v.mp4", 32, 16, fps=10)
+    for f in _gradient_frames(5, 16, 32):
+        writer.write(f)
+    if where == "waiting for ffmpeg":
+        real_wait, calls = writer._proc.wait, []
+
+        def wait(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+            return real_wait(*args, **kwargs)
+
+        monkeypatch.setattr(writer._proc, "wait", wait)
+    else:
+        def interrupted(self):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(VideoWriter, "_readable", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        writer.close()
+    assert writer._proc.poll() is not None
+    assert list(tmp_path.iterdir()) == []
+    writer.close()
+
+
+def test_video_writer_failed_check_removes_its_temporary(tmp_path, monkeypatch):
+    monkeypatch.setattr(VideoWriter, "_readable", lambda self: False)
+    with pytest.raises(OutputError, match="did not finish"):
+        with VideoWriter(tmp_path / "v.mp4", 32, 16, fps=10) as writer:
+            writer.write(_gradient_frames(1, 16, 32)[0])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreadable_folder_is_an_input_error(tmp_path, monkeypatch):
+    """A folder that may not be listed (chmod does not stop root, so iterdir is made to refuse)."""
+    folder = write_frame_folder(tmp_path / "locked", make_clip(12))
+    real = Path.iterdir
+
+    def iterdir(self):
+        if self == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(InputError, match="locked: cannot read it \\(Permission denied\\)"):
+        read_frames(folder)
+
+
+# ------------------------------------------------------------------- time_s: one rule, two callers
+
+
+def _video_info(fps: float = 10.0) -> VideoInfo:
+    return VideoInfo(Path("clip.mp4"), "video", 64, 48, fps, False, 6)
+
+
+@pytest.mark.parametrize(
+    "stamps, n, decoded_all, source",
+    [
+        ([0.0, 0.1, 0.3, 0.4, 0.9, 1.0], 6, True, "timestamps"),
+        ([0.0, 0.1, 0.3, 0.4, 0.9, 1.0], 4, False, "timestamps"),  # explain stopped after 4 frames
+        ([0.0, 0.1, 0.3, 0.4, 0.9, 1.0], 4, True, "frame index / fps"),  # detect decoded 4 of 6: damaged
+        ([0.0, 0.1, 0.3, 0.4, 0.9, 1.0], 7, False, "frame index / fps"),  # fewer timestamps than frames
+        ([0.0, 0.1, 0.1, 0.4, 0.9, 1.0], 6, True, "frame index / fps"),  # a repeated timestamp
+        ([0.0, 0.1, 0.1, 0.4, 0.9, 1.0], 2, False, "frame index / fps"),  # ... past the frames explain saw
+        (None, 6, True, "frame index / fps"),  # some packet had no timestamp
+    ],
+)
+def test_frame_times_rule(monkeypatch, stamps, n, decoded_all, source):
+    monkeypatch.setattr(video_module, "frame_timestamps", lambda path: None if stamps is None else np.array(stamps))
+    times, got = frame_times(_video_info(), n, decoded_all=decoded_all)
+    assert got == source and len(times) == n
+    expected = np.array(stamps[:n]) if source == "timestamps" else np.arange(n) / 10.0
+    np.testing.assert_allclose(times, expected)
