@@ -26,6 +26,7 @@ import io
 import json
 import re
 import struct
+import shutil
 import time
 import zlib
 from collections.abc import Callable
@@ -462,10 +463,21 @@ def evaluate(
     model = weights if isinstance(weights, Stan) else load_weights(Path(weights) if weights else find_default_weights())
     dev = resolve_device(device)
     model.to(dev).eval()
+    created = False
     if out is not None:
         out = Path(out)
-        prepare_output(out, overwrite)
+        created = prepare_output(out, overwrite)
+    try:
+        return _evaluate(test_dir, out, clips, ranges, label_file, layout, with_masks, model, dev,
+                         batch_size, precision, on_progress, t0)
+    except BaseException:
+        if created:  # a folder this run made holds only this run's partial files
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
+
+def _evaluate(test_dir, out, clips, ranges, label_file, layout, with_masks, model, dev, batch_size, precision,
+              on_progress, t0) -> dict:
     scored: list[ClipScores] = []
     on_progress("clips", 0, len(clips))
     for k, clip in enumerate(clips):

@@ -227,3 +227,23 @@ def test_cli_eval(ped2_dir, tiny_weights, tmp_path):
     assert text.startswith("error:") and "bad.m" in text and "1 label entries for 2 clips" in text
 
     assert runner.invoke(app, ["eval", str(ped2_dir)]).exit_code == 2  # --out is required
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, OSError(28, "No space left on device")])
+def test_a_failed_run_removes_the_folder_it_made_and_keeps_an_existing_one(ped2_dir, tiny_weights, tmp_path, monkeypatch, exc):
+    import stan_cli.evaluate as evaluate_module
+
+    def fail(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(evaluate_module, "_write_results", fail)
+    new = tmp_path / "new"
+    with pytest.raises(exc if isinstance(exc, type) else type(exc)):
+        evaluate(ped2_dir, out=new, weights=tiny_weights, device="cpu")
+    assert not new.exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "mine.txt").write_text("keep")
+    with pytest.raises(exc if isinstance(exc, type) else type(exc)):
+        evaluate(ped2_dir, out=existing, weights=tiny_weights, device="cpu", overwrite=True)
+    assert (existing / "mine.txt").read_text() == "keep"
