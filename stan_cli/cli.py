@@ -63,6 +63,21 @@ def warn_precision(device: str, precision: str) -> None:
         err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
 
 
+def os_error_message(e: OSError) -> str:
+    """One line for an OSError: the file, the system's reason, what to do."""
+    import errno
+
+    where = f"{e.filename}: " if e.filename else ""
+    reason = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "Free some space or choose another location."
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "Choose a location you may write to, or fix its permissions."
+    else:
+        hint = "Check the path and try again."
+    return f"{where}{reason}. {hint}"
+
+
 def fail(message: str, code: int = 1) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -126,6 +141,8 @@ def detect(
             )
     except StanError as e:
         fail(str(e))
+    except OSError as e:  # the system refused a read or write nobody turned into a StanError
+        fail(os_error_message(e))
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         raise typer.Exit(130)
@@ -213,6 +230,8 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
             )
     except StanError as e:
         fail(str(e))
+    except OSError as e:  # the system refused a read or write nobody turned into a StanError
+        fail(os_error_message(e))
     except KeyboardInterrupt:
         index = out_dir / "index.html"
         err.print("[yellow]interrupted[/]" + (escape(f": {index} lists the inputs that finished") if main and index.exists() else ""), highlight=False)
@@ -321,6 +340,8 @@ def train(
         raise typer.Exit(130)
     except StanError as e:
         fail(str(e))
+    except OSError as e:  # the system refused a read or write nobody turned into a StanError
+        fail(os_error_message(e))
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: continue from the last checkpoint with --resume")
         raise typer.Exit(130)
@@ -382,6 +403,8 @@ def eval_(
             )
     except StanError as e:
         fail(str(e))
+    except OSError as e:  # the system refused a read or write nobody turned into a StanError
+        fail(os_error_message(e))
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         raise typer.Exit(130)
@@ -440,6 +463,8 @@ def explain(
             result = run_explain(video, frame, out=out_dir, weights=weights, device=device, fps=fps, overwrite=overwrite)
     except StanError as e:
         fail(str(e))
+    except OSError as e:  # the system refused a read or write nobody turned into a StanError
+        fail(os_error_message(e))
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         raise typer.Exit(130)

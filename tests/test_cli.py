@@ -108,3 +108,19 @@ def test_usage_error_exit_code_2(tmp_path):
     assert result.exit_code == 2
 
 
+
+
+def test_an_unexpected_os_error_is_one_line_not_a_traceback(tmp_path, monkeypatch):
+    """A disk that fills while `stan eval` writes (eval writes its files directly) gives one line."""
+    import errno
+
+    import stan_cli.evaluate as evaluate_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "res" / "roc.png"))
+
+    monkeypatch.setattr(evaluate_module, "evaluate", full)
+    result = runner.invoke(app, ["eval", str(tmp_path), "--out", str(tmp_path / "res")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "roc.png: No space left on device. Free some space" in errors[0], result.stderr
