@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from stan_cli.inference import cpu_has_native_bf16
 from stan_cli.model import PAPER, Discriminator, Generator
 from stan_cli.train import TrainOptions, _step
 
@@ -40,13 +41,23 @@ def measure(device: torch.device, precision: str, phase: str, steps: int, batch:
     return steps * batch / (time.perf_counter() - t)
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=3)
     parser.add_argument("--devices", default="cpu,cuda")
     args = parser.parse_args()
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+    print(f"# {cpu_model()}, {os.cpu_count()} CPUs, native bf16: {cpu_has_native_bf16()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, batch {args.batch}, {args.steps} timed steps")
     for name in args.devices.split(","):
         if name == "cuda" and not torch.cuda.is_available():
