@@ -23,7 +23,7 @@ import torch
 from stan_cli.dataset import WindowSet, load_clips
 from stan_cli.model import Discriminator
 from stan_cli.train import TrainOptions, _step
-from stan_cli.weights import find_default_weights, load_weights
+from stan_cli.weights import find_default_weights, load_weights, save_weights
 from stan_cli.windows import to_tensor
 
 
@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument("--d-lr", type=float, default=2e-4)
     parser.add_argument("--lam", type=float, default=1.0)
     parser.add_argument("--pixel-norm", default="l2", choices=["l2", "mse"])
+    parser.add_argument("--save", type=Path, default=None,
+                        help="write the generator and the probed discriminator here (for `stan eval`; "
+                             "the calibration is the input's, so only the d score is meaningful)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -64,6 +67,10 @@ def main() -> None:
             print(f"step {step + 1:4d} (generator {state}): D loss {np.mean(losses[-10:]):.4f}, "
                   f"D(real) {r['d_real']:.3f}, D(generated) {r['d_fake']:.3f}, adv {r['loss_adv']:.3f}, "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
+    if args.save:
+        training = {**stan.training, "probe": {k: str(v) for k, v in vars(args).items()}}
+        save_weights(args.save, generator, discriminator, stan.config, stan.calibration, training)
+        print(f"saved {args.save}")
 
 
 if __name__ == "__main__":
