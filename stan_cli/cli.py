@@ -65,13 +65,13 @@ def warn_precision(device: str, precision: str) -> None:
 
 def os_error_message(e: OSError) -> str:
     """One line for an OSError: the file, the system's reason, what to do."""
-    import errno
+    from .report import NO_PERMISSION, NO_SPACE
 
     where = f"{e.filename}: " if e.filename else ""
     reason = e.strerror or str(e)
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    if e.errno in NO_SPACE:
         hint = "Free some space or choose another location."
-    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    elif e.errno in NO_PERMISSION:
         hint = "Choose a location you may write to, or fix its permissions."
     else:
         hint = "Check the path and try again."

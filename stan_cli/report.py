@@ -51,8 +51,8 @@ def _backup_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.old")
 
 
-_NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG})
-_NO_PERMISSION = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG})
+NO_PERMISSION = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 def output_error(path: str | os.PathLike[str], err: OSError) -> OutputError:
@@ -61,12 +61,12 @@ def output_error(path: str | os.PathLike[str], err: OSError) -> OutputError:
     A full disk is the common case on long videos, so it gets its own words.
     """
     reason = err.strerror or str(err)
-    if err.errno in _NO_SPACE:
+    if err.errno in NO_SPACE:
         return OutputError(
             f"Cannot write {path}: {reason}. The disk is full: free some space (or choose --out on "
             "another disk) and run again; files from earlier runs were left as they were."
         )
-    if err.errno in _NO_PERMISSION:
+    if err.errno in NO_PERMISSION:
         return OutputError(f"Cannot write {path}: {reason}. Choose a writable location for the output.")
     return OutputError(
         f"Cannot write {path}: {reason}. Check that the folder is writable and the disk has free space."

@@ -105,3 +105,12 @@ def tiny_weights_calibrated(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "tiny-cal.safetensors"
     save_weights(path, g, d, TINY, calibration=calibration, training={"untrained": True})
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module whose tiny networks only lose time to thread hand-offs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
