@@ -319,15 +319,56 @@ _LAUNCHER = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:
              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
 
 
-def peak_rss(cmd: list[str], env: dict) -> tuple[float, float, int]:
-    """Run cmd in a child; (wall seconds, peak RSS in MB of it and its children, exit code)."""
+def _child_pids(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def peak_rss(cmd: list[str], env: dict, every: float = 1.0) -> tuple[float, float, int, list[tuple[float, float]]]:
+    """Run cmd in a child; (wall seconds, peak RSS in MB of it and its children, exit code, trace).
+
+    The trace samples the RSS of `cmd` itself (the launcher's child; ffmpeg's own processes not
+    included) every `every` seconds from /proc, as (seconds since start, MB): it shows whether
+    memory climbs during the run, which a single peak cannot."""
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
+    trace: list[tuple[float, float]] = []
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:  # files: a full pipe would block
+        proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, *cmd], env=env, stdout=out, stderr=err, text=True)
+        while proc.poll() is None:
+            kids = _child_pids(proc.pid)
+            rss = _rss_mb(kids[0]) if kids else None
+            if rss is not None:
+                trace.append((time.perf_counter() - t, rss))
+            time.sleep(every)
+        wall = time.perf_counter() - t
+        out.seek(0)
+        err.seek(0)
+        printed, lines = out.read().split(), err.read().strip().splitlines()
     if proc.returncode:
-        err = proc.stderr.strip().splitlines()
-        print(f"  failed ({proc.returncode}): {err[-1] if err else ''}")
-    return wall, int(proc.stdout.split()[-1]) / 1024, proc.returncode  # ru_maxrss is in kB on Linux
+        print(f"  failed ({proc.returncode}): {lines[-1] if lines else ''}")
+    return wall, int(printed[-1]) / 1024 if printed else float("nan"), proc.returncode, trace  # ru_maxrss is in kB on Linux
+
+
+def trace_summary(trace: list[tuple[float, float]], parts: int = 10) -> str:
+    """Largest RSS sampled in each tenth of the run's wall time, in MB."""
+    if not trace:
+        return "no samples"
+    end = trace[-1][0]
+    tops = [max((r for s, r in trace if k * end / parts <= s <= (k + 1) * end / parts), default=float("nan"))
+            for k in range(parts)]
+    return " ".join(f"{v:.0f}" for v in tops)
 
 
 def memory(args, tmp: Path, weights: Path) -> None:
@@ -345,10 +386,11 @@ def memory(args, tmp: Path, weights: Path) -> None:
             out = tmp / "memory-report"
             cmd = [sys.executable, "-m", "stan_cli.cli", "detect", str(video), "--out", str(out), "--overwrite",
                    "--weights", str(weights), "--device", args.device, "--batch-size", str(args.batch_size), *extra]
-            wall, rss, rc = peak_rss(cmd, env)
+            wall, rss, rc, trace = peak_rss(cmd, env)
             peaks[mode].append(rss)
             shutil.rmtree(out, ignore_errors=True)
             print(f"  {minutes:7g} {n:7d} {mode:<10} {wall:8.1f} {n / wall:9.2f} {rss:12.0f}" + ("" if rc == 0 else "  FAILED"), flush=True)
+            print(f"          RSS of detect, largest in each tenth of the run (MB): {trace_summary(trace)}", flush=True)
         video.unlink()
     if len(args.minutes) > 1:
         for mode, values in peaks.items():

@@ -368,6 +368,17 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
         thr_source = "fallback: median + 3 x 1.4826 x MAD of this clip (weights carry no calibration)"
     abnormal = scoring.flag(raw, thr)
     segments = scoring.find_segments(abnormal, raw, merge_gap=merge_gap, min_length=min_length)
+    warnings = []
+    if thr_source.startswith("calibration"):
+        mismatch = scoring.calibration_mismatch(raw, thr, calibration["kinds"][kind])
+        if mismatch:
+            warnings.append(
+                f"{info.path}: {mismatch['share']:.0%} of the scored frames exceed the calibrated threshold "
+                f"{thr:.4g} (median score {mismatch['median']:.4g}; the weights' normal calibration footage: "
+                f"{mismatch['calibration_median']:.4g}). Either most of this footage is abnormal or it is unlike the "
+                "footage the weights were calibrated on, and the threshold does not transfer: read the score curve, "
+                "pass --threshold NUMBER, or fine-tune on this camera's normal footage (stan train --init)."
+            )
     if time_s is None:
         time_s = np.arange(n) / info.fps
     scored = np.isfinite(raw)
@@ -408,7 +419,7 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
         "complete": True,
     }
     return DetectResult(
-        info=info, time_s=time_s, pixel_loss=pixel, d_loss=d, score_raw=raw,
+        warnings=warnings, info=info, time_s=time_s, pixel_loss=pixel, d_loss=d, score_raw=raw,
         score=scoring.normalise_per_clip(raw), abnormal=abnormal, segments=segments, threshold=thr,
         threshold_source=thr_source, lambda_s=lam, lambda_source=lam_source, score_kind=kind, summary=summary,
     )
@@ -490,7 +501,7 @@ def _write_report(out: Path, result: DetectResult) -> None:
         "width": s["input"]["width"], "height": s["input"]["height"], "duration_s": s["input"]["duration_s"],
         "device": s["device"], "weights": s["weights"]["file"], "weights_sha256": s["weights"]["sha256"],
         "threshold": s["threshold"], "threshold_source": s["threshold_source"], "score_kind": SCORE_KINDS[r.score_kind],
-        "scored_frames": s["scored_frames"], "abnormal_frames": s["abnormal_frames"],
+        "scored_frames": s["scored_frames"], "abnormal_frames": s["abnormal_frames"], "warnings": s["warnings"],
     }
     videos = [(name, caption) for name, _, caption in OVERLAYS if name in r.files]
     report.write_index_html(out / "index.html", summary=facts, segments=r.segments, plot_name="scores.png", videos=videos, time_s=r.time_s)

@@ -428,6 +428,8 @@ th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums}
 img,video{max-width:100%;height:auto;border:1px solid #ddd;background:#fff}
 figure{margin:1rem 0}figcaption{font-size:.9rem;color:#555}
 .none{color:#555;font-style:italic}
+.warn{border:1px solid #d9a400;background:#fff8e1;padding:.5rem 1rem;margin:1rem 0;font-size:.9rem}
+.warn ul{margin:.3rem 0;padding-left:1.2rem}
 """.strip()
 
 # (summary key, row label); keys the summary lacks are left out of the table.
@@ -537,6 +539,11 @@ def _videos(videos: Sequence[tuple[str, str]]) -> str:
     )
 
 
+def _warnings(messages: Sequence[str]) -> list[str]:
+    items = "".join(f"<li>{_esc(m)}</li>" for m in messages)
+    return [f'<div class="warn"><strong>Warnings</strong><ul>{items}</ul></div>'] if messages else []
+
+
 def write_index_html(
     path: str | os.PathLike[str],
     *,
@@ -550,12 +557,13 @@ def write_index_html(
 
     summary keys used when present: input, frames, fps, size (or width + height), duration_s,
     device, weights, weights_sha256, threshold, threshold_source, score_kind, scored_frames,
-    abnormal_frames. Segment times come from `time_s` if given, else frame / fps. Every string
+    abnormal_frames, warnings (a list of strings, shown above the facts). Segment times come from `time_s` if given, else frame / fps. Every string
     is HTML-escaped, since file names are the user's and may contain anything.
     """
     name = Path(str(summary.get("input", "video"))).name
     body = [
         f"<h1>STAN report \u2014 {_esc(name)}</h1>",
+        *_warnings(summary.get("warnings") or ()),
         _facts_table(summary),
         "<h2>Scores</h2>",
         f'<img src="{_href(plot_name)}" alt="anomaly score over time" width="1200" height="400">',

@@ -134,6 +134,28 @@ def calibrate(pixel: np.ndarray, d: np.ndarray, false_alarm_rate: float = 0.01) 
     }
 
 
+MISMATCH_SHARE = 0.5  # calibrated for 1 % false alarms: half the footage above it is not noise
+
+
+def calibration_mismatch(raw: np.ndarray, threshold: float, stats: dict) -> dict | None:
+    """Does this footage score like the normal footage the threshold was calibrated on?
+
+    The calibrated threshold lets about 1 % of normal calibration windows through. When at
+    least MISMATCH_SHARE of this clip's scored frames exceed it, the clip is either mostly
+    abnormal or unlike the calibration footage (another camera, light, crowd or codec), and the
+    threshold should not be trusted blindly. Returns None when the clip looks like the
+    calibration footage (or has no scored frame), else {"share": fraction above, "median": the
+    clip's median, "calibration_median": the calibration's}.
+    """
+    a = _finite(raw)
+    if a.size == 0:
+        return None
+    share = float((a > threshold).mean())
+    if share < MISMATCH_SHARE:
+        return None
+    return {"share": share, "median": float(np.median(a)), "calibration_median": float(stats["median"])}
+
+
 def flag(raw: np.ndarray, threshold: float) -> np.ndarray:
     """Abnormal frames: raw > threshold (strictly). Unscored (NaN) frames are never flagged."""
     a = np.asarray(raw, dtype=np.float64)

@@ -105,6 +105,36 @@ def test_threshold_rules_clip_and_calibrated(clip_video, tiny_weights_calibrated
         detect(clip_video, weights=tiny_weights_calibrated, threshold="lots")
 
 
+@pytest.mark.parametrize("level, warned", [(0.0, True), (1e6, False)])
+def test_footage_unlike_the_calibration_is_warned_about(clip_video, tmp_path, level, warned):
+    """A calibration far below every score of the clip flags it end to end: detect says why."""
+    from stan_cli import scoring
+    from stan_cli.model import TINY
+    from stan_cli.weights import save_weights
+
+    from conftest import tiny_models
+
+    weights = tmp_path / "w.safetensors"
+    rng = np.random.default_rng(0)
+    save_weights(weights, *tiny_models(), TINY, training={"untrained": True},
+                 calibration=scoring.calibrate(level + 1e-6 * rng.random(50), level + 1e-6 * rng.random(50)))
+    out = tmp_path / "r"
+    result = detect(clip_video, out=out, weights=weights, score="g", write_video=False)
+    summary = json.loads((out / "summary.json").read_text())
+    html = (out / "index.html").read_text()
+    if warned:
+        assert result.abnormal.sum() == N_FRAMES - 10
+        assert len(result.warnings) == 1 and summary["warnings"] == result.warnings
+        assert "100% of the scored frames exceed the calibrated threshold" in result.warnings[0]
+        assert str(clip_video) in result.warnings[0] and "--threshold NUMBER" in result.warnings[0]
+        assert '<div class="warn">' in html
+    else:
+        assert result.abnormal.sum() == 0 and result.warnings == summary["warnings"] == []
+        assert '<div class="warn">' not in html
+    # a threshold the user chose is theirs: no warning, however much it flags
+    assert detect(clip_video, weights=weights, score="g", threshold=-1.0).warnings == []
+
+
 def test_score_kinds_pick_the_terms(clip_video, tiny_weights_calibrated):
     g = detect(clip_video, weights=tiny_weights_calibrated, score="g")
     d = detect(clip_video, weights=tiny_weights_calibrated, score="d")

@@ -277,6 +277,16 @@ def test_index_html(tmp_path: Path, segments: list[Segment]) -> None:
     assert "http" not in page and "<script" not in page
 
 
+def test_index_html_shows_warnings_escaped_and_none_without(tmp_path: Path) -> None:
+    path = tmp_path / "index.html"
+    write_index_html(path, summary={**_summary(), "warnings": ["a <b> & c", "second"]}, segments=[], plot_name="scores.png")
+    page = path.read_text()
+    assert '<div class="warn">' in page and "<li>a &lt;b&gt; &amp; c</li><li>second</li>" in page
+    assert page.index('<div class="warn">') < page.index('<table class="facts">')  # read before the facts
+    write_index_html(path, summary={**_summary(), "warnings": []}, segments=[], plot_name="scores.png")
+    assert '<div class="warn">' not in path.read_text()
+
+
 def test_index_html_no_segments(tmp_path: Path) -> None:
     path = tmp_path / "index.html"
     write_index_html(path, summary=_summary(), segments=[], plot_name="scores.png", videos=[])

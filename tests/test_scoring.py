@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from stan_cli.scoring import (
+    calibration_mismatch,
     DEFAULT_MERGE_GAP,
     DEFAULT_MIN_LENGTH,
     Segment,
@@ -291,3 +292,12 @@ def test_end_to_end_clip_with_nan_edges() -> None:
     assert not flags[:5].any() and not flags[-5:].any()
     (seg,) = find_segments(flags, raw)
     assert (seg.start, seg.end, seg.peak, seg.peak_score, seg.length) == (15, 20, 17, 12.0, 6)
+
+
+def test_calibration_mismatch_needs_half_the_scored_frames_above() -> None:
+    stats = {"median": 0.5}
+    raw = np.array([np.nan, 1.0, 2.0, 3.0, 4.0, np.nan])
+    assert calibration_mismatch(raw, 2.5, stats) == {"share": 0.5, "median": 2.5, "calibration_median": 0.5}
+    assert calibration_mismatch(raw, 3.0, stats) is None  # 1 of 4 above: strictly greater, like flag()
+    assert calibration_mismatch(raw, 0.0, stats)["share"] == 1.0
+    assert calibration_mismatch(np.full(4, np.nan), 0.0, stats) is None  # nothing scored, nothing to say
