@@ -35,7 +35,7 @@ from . import __version__, report
 from .detect import SCORE_KINDS, check_options, detect, prepare_output, remove_if_empty
 from .errors import InputError, OutputError, StanError
 from .inference import resolve_device
-from .video import is_video_file, list_frames, natural_key
+from .video import is_frame_folder, is_video_file, list_frames, natural_key
 from .weights import Stan, find_default_weights, load_weights
 
 INDEX_FILES = ("index.html", "index.csv", "summary.json")
@@ -114,7 +114,7 @@ def _clips_in(path: Path) -> list[Path]:
     and the other clips still run.
     """
     try:
-        if not path.is_dir() or list_frames(path):
+        if not path.is_dir() or is_frame_folder(path):
             return []
         children = sorted(path.iterdir(), key=lambda p: natural_key(p.name))
     except OSError:

@@ -22,7 +22,7 @@ import torch
 
 from .errors import InputError
 from .model import CONTEXT, WINDOW
-from .video import is_video_file, list_frames, natural_key, read_frames
+from .video import is_frame_folder, is_video_file, list_frames, natural_key, read_frames
 from .windows import to_grey_square
 
 DECODE_CHUNK_BYTES = 64 << 20  # RGB bytes converted at once: about 64 frames of 640x480, 2 of 4K
@@ -39,7 +39,8 @@ class Clip:
 
 
 def find_sources(folder: Path) -> list[Path]:
-    """The clips under `folder`, in natural order: itself, its image subfolders, its videos."""
+    """The clips under `folder`, in natural order: itself (a frame folder), or its image subfolders
+    and videos (images lying beside them are not footage: see video.is_frame_folder)."""
     folder = Path(folder)
     if not folder.exists():
         raise InputError(f"{folder}: no such folder. Point `stan train` at a folder of normal footage.")
@@ -47,7 +48,7 @@ def find_sources(folder: Path) -> list[Path]:
         if is_video_file(folder):
             return [folder]
         raise InputError(f"{folder}: not a folder or a video. Point `stan train` at a folder of normal footage.")
-    if list_frames(folder):
+    if is_frame_folder(folder):
         return [folder]
     sources = []
     for child in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):

@@ -54,6 +54,7 @@ from .dataset import Clip, WindowSet, load_clips, split_validation
 from .errors import InputError, OutputError, TrainingError
 from .inference import PRECISIONS, autocast, precision_warning, resolve_device, score_windows
 from .model import PRESETS, Discriminator, Generator, d_loss_map, pixel_loss, split_window, with_middle
+from .video import is_frame_folder
 from .weights import Stan, load_checkpoint, load_weights, save_checkpoint, save_weights
 from .windows import to_tensor
 
@@ -304,6 +305,12 @@ def _validate(opts: TrainOptions) -> None:
         raise OutputError(f"{opts.out.parent}: folder does not exist. Create it or choose another --out.")
     if not os.access(opts.out.parent, os.W_OK):
         raise OutputError(f"{opts.out.parent}: folder is not writable. Choose another --out.")
+    data = Path(opts.data)
+    if data.is_dir() and is_frame_folder(data) and opts.out.parent.resolve() == data.resolve():
+        raise OutputError(
+            f"{opts.out}: --out lies in the frame folder {data}, where the loss plot written beside it "
+            f"({opts.plot_path.name}) would be read as a frame next time. Choose --out outside {data}."
+        )
 
 
 def _prepare_outputs(opts: TrainOptions, rank: _Rank) -> None:

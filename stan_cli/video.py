@@ -102,6 +102,24 @@ def is_video_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS
 
 
+def holds_clips(folder: Path) -> bool:
+    """Does `folder` hold a clip of its own: a video file or a subfolder of images (hidden skipped)?"""
+    return any(
+        not child.name.startswith(".") and (is_video_file(child) or (child.is_dir() and bool(list_frames(child))))
+        for child in Path(folder).iterdir()
+    )
+
+
+def is_frame_folder(folder: Path) -> bool:
+    """One clip as images: a folder with images directly in it and no clip of its own.
+
+    A folder that holds videos or clip folders is a folder of clips even when a stray image
+    lies beside them (a thumbnail, the loss plot `stan train` writes beside its weights): the
+    images there are not read.
+    """
+    return bool(list_frames(folder)) and not holds_clips(folder)
+
+
 def _concat_list(files: list[Path]) -> str:
     """A concat-demuxer script listing the images; quotes escaped the way ffmpeg expects."""
     lines = ["ffconcat version 1.0"]

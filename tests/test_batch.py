@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -240,6 +241,20 @@ def test_which_arguments_make_a_batch(videos, tmp_path):
     assert expand_inputs([videos, videos / "2.mp4", tmp_path / "empty"]) == [
         videos / "2.mp4", videos / "10.mp4", videos / "11", videos / "2.mp4", tmp_path / "empty",
     ]
+
+
+def test_a_stray_image_beside_videos_or_clip_folders_is_not_a_clip(videos, tmp_path):
+    from stan_cli.dataset import find_sources
+
+    (tmp_path / "cam").mkdir()
+    for name in ("2.mp4", "10.mp4"):
+        shutil.copy(videos / name, tmp_path / "cam" / name)
+    shutil.copytree(videos / "11", tmp_path / "cam" / "11")
+    (tmp_path / "cam" / "thumb.jpg").write_bytes(next((videos / "11").iterdir()).read_bytes())
+    assert is_batch([tmp_path / "cam"])
+    expected = [tmp_path / "cam" / n for n in ("2.mp4", "10.mp4", "11")]
+    assert expand_inputs([tmp_path / "cam"]) == find_sources(tmp_path / "cam") == expected
+    assert find_sources(videos / "11") == [videos / "11"]  # images alone: one clip, as before
 
 
 @pytest.fixture

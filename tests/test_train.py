@@ -378,6 +378,24 @@ def test_out_in_a_missing_folder_is_one_clear_error(data3, tmp_path):
         train(options(data3, tmp_path / "nodir" / "m.safetensors"))
 
 
+def test_weights_written_into_a_folder_of_videos_do_not_break_resume(videos, tmp_path):
+    """The loss plot lands beside --out; in a folder of videos it is a stray image, not a clip."""
+    data = folder_of(tmp_path, "cam", videos["a"], videos["b"])
+    out = data / "cam.safetensors"
+    train(options(data, out))
+    assert (data / "cam.losses.png").exists()
+    (data / "thumb.jpg").write_bytes((data / "cam.losses.png").read_bytes())
+    train(options(data, out, resume=True, epochs=1))  # a second phase: the clips are listed again
+    assert load_weights(out).training["train_clips"] == [str(data / "a.mp4"), str(data / "b.mp4")]
+
+
+def test_out_inside_a_frame_folder_is_refused(tmp_path):
+    data = write_frame_folder(tmp_path / "frames", make_clip(30, anomaly=NORMAL, seed=0))
+    with pytest.raises(OutputError, match="lies in the frame folder .* Choose --out outside"):
+        train(options(data, data / "m.safetensors"))
+    assert not (data / "m.safetensors").exists() and not ckpt_of(data / "m.safetensors").exists()
+
+
 @pytest.mark.parametrize("bad", [{"false_alarm_rate": 1.5}, {"precision": "fp16"}, {"lam": -1.0}])
 def test_bad_options_are_refused_before_anything_is_touched(data3, tmp_path, bad):
     out = tmp_path / "model.safetensors"
