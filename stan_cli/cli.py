@@ -29,8 +29,9 @@ out = Console()
 err = Console(stderr=True)
 
 # Options shared by several commands, declared once.
+FLAG = ""  # metavar of on/off flags: some typer versions show "<bool>", and users then type a value
 WeightsOption = Annotated[Optional[Path], typer.Option(help="Weights file \\[default: the shipped weights/].")]
-OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Write into a folder that already holds files.", rich_help_panel="Output")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", metavar=FLAG, help="Write into a folder that already holds files.", rich_help_panel="Output")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.", rich_help_panel="Machine")]
 BatchSizeOption = Annotated[int, typer.Option(help="Windows per forward pass.", rich_help_panel="Machine")]
 PrecisionOption = Annotated[str, typer.Option(help="fp32 or bf16.", rich_help_panel="Machine")]
@@ -45,7 +46,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+        Optional[bool], typer.Option("--version", metavar=FLAG, callback=_version, is_eager=True, help="Show the version and exit.")
     ] = None,
 ) -> None:
     """Score every frame of fixed-camera footage, find the segments worth a look, show where."""
@@ -83,8 +84,25 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+class _LazyProgress(Progress):
+    """Progress bars whose display starts with the first bar: a run refused before any work
+    prints its one error line alone, not after the blank line of an empty display."""
+
+    def __enter__(self) -> "_LazyProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live.is_started:
+            self.stop()
+
+    def add_task(self, *args, **kwargs):
+        if not self.live.is_started:
+            self.start()
+        return super().add_task(*args, **kwargs)
+
+
 def _progress() -> Progress:
-    return Progress(
+    return _LazyProgress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -108,7 +126,7 @@ def detect(
     threshold: Annotated[Optional[str], typer.Option(help="Flag frames whose raw score exceeds this: a number, 'calibrated' (the weights' calibration on normal footage) or 'clip' (median + 3 MAD of this clip, when calibration does not transfer to this footage).", rich_help_panel="Flags", show_default="calibrated")] = None,
     merge_gap: Annotated[int, typer.Option(help="Merge flagged runs separated by at most this many frames.", rich_help_panel="Flags")] = 10,
     min_length: Annotated[int, typer.Option(help="Drop segments shorter than this many frames.", rich_help_panel="Flags")] = 5,
-    no_video: Annotated[bool, typer.Option("--no-video", help="Skip the overlay videos (faster, for batch scoring).", rich_help_panel="Output")] = False,
+    no_video: Annotated[bool, typer.Option("--no-video", metavar=FLAG, help="Skip the overlay videos (faster, for batch scoring).", rich_help_panel="Output")] = False,
     overwrite: OverwriteOption = False,
     fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder \\[default: 25] (or override a video's).", rich_help_panel="Output")] = None,
     device: DeviceOption = "auto",
@@ -279,10 +297,10 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.", rich_help_panel="Machine")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints (also at every epoch end).", rich_help_panel="Checkpoints")] = 200,
     checkpoint_dir: Annotated[Optional[Path], typer.Option(help="Where checkpoints go \\[default: <out>.ckpt/].", rich_help_panel="Checkpoints")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run whose checkpoint is in the checkpoint folder.", rich_help_panel="Checkpoints")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out and start a new run.", rich_help_panel="Checkpoints")] = False,
+    resume: Annotated[bool, typer.Option("--resume", metavar=FLAG, help="Continue the run whose checkpoint is in the checkpoint folder.", rich_help_panel="Checkpoints")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar=FLAG, help="Replace an existing --out and start a new run.", rich_help_panel="Checkpoints")] = False,
     init: Annotated[Optional[Path], typer.Option(help="Start from this weights file (fine-tune, e.g. the shipped Ped2 weights) instead of random networks.", rich_help_panel="Recipe")] = None,
-    reset_discriminator: Annotated[bool, typer.Option("--reset-discriminator", help="With --init: keep the generator, start the discriminator from random weights.", rich_help_panel="Recipe")] = False,
+    reset_discriminator: Annotated[bool, typer.Option("--reset-discriminator", metavar=FLAG, help="With --init: keep the generator, start the discriminator from random weights.", rich_help_panel="Recipe")] = False,
     pixel_norm: Annotated[str, typer.Option(help="Pixel term of L_G: l2 (the paper's L2 norm) or mse.", rich_help_panel="Recipe")] = "l2",
     preset: Annotated[str, typer.Option(hidden=True, help="Network size: paper (Table 1) or tiny (tests).")] = "paper",
 ) -> None:
@@ -453,7 +471,7 @@ def explain(
     weights: WeightsOption = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder \\[default: 25].")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that already holds files.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar=FLAG, help="Write into a folder that already holds files.")] = False,
 ) -> None:
     """Real frame, generated frame, pixel-loss map and guided-backprop map for one moment."""
     from .explain import explain as run_explain

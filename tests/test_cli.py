@@ -24,6 +24,14 @@ def test_help_lists_the_commands():
         assert command in result.output
 
 
+@pytest.mark.parametrize("command", ["detect", "train", "explain", "eval"])
+def test_flags_show_no_value_in_help(command):
+    """A flag shown as `--no-video <bool>` invites `--no-video true`, whose `true` becomes an input."""
+    result = run(command, "--help")
+    flags = [ln for ln in result.output.splitlines() if any(f in ln for f in ("--no-video", "--overwrite", "--resume", "--reset-discriminator"))]
+    assert flags and not any("<bool>" in ln for ln in flags), flags
+
+
 def test_no_args_shows_help():
     result = run()
     assert "detect" in result.output and "Usage" in result.output
@@ -58,6 +66,14 @@ def _one_line_error(result, *fragments: str) -> None:
 def test_missing_video(tmp_path, tiny_weights):
     missing = tmp_path / "nope.mp4"
     _one_line_error(run("detect", missing, "--out", tmp_path / "r", "--weights", tiny_weights), "nope.mp4", "no such file")
+
+
+@pytest.mark.parametrize("command", ["detect", "explain", "eval"])
+def test_a_refusal_before_any_work_is_exactly_one_line(tmp_path, tiny_weights, command):
+    extra = ["--frame", "5"] if command == "explain" else []
+    result = run(command, tmp_path / "nope", *extra, "--out", tmp_path / "r", "--weights", tiny_weights)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, repr(result.stderr)
 
 
 def test_text_file_named_mp4(tmp_path, tiny_weights):
