@@ -350,6 +350,21 @@ def _normalised_axis(score_raw: np.ndarray, score: np.ndarray):
     return (lambda r: slope * r + offset), (lambda s: (s - offset) / slope)
 
 
+def add_normalised_axis(ax, score_raw: np.ndarray, score: np.ndarray):
+    """The normalised score as a right-hand axis of the raw-score plot `ax`, or None.
+
+    Ticks only at 0, 0.25, ..., 1: the normalised score lives in [0, 1] (the clip's lowest and
+    highest scored frame), even where a threshold far from the curve stretches the raw axis.
+    """
+    axis = _normalised_axis(score_raw, score)
+    if axis is None:
+        return None
+    secondary = ax.secondary_yaxis("right", functions=axis)
+    secondary.set_yticks(np.linspace(0.0, 1.0, 5))
+    secondary.set_ylabel("normalised score (clip min 0, max 1)")
+    return secondary
+
+
 def plot_scores(
     path: str | os.PathLike[str],
     *,
@@ -396,9 +411,7 @@ def plot_scores(
     if not np.isfinite(raw).any():
         ax.text(0.5, 0.5, "no scored frames", transform=ax.transAxes, ha="center", va="center")
 
-    axis = _normalised_axis(raw, norm)
-    if axis is not None:
-        ax.secondary_yaxis("right", functions=axis).set_ylabel("normalised score")
+    add_normalised_axis(ax, raw, norm)
     if np.isfinite(t).any():
         ax.set_xlim(np.nanmin(t), max(np.nanmax(t), np.nanmin(t) + 1e-3))
     ax.set_xlabel("time (s)")

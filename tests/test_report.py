@@ -317,3 +317,19 @@ def test_index_html_rejects_links_outside_folder(tmp_path: Path) -> None:
             plot_name="../secret.png", videos=[],
         )
     assert _leftovers(tmp_path) == []
+
+
+def test_normalised_axis_ticks_stay_in_0_1_when_the_threshold_stretches_the_plot() -> None:
+    from matplotlib.figure import Figure
+
+    from stan_cli.report import add_normalised_axis
+
+    raw = np.array([np.nan, 1.0, 2.0, 3.0, np.nan])
+    norm = (raw - 1.0) / 2.0
+    ax = Figure().add_subplot(1, 1, 1)
+    ax.plot(np.arange(5), raw)
+    ax.axhline(-5.0)  # a threshold far below the curve: the raw axis reaches -5
+    secondary = add_normalised_axis(ax, raw, norm)
+    ticks = secondary.get_yticks()
+    assert ticks.min() == 0.0 and ticks.max() == 1.0 and len(ticks) == 5
+    assert add_normalised_axis(ax, np.array([1.0, 1.0]), np.array([0.0, 0.0])) is None  # flat: no axis
