@@ -363,6 +363,9 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
     elif calibration is not None:
         thr = float(calibration["kinds"][kind]["threshold"])
         thr_source = f"calibration ({calibration['false_alarm_rate']:.1%} false alarms on normal footage)"
+        if not str(calibration.get("source", "validation")).startswith("validation"):
+            thr_source = (f"calibration on the training footage itself ({calibration['false_alarm_rate']:.1%} false "
+                          "alarms there; in-sample, so optimistic)")
     else:
         thr = scoring.fallback_threshold(raw)
         thr_source = "fallback: median + 3 x 1.4826 x MAD of this clip (weights carry no calibration)"

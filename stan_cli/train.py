@@ -32,6 +32,7 @@ and the decoded frame cache. All writes are a temp file then a rename.
 from __future__ import annotations
 
 import csv
+import math
 import fcntl
 import os
 import platform
@@ -53,7 +54,7 @@ from . import __version__, scoring
 from .dataset import Clip, WindowSet, load_clips, split_validation
 from .errors import InputError, OutputError, TrainingError
 from .inference import PRECISIONS, autocast, precision_warning, resolve_device, score_windows
-from .model import PRESETS, Discriminator, Generator, d_loss_map, pixel_loss, split_window, with_middle
+from .model import PRESETS, WINDOW, Discriminator, Generator, d_loss_map, pixel_loss, split_window, with_middle
 from .video import is_frame_folder
 from .weights import Stan, load_checkpoint, load_weights, save_checkpoint, save_weights
 from .windows import to_tensor
@@ -711,6 +712,13 @@ def _end_of_epoch(opts, progress, phase, generator, discriminator, val_clips, de
     emit("epoch_end", phase=phase, epoch=progress["epoch"], val_pixel=val_pixel, val_d=val_d, selected=selected)
 
 
+def _finite_or_none(entry: dict | None) -> dict | None:
+    """NaN (no validation data) as None: metadata stays plain JSON."""
+    if entry is None:
+        return None
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in entry.items()}
+
+
 def _finish(opts, progress, generator, discriminator, config, train_clips, val_clips, device, best_path, warnings, emit):
     if best_path.exists():
         best = load_weights(best_path).to(device)
@@ -719,6 +727,14 @@ def _finish(opts, progress, generator, discriminator, config, train_clips, val_c
         calib_clips, calib_source = val_clips, "validation"
     else:
         calib_clips, calib_source = train_clips, "training (too little validation data)"
+        message = (
+            f"{opts.data}: no held-out normal footage to calibrate on (--val-clips {opts.val_clips}; a lone clip "
+            f"holds out its last 15 % only from {4 * WINDOW} frames up), so the threshold comes from the training "
+            "windows themselves and will flag more than the asked false-alarm rate on new normal footage. "
+            "Give more or longer clips, or choose --threshold in detect."
+        )
+        warnings.append(message)
+        emit("warning", message=message)
     emit("calibrate", windows=len(WindowSet(calib_clips)), source=calib_source)
     pixel, d = validate(generator, discriminator, calib_clips, device)
     try:
@@ -737,7 +753,7 @@ def _finish(opts, progress, generator, discriminator, config, train_clips, val_c
         "steps": progress["step"],
         "options": {k: getattr(opts, k) for k in TrainOptions.RUN_KEYS} | {"precision": opts.precision},
         "selection_rule": SELECTION_RULE,
-        "selected": progress.get("best"),
+        "selected": _finite_or_none(progress.get("best")),
         "init": progress.get("init"),
         "wall_s": round(progress["wall_s"], 1),
         "machine": {

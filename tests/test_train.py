@@ -192,8 +192,22 @@ def test_short_run_trains_calibrates_and_detect_uses_it(data3, videos, tmp_path)
     assert not lock_of(out).exists()
 
     report = detect(videos["a"], weights=out, out=tmp_path / "report", write_video=False, device="cpu")
-    assert "calibration" in report.threshold_source
+    assert "calibration" in report.threshold_source and "in-sample" not in report.threshold_source
     assert report.threshold == pytest.approx(cal["kinds"]["gd"]["threshold"])
+    assert training["warnings"] == [] and events.of("warning") == []
+
+
+def test_calibrating_on_the_training_windows_is_warned_about(data3, videos, tmp_path):
+    out = tmp_path / "model.safetensors"
+    events = Events()
+    train(options(data3, out, val_clips=0), events)
+    stan = load_weights(out)
+    assert stan.calibration["source"].startswith("training")
+    [message] = [e["message"] for e in events.of("warning")]
+    assert stan.training["warnings"] == [message] and "training windows themselves" in message
+    assert stan.training["selected"]["val_pixel"] is None  # no validation: null, not NaN, in the JSON
+    report = detect(videos["a"], weights=out, write_video=False, device="cpu")
+    assert report.threshold_source.startswith("calibration on the training footage itself")
 
 
 # ------------------------------------------------------------------------- 2. resume after a crash
