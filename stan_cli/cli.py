@@ -386,7 +386,7 @@ def eval_(
     test_dir: Annotated[Path, typer.Argument(help="Test folder: frames/<clip>/ + labels (*.m, *.mat, labels.json/csv) + optional masks/<clip>/, or videos + labels.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Results folder to write.")],
     weights: WeightsOption = None,
-    labels: Annotated[Optional[Path], typer.Option(help="Labels file: MATLAB .m/.mat (1-based, clip order), JSON {clip: [[start, end]]} or CSV clip,start,end (0-based) \\[default: found in TEST_DIR].")] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="Labels file: MATLAB .m/.mat (1-based, clip order), JSON {clip: [[start, end]]} or CSV clip,start,end (0-based; a clip with no abnormal frame: clip,,) \\[default: found in TEST_DIR].")] = None,
     overwrite: OverwriteOption = False,
     device: DeviceOption = "auto",
     batch_size: BatchSizeOption = 8,
@@ -457,6 +457,8 @@ def eval_(
     table.add_row("lambda_s", f"{r['lambda_s']:.4g} (test set)", "")
     table.add_row("time", f"{r['timings']['wall_s']:.1f} s ({r['timings']['frames_per_s'] or 0:.1f} frames/s)", "")
     out.print(table)
+    for message in r.get("warnings", []):
+        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
     out.print(f"Results written to [bold]{escape(str(out_dir))}[/] (results.json, roc.png, per_clip.csv, scores/)", soft_wrap=True, highlight=False)
 
 

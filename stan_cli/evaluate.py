@@ -329,7 +329,9 @@ def clip_ranges(labels: LabelFile, clips: list[Clip]) -> list[list[tuple[int, in
         )
         raise InputError(
             f"{labels.path}: {len(labels.ranges)} labelled clips for {len(clips)} clips: {what}. "
-            "List every clip (an empty list for a clip without abnormal frames)."
+            + ("List every clip; a clip without abnormal frames is a row `NAME,,`."
+               if labels.path.suffix.lower() == ".csv" else
+               "List every clip (an empty list for a clip without abnormal frames).")
         )
     return [labels.ranges.get(c.name, labels.ranges.get(c.path.name)) for c in clips]
 
@@ -566,7 +568,16 @@ def _measure(scored: list[ClipScores], y: list[np.ndarray], model: Stan) -> tupl
          **{f"auc_{kind}": metrics.clip_auc(raw[kind][k], lab) for kind in scoring.KINDS}}
         for k, (n, p, lab) in enumerate(zip(names, pixel, y))
     ]
+    warnings = []
+    _, labels = metrics.pooled(raw["g"], y)
+    if not metrics.has_both_classes(labels):
+        missing = "normal" if labels.all() else "abnormal"
+        warnings.append(
+            f"no {missing} frame among the {labels.size} scored frames (the first and last 5 of each clip are never "
+            "scored): frame-level AUC and EER are undefined. Check the labels, or add clips with both kinds of frame."
+        )
     return {
+        "warnings": warnings,
         "lambda_s": lam,
         "lambda_s_source": LAMBDA_SOURCE,
         "lambda_s_calibration": cal_lam,

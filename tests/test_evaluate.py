@@ -72,6 +72,7 @@ def test_results_folder_contract(evaluated):
     assert sorted(p.name for p in (out / "scores").iterdir()) == ["01.csv", "02.csv"]
     assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "results.json").read_text())
+    assert saved["warnings"] == []
     for key in ("labels", "weights", "lambda_s", "lambda_s_source", "protocols", "headline", "frame_level",
                 "event_level", "pixel_level", "per_clip", "paper_ped2", "timings", "files"):
         assert key in saved, key
@@ -178,6 +179,19 @@ def test_json_and_csv_labels(tmp_path):
     (tmp_path / "l.txt").write_text("")
     with pytest.raises(InputError, match="l.txt.*unknown labels format"):
         read_labels(tmp_path / "l.txt")
+
+
+def test_no_abnormal_scored_frame_is_a_warning_and_csv_hints_say_how_to_list_a_clean_clip(tmp_path, tiny_weights):
+    for k, (name, anomaly) in enumerate(ANOMALIES.items()):
+        write_video(tmp_path / f"cam{name}.mp4", make_clip(N, anomaly=anomaly, seed=k))
+    (tmp_path / "edges.json").write_text(json.dumps({"cam01": [[0, 3]], "cam02": []}))  # only unscored frames
+    r = evaluate(tmp_path, weights=tiny_weights, labels=tmp_path / "edges.json", device="cpu")
+    [message] = r["warnings"]
+    assert "no abnormal frame among the" in message and "undefined" in message
+    assert r["headline"]["auc"] is None or r["headline"]["auc"] != r["headline"]["auc"]
+    (tmp_path / "l.csv").write_text("clip,start,end\ncam01,12,19\n")
+    with pytest.raises(InputError, match="a row `NAME,,`"):
+        evaluate(tmp_path, weights=tiny_weights, labels=tmp_path / "l.csv", device="cpu")
 
 
 def test_label_count_must_match_clips(ped2_dir, tiny_weights, tmp_path):
