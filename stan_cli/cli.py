@@ -474,13 +474,16 @@ def explain(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder \\[default: 25].")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", metavar=FLAG, help="Write into a folder that already holds files.")] = False,
+    score: Annotated[str, typer.Option(help="Score for the verdict, as in detect: g, d or gd.")] = "gd",
+    threshold: Annotated[Optional[str], typer.Option(help="Threshold for the verdict, as in detect: a number or 'calibrated'.", show_default="calibrated")] = None,
 ) -> None:
     """Real frame, generated frame, pixel-loss map and guided-backprop map for one moment."""
     from .explain import explain as run_explain
 
     try:
         with err.status(f"explaining frame {frame} of {video.name}"):
-            result = run_explain(video, frame, out=out_dir, weights=weights, device=device, fps=fps, overwrite=overwrite)
+            result = run_explain(video, frame, out=out_dir, weights=weights, device=device, fps=fps, overwrite=overwrite,
+                                 score=score, threshold=threshold)
     except StanError as e:
         fail(str(e))
     except OSError as e:  # the system refused a read or write nobody turned into a StanError
@@ -492,11 +495,13 @@ def explain(
     table = Table(title=escape(f"stan explain: {video.name}, frame {frame} ({v['time_s']:.2f} s)"), show_header=False)
     table.add_row("pixel loss", f"{v['pixel_loss']:.5g}")
     table.add_row("-log D(S_t)", f"{v['d_loss']:.5g}")
-    if v.get("score_raw") is not None:
+    if v["abnormal"] is not None:
         verdict = "[red]abnormal[/]" if v["abnormal"] else "normal"
-        table.add_row("score (gd)", f"{v['score_raw']:.5g} vs threshold {v['threshold']:.5g}: {verdict}")
+        table.add_row(f"score ({v['score_kind']})", f"{v['score_raw']:.5g} vs threshold {v['threshold']:.5g} ({v['threshold_source']}): {verdict}")
     else:
-        table.add_row("score", v["note"])
+        if v["score_raw"] is not None:
+            table.add_row(f"score ({v['score_kind']})", f"{v['score_raw']:.5g}")
+        table.add_row("verdict", escape(v["note"]))
     out.print(table)
     out.print(f"Results written to [bold]{escape(str(out_dir))}[/] (panel.png, maps as .npy)", soft_wrap=True, highlight=False)
 

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import overlay, report
-from .detect import check_fps, prepare_output, remove_if_empty
-from .errors import InputError
+from . import overlay, report, scoring
+from .detect import check_fps, check_options, parse_threshold, prepare_output, remove_if_empty
+from .errors import InputError, StanError
 from .inference import guided_backprop, resolve_device, score_windows
 from .model import CONTEXT, WINDOW
 from .video import frame_times, read_frames
@@ -37,7 +37,7 @@ class Explanation:
     real: np.ndarray  # (H, W, 3) uint8, the input frame
     generated: np.ndarray  # (H, W) uint8, the generator's prediction at the input's resolution
     pixel_loss_map: np.ndarray  # (H, W) float32, squared error per pixel ([-1, 1] units)
-    guided_backprop_map: np.ndarray  # (H, W) float32, |d(-log D)/d input| summed over the window
+    guided_backprop_map: np.ndarray  # (H, W) float32, |guided dD(S_t)/d input| summed over the window
     pixel_loss: float
     d_loss: float
     values: dict  # what explanation.json holds
@@ -54,9 +54,17 @@ def explain(
     device: str = "auto",
     fps: float | None = None,
     overwrite: bool = False,
+    score: str = "gd",
+    threshold: float | str | None = None,
 ) -> Explanation:
+    """Explain one frame. score and threshold as in detect (the verdict uses them), except that
+    "clip" needs the whole clip's scores and is refused: use `stan detect --threshold clip`."""
     video = Path(video)
     check_fps(fps)
+    check_options(score=score, threshold=threshold)
+    threshold = parse_threshold(threshold)
+    if threshold == "clip":
+        raise StanError("--threshold clip needs the whole clip's scores: use stan detect --threshold clip, or give a number.")
     model = weights if isinstance(weights, Stan) else load_weights(Path(weights) if weights else find_default_weights())
     dev = resolve_device(device)
     model.to(dev).eval()
@@ -68,7 +76,7 @@ def explain(
         # nothing is removed up front: earlier files are replaced only when this run succeeds
         created = prepare_output(out, overwrite)
     try:
-        result = _explain(model, dev, video, info, window, frame, fps)
+        result = _explain(model, dev, video, info, window, frame, fps, score, threshold)
         if out is not None:
             result.out = out
             with report.staged(out, own=OWN_FILES):  # all files appear together, or none
@@ -80,7 +88,8 @@ def explain(
     return result
 
 
-def _explain(model: Stan, dev, video: Path, info, window: list[np.ndarray], frame: int, fps: float | None) -> Explanation:
+def _explain(model: Stan, dev, video: Path, info, window: list[np.ndarray], frame: int, fps: float | None,
+             score: str = "gd", threshold: float | str | None = None) -> Explanation:
     """Score the window around `frame`, backpropagate, bring the maps to the input's size."""
     size = model.config.image_size
     grey = to_grey_square(np.stack(window), size)  # (11, S, S) uint8
@@ -96,7 +105,7 @@ def _explain(model: Stan, dev, video: Path, info, window: list[np.ndarray], fram
 
     pixel_loss, d_loss = float(scores.pixel[0]), float(scores.d[0])
     time_s, time_source = _frame_time(info, frame, fps)
-    values = _values(model, frame, time_s, pixel_loss, d_loss)
+    values = _values(model, frame, time_s, pixel_loss, d_loss, score, threshold)
     values["input"] = {"path": str(video), "width": w, "height": h, "fps": info.fps, "time_source": time_source}
     values["weights"] = {"file": str(model.path) if model.path else None, "sha256": model.sha256}
     return Explanation(frame, time_s, real, generated_u8, pixel_map, guided_map, pixel_loss, d_loss, values)
@@ -140,17 +149,31 @@ def _resize(maps: torch.Tensor, height: int, width: int) -> np.ndarray:
     return x[0, 0].numpy().astype(np.float32)
 
 
-def _values(model: Stan, frame: int, time_s: float, pixel_loss: float, d_loss: float) -> dict:
-    values: dict = {"frame": frame, "time_s": round(time_s, 3), "pixel_loss": pixel_loss, "d_loss": d_loss}
+def _values(model: Stan, frame: int, time_s: float, pixel_loss: float, d_loss: float, score: str = "gd",
+            threshold: float | str | None = None) -> dict:
+    """explanation.json's numbers; the verdict by detect's rules for one frame.
+
+    The raw score needs lambda_s for "gd" and the threshold needs a number or a calibration:
+    weights without calibration give score_raw / threshold / abnormal = None for what is missing.
+    """
+    values: dict = {"frame": frame, "time_s": round(time_s, 3), "pixel_loss": pixel_loss, "d_loss": d_loss,
+                    "score_kind": score}
     cal = model.calibration
-    if cal is None:
-        values.update(score_raw=None, threshold=None, abnormal=None,
-                      note="the weights carry no calibration: lambda_s and the threshold come from a whole clip (stan detect)")
-        return values
-    lam = float(cal["lambda_s"])
-    raw = pixel_loss + lam * d_loss
-    thr = float(cal["kinds"]["gd"]["threshold"])
-    values.update(lambda_s=lam, score_raw=raw, threshold=thr, abnormal=bool(raw > thr), score_kind="gd")
+    lam = float(cal["lambda_s"]) if cal is not None else None
+    raw = None
+    if score != "gd" or lam is not None:
+        raw = float(scoring.raw_score(np.array([pixel_loss]), np.array([d_loss]), score, lam or 0.0)[0])
+    if isinstance(threshold, float):
+        thr, source = threshold, "--threshold"
+    elif cal is not None:
+        thr, source = float(cal["kinds"][score]["threshold"]), "calibration"
+    else:
+        thr, source = None, None
+    values.update(lambda_s=lam, score_raw=raw, threshold=thr, threshold_source=source,
+                  abnormal=bool(raw > thr) if raw is not None and thr is not None else None)
+    if cal is None and (raw is None or thr is None):
+        values["note"] = ("the weights carry no calibration: lambda_s and the threshold come from a whole clip "
+                          "(stan detect), or give --threshold" + (" and --score g or d" if raw is None else ""))
     return values
 
 
@@ -201,9 +224,9 @@ def _panel(path: Path, r: Explanation) -> None:
     for ax in axes:
         ax.axis("off")
     v = r.values
-    if v.get("score_raw") is not None:
+    if v.get("abnormal") is not None:
         verdict = "abnormal" if v["abnormal"] else "normal"
-        fig.suptitle(f"score {v['score_raw']:.4g} vs threshold {v['threshold']:.4g}: {verdict}")
+        fig.suptitle(f"score ({v['score_kind']}) {v['score_raw']:.4g} vs threshold {v['threshold']:.4g}: {verdict}")
     fig.tight_layout()
     with report.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

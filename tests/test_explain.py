@@ -114,6 +114,31 @@ def test_explain_frame_folder_and_video_agree(clip_video, clip_folder, tiny_weig
     assert a.values["score_raw"] is None  # no calibration: said, not invented
 
 
+def test_explain_verdict_follows_score_and_threshold_like_detect(clip_video, tiny_weights, tiny_weights_calibrated):
+    from stan_cli.detect import detect
+    from stan_cli.errors import StanError
+
+    clip = detect(clip_video, weights=tiny_weights_calibrated, score="g")
+    base = explain(clip_video, 12, weights=tiny_weights_calibrated, score="g")
+    assert base.values["score_raw"] == pytest.approx(clip.score_raw[12], rel=1e-4)
+    assert base.values["threshold"] == clip.threshold and base.values["threshold_source"] == "calibration"
+    assert base.values["abnormal"] == bool(clip.abnormal[12])
+    for thr, verdict in ((base.values["score_raw"] * 2, False), (base.values["score_raw"] / 2, True)):
+        v = explain(clip_video, 12, weights=tiny_weights_calibrated, score="g", threshold=str(thr)).values
+        assert v["threshold"] == thr and v["threshold_source"] == "--threshold" and v["abnormal"] is verdict
+    d = explain(clip_video, 12, weights=tiny_weights_calibrated, score="d").values
+    assert d["score_raw"] == pytest.approx(d["d_loss"]) and d["score_kind"] == "d"
+    # without calibration: g with a number gives a verdict; gd has no lambda_s to weigh d with
+    g = explain(clip_video, 12, weights=tiny_weights, score="g", threshold="0").values
+    assert g["abnormal"] is True and "note" not in g
+    gd = explain(clip_video, 12, weights=tiny_weights, threshold="0").values
+    assert gd["score_raw"] is None and gd["abnormal"] is None and "--score g or d" in gd["note"]
+    with pytest.raises(StanError, match="--threshold clip needs the whole clip"):
+        explain(clip_video, 12, weights=tiny_weights, threshold="clip")
+    with pytest.raises(StanError, match="--score x: unknown"):
+        explain(clip_video, 12, weights=tiny_weights, score="x")
+
+
 @pytest.mark.parametrize("frame", [0, 4, N_FRAMES - 5, N_FRAMES + 100])
 def test_explain_frame_out_of_range(clip_video, tiny_weights, frame):
     with pytest.raises(InputError, match=f"valid frames are 5 to {N_FRAMES - 6}"):
