@@ -111,9 +111,11 @@ def find_clips(test_dir: Path) -> tuple[str, list[Clip]]:
     videos = sorted((p for p in test_dir.iterdir() if is_video_file(p) and not p.name.startswith(".")),
                     key=lambda p: natural_key(p.name))
     if not videos:
+        hint = (f" {test_dir} looks like the frames/ folder itself: point to {test_dir.parent} instead."
+                if test_dir.name == "frames" and (test_dir.parent / "frames").resolve() == test_dir.resolve() else "")
         raise InputError(
             f"{frames_dir}: no such folder, and {test_dir} holds no video files. Use the Ped2 layout "
-            "(frames/01/, frames/02/, ... and a labels file) or a folder of videos and a labels file."
+            "(frames/01/, frames/02/, ... and a labels file) or a folder of videos and a labels file." + hint
         )
     stems = [p.stem for p in videos]
     dupes = sorted({s for s in stems if stems.count(s) > 1})

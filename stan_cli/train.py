@@ -294,6 +294,11 @@ def _validate(opts: TrainOptions) -> None:
         raise TrainingError(f"--false-alarm-rate {opts.false_alarm_rate}: must be between 0 and 1 (0.01 = 1 %).")
     if opts.pixel_norm not in PIXEL_NORMS:
         raise TrainingError(f"--pixel-norm {opts.pixel_norm}: unknown. Use one of {', '.join(PIXEL_NORMS)}.")
+    if opts.pretrain_epochs == 0 and opts.epochs == 0 and opts.init is None and not opts.resume:
+        raise TrainingError(
+            "--pretrain-epochs 0 and --epochs 0 train nothing: the output would be random networks. "
+            "Ask for at least one epoch (or add --init FILE to recalibrate existing weights on this footage)."
+        )
     if opts.reset_discriminator and opts.init is None:
         raise TrainingError("--reset-discriminator only makes sense with --init FILE (a new run starts from random networks anyway).")
     if opts.init is not None and not Path(opts.init).is_file():

@@ -212,6 +212,10 @@ def test_label_range_beyond_clip(ped2_dir, tiny_weights, tmp_path):
 def test_missing_frames_folder_and_labels(tmp_path, tiny_weights):
     with pytest.raises(InputError, match="frames: no such folder"):
         find_clips(tmp_path)
+    with pytest.raises(InputError, match=f"looks like the frames/ folder itself: point to {tmp_path} instead"):
+        (tmp_path / "frames").mkdir()
+        find_clips(tmp_path / "frames")
+    (tmp_path / "frames").rmdir()
     (tmp_path / "frames" / "01").mkdir(parents=True)
     with pytest.raises(InputError, match="01: clip folder holds no frames"):
         find_clips(tmp_path)

@@ -410,7 +410,8 @@ def test_out_inside_a_frame_folder_is_refused(tmp_path):
     assert not (data / "m.safetensors").exists() and not ckpt_of(data / "m.safetensors").exists()
 
 
-@pytest.mark.parametrize("bad", [{"false_alarm_rate": 1.5}, {"precision": "fp16"}, {"lam": -1.0}])
+@pytest.mark.parametrize("bad", [{"false_alarm_rate": 1.5}, {"precision": "fp16"}, {"lam": -1.0},
+                                 {"pretrain_epochs": 0, "epochs": 0}])
 def test_bad_options_are_refused_before_anything_is_touched(data3, tmp_path, bad):
     out = tmp_path / "model.safetensors"
     ckpt = ckpt_of(out)
