@@ -363,7 +363,7 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
     elif calibration is not None:
         thr = float(calibration["kinds"][kind]["threshold"])
         thr_source = f"calibration ({calibration['false_alarm_rate']:.1%} false alarms on normal footage)"
-        if not str(calibration.get("source", "validation")).startswith("validation"):
+        if str(calibration.get("source", "validation")).startswith("training"):
             thr_source = (f"calibration on the training footage itself ({calibration['false_alarm_rate']:.1%} false "
                           "alarms there; in-sample, so optimistic)")
     else:
@@ -380,7 +380,8 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
                 f"{thr:.4g} (median score {mismatch['median']:.4g}; the weights' normal calibration footage: "
                 f"{mismatch['calibration_median']:.4g}). Either most of this footage is abnormal or it is unlike the "
                 "footage the weights were calibrated on, and the threshold does not transfer: read the score curve, "
-                "pass --threshold NUMBER, or fine-tune on this camera's normal footage (stan train --init)."
+                "pass --threshold NUMBER, or recalibrate on normal footage of this camera in seconds (stan train NORMAL "
+                "--init WEIGHTS --pretrain-epochs 0 --epochs 0 --out CAMERA.safetensors; README, \"Calibrate on your camera\")."
             )
     if time_s is None:
         time_s = np.arange(n) / info.fps

@@ -717,6 +717,9 @@ def _end_of_epoch(opts, progress, phase, generator, discriminator, val_clips, de
     emit("epoch_end", phase=phase, epoch=progress["epoch"], val_pixel=val_pixel, val_d=val_d, selected=selected)
 
 
+RECALIBRATION = "recalibration: every window of the footage (--init weights, no epoch trained in this run)"
+
+
 def _finite_or_none(entry: dict | None) -> dict | None:
     """NaN (no validation data) as None: metadata stays plain JSON."""
     if entry is None:
@@ -728,7 +731,10 @@ def _finish(opts, progress, generator, discriminator, config, train_clips, val_c
     if best_path.exists():
         best = load_weights(best_path).to(device)
         generator, discriminator = best.generator, best.discriminator
-    if len(WindowSet(val_clips)) >= 2:
+    if opts.init is not None and opts.pretrain_epochs == 0 and opts.epochs == 0:
+        # a recalibration: nothing was trained here, so every window is footage the networks never fitted
+        calib_clips, calib_source = train_clips + val_clips, RECALIBRATION
+    elif len(WindowSet(val_clips)) >= 2:
         calib_clips, calib_source = val_clips, "validation"
     else:
         calib_clips, calib_source = train_clips, "training (too little validation data)"

@@ -626,6 +626,29 @@ def test_pixel_term_is_the_l2_norm_or_the_mse_by_hand():
     assert torch.equal(perfect.grad, torch.zeros_like(target))
 
 
+def test_recalibration_scores_every_window_of_new_footage(data3, videos, tmp_path):
+    """--init with zero epochs: the README's "Calibrate on your camera". Nothing is trained, every
+    window counts, the threshold is the one detect's own scores of that footage give."""
+    from stan_cli import scoring
+
+    first = tmp_path / "first.safetensors"
+    train(options(data3, first))
+    cam = folder_of(tmp_path, "cam", videos["a"], videos["b"])
+    events = Events()
+    out = tmp_path / "cam.safetensors"
+    train(options(cam, out, pretrain_epochs=0, epochs=0, init=first, val_clips=2), events)
+    cal = load_weights(out).calibration
+    assert cal["source"].startswith("recalibration") and cal["n_windows"] == 2 * 20
+    assert events.of("warning") == []  # not in-sample: these networks never saw this footage
+    runs = [detect(cam / name, weights=out, write_video=False, device="cpu") for name in ("a.mp4", "b.mp4")]
+    assert runs[0].threshold_source == "calibration (1.0% false alarms on normal footage)"
+    pixel = np.concatenate([r.pixel_loss for r in runs])
+    d = np.concatenate([r.d_loss for r in runs])
+    ok = np.isfinite(pixel)
+    expected = scoring.calibrate(pixel[ok], d[ok])["kinds"]["gd"]["threshold"]
+    assert cal["kinds"]["gd"]["threshold"] == pytest.approx(expected, rel=1e-3)
+
+
 def test_init_starts_a_new_run_from_existing_weights(data3, tmp_path):
     first = tmp_path / "first.safetensors"
     train(options(data3, first))
