@@ -159,7 +159,8 @@ def detect(
         with contextlib.ExitStack() as stack:
             if out is not None:
                 # every report file keeps a temporary name until all are written (report.staged)
-                stack.enter_context(report.staged(out, own=ALL_FILES))
+                # index.csv: a many-input run's index, stale once this single report replaces its index.html
+                stack.enter_context(report.staged(out, own=(*ALL_FILES, "index.csv")))
                 if write_video:
                     stores["pixel"] = MapStore(out / ".pixel_loss_maps.u8")
                     stores["guided"] = MapStore(out / ".guided_backprop_maps.u8")

@@ -233,6 +233,16 @@ def test_one_input_is_a_single_report_as_before(videos, tiny_weights, tmp_path):
         assert "Results written to" in result.stdout.strip().splitlines()[-1]
 
 
+def test_a_single_report_over_a_many_input_run_leaves_no_stale_index(videos, tiny_weights, tmp_path):
+    out = tmp_path / "out"
+    assert run(videos / "2.mp4", videos / "10.mp4", "--out", out, "--weights", tiny_weights, "--no-video").exit_code == 0
+    assert (out / "index.csv").exists()
+    assert run(videos / "2.mp4", "--out", out, "--weights", tiny_weights, "--no-video", "--overwrite").exit_code == 0
+    assert not (out / "index.csv").exists()  # index.html is now the single report's; no index points elsewhere
+    assert sorted(p.name for p in out.iterdir()) == sorted([*REPORT_FILES, "2", "10"])
+    assert_report(out / "2")  # the earlier run's per-input folders are left as they were
+
+
 def test_which_arguments_make_a_batch(videos, tmp_path):
     (tmp_path / "empty").mkdir()
     assert not is_batch([videos / "2.mp4"]) and not is_batch([videos / "11"])
