@@ -538,7 +538,8 @@ def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event, ini
     rank.barrier()
     if not rank.main:
         clips = load_clips(opts.data, config.image_size, ckpt_dir / "frames", decode=False)
-    train_clips, val_clips = split_validation(clips, opts.val_clips)
+    # a recalibration (see _finish) scores whole clips: no tail is cut off for validation
+    train_clips, val_clips = split_validation(clips, 0 if _recalibration(opts) else opts.val_clips)
     sources = {"train": [c.source for c in train_clips], "val": [c.source for c in val_clips]}
     if "clips" in progress and progress["clips"] != sources:
         raise TrainingError(
@@ -717,6 +718,11 @@ def _end_of_epoch(opts, progress, phase, generator, discriminator, val_clips, de
     emit("epoch_end", phase=phase, epoch=progress["epoch"], val_pixel=val_pixel, val_d=val_d, selected=selected)
 
 
+def _recalibration(opts: TrainOptions) -> bool:
+    """--init with zero epochs of either phase: new calibration for unchanged networks."""
+    return opts.init is not None and opts.pretrain_epochs == 0 and opts.epochs == 0
+
+
 RECALIBRATION = "recalibration: every window of the footage (--init weights, no epoch trained in this run)"
 
 
@@ -731,8 +737,7 @@ def _finish(opts, progress, generator, discriminator, config, train_clips, val_c
     if best_path.exists():
         best = load_weights(best_path).to(device)
         generator, discriminator = best.generator, best.discriminator
-    if opts.init is not None and opts.pretrain_epochs == 0 and opts.epochs == 0:
-        # a recalibration: nothing was trained here, so every window is footage the networks never fitted
+    if _recalibration(opts):  # nothing was trained here: every window is footage the networks never fitted
         calib_clips, calib_source = train_clips + val_clips, RECALIBRATION
     elif len(WindowSet(val_clips)) >= 2:
         calib_clips, calib_source = val_clips, "validation"

@@ -626,7 +626,7 @@ def test_pixel_term_is_the_l2_norm_or_the_mse_by_hand():
     assert torch.equal(perfect.grad, torch.zeros_like(target))
 
 
-def test_recalibration_scores_every_window_of_new_footage(data3, videos, tmp_path):
+def test_recalibration_scores_every_window_of_new_footage(data3, videos, folder44, tmp_path):
     """--init with zero epochs: the README's "Calibrate on your camera". Nothing is trained, every
     window counts, the threshold is the one detect's own scores of that footage give."""
     from stan_cli import scoring
@@ -639,6 +639,10 @@ def test_recalibration_scores_every_window_of_new_footage(data3, videos, tmp_pat
     train(options(cam, out, pretrain_epochs=0, epochs=0, init=first, val_clips=2), events)
     cal = load_weights(out).calibration
     assert cal["source"].startswith("recalibration") and cal["n_windows"] == 2 * 20
+    # one long clip is scored whole: no validation tail cut off (which would lose the windows across the cut)
+    whole = tmp_path / "whole.safetensors"
+    train(options(folder44.parent, whole, pretrain_epochs=0, epochs=0, init=first, val_clips=2))
+    assert load_weights(whole).calibration["n_windows"] == 44 - 10
     assert events.of("warning") == []  # not in-sample: these networks never saw this footage
     runs = [detect(cam / name, weights=out, write_video=False, device="cpu") for name in ("a.mp4", "b.mp4")]
     assert runs[0].threshold_source == "calibration (1.0% false alarms on normal footage)"
