@@ -348,7 +348,7 @@ def train(
                 f"-log D {info['val_d']:.4g}{mark}"
             )
         elif kind == "calibrate":
-            progress.console.print(f"calibrating on {info['windows']} {info['source']} windows")
+            progress.console.print(f"calibrating on {info['windows']} windows ({escape(info['source'])})", highlight=False)
 
     try:
         with progress:
