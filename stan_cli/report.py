@@ -570,7 +570,8 @@ def write_index_html(
 
     summary keys used when present: input, frames, fps, size (or width + height), duration_s,
     device, weights, weights_sha256, threshold, threshold_source, score_kind, scored_frames,
-    abnormal_frames, warnings (a list of strings, shown above the facts). Segment times come from `time_s` if given, else frame / fps. Every string
+    abnormal_frames, warnings (a list of strings, shown above the facts). Segment times come
+    from `time_s` if given, else frame / fps. Every string
     is HTML-escaped, since file names are the user's and may contain anything.
     """
     name = Path(str(summary.get("input", "video"))).name

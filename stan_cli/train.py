@@ -32,7 +32,6 @@ and the decoded frame cache. All writes are a temp file then a rename.
 from __future__ import annotations
 
 import csv
-import math
 import fcntl
 import os
 import platform
@@ -294,7 +293,7 @@ def _validate(opts: TrainOptions) -> None:
         raise TrainingError(f"--false-alarm-rate {opts.false_alarm_rate}: must be between 0 and 1 (0.01 = 1 %).")
     if opts.pixel_norm not in PIXEL_NORMS:
         raise TrainingError(f"--pixel-norm {opts.pixel_norm}: unknown. Use one of {', '.join(PIXEL_NORMS)}.")
-    if opts.pretrain_epochs == 0 and opts.epochs == 0 and opts.init is None and not opts.resume:
+    if opts.pretrain_epochs == 0 and opts.epochs == 0 and not _recalibration(opts) and not opts.resume:
         raise TrainingError(
             "--pretrain-epochs 0 and --epochs 0 train nothing: the output would be random networks. "
             "Ask for at least one epoch (or add --init FILE to recalibrate existing weights on this footage)."
@@ -726,13 +725,6 @@ def _recalibration(opts: TrainOptions) -> bool:
 RECALIBRATION = "recalibration: every window of the footage (--init weights, no epoch trained in this run)"
 
 
-def _finite_or_none(entry: dict | None) -> dict | None:
-    """NaN (no validation data) as None: metadata stays plain JSON."""
-    if entry is None:
-        return None
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in entry.items()}
-
-
 def _finish(opts, progress, generator, discriminator, config, train_clips, val_clips, device, best_path, warnings, emit):
     if best_path.exists():
         best = load_weights(best_path).to(device)
@@ -769,7 +761,7 @@ def _finish(opts, progress, generator, discriminator, config, train_clips, val_c
         "steps": progress["step"],
         "options": {k: getattr(opts, k) for k in TrainOptions.RUN_KEYS} | {"precision": opts.precision},
         "selection_rule": SELECTION_RULE,
-        "selected": _finite_or_none(progress.get("best")),
+        "selected": progress.get("best"),
         "init": progress.get("init"),
         "wall_s": round(progress["wall_s"], 1),
         "machine": {

@@ -23,6 +23,7 @@ from torch import nn
 
 from .errors import WeightsError
 from .model import Discriminator, Generator, StanConfig
+from .report import sanitize_json
 
 FORMAT = "stan-weights"
 FORMAT_VERSION = 1
@@ -123,10 +124,10 @@ def save_weights(
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "config": json.dumps(config.to_dict()),
-        "training": json.dumps(training or {}),
+        "training": json.dumps(sanitize_json(training or {})),  # plain JSON: NaN (no validation) as null
     }
     if calibration is not None:
-        metadata["calibration"] = json.dumps(calibration)
+        metadata["calibration"] = json.dumps(sanitize_json(calibration))
     _atomic_save(model_tensors(generator, discriminator), metadata, path)
 
 
