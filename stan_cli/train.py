@@ -55,7 +55,7 @@ from .errors import InputError, OutputError, TrainingError
 from .inference import PRECISIONS, autocast, precision_warning, resolve_device, score_windows
 from .model import PRESETS, WINDOW, Discriminator, Generator, d_loss_map, pixel_loss, split_window, with_middle
 from .video import is_frame_folder
-from .weights import Stan, load_checkpoint, load_weights, save_checkpoint, save_weights
+from .weights import Stan, file_sha256, load_checkpoint, load_weights, save_checkpoint, save_weights
 from .windows import to_tensor
 
 SELECTION_RULE = (
@@ -451,6 +451,17 @@ def _load_init(opts: TrainOptions) -> Stan | None:
     return stan
 
 
+def _init_record(init: dict | None) -> dict | None:
+    """The --init record for the weights' metadata. Checkpoints written before the init file's own
+    history was kept get it here, read from that file if it is still there, unchanged (same hash)."""
+    if init is None or "training" in init:
+        return init
+    path = Path(init["file"])
+    if path.is_file() and file_sha256(path) == init["sha256"]:
+        return init | {"training": load_weights(path).training}
+    return init
+
+
 def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event, init: Stan | None) -> TrainResult | None:
     ckpt_dir = opts.ckpt_dir
     last_path, best_path = ckpt_dir / "last.safetensors", ckpt_dir / "best.safetensors"
@@ -498,7 +509,14 @@ def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event, ini
     else:
         progress = {"phase": "pretrain", "epoch": 0, "batch": 0, "step": 0, "wall_s": 0.0, "best": None}
         if init is not None:
-            progress["init"] = {"file": str(opts.init), "sha256": init.sha256, "reset_discriminator": opts.reset_discriminator}
+            # The init file's own history travels with the run: the file itself may be replaced later
+            # (as when a continuation becomes the shipped weights), leaving its hash pointing nowhere.
+            progress["init"] = {
+                "file": str(opts.init),
+                "sha256": init.sha256,
+                "reset_discriminator": opts.reset_discriminator,
+                "training": init.training,
+            }
     progress.update(
         options={k: getattr(opts, k) for k in TrainOptions.RUN_KEYS},
         pretrain_epochs=opts.pretrain_epochs,
@@ -762,7 +780,7 @@ def _finish(opts, progress, generator, discriminator, config, train_clips, val_c
         "options": {k: getattr(opts, k) for k in TrainOptions.RUN_KEYS} | {"precision": opts.precision},
         "selection_rule": SELECTION_RULE,
         "selected": progress.get("best"),
-        "init": progress.get("init"),
+        "init": _init_record(progress.get("init")),
         "wall_s": round(progress["wall_s"], 1),
         "machine": {
             "platform": platform.platform(),

@@ -31,7 +31,7 @@ from stan_cli import cli
 from stan_cli.detect import detect
 from stan_cli.errors import InputError, OutputError, StanError, TrainingError
 from stan_cli.model import TINY, Discriminator, Generator
-from stan_cli.train import SELECTION_RULE, TrainOptions, train
+from stan_cli.train import SELECTION_RULE, TrainOptions, _init_record, train
 from stan_cli.weights import load_checkpoint, load_weights, read_checkpoint_progress
 
 NORMAL = range(0)  # make_clip without the bright square: normal footage
@@ -666,8 +666,20 @@ def test_init_starts_a_new_run_from_existing_weights(data3, tmp_path):
         assert torch.equal(tensor, after.generator.state_dict()[name]), name
     for name, tensor in before.discriminator.state_dict().items():
         assert torch.equal(tensor, after.discriminator.state_dict()[name]), name
-    assert after.training["init"] == {"file": str(first), "sha256": before.sha256, "reset_discriminator": False}
+    init = after.training["init"]
+    assert {k: init[k] for k in ("file", "sha256", "reset_discriminator")} == {
+        "file": str(first),
+        "sha256": before.sha256,
+        "reset_discriminator": False,
+    }
+    # The init file's own history is kept, so the chain survives that file being replaced.
+    assert init["training"] == before.training
     assert after.training["options"]["pixel_norm"] == "l2"
+    # A record from an older checkpoint (no history) is completed from the file while its hash still matches.
+    bare = {k: init[k] for k in ("file", "sha256", "reset_discriminator")}
+    assert _init_record(bare)["training"] == before.training
+    assert _init_record(bare | {"sha256": "0" * 64}) == bare | {"sha256": "0" * 64}
+    assert _init_record(None) is None
 
     # One adversarial epoch from it trains on and moves both networks.
     third = tmp_path / "third.safetensors"
