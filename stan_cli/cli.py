@@ -30,7 +30,7 @@ err = Console(stderr=True)
 
 # Options shared by several commands, declared once.
 FLAG = ""  # metavar of on/off flags: some typer versions show "<bool>", and users then type a value
-WeightsOption = Annotated[Optional[Path], typer.Option(help="Weights file \\[default: the shipped weights/].")]
+WeightsOption = Annotated[Optional[Path], typer.Option(help="Weights file \\[default: $STAN_WEIGHTS, else the shipped weights/stan-ped2.safetensors].")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", metavar=FLAG, help="Write into a folder that already holds files.", rich_help_panel="Output")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.", rich_help_panel="Machine")]
 BatchSizeOption = Annotated[int, typer.Option(help="Windows per forward pass.", rich_help_panel="Machine")]

@@ -14,6 +14,7 @@ has succeeded (report.staged): a failure half-way leaves the output folder as it
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable
@@ -104,16 +105,19 @@ THRESHOLD_RULES = ("calibrated", "clip")
 
 
 def parse_threshold(value: float | str | None) -> float | str | None:
-    """--threshold: a number, "calibrated" or "clip"; anything else is a user error."""
-    if value is None or isinstance(value, (int, float)):
+    """--threshold: a finite number, "calibrated" or "clip"; anything else is a user error."""
+    if value is None:
         return value
     text = str(value).strip().lower()
     if text in THRESHOLD_RULES:
         return text
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         raise StanError(f"--threshold {value}: not a number. Give a raw score such as 0.0015, 'calibrated' or 'clip'.") from None
+    if not math.isfinite(number):
+        raise StanError(f"--threshold {value}: not a finite number. Give a raw score such as 0.0015, 'calibrated' or 'clip'.")
+    return number
 
 
 def detect(
@@ -373,6 +377,11 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
     abnormal = scoring.flag(raw, thr)
     segments = scoring.find_segments(abnormal, raw, merge_gap=merge_gap, min_length=min_length)
     warnings = []
+    if model.training.get("untrained"):
+        warnings.append(
+            f"{model.path or 'weights'}: untrained placeholder weights (seeded random networks): the scores say nothing "
+            "about this footage. Pass --weights with a file stan train wrote, or restore weights/stan-ped2.safetensors."
+        )
     if thr_source.startswith("calibration"):
         mismatch = scoring.calibration_mismatch(raw, thr, calibration["kinds"][kind])
         if mismatch:

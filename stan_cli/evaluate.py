@@ -629,12 +629,14 @@ def _cell(x: float) -> str:
 
 def _write_results(out: Path, results: dict, scored: list[ClipScores], y: list[np.ndarray], curves: dict) -> None:
     """per_clip.csv, scores/<clip>.csv and roc.png (results.json is written last, by the caller)."""
-    rows = [PER_CLIP_HEADER] + [
-        f"{r['clip']},{r['frames']},{r['abnormal_frames']},{_cell(r['auc_g'])},{_cell(r['auc_d'])},{_cell(r['auc_gd'])}"
-        for r in results["per_clip"]
-    ]
-    report.atomic_write_bytes(out / "per_clip.csv", ("\n".join(rows) + "\n").encode())
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")  # quotes a clip name holding a comma or a quote
+    writer.writerow(PER_CLIP_HEADER.split(","))
+    for r in results["per_clip"]:
+        writer.writerow([r["clip"], r["frames"], r["abnormal_frames"], _cell(r["auc_g"]), _cell(r["auc_d"]), _cell(r["auc_gd"])])
+    report.atomic_write_bytes(out / "per_clip.csv", table.getvalue().encode())
     (out / SCORES_DIR).mkdir(exist_ok=True)
+    stale = set((out / SCORES_DIR).glob("*.csv"))  # an earlier run's clips, in a folder given with --overwrite
     with_masks = results["pixel_level"].get("available", False)
     for s, lab in zip(scored, y):
         crit = _critical(s, lab) if with_masks else np.full(len(lab), np.nan)
@@ -642,6 +644,9 @@ def _write_results(out: Path, results: dict, scored: list[ClipScores], y: list[n
             f"{t},{int(lab[t])},{_cell(s.pixel[t])},{_cell(s.d[t])},{_cell(crit[t])}" for t in range(len(lab))
         ]
         report.atomic_write_bytes(out / SCORES_DIR / f"{s.clip.name}.csv", ("\n".join(lines) + "\n").encode())
+        stale.discard(out / SCORES_DIR / f"{s.clip.name}.csv")
+    for path in stale:  # only once every new file is written: a failed run leaves the earlier files
+        report.remove_quietly(path)
     plot_roc(out / "roc.png", curves, results["frame_level"], results["clips"])
     results["files"] = [*RESULTS_FILES, f"{SCORES_DIR}/<clip>.csv"]
 

@@ -103,6 +103,15 @@ def test_threshold_rules_clip_and_calibrated(clip_video, tiny_weights_calibrated
     assert detect(clip_video, weights=tiny_weights_calibrated, threshold="0.5").threshold == 0.5
     with pytest.raises(StanError, match="--threshold lots: not a number"):
         detect(clip_video, weights=tiny_weights_calibrated, threshold="lots")
+    for bad in ("nan", "inf", float("nan")):  # would flag nothing (or everything) and store null
+        with pytest.raises(StanError, match="not a finite number"):
+            detect(clip_video, weights=tiny_weights_calibrated, threshold=bad)
+
+
+def test_untrained_placeholder_weights_are_named_in_a_warning(clip_video, tiny_weights):
+    result = detect(clip_video, weights=tiny_weights, score="g")
+    assert len(result.warnings) == 1 and "untrained placeholder weights" in result.warnings[0]
+    assert str(tiny_weights) in result.warnings[0]
 
 
 @pytest.mark.parametrize("level, warned", [(0.0, True), (1e6, False)])
@@ -116,7 +125,7 @@ def test_footage_unlike_the_calibration_is_warned_about(clip_video, tmp_path, le
 
     weights = tmp_path / "w.safetensors"
     rng = np.random.default_rng(0)
-    save_weights(weights, *tiny_models(), TINY, training={"untrained": True},
+    save_weights(weights, *tiny_models(), TINY, training={},
                  calibration=scoring.calibrate(level + 1e-6 * rng.random(50), level + 1e-6 * rng.random(50)))
     out = tmp_path / "r"
     result = detect(clip_video, out=out, weights=weights, score="g", write_video=False)

@@ -265,3 +265,14 @@ def test_a_failed_run_removes_the_folder_it_made_and_keeps_an_existing_one(ped2_
     with pytest.raises(exc if isinstance(exc, type) else type(exc)):
         evaluate(ped2_dir, out=existing, weights=tiny_weights, device="cpu", overwrite=True)
     assert (existing / "mine.txt").read_text() == "keep"
+
+
+def test_overwrite_replaces_an_earlier_runs_per_clip_scores(ped2_dir, tiny_weights, tmp_path):
+    out = tmp_path / "results"
+    (out / "scores").mkdir(parents=True)
+    (out / "scores" / "99.csv").write_text("an earlier run's clip\n")
+    (out / "notes.txt").write_text("mine")
+    evaluate(ped2_dir, out=out, weights=tiny_weights, device="cpu", overwrite=True)
+    clips = sorted(p.name for p in (ped2_dir / "frames").iterdir())
+    assert sorted(p.name for p in (out / "scores").iterdir()) == [f"{c}.csv" for c in clips]
+    assert (out / "notes.txt").read_text() == "mine"  # not the command's own file: kept

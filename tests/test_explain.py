@@ -131,6 +131,9 @@ def test_explain_verdict_follows_score_and_threshold_like_detect(clip_video, tin
     # without calibration: g with a number gives a verdict; gd has no lambda_s to weigh d with
     g = explain(clip_video, 12, weights=tiny_weights, score="g", threshold="0").values
     assert g["abnormal"] is True and "note" not in g
+    # from Python, a whole number is a threshold too (not silently the calibrated one)
+    whole = explain(clip_video, 12, weights=tiny_weights_calibrated, score="g", threshold=1000).values
+    assert whole["threshold"] == 1000.0 and whole["threshold_source"] == "--threshold" and whole["abnormal"] is False
     gd = explain(clip_video, 12, weights=tiny_weights, threshold="0").values
     assert gd["score_raw"] is None and gd["abnormal"] is None and "--score g or d" in gd["note"]
     with pytest.raises(StanError, match="--threshold clip needs the whole clip"):
