@@ -285,7 +285,7 @@ class _Index:
         self.out = out
         self.facts = {
             "stan_version": __version__,
-            "weights": {"file": str(model.path) if model.path else None, "sha256": model.sha256},
+            "weights": {"file": model.file, "sha256": model.sha256},
             "score_kind": score,
             "world_size": world.size,
         }

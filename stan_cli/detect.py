@@ -194,7 +194,7 @@ def _run(video, out, model, dev, fps, score, threshold, batch_size, precision, w
         result.summary["complete"] = False
     result.summary["warnings"] = result.warnings
     result.summary.update(
-        weights={"file": str(model.path) if model.path else None, "sha256": model.sha256, "config": model.config.to_dict()},
+        weights={"file": model.file, "sha256": model.sha256, "config": model.config.to_dict()},
         device=str(dev),
         precision=precision,
     )

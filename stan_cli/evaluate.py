@@ -510,7 +510,7 @@ def _evaluate(test_dir, out, clips, ranges, label_file, layout, with_masks, mode
         "unscored_frames": "the first and last 5 frames of each clip have no full 11-frame window; "
         "they are left out of every metric (their score cells are empty)",
         "weights": {
-            "file": str(model.path) if model.path else None,
+            "file": model.file,
             "sha256": model.sha256,
             "config": model.config.to_dict(),
             "training": model.training,

@@ -107,7 +107,7 @@ def _explain(model: Stan, dev, video: Path, info, window: list[np.ndarray], fram
     time_s, time_source = _frame_time(info, frame, fps)
     values = _values(model, frame, time_s, pixel_loss, d_loss, score, threshold)
     values["input"] = {"path": str(video), "width": w, "height": h, "fps": info.fps, "time_source": time_source}
-    values["weights"] = {"file": str(model.path) if model.path else None, "sha256": model.sha256}
+    values["weights"] = {"file": model.file, "sha256": model.sha256}
     return Explanation(frame, time_s, real, generated_u8, pixel_map, guided_map, pixel_loss, d_loss, values)
 
 

@@ -66,6 +66,17 @@ class Stan:
     path: Path | None = None
     sha256: str | None = None
 
+    @property
+    def file(self) -> str | None:
+        """The weights' path for reports: relative to the working folder when inside it (the shipped
+        weights from a checkout read as weights/..., not as the machine's absolute path)."""
+        if self.path is None:
+            return None
+        try:
+            return str(Path(self.path).resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            return str(self.path)
+
     def to(self, device: torch.device | str) -> "Stan":
         self.generator.to(device)
         self.discriminator.to(device)

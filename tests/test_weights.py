@@ -426,3 +426,13 @@ def test_installed_weights_folder_is_searched(monkeypatch, tmp_path):
     share.mkdir(parents=True)
     (share / DEFAULT_WEIGHTS_NAMES[-1]).write_bytes(b"x")
     assert find_default_weights() == share / DEFAULT_WEIGHTS_NAMES[-1]
+
+
+def test_reports_name_weights_relative_to_the_working_folder(tiny_weights, tmp_path, monkeypatch):
+    stan = load_weights(tiny_weights)
+    monkeypatch.chdir(tiny_weights.parent)
+    assert stan.file == tiny_weights.name  # a checkout's weights/... rather than the machine's absolute path
+    monkeypatch.chdir(tmp_path)  # a folder the weights are not in: the path as it was given
+    assert stan.file == str(tiny_weights)
+    stan.path = None
+    assert stan.file is None
