@@ -662,11 +662,12 @@ def test_truncated_video_is_scored_warned_and_marked_incomplete(tmp_path, tiny_w
     out = tmp_path / "r"
     result = run("detect", cut, "--out", out, "--weights", tiny_weights, "--no-video")
     assert result.exit_code == 0, result.output
-    warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning:")]
+    # (the tiny test weights are untrained: detect says so in a warning of its own)
+    warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning:") and "untrained" not in ln]
     assert len(warnings) == 1 and "cut.mkv" in warnings[0] and "truncated" in warnings[0]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] is False and 11 <= summary["input"]["frames"] < 40
-    assert summary["warnings"] and "truncated" in summary["warnings"][0]
+    assert [w for w in summary["warnings"] if "truncated" in w]
 
 
 def test_too_short_clip_from_the_cli(tmp_path, tiny_weights):
