@@ -12,5 +12,6 @@ RUN=${RUN:-$HOME/stan-runs/g-cont}
 INIT=${INIT:-weights/stan-ped2.safetensors}
 DATA=${DATA:-../shared/data/ped2/training/frames}
 mkdir -p "$RUN"
+command -v stan > /dev/null || . .venv/bin/activate  # the README's install, when not active
 exec stan train "$DATA" --init "$INIT" --epochs 0 --val-clips 2 --seed 0 \
   --checkpoint-every 50 --out "$RUN/stan-ped2-gcont.safetensors" "$@"
