@@ -379,7 +379,7 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
     warnings = []
     if model.training.get("untrained"):
         warnings.append(
-            f"{model.path or 'weights'}: untrained placeholder weights (seeded random networks): the scores say nothing "
+            f"{model.file or 'weights'}: untrained placeholder weights (seeded random networks): the scores say nothing "
             "about this footage. Pass --weights with a file stan train wrote, or restore weights/stan-ped2.safetensors."
         )
     if thr_source.startswith("calibration"):

@@ -163,8 +163,8 @@ def _values(model: Stan, frame: int, time_s: float, pixel_loss: float, d_loss: f
     raw = None
     if score != "gd" or lam is not None:
         raw = float(scoring.raw_score(np.array([pixel_loss]), np.array([d_loss]), score, lam or 0.0)[0])
-    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
-        thr, source = float(threshold), "--threshold"
+    if isinstance(threshold, float):  # parse_threshold made every number a float
+        thr, source = threshold, "--threshold"
     elif cal is not None:
         thr, source = float(cal["kinds"][score]["threshold"]), "calibration"
     else:
