@@ -208,7 +208,7 @@ def detect_many(
     if own_group:
         dist.init_process_group("gloo", timeout=GATHER_TIMEOUT)
     try:
-        created = _prepare(out, overwrite, world)
+        created = _prepare(out, overwrite, world, paths)
         index = _Index(out, model, detect_kwargs.get("score", "gd"), world) if world.rank == 0 else None
         try:
             for entry in entries[world.rank :: world.size]:
@@ -231,7 +231,7 @@ def detect_many(
     return BatchResult(out, entries, out / "index.html" if index is not None else None)
 
 
-def _prepare(out: Path, overwrite: bool, world: World) -> bool:
+def _prepare(out: Path, overwrite: bool, world: World, inputs: list[Path]) -> bool:
     """detect's rule for OUT, applied once by rank 0; every rank raises its refusal alike.
 
     Nothing is removed up front: the index files are replaced atomically when the index is
@@ -239,11 +239,11 @@ def _prepare(out: Path, overwrite: bool, world: World) -> bool:
     Returns True on the rank that created OUT.
     """
     if world.size == 1:
-        return prepare_output(out, overwrite)
+        return prepare_output(out, overwrite, inputs)
     created, message = False, [None]
     if world.rank == 0:
         try:
-            created = prepare_output(out, overwrite)
+            created = prepare_output(out, overwrite, inputs)
         except OutputError as err:
             message = [str(err)]
     dist.broadcast_object_list(message, src=0)  # no rank writes a report before OUT is accepted

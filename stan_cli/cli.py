@@ -1,11 +1,13 @@
 """The `stan` command: parse, call one API function, show progress and a summary, map errors.
 
-Exit codes: 0 success, 1 a problem with the user's input/weights/output (one red line on
-stderr, no traceback), 2 usage errors (Typer's own), 130 interrupted by Ctrl-C.
+Exit codes: 0 success, 1 a problem with the user's input/weights/output or an option's value
+(one red line on stderr, no traceback), 2 a command line Typer cannot parse (an unknown option,
+a value of the wrong type), 130 interrupted (Ctrl-C, SIGTERM, SIGHUP).
 """
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -24,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 out = Console()
 err = Console(stderr=True)
@@ -119,13 +122,13 @@ def _progress() -> Progress:
 
 @app.command()
 def detect(
-    videos: Annotated[list[Path], typer.Argument(help="Video file (any format ffmpeg reads) or a folder of frames. Several, or a folder of videos or of clip folders: a report each, and an index.")],
+    videos: Annotated[list[Path], typer.Argument(metavar="VIDEO", help="Video file (any format ffmpeg reads) or a folder of frames. Several, or a folder of videos or of clip folders: a report each, and an index.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder to write (several inputs: a subfolder each, and index.html).")] = Path("report"),
     weights: WeightsOption = None,
-    score: Annotated[str, typer.Option(help="Score that flags frames: g (generator), d (discriminator), gd (both).", rich_help_panel="Flags")] = "gd",
-    threshold: Annotated[Optional[str], typer.Option(help="Flag frames whose raw score exceeds this: a number, 'calibrated' (the weights' calibration on normal footage) or 'clip' (median + 3 MAD of this clip, when calibration does not transfer to this footage).", rich_help_panel="Flags", show_default="calibrated")] = None,
-    merge_gap: Annotated[int, typer.Option(help="Merge flagged runs separated by at most this many frames.", rich_help_panel="Flags")] = 10,
-    min_length: Annotated[int, typer.Option(help="Drop segments shorter than this many frames.", rich_help_panel="Flags")] = 5,
+    score: Annotated[str, typer.Option(help="Score that flags frames: g (generator), d (discriminator), gd (both).", rich_help_panel="Flagging")] = "gd",
+    threshold: Annotated[Optional[str], typer.Option(help="Flag frames whose raw score exceeds this: a number, 'calibrated' (the weights' calibration on normal footage) or 'clip' (median + 3 x 1.4826 x MAD of this clip, when the calibration does not transfer to this footage).", rich_help_panel="Flagging", show_default="calibrated")] = None,
+    merge_gap: Annotated[int, typer.Option(help="Merge flagged runs separated by at most this many frames.", rich_help_panel="Flagging")] = 10,
+    min_length: Annotated[int, typer.Option(help="Drop segments shorter than this many frames.", rich_help_panel="Flagging")] = 5,
     no_video: Annotated[bool, typer.Option("--no-video", metavar=FLAG, help="Skip the overlay videos (faster, for batch scoring).", rich_help_panel="Output")] = False,
     overwrite: OverwriteOption = False,
     fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder \\[default: 25] (or override a video's).", rich_help_panel="Output")] = None,
@@ -164,6 +167,8 @@ def detect(
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         raise typer.Exit(130)
+    from .report import no_segments_note
+
     for message in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
     s = result.summary
@@ -177,7 +182,7 @@ def detect(
     if len(s["segments"]) > 10:
         table.add_row("", f"... {len(s['segments']) - 10} more in segments.csv")
     if not s["segments"]:
-        table.add_row("segments", "none flagged")
+        table.add_row("segments", no_segments_note(s["abnormal_frames"], s["segment_rules"]["min_length_frames"]))
     t = s["timings"]
     table.add_row("time", f"{t['total_s']:.1f} s ({t['scoring_s']:.1f} s scoring, {result.n_frames / max(t['scoring_s'], 1e-9):.1f} frames/s)")
     out.print(table)
@@ -189,21 +194,24 @@ class _StageBars:
 
     def __init__(self, progress: Progress, prefix: str = "") -> None:
         self.progress, self.prefix = progress, prefix
-        self.tasks: dict[str, tuple[int, float]] = {}  # stage -> (task id, start time)
+        self.tasks: dict[str, tuple[int, float, int]] = {}  # stage -> (task id, first report's time, its count)
 
     def __call__(self, stage: str, done: int, total: int | None) -> None:
         import time
 
+        now = time.perf_counter()
         if stage not in self.tasks:
             label = {"score": "scoring", "overlay": "overlay video"}[stage]
-            self.tasks[stage] = (self.progress.add_task(self.prefix + label, total=total, info=""), time.perf_counter())
-        task, started = self.tasks[stage]
-        rate = done / max(time.perf_counter() - started, 1e-9)
-        self.progress.update(task, completed=done, total=total if total and total >= done else None, info=f"{rate:.1f} frames/s")
+            self.tasks[stage] = (self.progress.add_task(self.prefix + label, total=total, info=""), now, done)
+        task, started, done0 = self.tasks[stage]
+        # The first report may already count a whole batch: the rate is measured from it on, and
+        # only once enough time has passed for the number to mean something.
+        info = f"{(done - done0) / (now - started):.1f} frames/s" if now - started >= 0.5 else ""
+        self.progress.update(task, completed=done, total=total if total and total >= done else None, info=info)
 
     def restart(self, prefix: str) -> None:
         """Drop the finished input's bars; the next input's bars are labelled with `prefix`."""
-        for task, _ in self.tasks.values():
+        for task, *_ in self.tasks.values():
             self.progress.remove_task(task)
         self.tasks.clear()
         self.prefix = prefix
@@ -256,7 +264,8 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
         raise typer.Exit(130)
     if result.index is None:  # another rank of a torchrun job: rank 0 reports
         return
-    table = Table(title=f"stan detect: {len(result.entries)} inputs")
+    n = len(result.entries)
+    table = Table(title=f"stan detect: {n} input{'' if n == 1 else 's'}")
     for column in ("#", "report", "frames", "duration", "segments", "peak / threshold", "status"):
         table.add_column(column, justify="right" if column in ("#", "frames", "duration", "segments") else "left")
     for e in result.entries:
@@ -282,7 +291,7 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Argument(help="Normal footage: a frame folder, a folder of clip folders, or of videos.")],
+    data: Annotated[Path, typer.Argument(metavar="FOOTAGE", help="Normal footage: a frame folder, a folder of clip folders, or of videos.")],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Weights file to write.")] = Path("model.safetensors"),
     pretrain_epochs: Annotated[Optional[int], typer.Option(help="Epochs of the generator alone on the pixel loss \\[default: 10; on --resume the run's own].", rich_help_panel="Recipe", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Adversarial epochs, generator and discriminator alternately \\[default: 20; on --resume the run's own].", rich_help_panel="Recipe", show_default=False)] = None,
@@ -328,8 +337,9 @@ def train(
                 progress.remove_task(task["id"])
                 task["id"] = None
             progress.console.print(
-                f"{info['clips']} clips: {info['train_windows']} training windows from {info['train_clips']} clips, "
-                f"{info['val_windows']} validation windows from {info['val_clips']}"
+                f"{_count(info['clips'], 'clip')}: {_count(info['train_windows'], 'training window')} "
+                f"from {_count(info['train_clips'], 'clip')}, {_count(info['val_windows'], 'validation window')} "
+                f"from {_count(info['val_clips'], 'clip')}"
                 + (f", {info['skipped']} skipped" if info["skipped"] else "")
             )
         elif kind == "epoch_start":
@@ -360,8 +370,11 @@ def train(
         fail(str(e))
     except OSError as e:  # the system refused a read or write nobody turned into a StanError
         fail(os_error_message(e))
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]: continue from the last checkpoint with --resume")
+    except KeyboardInterrupt:  # before the run's own Ctrl-C handling began (reading the footage) or after it ended
+        if (opts.ckpt_dir / "last.safetensors").exists():
+            err.print("[yellow]interrupted[/]: continue from the last checkpoint with --resume")
+        else:
+            err.print("[yellow]interrupted[/] before the first checkpoint: run the same command again to start")
         raise typer.Exit(130)
     if result is None:  # a non-zero rank of a distributed run
         return
@@ -369,13 +382,20 @@ def train(
     table.add_row("weights", str(result.out))
     sel = result.selected
     if sel:
-        table.add_row("selected", f"{sel.get('phase')} epoch {sel.get('epoch')} (step {sel.get('step')}), val pixel {sel.get('val_pixel')}")
+        val = sel.get("val_pixel")
+        val_text = f"val pixel {val:.4g}" if val is not None and val == val else "no validation windows"  # NaN: none
+        table.add_row("selected", f"{sel.get('phase')} epoch {sel.get('epoch')} (step {sel.get('step')}), {val_text}")
     table.add_row("lambda_s", f"{result.calibration['lambda_s']:.4g}")
     table.add_row("threshold (gd)", f"{result.calibration['kinds']['gd']['threshold']:.5g} at {result.calibration['false_alarm_rate']:.1%} false alarms")
     table.add_row("steps / wall time", f"{result.steps} / {result.wall_s / 60:.1f} min")
-    table.add_row("loss log / plot", f"{result.log} / {result.plot}")
+    if written := [str(p) for p in (result.log, result.plot) if p is not None]:  # a recalibration writes neither
+        table.add_row("loss log / plot", " / ".join(written))
     out.print(table)
     out.print(f"Weights written to [bold]{escape(str(result.out))}[/]", soft_wrap=True, highlight=False)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # ------------------------------------------------------------------------------------------- eval
@@ -383,7 +403,7 @@ def train(
 
 @app.command("eval")
 def eval_(
-    test_dir: Annotated[Path, typer.Argument(help="Test folder: frames/<clip>/ + labels (*.m, *.mat, labels.json/csv) + optional masks/<clip>/, or videos + labels.")],
+    test_dir: Annotated[Path, typer.Argument(metavar="TEST_DIR", help="Test folder: frames/<clip>/ + labels (*.m, *.mat, labels.json/csv) + optional masks/<clip>/, or videos + labels.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Results folder to write.")],
     weights: WeightsOption = None,
     labels: Annotated[Optional[Path], typer.Option(help="Labels file: MATLAB .m/.mat (1-based, clip order), JSON {clip: [[start, end]]} or CSV clip,start,end (0-based; a clip with no abnormal frame: clip,,) \\[default: found in TEST_DIR].")] = None,
@@ -467,12 +487,12 @@ def eval_(
 
 @app.command()
 def explain(
-    video: Annotated[Path, typer.Argument(help="Video file or frame folder.")],
+    video: Annotated[Path, typer.Argument(metavar="VIDEO", help="Video file or frame folder.")],
     frame: Annotated[int, typer.Option(help="0-based frame index to explain (needs 5 frames on each side).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the panel and maps to.")] = Path("explain"),
     weights: WeightsOption = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder \\[default: 25].")] = None,
+    fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder \\[default: 25] (or override a video's).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", metavar=FLAG, help="Write into a folder that already holds files.")] = False,
     score: Annotated[str, typer.Option(help="Score for the verdict, as in detect: g, d or gd.")] = "gd",
     threshold: Annotated[Optional[str], typer.Option(help="Threshold for the verdict, as in detect: a number or 'calibrated'.", show_default="calibrated")] = None,
@@ -506,5 +526,24 @@ def explain(
     out.print(f"Results written to [bold]{escape(str(out_dir))}[/] (panel.png, maps as .npy)", soft_wrap=True, highlight=False)
 
 
-if __name__ == "__main__":  # pragma: no cover
+def _stop_like_ctrl_c(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_termination() -> None:
+    """SIGTERM (kill, timeout, docker stop) and SIGHUP (a closed terminal) stop a command the way
+    Ctrl-C does: temporary files are removed, earlier reports stay as they were, exit code 130.
+    Without this Python would die on the spot and leave its hidden temporaries behind."""
+    for name in ("SIGTERM", "SIGHUP"):  # SIGHUP does not exist on Windows
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _stop_like_ctrl_c)
+
+
+def run() -> None:
+    """The `stan` console script: `app` with termination signals handled."""
+    stop_on_termination()
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

@@ -157,7 +157,7 @@ def load_clips(
             continue
         frames = np.load(target, mmap_mode="r")
         if len(frames) < WINDOW:
-            warn(f"skipped {print_name}: {len(frames)} frames, fewer than one {WINDOW}-frame window")
+            warn(f"skipped {print_name}: {len(frames)} frame{'' if len(frames) == 1 else 's'}, fewer than one {WINDOW}-frame window")
             skipped.append(print_name)
             continue
         clips.append(Clip(source.name, print_name, frames))

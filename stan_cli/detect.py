@@ -17,7 +17,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,15 +72,37 @@ class DetectResult:
         return len(self.time_s)
 
 
-def prepare_output(out: Path, overwrite: bool) -> bool:
-    """Refuse a file, or a folder that already holds files, unless overwrite is asked for.
+def calibration_label(calibration: dict) -> str:
+    """Where a calibrated threshold comes from, in words: what share of which windows exceed it.
 
-    Nothing in the folder is removed here: each command replaces its own earlier outputs only
-    when its new ones are complete (report.staged, atomic writes), so a run that fails leaves
-    them. Returns True when the folder was created here (the caller removes it again on failure).
+    It promises only what was measured: the share of the calibration windows above it, not a
+    false-alarm rate on other footage (busier scenes score higher everywhere).
+    """
+    share, n = calibration["false_alarm_rate"], calibration.get("n_windows")
+    clips = calibration.get("clips") or []
+    of = f"{n:,} windows" if n else "the windows"
+    if clips:
+        of += f" of {len(clips)} clip{'s' if len(clips) != 1 else ''}"
+    source = str(calibration.get("source", "validation"))
+    if source.startswith("training"):
+        return f"calibration on the training footage itself: exceeded by {share:.1%} of its {of} (in-sample, so optimistic)"
+    kind = "held-out normal" if source.startswith("validation") else "normal"
+    return f"calibration: exceeded by {share:.1%} of {of.replace('windows', kind + ' windows', 1)}"
+
+
+def prepare_output(out: Path, overwrite: bool, inputs: Iterable[Path] = ()) -> bool:
+    """Refuse a file, an input folder, or a folder that already holds files unless overwrite is asked for.
+
+    An input folder (of frames, clips or a test set) is refused even with overwrite: the report
+    would mix its files with the user's and break the folder for the next run. Nothing in the
+    folder is removed here: each command replaces its own earlier outputs only when its new ones
+    are complete (report.staged, atomic writes), so a run that fails leaves them. Returns True
+    when the folder was created here (the caller removes it again on failure).
     """
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: is a file, not a folder. Choose a folder name for --out.")
+    if out.is_dir() and any(Path(src).is_dir() and os.path.samefile(src, out) for src in inputs):
+        raise OutputError(f"{out}: is the input folder itself; the report would mix with your files there. Choose another --out.")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise OutputError(f"{out}: folder already holds files. Choose an empty or new folder, or add --overwrite.")
     created = not out.exists()
@@ -104,19 +126,24 @@ def remove_if_empty(out: Path) -> None:
 THRESHOLD_RULES = ("calibrated", "clip")
 
 
-def parse_threshold(value: float | str | None) -> float | str | None:
-    """--threshold: a finite number, "calibrated" or "clip"; anything else is a user error."""
+def parse_threshold(value: float | str | None, rules: tuple[str, ...] = THRESHOLD_RULES) -> float | str | None:
+    """--threshold: a finite number or one of `rules` ("calibrated", "clip"); anything else is a user error.
+
+    A command that takes fewer rules (explain has no whole clip for "clip") passes its own, so
+    the error suggests only what that command accepts.
+    """
     if value is None:
         return value
     text = str(value).strip().lower()
     if text in THRESHOLD_RULES:
         return text
+    words = " or ".join([", ".join(["a raw score such as 0.0015", *(f"'{r}'" for r in rules[:-1])]), f"'{rules[-1]}'"])
     try:
         number = float(text)
     except ValueError:
-        raise StanError(f"--threshold {value}: not a number. Give a raw score such as 0.0015, 'calibrated' or 'clip'.") from None
+        raise StanError(f"--threshold {value}: not a number. Give {words}.") from None
     if not math.isfinite(number):
-        raise StanError(f"--threshold {value}: not a finite number. Give a raw score such as 0.0015, 'calibrated' or 'clip'.")
+        raise StanError(f"--threshold {value}: not a finite number. Give {words}.")
     return number
 
 
@@ -153,7 +180,7 @@ def detect(
     if out is not None:
         out = Path(out)
         # nothing is removed up front: an earlier report is replaced only when this run succeeds
-        created = prepare_output(out, overwrite)
+        created = prepare_output(out, overwrite, inputs=(video,))
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -367,10 +394,7 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
         thr, thr_source = float(threshold), "--threshold"
     elif calibration is not None:
         thr = float(calibration["kinds"][kind]["threshold"])
-        thr_source = f"calibration ({calibration['false_alarm_rate']:.1%} false alarms on normal footage)"
-        if str(calibration.get("source", "validation")).startswith("training"):
-            thr_source = (f"calibration on the training footage itself ({calibration['false_alarm_rate']:.1%} false "
-                          "alarms there; in-sample, so optimistic)")
+        thr_source = calibration_label(calibration)
     else:
         thr = scoring.fallback_threshold(raw)
         thr_source = "fallback: median + 3 x 1.4826 x MAD of this clip (weights carry no calibration)"
@@ -516,6 +540,7 @@ def _write_report(out: Path, result: DetectResult) -> None:
         "device": s["device"], "weights": s["weights"]["file"], "weights_sha256": s["weights"]["sha256"],
         "threshold": s["threshold"], "threshold_source": s["threshold_source"], "score_kind": SCORE_KINDS[r.score_kind],
         "scored_frames": s["scored_frames"], "abnormal_frames": s["abnormal_frames"], "warnings": s["warnings"],
+        "min_length_frames": s["segment_rules"]["min_length_frames"],
     }
     videos = [(name, caption) for name, _, caption in OVERLAYS if name in r.files]
     report.write_index_html(out / "index.html", summary=facts, segments=r.segments, plot_name="scores.png", videos=videos, time_s=r.time_s)

@@ -470,7 +470,7 @@ def evaluate(
     created = False
     if out is not None:
         out = Path(out)
-        created = prepare_output(out, overwrite)
+        created = prepare_output(out, overwrite, inputs=(Path(test_dir),))
     try:
         return _evaluate(test_dir, out, clips, ranges, label_file, layout, with_masks, model, dev,
                          batch_size, precision, on_progress, t0)

@@ -4,6 +4,11 @@
 guided-backpropagation map of the discriminator with respect to the real input sequence
 (inference.guided_backprop says how guided backprop is done with ELU). Maps are brought to the
 input's own resolution; the raw maps are saved as float32 .npy files.
+
+The pixel-loss map here is the squared error (generated - real)^2, so that its mean is the
+frame's `pixel_loss` (the MSE in scores.csv) and the numbers add up. detect's overlay video shows
+its square root, |generated - real|, which spreads small errors over more of its one clip-wide
+colour scale; the two differ on purpose, and the labels say which is which.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ class Explanation:
     time_s: float
     real: np.ndarray  # (H, W, 3) uint8, the input frame
     generated: np.ndarray  # (H, W) uint8, the generator's prediction at the input's resolution
-    pixel_loss_map: np.ndarray  # (H, W) float32, squared error per pixel ([-1, 1] units)
+    pixel_loss_map: np.ndarray  # (H, W) float32, (generated - real)^2 per pixel ([-1, 1] units); mean ~ pixel_loss
     guided_backprop_map: np.ndarray  # (H, W) float32, |guided dD(S_t)/d input| summed over the window
     pixel_loss: float
     d_loss: float
@@ -62,7 +67,7 @@ def explain(
     video = Path(video)
     check_fps(fps)
     check_options(score=score, threshold=threshold)
-    threshold = parse_threshold(threshold)
+    threshold = parse_threshold(threshold, rules=("calibrated",))
     if threshold == "clip":
         raise StanError("--threshold clip needs the whole clip's scores: use stan detect --threshold clip, or give a number.")
     model = weights if isinstance(weights, Stan) else load_weights(Path(weights) if weights else find_default_weights())
@@ -74,7 +79,7 @@ def explain(
     created = False
     if out is not None:
         # nothing is removed up front: earlier files are replaced only when this run succeeds
-        created = prepare_output(out, overwrite)
+        created = prepare_output(out, overwrite, inputs=(video,))
     try:
         result = _explain(model, dev, video, info, window, frame, fps, score, threshold)
         if out is not None:
@@ -112,19 +117,32 @@ def _explain(model: Stan, dev, video: Path, info, window: list[np.ndarray], fram
 
 
 def _window_around(video: Path, frame: int, fps: float | None):
-    """Decode up to frame + 5 and keep the 11 frames around it; a clear error outside the range."""
-    info, frames = read_frames(video, fps=fps)
+    """Decode frames 0 to frame + 5 and keep the last 11; a clear error outside the range.
+
+    The stream is read to its end (read_frames stops it at frame + 5), never left early: only
+    then does video.py check that no image of a folder was skipped, which would shift every
+    later frame by one and explain a frame other than detect's frame `frame`.
+    """
+    last = frame + CONTEXT + 1 if frame >= CONTEXT else None  # a frame before 5: count the clip for the error
+    info, frames = read_frames(video, fps=fps, first=last)
     window: deque[np.ndarray] = deque(maxlen=WINDOW)
-    count = 0
     try:
         for image in frames:
-            count += 1
             window.append(image)
-            if frame >= CONTEXT and count == frame + CONTEXT + 1:
-                return info, list(window)
-        # the frame is out of range: `count` is now the clip's length
     finally:
         frames.close()
+    count = frames.count
+    if count == last:
+        return info, list(window)
+    # the frame is out of range: `count` is now the number of frames that decode
+    if not frames.complete:  # a video cut short: say so, and which frames it still has
+        ended = f"{video}: decoding ended after {count} of about {info.n_frames} frames; the file looks truncated or damaged"
+        if count < WINDOW:
+            raise InputError(f"{ended}, and STAN needs at least {WINDOW}. Use an undamaged copy of the file.")
+        raise InputError(
+            f"{ended}, so --frame {frame} has no full 11-frame window. The frames that can be explained are "
+            f"{CONTEXT} to {count - CONTEXT - 1} (0-based, as in stan detect's report); or use an undamaged copy."
+        )
     if count < WINDOW:
         raise InputError(f"{video}: only {count} frames; STAN needs at least {WINDOW}. Use a longer clip.")
     raise InputError(
@@ -213,13 +231,15 @@ def _panel(path: Path, r: Explanation) -> None:
     axes[0].set_title(f"(a) real frame {r.frame}")
     axes[1].imshow(r.generated, cmap="gray", vmin=0, vmax=255)
     axes[1].set_title("(b) generated frame")
-    for ax, data, title in (
-        (axes[2], r.pixel_loss_map, f"(c) pixel loss (mean {r.pixel_loss:.4g})"),
-        (axes[3], r.guided_backprop_map, f"(d) guided backprop, -log D = {r.d_loss:.3g}"),
+    for ax, data, title, label in (
+        (axes[2], r.pixel_loss_map, f"(c) squared error (generated - real)$^2$\nmean {r.pixel_loss:.4g} = pixel loss",
+         "squared error, [-1, 1] units"),
+        (axes[3], r.guided_backprop_map, f"(d) guided backprop of D\n-log D = {r.d_loss:.3g}",
+         "|guided gradient|, summed over 11 frames"),
     ):
         ax.imshow(grey, cmap="gray", vmin=0, vmax=255)
         im = ax.imshow(data, cmap="inferno", alpha=0.6)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=label)
         ax.set_title(title)
     for ax in axes:
         ax.axis("off")

@@ -521,9 +521,20 @@ def _segment_times(
     return None
 
 
-def _segments_table(segments: Sequence[Segment], times: np.ndarray | None) -> str:
+def no_segments_note(abnormal_frames: Any, min_length: Any) -> str:
+    """What an empty segment list means: nothing flagged, or flagged runs too short to keep."""
+    if isinstance(abnormal_frames, int) and abnormal_frames > 0:
+        frames = "1 flagged frame" if abnormal_frames == 1 else f"{abnormal_frames} flagged frames"
+        shorter = f"shorter than --min-length {min_length}" if min_length else "too short to keep"
+        return f"none: {frames}, in runs {shorter} (see scores.csv)"
+    return "none flagged"
+
+
+def _segments_table(segments: Sequence[Segment], times: np.ndarray | None, summary: Mapping[str, Any]) -> str:
     if not segments:
-        return '<p class="none">No abnormal segments found.</p>'
+        note = no_segments_note(summary.get("abnormal_frames"), summary.get("min_length_frames"))
+        detail = html.escape(note[len("none"):]) if note.startswith("none:") else " found"
+        return f'<p class="none">No abnormal segments{detail}.</p>'
 
     def at(frame: int) -> str:
         return _t(float(times[frame])) if times is not None else "\u2014"
@@ -582,7 +593,7 @@ def write_index_html(
         "<h2>Scores</h2>",
         f'<img src="{_href(plot_name)}" alt="anomaly score over time" width="1200" height="400">',
         "<h2>Abnormal segments</h2>",
-        _segments_table(segments, _segment_times(segments, summary, time_s)),
+        _segments_table(segments, _segment_times(segments, summary, time_s), summary),
     ]
     if videos:
         body += ["<h2>Videos</h2>", _videos(videos)]

@@ -26,7 +26,14 @@ on another camera): both networks and their config come from it, the optimisers 
 
 Checkpoints live in `<out>.ckpt/` (or --checkpoint-dir): `last.safetensors` (models, optimisers,
 RNG, position) every N steps and at each epoch end, `best.safetensors` (the selected models),
-and the decoded frame cache. All writes are a temp file then a rename.
+the decoded frame cache and the run's logs and plot while it trains. All writes are a temp file
+then a rename.
+
+What lies beside --out is always one finished run's: the weights, `NAME.log.csv`, `NAME.val.csv`
+and `NAME.losses.png` are written together when a run finishes, so an interrupted run (even one
+started with --overwrite) leaves an earlier run's files as they were and its own progress in the
+checkpoint folder. A run that ends without a checkpoint to resume (a refusal on the footage, a
+failure before the first checkpoint, a recalibration) removes what it created there.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import csv
 import fcntl
 import os
 import platform
+import shutil
 import signal
 import socket
 import sys
@@ -109,6 +117,23 @@ class TrainOptions:
     def plot_path(self) -> Path:
         return self.out.with_name(self.out.stem + ".losses.png")
 
+    @property
+    def live_log(self) -> Path:
+        return self.ckpt_dir / "log.csv"
+
+    @property
+    def live_val_log(self) -> Path:
+        return self.ckpt_dir / "val.csv"
+
+    @property
+    def live_plot(self) -> Path:
+        return self.ckpt_dir / "losses.png"
+
+    @property
+    def side_files(self) -> list[tuple[Path, Path]]:
+        """(while the run trains, once it has finished) for the log, the validation log and the plot."""
+        return [(self.live_log, self.log_path), (self.live_val_log, self.val_log_path), (self.live_plot, self.plot_path)]
+
     # Options that define a run; a resumed run keeps the checkpoint's values for these.
     RUN_KEYS = ("lr", "batch_size", "lam", "val_clips", "seed", "preset", "false_alarm_rate", "pixel_norm")
     # What a checkpoint written before a key existed was trained with.
@@ -133,8 +158,8 @@ class TrainResult:
     calibration: dict
     wall_s: float
     steps: int
-    log: Path
-    plot: Path
+    log: Path | None  # None when the run wrote none (a recalibration trains no step)
+    plot: Path | None
 
 
 class _Rank:
@@ -318,32 +343,99 @@ def _validate(opts: TrainOptions) -> None:
         )
 
 
-def _prepare_outputs(opts: TrainOptions, rank: _Rank) -> None:
+def _check_outputs(opts: TrainOptions) -> None:
+    """Refuse, touching nothing, a run that would replace files the user did not ask to replace."""
     ckpt = opts.ckpt_dir / "last.safetensors"
     if opts.resume:
         if not ckpt.exists():
             raise TrainingError(f"{ckpt}: no checkpoint to resume. Run without --resume to start training.")
         return
-    if opts.out.exists() and not opts.overwrite:
+    if opts.overwrite:
+        return
+    if opts.out.exists():
         raise OutputError(
             f"{opts.out}: already exists. Choose another --out, add --resume to continue its run, "
             "or --overwrite to replace it."
         )
-    if ckpt.exists() and not opts.overwrite:
+    if ckpt.exists():
         raise TrainingError(
             f"{ckpt}: a run's checkpoint is already there. Add --resume to continue it, "
             "or --overwrite to start over."
         )
-    if rank.main:
-        for name in ("last.safetensors", "best.safetensors"):
-            (opts.ckpt_dir / name).unlink(missing_ok=True)
-        opts.log_path.unlink(missing_ok=True)
-        opts.val_log_path.unlink(missing_ok=True)
+    for path in (opts.log_path, opts.val_log_path, opts.plot_path):
+        if path.exists():
+            raise OutputError(
+                f"{path}: already exists, and this run would write its own there. "
+                "Choose another --out, or add --overwrite to replace it."
+            )
+
+
+class _Scratch:
+    """What a new run creates in its checkpoint folder, so that a run ending without a checkpoint
+    to resume (a refusal on the footage, a failure before the first checkpoint, a recalibration)
+    can remove it: only that, never an earlier run's folder, frame cache or files."""
+
+    def __init__(self, opts: TrainOptions) -> None:
+        self.opts = opts
+        self.new_folder = _outermost_missing(opts.ckpt_dir)
+        self.new_cache = not (opts.ckpt_dir / "frames").exists()
+        self.cleared = False  # the earlier run's checkpoints and logs are gone: what is there now is ours
+        self.checkpointed = False
+
+    def remove(self) -> None:
+        if self.new_folder is not None:
+            shutil.rmtree(self.new_folder, ignore_errors=True)
+            return
+        if self.new_cache:
+            shutil.rmtree(self.opts.ckpt_dir / "frames", ignore_errors=True)
+        if self.cleared:
+            for path in (self.opts.ckpt_dir / "best.safetensors", self.opts.live_log, self.opts.live_val_log, self.opts.live_plot):
+                path.unlink(missing_ok=True)
+
+
+def _outermost_missing(folder: Path) -> Path | None:
+    """The outermost folder that mkdir(parents=True) would create for `folder`; None if it exists."""
+    missing = None
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing = path
+    return missing
+
+
+def _clear_previous_run(opts: TrainOptions) -> None:
+    """A new run (--overwrite, or leftovers without a checkpoint) starts from an empty record. Called
+    once the footage has been read: a refused run leaves the earlier run resumable."""
+    for path in (opts.ckpt_dir / "last.safetensors", opts.ckpt_dir / "best.safetensors", opts.live_log, opts.live_val_log, opts.live_plot):
+        path.unlink(missing_ok=True)
+
+
+def _adopt_logs(opts: TrainOptions) -> None:
+    """A run checkpointed before its logs lived in the checkpoint folder kept them beside --out:
+    they carry on from the checkpoint folder. (A run's own log holds a row for every step before
+    any checkpoint, so an existing one is never an earlier run's.)"""
+    if opts.live_log.exists() or not opts.log_path.exists():
+        return
+    for live, final in opts.side_files:
+        if final.exists():
+            shutil.copyfile(final, live)
+
+
+def _publish_logs(opts: TrainOptions) -> None:
+    """Beside the new weights, the run's logs and plot replace an earlier run's; one this run has
+    not (a recalibration trains no step) is removed rather than left describing other weights."""
+    for live, final in opts.side_files:
+        if live.exists():
+            tmp = final.with_name(f".{final.name}.tmp")
+            shutil.copyfile(live, tmp)
+            os.replace(tmp, final)
+        else:
+            final.unlink(missing_ok=True)
 
 
 def _restart_logs(opts: TrainOptions, step: int) -> None:
     """On resume, drop log rows past the checkpoint's step: those steps are trained again."""
-    for path, fields in ((opts.log_path, LOG_FIELDS), (opts.val_log_path, VAL_FIELDS)):
+    for path, fields in ((opts.live_log, LOG_FIELDS), (opts.live_val_log, VAL_FIELDS)):
         if not path.exists():
             continue
         with open(path, newline="") as fh:
@@ -427,12 +519,17 @@ def train(opts: TrainOptions, on_event: Event = lambda kind, **info: None) -> Tr
     if message := precision_warning(device, opts.precision):
         emit("warning", message=message)
     lock = _Lock(opts.out)
+    scratch: _Scratch | None = None
     try:
         if rank.main:
             lock.acquire()  # before anything is checked or deleted: a live run's files stay untouched
-        _prepare_outputs(opts, rank)
-        return _run(opts, rank, device, emit, init)
+        _check_outputs(opts)
+        if rank.main and not opts.resume:
+            scratch = _Scratch(opts)
+        return _run(opts, rank, device, emit, init, scratch)
     finally:
+        if scratch is not None and not scratch.checkpointed:
+            scratch.remove()  # nothing to resume: leave no checkpoint folder behind either
         lock.release()
         if rank.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -443,7 +540,7 @@ def _load_init(opts: TrainOptions) -> Stan | None:
     folder); its network size becomes the run's preset."""
     if opts.init is None or opts.resume:
         return None
-    stan = load_weights(Path(opts.init))
+    stan = load_weights(Path(opts.init), option="--init")
     preset = next((name for name, c in PRESETS.items() if c == stan.config), None)
     if preset is None:
         raise TrainingError(f"{opts.init}: its network config matches no preset ({', '.join(PRESETS)}); cannot train from it.")
@@ -462,7 +559,9 @@ def _init_record(init: dict | None) -> dict | None:
     return init
 
 
-def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event, init: Stan | None) -> TrainResult | None:
+def _run(
+    opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event, init: Stan | None, scratch: _Scratch | None
+) -> TrainResult | None:
     ckpt_dir = opts.ckpt_dir
     last_path, best_path = ckpt_dir / "last.safetensors", ckpt_dir / "best.safetensors"
     if rank.main:
@@ -536,7 +635,7 @@ def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event, ini
         else:
             flag = "--epochs" if final == "adversarial" else "--pretrain-epochs"
             raise TrainingError(
-                f"{last_path}: this run already finished {done_epochs} {final} epochs. "
+                f"{last_path}: this run already finished {done_epochs} {final} epoch{'' if done_epochs == 1 else 's'}. "
                 f"Ask for more with {flag} N (N > {done_epochs}) to continue it."
             )
 
@@ -577,9 +676,14 @@ def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event, ini
         skipped=len(warnings),
     )
     if len(windows) < opts.batch_size * rank.world:
-        raise InputError(f"{opts.data}: only {len(windows)} training windows; need at least one batch.")
+        n = len(windows)
+        raise InputError(f"{opts.data}: only {n} training window{'' if n == 1 else 's'}; need at least one batch.")
     if rank.main and opts.resume:
+        _adopt_logs(opts)
         _restart_logs(opts, progress["step"])
+    elif scratch is not None:
+        _clear_previous_run(opts)
+        scratch.cleared = True
 
     g_model: torch.nn.Module = generator
     d_model: torch.nn.Module = discriminator
@@ -591,6 +695,8 @@ def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event, ini
     def checkpoint() -> None:
         if rank.main:
             save_checkpoint(last_path, generator, discriminator, opt_g, opt_d, progress, config)
+            if scratch is not None:
+                scratch.checkpointed = True
 
     started = time.perf_counter()
     wall_before = progress["wall_s"]
@@ -622,7 +728,7 @@ def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event, ini
                     if rank.main:
                         row = {"step": progress["step"], "phase": phase, "epoch": epoch + 1, "samples_per_s": f"{rate:.3f}"}
                         row.update({k: f"{v:.6g}" for k, v in losses.items()})
-                        _append_row(opts.log_path, LOG_FIELDS, row)
+                        _append_row(opts.live_log, LOG_FIELDS, row)
                     emit("step", phase=phase, epoch=epoch, batch=b + 1, steps=len(batches), losses=losses, samples_per_s=rate)
                     if progress["step"] % opts.checkpoint_every == 0:
                         checkpoint()
@@ -640,10 +746,15 @@ def _run(opts: TrainOptions, rank: _Rank, device: torch.device, emit: Event, ini
 
     if not rank.main:
         return None
-    final = _final_phase(opts)
-    progress.update(phase="done", done_phase=final, done_epochs=dict(_phases(opts))[final])
-    checkpoint()
-    return _finish(opts, progress, generator, discriminator, config, train_clips, val_clips, device, best_path, warnings, emit)
+    result = _finish(opts, progress, generator, discriminator, config, train_clips, val_clips, device, best_path, warnings, emit)
+    # Marked done only once the weights are written: a crash while calibrating resumes into
+    # _finish again, even when --overwrite left an earlier run's weights at --out meanwhile.
+    if not _recalibration(opts):  # a recalibration trained nothing: there is nothing to continue
+        final = _final_phase(opts)
+        progress.update(phase="done", done_phase=final, done_epochs=dict(_phases(opts))[final])
+        checkpoint()
+    emit("done", result=result)
+    return result
 
 
 def _any_rank(flag: bool, rank: _Rank, device: torch.device) -> bool:
@@ -727,11 +838,11 @@ def _end_of_epoch(opts, progress, phase, generator, discriminator, val_clips, de
             save_weights(best_path, generator, discriminator, PRESETS[opts.preset])
             selected = True
     _append_row(
-        opts.val_log_path,
+        opts.live_val_log,
         VAL_FIELDS,
         {"step": progress["step"], "phase": phase, "epoch": progress["epoch"], "val_pixel": f"{val_pixel:.6g}", "val_d": f"{val_d:.6g}", "selected": int(selected)},
     )
-    plot_losses(opts.log_path, opts.val_log_path, opts.plot_path)
+    plot_losses(opts.live_log, opts.live_val_log, opts.live_plot)
     emit("epoch_end", phase=phase, epoch=progress["epoch"], val_pixel=val_pixel, val_d=val_d, selected=selected)
 
 
@@ -792,15 +903,14 @@ def _finish(opts, progress, generator, discriminator, config, train_clips, val_c
         "warnings": warnings,
     }
     save_weights(opts.out, generator, discriminator, config, calibration, training)
-    plot_losses(opts.log_path, opts.val_log_path, opts.plot_path)
-    result = TrainResult(
+    plot_losses(opts.live_log, opts.live_val_log, opts.live_plot)
+    _publish_logs(opts)
+    return TrainResult(
         out=opts.out,
         selected=progress.get("best") or {},
         calibration=calibration,
         wall_s=progress["wall_s"],
         steps=progress["step"],
-        log=opts.log_path,
-        plot=opts.plot_path,
+        log=opts.log_path if opts.log_path.exists() else None,
+        plot=opts.plot_path if opts.plot_path.exists() else None,
     )
-    emit("done", result=result)
-    return result

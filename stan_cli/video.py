@@ -143,9 +143,13 @@ def _ffmpeg_message(err: BaseException) -> str:
 
 
 class _Source:
-    """ffmpeg input arguments for a path, with a temp concat list for folders."""
+    """ffmpeg input arguments for a path, with a temp concat list for folders.
 
-    def __init__(self, path: Path) -> None:
+    `first`: a folder's first `first` images are all that ffmpeg is given (`files`); `n_images`
+    is the folder's whole count.
+    """
+
+    def __init__(self, path: Path, first: int | None = None) -> None:
         self.path = Path(path)
         self.list_file: str | None = None
         try:
@@ -153,6 +157,7 @@ class _Source:
                 raise InputError(f"{self.path}: no such file or folder. Check the path.")
             is_dir = self.path.is_dir()
             self.files = list_frames(self.path) if is_dir else []
+            self.n_images = len(self.files)
         except OSError as err:  # a folder we may not list (or a path we may not look at): no traceback
             raise InputError(
                 f"{self.path}: cannot read it ({err.strerror or err}). Check that it exists and that you may read it."
@@ -169,6 +174,8 @@ class _Source:
                     f"{self.path}: folder mixes image formats ({', '.join(kinds)}). "
                     "Convert the frames to one format."
                 )
+            if first is not None:  # after the whole folder's format check: refused whatever `first` is
+                self.files = self.files[:first]
             fd, self.list_file = tempfile.mkstemp(suffix=".ffconcat", prefix="stan-")
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(_concat_list(self.files))
@@ -231,7 +238,7 @@ def _info(source: _Source, meta: dict, fps: float | None) -> VideoInfo:
     width, height = (int(v) for v in meta["size"])
     if source.kind == "frames":
         rate, assumed = (fps, False) if fps else (DEFAULT_FOLDER_FPS, True)
-        n_frames: int | None = len(source.files)
+        n_frames: int | None = source.n_images
     else:
         native = float(meta.get("fps") or 0.0)
         if fps:
@@ -245,15 +252,22 @@ def _info(source: _Source, meta: dict, fps: float | None) -> VideoInfo:
     return VideoInfo(source.path, source.kind, width, height, rate, assumed, n_frames)
 
 
-def read_frames(path: Path, fps: float | None = None) -> tuple[VideoInfo, "FrameStream"]:
+def read_frames(path: Path, fps: float | None = None, *, first: int | None = None) -> tuple[VideoInfo, "FrameStream"]:
     """Open `path` and return its info and a stream of (H, W, 3) uint8 RGB frames.
 
     Every frame has the size of the first one (ffmpeg scales a folder's odd-sized images to it).
     The stream closes ffmpeg when exhausted or closed; decode errors mid-stream raise
     InputError naming the file. After iteration, `stream.complete` says whether a video gave
     as many frames as its header promised (a truncated file decodes to fewer, silently).
+
+    `first`: stop after that many frames. A folder's later images are not even given to ffmpeg,
+    so the check that no image was skipped (which would shift every later frame's index) covers
+    exactly the frames read, and runs when the stream ends: read it to the end, not just `first`
+    frames, to have that check. `info` still describes the whole clip.
     """
-    source = _Source(path)
+    if first is not None and first < 1:
+        raise ValueError(f"first={first}: read at least one frame")
+    source = _Source(path, first)
     try:
         gen, meta = _open(source)
         if source.kind == "frames":  # force one size across the folder's images
@@ -264,7 +278,7 @@ def read_frames(path: Path, fps: float | None = None) -> tuple[VideoInfo, "Frame
         source.close()
         raise
     info = _info(source, meta, fps)
-    return info, FrameStream(gen, source, info)
+    return info, FrameStream(gen, source, info, first)
 
 
 def frame_timestamps(path: Path) -> np.ndarray | None:
@@ -370,8 +384,8 @@ class FrameStream:
     # A header's duration x rate is an estimate; fewer frames than this share means truncation.
     COMPLETE_SHARE = 0.98
 
-    def __init__(self, gen, source: _Source, info: VideoInfo) -> None:
-        self._gen, self._source, self.info = gen, source, info
+    def __init__(self, gen, source: _Source, info: VideoInfo, first: int | None = None) -> None:
+        self._gen, self._source, self.info, self.first = gen, source, info, first
         self.count = 0
         self.finished = False
         self._it: Iterator[np.ndarray] | None = None
@@ -393,6 +407,8 @@ class FrameStream:
             for raw in self._gen:
                 self.count += 1
                 yield np.frombuffer(raw, dtype=np.uint8).reshape(shape)
+                if self.count == self.first:  # before asking ffmpeg for one more
+                    break
         except (OSError, RuntimeError) as err:
             raise InputError(
                 f"{self._source.path}: decoding failed part-way ({_ffmpeg_message(err)}). "
@@ -405,8 +421,10 @@ class FrameStream:
             # ffmpeg skips an image it cannot decode; every later frame would get the wrong index.
             bad = _not_images(self._source.files)
             which = f" ({', '.join(f.name for f in bad[:3])}{', ...' if len(bad) > 3 else ''} not an image)" if bad else ""
+            given = len(self._source.files)
+            of = f"the first {given}" if given < self._source.n_images else str(given)
             raise InputError(
-                f"{self._source.path}: decoded {self.count} of {len(self._source.files)} images; at least one "
+                f"{self._source.path}: decoded {self.count} of {of} images; at least one "
                 f"is unreadable{which}. Remove or replace the corrupt image."
             )
 
@@ -417,7 +435,7 @@ class FrameStream:
     @property
     def complete(self) -> bool:
         """False when a video ended well short of the frame count its header implies."""
-        if self.info.kind != "video" or not self.expected:
+        if self.info.kind != "video" or not self.expected or self.count == self.first:
             return True
         return self.count >= self.COMPLETE_SHARE * self.expected - 2
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from .errors import WeightsError
@@ -99,9 +99,14 @@ def file_sha256(path: Path) -> str:
 def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
+    # Serialised in memory and written with a plain open(): the file gets the umask's mode (0644
+    # usually) like every other output; safetensors' save_file renames a 0600 temp file of its own.
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        _fsync(tmp)  # on disk before the rename: a power cut leaves the old file or the new, never an empty one
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before the rename: a power cut leaves the old file or the new, never an empty one
         os.replace(tmp, path)
         _fsync(path.parent)
     except BaseException:
@@ -142,10 +147,11 @@ def save_weights(
     _atomic_save(model_tensors(generator, discriminator), metadata, path)
 
 
-def _read(path: Path, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read(path: Path, expected_format: str, option: str = "--weights") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """`option` is the command-line option that named the file, for the messages."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found. Pass --weights with a .safetensors file from `stan train`.")
+        raise WeightsError(f"{path}: weights file not found. Pass {option} with a .safetensors file from `stan train`.")
     try:
         from safetensors import safe_open
 
@@ -156,7 +162,7 @@ def _read(path: Path, expected_format: str) -> tuple[dict[str, torch.Tensor], di
         raise WeightsError(
             f"{path}: not a readable safetensors file ({err}); it may be truncated or another format. "
             + ("Start the run again with --overwrite." if expected_format == CHECKPOINT_FORMAT
-               else "Re-download it or point --weights at a file written by `stan train`.")
+               else f"Re-download it or point {option} at a file written by `stan train`.")
         ) from None
     if metadata.get("format") != expected_format:
         raise WeightsError(
@@ -195,10 +201,11 @@ def _load_strict(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: st
     module.load_state_dict(given, strict=True)
 
 
-def load_weights(path: Path) -> Stan:
-    """Rebuild both networks from a weights file (on the CPU, in eval mode)."""
+def load_weights(path: Path, option: str = "--weights") -> Stan:
+    """Rebuild both networks from a weights file (on the CPU, in eval mode). `option` names the
+    command-line option the file came from in the error messages (`stan train` reads --init)."""
     path = Path(path)
-    tensors, metadata = _read(path, FORMAT)
+    tensors, metadata = _read(path, FORMAT, option)
     try:
         config = StanConfig.from_dict(json.loads(metadata["config"]))
         calibration = json.loads(metadata["calibration"]) if "calibration" in metadata else None

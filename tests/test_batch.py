@@ -122,6 +122,18 @@ def test_folder_of_clip_folders(tiny_weights, tmp_path):
     assert [r["status"] for r in rows(out)] == ["ok", "ok"]
 
 
+def test_a_folder_of_clip_folders_is_never_its_own_output(tiny_weights, tmp_path):
+    frames = tmp_path / "testing" / "frames"
+    for name in ("01", "02"):
+        write_frame_folder(frames / name, make_clip(SHORT, seed=int(name)), pattern="{:03d}.png")
+    before = sorted(str(p.relative_to(frames)) for p in frames.rglob("*"))
+    for args in ((frames,), (frames / "01", frames / "02")):  # the folder itself; each clip's report folder
+        result = run(*args, "--out", frames, "--overwrite", "--weights", tiny_weights, "--device", "cpu", "--no-video")
+        assert result.exit_code == 1, result.output
+        assert "is the input folder itself" in stderr_of(result)
+        assert sorted(str(p.relative_to(frames)) for p in frames.rglob("*") if p.parent != frames or p.is_dir()) == before
+
+
 def test_a_bad_file_is_reported_and_the_others_run(videos, tiny_weights, tmp_path):
     fake = tmp_path / "fake.mp4"
     fake.write_text("this is not a video")

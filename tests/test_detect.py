@@ -162,6 +162,18 @@ def test_bright_object_raises_the_pixel_loss(clip_video, tiny_weights):
     assert 18 <= peak <= 27
 
 
+def test_refuses_the_input_folder_as_output_even_with_overwrite(clip_folder, tiny_weights, tmp_path):
+    import shutil
+
+    frames = shutil.copytree(clip_folder, tmp_path / "frames")
+    before = sorted(p.name for p in frames.iterdir())
+    with pytest.raises(OutputError, match="is the input folder itself"):
+        detect(frames, out=frames, weights=tiny_weights, overwrite=True, write_video=False)
+    with pytest.raises(OutputError, match="is the input folder itself"):  # the same folder by another path
+        detect(frames, out=tmp_path / "." / "frames", weights=tiny_weights, overwrite=True, write_video=False)
+    assert sorted(p.name for p in frames.iterdir()) == before
+
+
 def test_refuses_non_empty_output(clip_video, tiny_weights, tmp_path):
     out = tmp_path / "r"
     out.mkdir()

@@ -129,6 +129,13 @@ def test_output_folder_refused_when_not_empty(evaluated, ped2_dir, tiny_weights)
         evaluate(ped2_dir, weights=tiny_weights, out=out, device="cpu")
 
 
+def test_the_test_folder_itself_is_refused_as_output(ped2_dir, tiny_weights):
+    before = sorted(p.name for p in ped2_dir.iterdir())
+    with pytest.raises(OutputError, match="is the input folder itself"):
+        evaluate(ped2_dir, weights=tiny_weights, out=ped2_dir, device="cpu", overwrite=True)
+    assert sorted(p.name for p in ped2_dir.iterdir()) == before
+
+
 def test_videos_with_json_labels_and_calibrated_weights(tmp_path, tiny_weights_calibrated):
     for k, (name, anomaly) in enumerate(ANOMALIES.items()):
         write_video(tmp_path / f"cam{name}.mp4", make_clip(N, anomaly=anomaly, seed=k))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -16,9 +17,10 @@ from stan_cli.errors import InputError, OutputError
 from stan_cli import explain as explain_module
 from stan_cli.explain import MAP_FILES, PANEL_FILES, explain
 from stan_cli.inference import _GuidedELU, guided_backprop
-from stan_cli.model import TINY, Discriminator
+from stan_cli.model import TINY, WINDOW, Discriminator
+from stan_cli.video import read_frames
 
-from conftest import HEIGHT, N_FRAMES, WIDTH
+from conftest import HEIGHT, N_FRAMES, WIDTH, make_clip, write_video
 
 
 def test_guided_elu_backward_by_hand():
@@ -187,3 +189,72 @@ def test_explain_cli(clip_video, tiny_weights, tmp_path):
     assert bad.exit_code == 1 and "valid frames are 5 to 34" in bad.output and "Traceback" not in bad.output
     missing = runner.invoke(app, ["explain", str(clip_video)])
     assert missing.exit_code == 2  # --frame is required
+
+
+# --------------------------------------------- the frame explained is detect's frame `frame`
+
+
+@pytest.mark.parametrize("bad", [0, 7, 25])  # the first image, one before the window, the window's last (20 + 5)
+def test_a_folder_with_an_unreadable_image_up_to_the_window_end_is_refused(clip_folder, tiny_weights, tmp_path, bad):
+    """ffmpeg skips an image it cannot decode: without the check, frame 20 would be image 21."""
+    folder = shutil.copytree(clip_folder, tmp_path / "clip")
+    (folder / f"{bad}.png").write_text("garbage")
+    with pytest.raises(InputError) as err:
+        explain(folder, 20, out=tmp_path / "ex", weights=tiny_weights)
+    message = str(err.value)
+    assert str(folder) in message and f"({bad}.png not an image)" in message
+    assert "unreadable" in message and "Remove or replace the corrupt image" in message
+    assert not (tmp_path / "ex").exists()
+
+
+def test_an_unreadable_image_is_one_error_line_from_the_cli(clip_folder, tiny_weights, tmp_path):
+    folder = shutil.copytree(clip_folder, tmp_path / "clip")
+    (folder / "7.png").write_text("garbage")
+    result = CliRunner().invoke(app, ["explain", str(folder), "--frame", "20", "--out", str(tmp_path / "ex"),
+                                      "--weights", str(tiny_weights)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "7.png not an image" in result.output and "Remove or replace" in result.output
+    assert not (tmp_path / "ex").exists()
+
+
+@pytest.mark.parametrize("bad", [None, 26])  # an intact folder; an unreadable image after the window
+def test_explain_shows_the_asked_frame(clip_folder, clip_frames, tiny_weights, tmp_path, bad):
+    folder = shutil.copytree(clip_folder, tmp_path / "clip")
+    if bad is not None:
+        (folder / f"{bad}.png").write_text("garbage")  # never read: explain stops at frame + 5
+    result = explain(folder, 20, weights=tiny_weights)
+    assert np.array_equal(result.real, clip_frames[20])  # PNG is lossless: the very frame
+
+
+def test_read_frames_first_stops_there_and_checks_only_those_images(clip_folder, clip_video, tmp_path):
+    info, frames = read_frames(clip_video, first=12)
+    assert len(list(frames)) == 12 and frames.complete  # stopped on purpose, not cut short
+    folder = shutil.copytree(clip_folder, tmp_path / "clip")
+    (folder / "30.png").write_text("garbage")
+    info, frames = read_frames(folder, first=12)
+    assert len(list(frames)) == 12 and info.n_frames == N_FRAMES  # info is still the whole clip's
+    (folder / "11.png").write_text("garbage")
+    with pytest.raises(InputError, match="decoded 11 of the first 12 images"):
+        list(read_frames(folder, first=12)[1])
+
+
+def test_a_truncated_video_gives_detects_frames_and_says_where_it_ends(tiny_weights, tmp_path):
+    from stan_cli.detect import detect
+
+    whole = write_video(tmp_path / "whole.mkv", make_clip(n=40))
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) * 3 // 4])
+    _, frames = read_frames(cut)
+    decoded = list(frames)
+    n = len(decoded)
+    assert WINDOW <= n < 40 and not frames.complete
+    clip = detect(cut, weights=tiny_weights)
+    last = explain(cut, n - 6, weights=tiny_weights)
+    assert np.array_equal(last.real, decoded[n - 6])
+    assert last.pixel_loss == pytest.approx(clip.pixel_loss[n - 6], rel=1e-4)
+    with pytest.raises(InputError) as err:
+        explain(cut, n - 5, weights=tiny_weights)
+    message = str(err.value)
+    assert str(cut) in message and "truncated" in message and f"after {n} of about" in message
+    assert f"can be explained are 5 to {n - 6}" in message

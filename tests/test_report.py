@@ -294,6 +294,15 @@ def test_index_html_no_segments(tmp_path: Path) -> None:
     assert "No abnormal segments found" in page and "<video" not in page
 
 
+def test_no_segments_but_flagged_frames_says_why(tmp_path: Path) -> None:
+    """A short clip can flag a frame or two that --min-length drops: the page says so."""
+    path = tmp_path / "index.html"
+    summary = {**_summary(), "abnormal_frames": 2, "min_length_frames": 5}
+    write_index_html(path, summary=summary, segments=[], plot_name="scores.png", videos=[])
+    page = path.read_text()
+    assert "No abnormal segments: 2 flagged frames, in runs shorter than --min-length 5" in page
+
+
 def test_index_html_escapes_user_strings(tmp_path: Path) -> None:
     path = tmp_path / "index.html"
     evil = '<script>alert("x")</script>&.mp4'

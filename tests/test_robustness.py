@@ -529,6 +529,37 @@ def test_ctrl_c_during_detect_leaves_the_folder_as_it_was(earlier_report, clip16
     assert listing(earlier_report) == before
 
 
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_during_detect_stops_like_ctrl_c(earlier_report, clip16, tiny_weights, monkeypatch, signame):
+    """kill, timeout, docker stop or a closed terminal: the console script's handlers make the
+    signal a clean stop (no hidden map files left, the earlier report as it was, exit 130)."""
+    import signal
+
+    from stan_cli import cli
+
+    sig = getattr(signal, signame)
+    real = detect_module.overlay.compose_frame
+    calls = []
+
+    def signalled(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), sig)  # delivered to the main thread before the next bytecode
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(detect_module.overlay, "compose_frame", signalled)
+    old = signal.getsignal(sig)
+    try:
+        cli.stop_on_termination()
+        before = listing(earlier_report)
+        result = run("detect", clip16, "--out", earlier_report, "--weights", tiny_weights, "--overwrite")
+    finally:
+        signal.signal(sig, old)
+    assert result.exit_code == 130, result.output
+    assert len(calls) == 5
+    assert listing(earlier_report) == before
+
+
 def _track(monkeypatch, cls, method: str, fail_on=None) -> list:
     """Record every object `cls.method` returns (or, for __init__, every instance made); raise
     OutputError instead of making the one for which `fail_on(*args)` is true."""

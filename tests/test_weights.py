@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -158,7 +159,17 @@ def test_folder_instead_of_file(tmp_path):
 def test_text_file(tmp_path):
     path = tmp_path / "notes.safetensors"
     path.write_text("these are not weights\n" * 20)
-    _assert_load_fails(path, "not a readable safetensors file")
+    _assert_load_fails(path, "not a readable safetensors file", "point --weights at")
+
+
+def test_errors_name_the_option_the_file_came_from(tmp_path):
+    """`stan train` reads its weights from --init; detect and explain from --weights."""
+    notes = tmp_path / "notes.safetensors"
+    notes.write_text("these are not weights\n")
+    for path in (notes, tmp_path / "nope.safetensors"):
+        with pytest.raises(WeightsError) as err:
+            load_weights(path, option="--init")
+        assert "--init" in str(err.value) and "--weights" not in str(err.value), err.value
 
 
 def test_empty_file(tmp_path):
@@ -249,6 +260,21 @@ def test_weights_error_is_a_stan_error():
 # --- atomic save ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002], ids=oct)
+def test_saved_files_follow_the_umask(tmp_path, umask):
+    """As a plain open() would: 0644 under the usual umask, not a temp file's 0600."""
+    g, d = tiny_models()
+    opt_g, opt_d = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
+    old = os.umask(umask)
+    try:
+        save_weights(tmp_path / "w.safetensors", g, d, TINY)
+        save_checkpoint(tmp_path / "last.safetensors", g, d, opt_g, opt_d, {"epoch": 1})
+    finally:
+        os.umask(old)
+    for name in ("w.safetensors", "last.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
 def test_save_leaves_no_temp_file(tmp_path):
     g, d = tiny_models()
     save_weights(tmp_path / "w.safetensors", g, d, TINY)
@@ -256,15 +282,19 @@ def test_save_leaves_no_temp_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
 
 
+def _fail_to_sync(monkeypatch, exc: BaseException) -> None:
+    """The crash happens part-way: the temp file is written, not yet on disk nor renamed."""
+
+    def broken_fsync(fd):
+        raise exc
+
+    monkeypatch.setattr(weights_module.os, "fsync", broken_fsync)
+
+
 def test_failed_save_keeps_old_file(saved, monkeypatch):
     path, g, d = saved
     before = path.read_bytes()
-
-    def broken_save_file(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"half a file")  # the crash happens part-way
-        raise OSError("disk full")
-
-    monkeypatch.setattr(weights_module, "save_file", broken_save_file)
+    _fail_to_sync(monkeypatch, OSError("disk full"))
     with pytest.raises(OSError, match="disk full"):
         save_weights(path, g, d, TINY, calibration={"changed": True})
     assert path.read_bytes() == before
@@ -279,7 +309,7 @@ def test_failed_checkpoint_save_keeps_old_file(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.safetensors"
     save_checkpoint(path, g, d, opt_g, opt_d, {"epoch": 1})
     before = path.read_bytes()
-    monkeypatch.setattr(weights_module, "save_file", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    _fail_to_sync(monkeypatch, RuntimeError("boom"))
     with pytest.raises(RuntimeError):
         save_checkpoint(path, g, d, opt_g, opt_d, {"epoch": 2})
     assert path.read_bytes() == before
