@@ -87,7 +87,11 @@ def calibration_label(calibration: dict) -> str:
     if source.startswith("training"):
         return f"calibration on the training footage itself: exceeded by {share:.1%} of its {of} (in-sample, so optimistic)"
     kind = "held-out normal" if source.startswith("validation") else "normal"
-    return f"calibration: exceeded by {share:.1%} of {of.replace('windows', kind + ' windows', 1)}"
+    label = f"calibration: exceeded by {share:.1%} of {of.replace('windows', kind + ' windows', 1)}"
+    fitted = calibration.get("trained_on") or []
+    if fitted:
+        label += f" ({len(fitted)} of them trained on, so optimistic)" if len(fitted) < len(clips) else " (all trained on, so optimistic)"
+    return label
 
 
 def prepare_output(out: Path, overwrite: bool, inputs: Iterable[Path] = ()) -> bool:

@@ -846,6 +846,19 @@ def _end_of_epoch(opts, progress, phase, generator, discriminator, val_clips, de
     emit("epoch_end", phase=phase, epoch=progress["epoch"], val_pixel=val_pixel, val_d=val_d, selected=selected)
 
 
+def _clips_trained_on(init: dict | None, clips: list[Clip]) -> list[str]:
+    """The clips (sources) that some run in the --init file's history trained on: the same path,
+    as far as paths recorded relative to another working folder still resolve here."""
+    seen: set[Path] = set()
+    record = init
+    while record and record.get("training"):
+        training = record["training"]
+        if training.get("steps"):  # a recalibration in the history trained nothing
+            seen.update(Path(c).resolve() for c in training.get("train_clips") or [])
+        record = training.get("init")
+    return [c.source for c in clips if Path(c.source).resolve() in seen]
+
+
 def _recalibration(opts: TrainOptions) -> bool:
     """--init with zero epochs of either phase: new calibration for unchanged networks."""
     return opts.init is not None and opts.pretrain_epochs == 0 and opts.epochs == 0
@@ -858,8 +871,19 @@ def _finish(opts, progress, generator, discriminator, config, train_clips, val_c
     if best_path.exists():
         best = load_weights(best_path).to(device)
         generator, discriminator = best.generator, best.discriminator
-    if _recalibration(opts):  # nothing was trained here: every window is footage the networks never fitted
+    trained_on: list[str] = []
+    if _recalibration(opts):  # nothing was trained here: every window is scored, whatever it is
         calib_clips, calib_source = train_clips + val_clips, RECALIBRATION
+        trained_on = _clips_trained_on(_init_record(progress.get("init")), calib_clips)
+        if trained_on:
+            message = (
+                f"{len(trained_on)} of the {len(calib_clips)} clips were training footage of the --init weights "
+                f"({', '.join(Path(c).name for c in trained_on[:4])}{', ...' if len(trained_on) > 4 else ''}): the "
+                "threshold is in-sample for those, so new normal footage may exceed it more often than "
+                "--false-alarm-rate. Calibrate on footage the networks never saw when you can."
+            )
+            warnings.append(message)
+            emit("warning", message=message)
     elif len(WindowSet(val_clips)) >= 2:
         calib_clips, calib_source = val_clips, "validation"
     else:
@@ -880,6 +904,8 @@ def _finish(opts, progress, generator, discriminator, config, train_clips, val_c
         raise TrainingError(f"{opts.data}: cannot calibrate on {calib_source} windows ({err}).") from None
     calibration["source"] = calib_source
     calibration["clips"] = [c.source for c in calib_clips]
+    if trained_on:
+        calibration["trained_on"] = trained_on
     training = {
         "stan_version": __version__,
         "command": " ".join(sys.argv),

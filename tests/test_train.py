@@ -664,6 +664,27 @@ def test_recalibration_scores_every_window_of_new_footage(data3, videos, folder4
     assert cal["kinds"]["gd"]["threshold"] == pytest.approx(expected, rel=1e-3)
 
 
+def test_recalibration_on_the_init_weights_own_training_footage_says_so(data3, tmp_path):
+    """Clips the --init weights (or any run in their history) trained on are in-sample: the run
+    warns, the calibration lists them, and detect's threshold label says the share is optimistic.
+    Held-out clips and a recalibration in the history (which trains nothing) do not count."""
+    first = tmp_path / "first.safetensors"
+    train(options(data3, first, val_clips=1))  # trains on 1/ and 2.mp4; 3.mp4 held out
+    recal = tmp_path / "recal.safetensors"
+    events = Events()
+    train(options(data3, recal, pretrain_epochs=0, epochs=0, init=first), events)
+    cal = load_weights(recal).calibration
+    assert [Path(c).name for c in cal["trained_on"]] == ["1", "2.mp4"]
+    (warning,) = [e["message"] for e in events.of("warning")]
+    assert "2 of the 3 clips were training footage of the --init weights (1, 2.mp4)" in warning
+    label = detect(data3 / "3.mp4", weights=recal, write_video=False, device="cpu").threshold_source
+    assert "of 3 clips (2 of them trained on, so optimistic)" in label, label
+    # A recalibration of the recalibration: the history's trained clips are still the first run's.
+    again = tmp_path / "again.safetensors"
+    train(options(data3, again, pretrain_epochs=0, epochs=0, init=recal))
+    assert [Path(c).name for c in load_weights(again).calibration["trained_on"]] == ["1", "2.mp4"]
+
+
 def test_init_starts_a_new_run_from_existing_weights(data3, tmp_path):
     first = tmp_path / "first.safetensors"
     train(options(data3, first))
