@@ -189,7 +189,8 @@ def detect_many(
     out = Path(out)
     # the options every input would refuse alike: refused once, before OUT or an earlier index is touched
     check_options(**detect_kwargs)
-    paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
+    given = [Path(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
+    paths = expand_inputs(given)
     if not paths:
         raise InputError("no inputs given. Name video files, frame folders, or a folder of videos.")
     world = World.from_env()
@@ -204,11 +205,15 @@ def detect_many(
         dev = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(dev)
     entries = [BatchEntry(i, path, name) for i, (path, name) in enumerate(zip(paths, report_names(paths)))]
+    for entry in entries:  # `frames/01 frames/02 --out frames`: a report would land inside each input
+        report_dir = out / entry.name
+        if report_dir.is_dir() and entry.input.is_dir() and os.path.samefile(report_dir, entry.input):
+            raise OutputError(f"{out}: {entry.input}'s report would go into {entry.input} itself. Choose another --out.")
     own_group = world.size > 1 and not dist.is_initialized()
     if own_group:
         dist.init_process_group("gloo", timeout=GATHER_TIMEOUT)
     try:
-        created = _prepare(out, overwrite, world, paths)
+        created = _prepare(out, overwrite, world, [*given, *paths])
         index = _Index(out, model, detect_kwargs.get("score", "gd"), world) if world.rank == 0 else None
         try:
             for entry in entries[world.rank :: world.size]:

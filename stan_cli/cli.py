@@ -533,10 +533,12 @@ def _stop_like_ctrl_c(signum, frame) -> None:
 def stop_on_termination() -> None:
     """SIGTERM (kill, timeout, docker stop) and SIGHUP (a closed terminal) stop a command the way
     Ctrl-C does: temporary files are removed, earlier reports stay as they were, exit code 130.
-    Without this Python would die on the spot and leave its hidden temporaries behind."""
+    Without this Python would die on the spot and leave its hidden temporaries behind. A signal
+    the process was started to ignore (`nohup` ignores SIGHUP) stays ignored."""
     for name in ("SIGTERM", "SIGHUP"):  # SIGHUP does not exist on Windows
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), _stop_like_ctrl_c)
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays ignored
+            signal.signal(sig, _stop_like_ctrl_c)
 
 
 def run() -> None:

@@ -73,21 +73,21 @@ class DetectResult:
 
 
 def calibration_label(calibration: dict) -> str:
-    """Where a calibrated threshold comes from, in words: what share of which windows exceed it.
+    """Where a calibrated threshold comes from, in words: the quantile of which windows it is.
 
-    It promises only what was measured: the share of the calibration windows above it, not a
-    false-alarm rate on other footage (busier scenes score higher everywhere).
+    It promises only what was measured, a quantile of the calibration windows, not a false-alarm
+    rate on other footage (busier scenes score higher everywhere).
     """
-    share, n = calibration["false_alarm_rate"], calibration.get("n_windows")
-    clips = calibration.get("clips") or []
+    quantile = f"{100 * (1 - calibration['false_alarm_rate']):.4g}th percentile"
+    n, clips = calibration.get("n_windows"), calibration.get("clips") or []
     of = f"{n:,} windows" if n else "the windows"
     if clips:
         of += f" of {len(clips)} clip{'s' if len(clips) != 1 else ''}"
     source = str(calibration.get("source", "validation"))
     if source.startswith("training"):
-        return f"calibration on the training footage itself: exceeded by {share:.1%} of its {of} (in-sample, so optimistic)"
+        return f"calibration on the training footage itself: the {quantile} of its {of} (in-sample, so optimistic)"
     kind = "held-out normal" if source.startswith("validation") else "normal"
-    label = f"calibration: exceeded by {share:.1%} of {of.replace('windows', kind + ' windows', 1)}"
+    label = f"calibration: the {quantile} of {of.replace('windows', kind + ' windows', 1)}"
     fitted = calibration.get("trained_on") or []
     if fitted:
         label += f" ({len(fitted)} of them trained on, so optimistic)" if len(fitted) < len(clips) else " (all trained on, so optimistic)"
@@ -391,6 +391,7 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
     else:
         lam, lam_source = scoring.lambda_s(pixel, d), "this clip (max pixel / max -log D / 10)"
     raw = scoring.raw_score(pixel, d, kind, lam)
+    calibrated = False  # the threshold is the weights' calibration
     if threshold == "clip":
         thr = scoring.fallback_threshold(raw)
         thr_source = "--threshold clip: median + 3 x 1.4826 x MAD of this clip"
@@ -399,6 +400,7 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
     elif calibration is not None:
         thr = float(calibration["kinds"][kind]["threshold"])
         thr_source = calibration_label(calibration)
+        calibrated = True
     else:
         thr = scoring.fallback_threshold(raw)
         thr_source = "fallback: median + 3 x 1.4826 x MAD of this clip (weights carry no calibration)"
@@ -410,7 +412,7 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
             f"{model.file or 'weights'}: untrained placeholder weights (seeded random networks): the scores say nothing "
             "about this footage. Pass --weights with a file stan train wrote, or restore weights/stan-ped2.safetensors."
         )
-    if thr_source.startswith("calibration"):
+    if calibrated:
         mismatch = scoring.calibration_mismatch(raw, thr, calibration["kinds"][kind])
         if mismatch:
             warnings.append(

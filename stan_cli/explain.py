@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import overlay, report, scoring
-from .detect import check_fps, check_options, parse_threshold, prepare_output, remove_if_empty
+from .detect import calibration_label, check_fps, check_options, parse_threshold, prepare_output, remove_if_empty
 from .errors import InputError, StanError
 from .inference import guided_backprop, resolve_device, score_windows
 from .model import CONTEXT, WINDOW
@@ -184,7 +184,7 @@ def _values(model: Stan, frame: int, time_s: float, pixel_loss: float, d_loss: f
     if isinstance(threshold, float):  # parse_threshold made every number a float
         thr, source = threshold, "--threshold"
     elif cal is not None:
-        thr, source = float(cal["kinds"][score]["threshold"]), "calibration"
+        thr, source = float(cal["kinds"][score]["threshold"]), calibration_label(cal)
     else:
         thr, source = None, None
     values.update(lambda_s=lam, score_raw=raw, threshold=thr, threshold_source=source,

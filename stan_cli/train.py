@@ -216,7 +216,8 @@ class _Lock:
 
 
 class _StopFlag:
-    """Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes a checkpoint, then stops."""
+    """Ctrl-C (SIGINT), SIGTERM or SIGHUP finishes the current step, writes a checkpoint, then stops.
+    A signal the process was told to ignore (`nohup` ignores SIGHUP) stays ignored."""
 
     def __init__(self) -> None:
         self.stop = False
@@ -224,7 +225,9 @@ class _StopFlag:
 
     def __enter__(self) -> "_StopFlag":
         try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]:
+                if signal.getsignal(sig) is signal.SIG_IGN:  # nohup: a closed terminal must not stop the run
+                    continue
                 self._old[sig] = signal.signal(sig, self._handle)
         except ValueError:  # not the main thread: no signal handling, periodic checkpoints still hold
             pass
@@ -377,14 +380,19 @@ class _Scratch:
 
     def __init__(self, opts: TrainOptions) -> None:
         self.opts = opts
-        self.new_folder = _outermost_missing(opts.ckpt_dir)
+        self.new_folders = _missing_folders(opts.ckpt_dir)  # innermost (the checkpoint folder) first
         self.new_cache = not (opts.ckpt_dir / "frames").exists()
         self.cleared = False  # the earlier run's checkpoints and logs are gone: what is there now is ours
         self.checkpointed = False
 
     def remove(self) -> None:
-        if self.new_folder is not None:
-            shutil.rmtree(self.new_folder, ignore_errors=True)
+        if self.new_folders:  # the checkpoint folder is this run's own: all of it goes
+            shutil.rmtree(self.opts.ckpt_dir, ignore_errors=True)
+            for folder in self.new_folders[1:]:  # then the parents it made, while nobody else uses them
+                try:
+                    folder.rmdir()
+                except OSError:  # another run's folder (a sweep under one --checkpoint-dir parent) is there
+                    break
             return
         if self.new_cache:
             shutil.rmtree(self.opts.ckpt_dir / "frames", ignore_errors=True)
@@ -393,13 +401,13 @@ class _Scratch:
                 path.unlink(missing_ok=True)
 
 
-def _outermost_missing(folder: Path) -> Path | None:
-    """The outermost folder that mkdir(parents=True) would create for `folder`; None if it exists."""
-    missing = None
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders mkdir(parents=True) would create for `folder`, innermost first; [] if it exists."""
+    missing = []
     for path in (folder, *folder.parents):
         if path.exists():
             break
-        missing = path
+        missing.append(path)
     return missing
 
 
@@ -425,7 +433,7 @@ def _publish_logs(opts: TrainOptions) -> None:
     """Beside the new weights, the run's logs and plot replace an earlier run's; one this run has
     not (a recalibration trains no step) is removed rather than left describing other weights."""
     for live, final in opts.side_files:
-        if live.exists():
+        if live.exists() and not _recalibration(opts):  # a recalibration's checkpoint folder may hold an earlier run's
             tmp = final.with_name(f".{final.name}.tmp")
             shutil.copyfile(live, tmp)
             os.replace(tmp, final)
@@ -681,7 +689,7 @@ def _run(
     if rank.main and opts.resume:
         _adopt_logs(opts)
         _restart_logs(opts, progress["step"])
-    elif scratch is not None:
+    elif scratch is not None and not _recalibration(opts):  # a recalibration trains nothing: an earlier run stays resumable
         _clear_previous_run(opts)
         scratch.cleared = True
 
@@ -868,7 +876,7 @@ RECALIBRATION = "recalibration: every window of the footage (--init weights, no 
 
 
 def _finish(opts, progress, generator, discriminator, config, train_clips, val_clips, device, best_path, warnings, emit):
-    if best_path.exists():
+    if best_path.exists() and not _recalibration(opts):  # a recalibration's networks are --init's, whatever lies there
         best = load_weights(best_path).to(device)
         generator, discriminator = best.generator, best.discriminator
     trained_on: list[str] = []

@@ -123,7 +123,7 @@ def test_explain_verdict_follows_score_and_threshold_like_detect(clip_video, tin
     clip = detect(clip_video, weights=tiny_weights_calibrated, score="g")
     base = explain(clip_video, 12, weights=tiny_weights_calibrated, score="g")
     assert base.values["score_raw"] == pytest.approx(clip.score_raw[12], rel=1e-4)
-    assert base.values["threshold"] == clip.threshold and base.values["threshold_source"] == "calibration"
+    assert base.values["threshold"] == clip.threshold and base.values["threshold_source"] == clip.threshold_source
     assert base.values["abnormal"] == bool(clip.abnormal[12])
     for thr, verdict in ((base.values["score_raw"] * 2, False), (base.values["score_raw"] / 2, True)):
         v = explain(clip_video, 12, weights=tiny_weights_calibrated, score="g", threshold=str(thr)).values
