@@ -325,6 +325,8 @@ def train(
     progress = _progress()
     task = {"id": None}
 
+    recalibration = init is not None and pretrain_epochs == 0 and epochs == 0
+
     def on_event(kind: str, **info) -> None:
         if kind == "warning":
             progress.console.print(f"[yellow]warning:[/] {escape(info['message'])}", highlight=False)
@@ -336,12 +338,15 @@ def train(
             if task["id"] is not None:
                 progress.remove_task(task["id"])
                 task["id"] = None
-            progress.console.print(
-                f"{_count(info['clips'], 'clip')}: {_count(info['train_windows'], 'training window')} "
-                f"from {_count(info['train_clips'], 'clip')}, {_count(info['val_windows'], 'validation window')} "
-                f"from {_count(info['val_clips'], 'clip')}"
-                + (f", {info['skipped']} skipped" if info["skipped"] else "")
-            )
+            skipped = f", {info['skipped']} skipped" if info["skipped"] else ""
+            if recalibration:  # nothing is trained: every window is scored for the calibration
+                progress.console.print(f"{_count(info['clips'], 'clip')}: {_count(info['train_windows'], 'window')} to calibrate on{skipped}")
+            else:
+                progress.console.print(
+                    f"{_count(info['clips'], 'clip')}: {_count(info['train_windows'], 'training window')} "
+                    f"from {_count(info['train_clips'], 'clip')}, {_count(info['val_windows'], 'validation window')} "
+                    f"from {_count(info['val_clips'], 'clip')}{skipped}"
+                )
         elif kind == "epoch_start":
             if task["id"] is not None:
                 progress.remove_task(task["id"])
@@ -386,7 +391,9 @@ def train(
         val_text = f"val pixel {val:.4g}" if val is not None and val == val else "no validation windows"  # NaN: none
         table.add_row("selected", f"{sel.get('phase')} epoch {sel.get('epoch')} (step {sel.get('step')}), {val_text}")
     table.add_row("lambda_s", f"{result.calibration['lambda_s']:.4g}")
-    table.add_row("threshold (gd)", f"{result.calibration['kinds']['gd']['threshold']:.5g} at {result.calibration['false_alarm_rate']:.1%} false alarms")
+    from .detect import calibration_label
+
+    table.add_row("threshold (gd)", f"{result.calibration['kinds']['gd']['threshold']:.5g} ({calibration_label(result.calibration)})")
     table.add_row("steps / wall time", f"{result.steps} / {result.wall_s / 60:.1f} min")
     if written := [str(p) for p in (result.log, result.plot) if p is not None]:  # a recalibration writes neither
         table.add_row("loss log / plot", " / ".join(written))

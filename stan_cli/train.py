@@ -683,8 +683,9 @@ def _run(
         val_windows=n_val,
         skipped=len(warnings),
     )
-    if len(windows) < opts.batch_size * rank.world:
+    if len(windows) < opts.batch_size * rank.world:  # every rank finds the same, so every rank gets here
         n = len(windows)
+        rank.barrier()  # no rank still reads the frame cache when rank 0 removes it on the way out
         raise InputError(f"{opts.data}: only {n} training window{'' if n == 1 else 's'}; need at least one batch.")
     if rank.main and opts.resume:
         _adopt_logs(opts)
