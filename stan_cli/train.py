@@ -885,8 +885,10 @@ def _finish(opts, progress, generator, discriminator, config, train_clips, val_c
         calib_clips, calib_source = train_clips + val_clips, RECALIBRATION
         trained_on = _clips_trained_on(_init_record(progress.get("init")), calib_clips)
         if trained_on:
+            k, n = len(trained_on), len(calib_clips)
+            which = "the clip was" if n == 1 else f"all {n} clips were" if k == n else f"{k} of the {n} clips were"
             message = (
-                f"{len(trained_on)} of the {len(calib_clips)} clips were training footage of the --init weights "
+                f"{which} training footage of the --init weights "
                 f"({', '.join(Path(c).name for c in trained_on[:4])}{', ...' if len(trained_on) > 4 else ''}): the "
                 "threshold is in-sample for those, so new normal footage may exceed it more often than "
                 "--false-alarm-rate. Calibrate on footage the networks never saw when you can."

@@ -943,7 +943,8 @@ def test_cli_summary_counts_rounds_and_lists_only_written_files(folder44, tmp_pa
                     "--epochs", "0", "--device", "cpu")
     assert recal.exit_code == 0, recal.output
     assert "loss log" not in recal.stdout and "log.csv" not in recal.stdout, recal.stdout
-    assert "0 validation windows from 0 clips" in recal.output
+    assert "1 clip: 34 windows to calibrate on" in recal.output, recal.output
+    assert "warning: the clip was training footage of the --init weights (clip44)" in recal.output, recal.output
 
 
 def test_a_failed_run_removes_only_its_own_checkpoint_folder_under_a_shared_parent(data3, tmp_path):
