@@ -420,7 +420,7 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
                 f"{thr:.4g} (median score {mismatch['median']:.4g}; the weights' normal calibration footage: "
                 f"{mismatch['calibration_median']:.4g}). Either most of this footage is abnormal or it is unlike the "
                 "footage the weights were calibrated on, and the threshold does not transfer: read the score curve, "
-                "pass --threshold NUMBER, or recalibrate on normal footage of this camera in seconds (stan train NORMAL "
+                "pass --threshold NUMBER, or recalibrate on normal footage of this camera, which trains nothing (stan train NORMAL "
                 "--init WEIGHTS --pretrain-epochs 0 --epochs 0 --out CAMERA.safetensors; README, \"Calibrate on your camera\")."
             )
     if time_s is None:
