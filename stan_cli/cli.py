@@ -167,7 +167,7 @@ def detect(
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         raise typer.Exit(130)
-    from .report import no_segments_note
+    from .report import flagged_but_short
 
     for message in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
@@ -182,7 +182,8 @@ def detect(
     if len(s["segments"]) > 10:
         table.add_row("", f"... {len(s['segments']) - 10} more in segments.csv")
     if not s["segments"]:
-        table.add_row("segments", no_segments_note(s["abnormal_frames"], s["segment_rules"]["min_length_frames"]))
+        why = flagged_but_short(s["abnormal_frames"], s["segment_rules"]["min_length_frames"])
+        table.add_row("segments", f"none: {why}" if why else "none flagged")
     t = s["timings"]
     table.add_row("time", f"{t['total_s']:.1f} s ({t['scoring_s']:.1f} s scoring, {result.n_frames / max(t['scoring_s'], 1e-9):.1f} frames/s)")
     out.print(table)
@@ -325,8 +326,6 @@ def train(
     progress = _progress()
     task = {"id": None}
 
-    recalibration = init is not None and pretrain_epochs == 0 and epochs == 0
-
     def on_event(kind: str, **info) -> None:
         if kind == "warning":
             progress.console.print(f"[yellow]warning:[/] {escape(info['message'])}", highlight=False)
@@ -339,7 +338,7 @@ def train(
                 progress.remove_task(task["id"])
                 task["id"] = None
             skipped = f", {info['skipped']} skipped" if info["skipped"] else ""
-            if recalibration:  # nothing is trained: every window is scored for the calibration
+            if info["recalibration"]:  # nothing is trained: every window is scored for the calibration
                 progress.console.print(f"{_count(info['clips'], 'clip')}: {_count(info['train_windows'], 'window')} to calibrate on{skipped}")
             else:
                 progress.console.print(

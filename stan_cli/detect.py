@@ -80,14 +80,15 @@ def calibration_label(calibration: dict) -> str:
     """
     quantile = f"{100 * (1 - calibration['false_alarm_rate']):.4g}th percentile"
     n, clips = calibration.get("n_windows"), calibration.get("clips") or []
-    of = f"{n:,} windows" if n else "the windows"
-    if clips:
-        of += f" of {len(clips)} clip{'s' if len(clips) != 1 else ''}"
     source = str(calibration.get("source", "validation"))
+
+    def windows(kind: str) -> str:  # "280 held-out normal windows of 2 clips"
+        text = f"{n:,} {kind}windows" if n else f"the {kind}windows"
+        return text + (f" of {len(clips)} clip{'s' if len(clips) != 1 else ''}" if clips else "")
+
     if source.startswith("training"):
-        return f"calibration on the training footage itself: the {quantile} of its {of} (in-sample, so optimistic)"
-    kind = "held-out normal" if source.startswith("validation") else "normal"
-    label = f"calibration: the {quantile} of {of.replace('windows', kind + ' windows', 1)}"
+        return f"calibration on the training footage itself: the {quantile} of its {windows('')} (in-sample, so optimistic)"
+    label = f"calibration: the {quantile} of {windows('held-out normal ' if source.startswith('validation') else 'normal ')}"
     fitted = calibration.get("trained_on") or []
     if fitted:
         label += f" ({len(fitted)} of them trained on, so optimistic)" if len(fitted) < len(clips) else " (all trained on, so optimistic)"
@@ -141,7 +142,8 @@ def parse_threshold(value: float | str | None, rules: tuple[str, ...] = THRESHOL
     text = str(value).strip().lower()
     if text in THRESHOLD_RULES:
         return text
-    words = " or ".join([", ".join(["a raw score such as 0.0015", *(f"'{r}'" for r in rules[:-1])]), f"'{rules[-1]}'"])
+    accepted = ["a raw score such as 0.0015", *(f"'{r}'" for r in rules)]
+    words = f"{', '.join(accepted[:-1])} or {accepted[-1]}"
     try:
         number = float(text)
     except ValueError:

@@ -521,20 +521,20 @@ def _segment_times(
     return None
 
 
-def no_segments_note(abnormal_frames: Any, min_length: Any) -> str:
-    """What an empty segment list means: nothing flagged, or flagged runs too short to keep."""
-    if isinstance(abnormal_frames, int) and abnormal_frames > 0:
-        frames = "1 flagged frame" if abnormal_frames == 1 else f"{abnormal_frames} flagged frames"
-        shorter = f"shorter than --min-length {min_length}" if min_length else "too short to keep"
-        return f"none: {frames}, in runs {shorter} (see scores.csv)"
-    return "none flagged"
+def flagged_but_short(abnormal_frames: Any, min_length: Any) -> str | None:
+    """Why a clip with flagged frames has no segment ("2 flagged frames, in runs shorter than
+    --min-length 5 (see scores.csv)"); None when nothing was flagged."""
+    if not isinstance(abnormal_frames, int) or abnormal_frames <= 0:
+        return None
+    frames = "1 flagged frame" if abnormal_frames == 1 else f"{abnormal_frames} flagged frames"
+    shorter = f"shorter than --min-length {min_length}" if min_length else "too short to keep"
+    return f"{frames}, in runs {shorter} (see scores.csv)"
 
 
 def _segments_table(segments: Sequence[Segment], times: np.ndarray | None, summary: Mapping[str, Any]) -> str:
     if not segments:
-        note = no_segments_note(summary.get("abnormal_frames"), summary.get("min_length_frames"))
-        detail = html.escape(note[len("none"):]) if note.startswith("none:") else " found"
-        return f'<p class="none">No abnormal segments{detail}.</p>'
+        why = flagged_but_short(summary.get("abnormal_frames"), summary.get("min_length_frames"))
+        return f'<p class="none">No abnormal segments{": " + html.escape(why) if why else " found"}.</p>'
 
     def at(frame: int) -> str:
         return _t(float(times[frame])) if times is not None else "\u2014"

@@ -130,6 +130,11 @@ class TrainOptions:
         return self.ckpt_dir / "losses.png"
 
     @property
+    def run_record(self) -> list[Path]:
+        """What a run keeps in its checkpoint folder besides `last.safetensors` and the frame cache."""
+        return [self.ckpt_dir / "best.safetensors", self.live_log, self.live_val_log, self.live_plot]
+
+    @property
     def side_files(self) -> list[tuple[Path, Path]]:
         """(while the run trains, once it has finished) for the log, the validation log and the plot."""
         return [(self.live_log, self.log_path), (self.live_val_log, self.val_log_path), (self.live_plot, self.plot_path)]
@@ -397,7 +402,7 @@ class _Scratch:
         if self.new_cache:
             shutil.rmtree(self.opts.ckpt_dir / "frames", ignore_errors=True)
         if self.cleared:
-            for path in (self.opts.ckpt_dir / "best.safetensors", self.opts.live_log, self.opts.live_val_log, self.opts.live_plot):
+            for path in self.opts.run_record:
                 path.unlink(missing_ok=True)
 
 
@@ -414,7 +419,7 @@ def _missing_folders(folder: Path) -> list[Path]:
 def _clear_previous_run(opts: TrainOptions) -> None:
     """A new run (--overwrite, or leftovers without a checkpoint) starts from an empty record. Called
     once the footage has been read: a refused run leaves the earlier run resumable."""
-    for path in (opts.ckpt_dir / "last.safetensors", opts.ckpt_dir / "best.safetensors", opts.live_log, opts.live_val_log, opts.live_plot):
+    for path in (opts.ckpt_dir / "last.safetensors", *opts.run_record):
         path.unlink(missing_ok=True)
 
 
@@ -676,6 +681,7 @@ def _run(
     n_val = len(WindowSet(val_clips))
     emit(
         "data",
+        recalibration=_recalibration(opts),
         clips=len(clips),
         train_clips=len(train_clips),
         val_clips=len(val_clips),
