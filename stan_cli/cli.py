@@ -315,7 +315,7 @@ def train(
     preset: Annotated[str, typer.Option(hidden=True, help="Network size: paper (Table 1) or tiny (tests).")] = "paper",
 ) -> None:
     """Train both networks on normal footage of one camera, the paper's way; write a weights file."""
-    from .train import TrainingInterrupted, TrainOptions, train as run_train
+    from .train import TrainingInterrupted, TrainOptions, is_recalibration, train as run_train
 
     opts = TrainOptions(
         data=data, out=out_file, pretrain_epochs=pretrain_epochs, epochs=epochs, lr=lr, batch_size=batch_size,
@@ -325,6 +325,8 @@ def train(
     )
     progress = _progress()
     task = {"id": None}
+
+    recalibration = is_recalibration(opts)
 
     def on_event(kind: str, **info) -> None:
         if kind == "warning":
@@ -338,7 +340,7 @@ def train(
                 progress.remove_task(task["id"])
                 task["id"] = None
             skipped = f", {info['skipped']} skipped" if info["skipped"] else ""
-            if info["recalibration"]:  # nothing is trained: every window is scored for the calibration
+            if recalibration:  # nothing is trained: every window is scored for the calibration
                 progress.console.print(f"{_count(info['clips'], 'clip')}: {_count(info['train_windows'], 'window')} to calibrate on{skipped}")
             else:
                 progress.console.print(

@@ -326,7 +326,7 @@ def _validate(opts: TrainOptions) -> None:
         raise TrainingError(f"--false-alarm-rate {opts.false_alarm_rate}: must be between 0 and 1 (0.01 = 1 %).")
     if opts.pixel_norm not in PIXEL_NORMS:
         raise TrainingError(f"--pixel-norm {opts.pixel_norm}: unknown. Use one of {', '.join(PIXEL_NORMS)}.")
-    if opts.pretrain_epochs == 0 and opts.epochs == 0 and not _recalibration(opts) and not opts.resume:
+    if opts.pretrain_epochs == 0 and opts.epochs == 0 and not is_recalibration(opts) and not opts.resume:
         raise TrainingError(
             "--pretrain-epochs 0 and --epochs 0 train nothing: the output would be random networks. "
             "Ask for at least one epoch (or add --init FILE to recalibrate existing weights on this footage)."
@@ -438,7 +438,7 @@ def _publish_logs(opts: TrainOptions) -> None:
     """Beside the new weights, the run's logs and plot replace an earlier run's; one this run has
     not (a recalibration trains no step) is removed rather than left describing other weights."""
     for live, final in opts.side_files:
-        if live.exists() and not _recalibration(opts):  # a recalibration's checkpoint folder may hold an earlier run's
+        if live.exists() and not is_recalibration(opts):  # a recalibration's checkpoint folder may hold an earlier run's
             tmp = final.with_name(f".{final.name}.tmp")
             shutil.copyfile(live, tmp)
             os.replace(tmp, final)
@@ -668,7 +668,7 @@ def _run(
     if not rank.main:
         clips = load_clips(opts.data, config.image_size, ckpt_dir / "frames", decode=False)
     # a recalibration (see _finish) scores whole clips: no tail is cut off for validation
-    train_clips, val_clips = split_validation(clips, 0 if _recalibration(opts) else opts.val_clips)
+    train_clips, val_clips = split_validation(clips, 0 if is_recalibration(opts) else opts.val_clips)
     sources = {"train": [c.source for c in train_clips], "val": [c.source for c in val_clips]}
     if "clips" in progress and progress["clips"] != sources:
         raise TrainingError(
@@ -681,7 +681,6 @@ def _run(
     n_val = len(WindowSet(val_clips))
     emit(
         "data",
-        recalibration=_recalibration(opts),
         clips=len(clips),
         train_clips=len(train_clips),
         val_clips=len(val_clips),
@@ -696,7 +695,7 @@ def _run(
     if rank.main and opts.resume:
         _adopt_logs(opts)
         _restart_logs(opts, progress["step"])
-    elif scratch is not None and not _recalibration(opts):  # a recalibration trains nothing: an earlier run stays resumable
+    elif scratch is not None and not is_recalibration(opts):  # a recalibration trains nothing: an earlier run stays resumable
         _clear_previous_run(opts)
         scratch.cleared = True
 
@@ -764,7 +763,7 @@ def _run(
     result = _finish(opts, progress, generator, discriminator, config, train_clips, val_clips, device, best_path, warnings, emit)
     # Marked done only once the weights are written: a crash while calibrating resumes into
     # _finish again, even when --overwrite left an earlier run's weights at --out meanwhile.
-    if not _recalibration(opts):  # a recalibration trained nothing: there is nothing to continue
+    if not is_recalibration(opts):  # a recalibration trained nothing: there is nothing to continue
         final = _final_phase(opts)
         progress.update(phase="done", done_phase=final, done_epochs=dict(_phases(opts))[final])
         checkpoint()
@@ -874,7 +873,7 @@ def _clips_trained_on(init: dict | None, clips: list[Clip]) -> list[str]:
     return [c.source for c in clips if Path(c.source).resolve() in seen]
 
 
-def _recalibration(opts: TrainOptions) -> bool:
+def is_recalibration(opts: TrainOptions) -> bool:
     """--init with zero epochs of either phase: new calibration for unchanged networks."""
     return opts.init is not None and opts.pretrain_epochs == 0 and opts.epochs == 0
 
@@ -883,11 +882,11 @@ RECALIBRATION = "recalibration: every window of the footage (--init weights, no 
 
 
 def _finish(opts, progress, generator, discriminator, config, train_clips, val_clips, device, best_path, warnings, emit):
-    if best_path.exists() and not _recalibration(opts):  # a recalibration's networks are --init's, whatever lies there
+    if best_path.exists() and not is_recalibration(opts):  # a recalibration's networks are --init's, whatever lies there
         best = load_weights(best_path).to(device)
         generator, discriminator = best.generator, best.discriminator
     trained_on: list[str] = []
-    if _recalibration(opts):  # nothing was trained here: every window is scored, whatever it is
+    if is_recalibration(opts):  # nothing was trained here: every window is scored, whatever it is
         calib_clips, calib_source = train_clips + val_clips, RECALIBRATION
         trained_on = _clips_trained_on(_init_record(progress.get("init")), calib_clips)
         if trained_on:
