@@ -24,6 +24,7 @@ from stan_cli.dataset import WindowSet, load_clips
 from stan_cli.model import Discriminator
 from stan_cli.train import TrainOptions, _step
 from stan_cli.weights import find_default_weights, load_weights, save_weights
+from stan_cli.model import d_loss_map, split_window, with_middle
 from stan_cli.windows import to_tensor
 
 
@@ -67,10 +68,31 @@ def main() -> None:
             print(f"step {step + 1:4d} (generator {state}): D loss {np.mean(losses[-10:]):.4f}, "
                   f"D(real) {r['d_real']:.3f}, D(generated) {r['d_fake']:.3f}, adv {r['loss_adv']:.3f}, "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
+    held_out_separation(generator, discriminator, WindowSet(clips[-2:]))
     if args.save:
         training = {**stan.training, "probe": {k: str(v) for k, v in vars(args).items()}}
         save_weights(args.save, generator, discriminator, stan.config, stan.calibration, training)
         print(f"saved {args.save}")
+
+
+@torch.no_grad()
+def held_out_separation(generator, discriminator, windows: WindowSet, every: int = 7) -> None:
+    """Real against generated windows of the held-out clips (never trained on): the discriminator's
+    mean loss there (chance 1.386) and the fraction of (real, generated) pairs it ranks right."""
+    generator.eval(), discriminator.eval()
+    real, fake = [], []
+    for i in range(0, len(windows), every):
+        x = to_tensor(windows[i][None])
+        neighbours, _ = split_window(x)
+        real.append(discriminator(x))
+        fake.append(discriminator(with_middle(x, generator(neighbours))))
+    real, fake = torch.cat(real), torch.cat(fake)  # (N, h, w) logits
+    loss = (d_loss_map(real, real=True) + d_loss_map(fake, real=False)).mean()
+    d_real, d_fake = d_loss_map(real, real=True), d_loss_map(fake, real=True)  # the d score, -log D
+    ranked = (d_real[:, None] < d_fake[None, :]).double().mean()
+    print(f"held-out clips, {len(real)} windows: D loss {loss:.4f} (chance 1.386); the d score "
+          f"(-log D) ranks real below generated in {100 * ranked:.1f} % of pairs; "
+          f"D(real) {torch.sigmoid(real).mean():.3f}, D(generated) {torch.sigmoid(fake).mean():.3f}", flush=True)
 
 
 if __name__ == "__main__":

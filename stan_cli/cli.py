@@ -7,6 +7,7 @@ a value of the wrong type), 130 interrupted (Ctrl-C, SIGTERM, SIGHUP).
 
 from __future__ import annotations
 
+import math
 import signal
 from pathlib import Path
 from typing import Annotated, Optional
@@ -227,8 +228,12 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
 
     from .batch import BatchEntry, detect_many
 
+    from .video import images_beside_clips
+
     progress = _progress()
     bars = _StageBars(progress)
+    for message in filter(None, map(images_beside_clips, videos) if main else []):
+        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
     def on_input(event: str, entry: BatchEntry, total: int) -> None:
         where = f"[{entry.index + 1}/{total}]"
@@ -359,10 +364,14 @@ def train(
             progress.update(task["id"], completed=info["batch"], info=f"{text} {info['samples_per_s']:.1f} samples/s")
         elif kind == "epoch_end":
             mark = " [green](selected)[/]" if info["selected"] else ""
-            progress.console.print(
-                f"{info['phase']} epoch {info['epoch']}: validation pixel loss {info['val_pixel']:.5g}, "
-                f"-log D {info['val_d']:.4g}{mark}"
-            )
+            if math.isnan(info["val_pixel"]):  # no held-out clips: nothing measured, the latest epoch is kept
+                verdict = "no validation windows" + (", the latest epoch is kept" if info["selected"] else "")
+                progress.console.print(f"{info['phase']} epoch {info['epoch']}: {verdict}")
+            else:
+                progress.console.print(
+                    f"{info['phase']} epoch {info['epoch']}: validation pixel loss {info['val_pixel']:.5g}, "
+                    f"-log D {info['val_d']:.4g}{mark}"
+                )
         elif kind == "calibrate":
             progress.console.print(f"calibrating on {info['windows']} windows ({escape(info['source'])})", highlight=False)
 

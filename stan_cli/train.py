@@ -185,29 +185,31 @@ class _Rank:
 
 
 class _Lock:
-    """`<out>.lock`, flock-ed for the life of a run: two runs writing one --out are refused.
+    """`<path>.lock`, flock-ed for the life of a run: two runs writing one --out (or sharing one
+    --checkpoint-dir, whose checkpoints they would overwrite in turn) are refused.
 
     The kernel drops an flock when its process dies (kill -9, reboot, a requeued job), so a
     lock left behind never blocks a resumed run; host and pid in the file are only for the message.
     """
 
-    def __init__(self, out: Path) -> None:
-        self.path = out.with_name(out.name + ".lock")
+    def __init__(self, path: Path, option: str = "--out") -> None:
+        self.path = path.with_name(path.name + ".lock")
+        self.option = option
         self._fd: int | None = None
 
     def acquire(self) -> None:
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
         except OSError as err:
-            raise OutputError(f"{self.path}: cannot create the run's lock file ({err.strerror}). Choose a writable --out.") from None
+            raise OutputError(f"{self.path}: cannot create the run's lock file ({err.strerror}). Choose a writable {self.option}.") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
             os.close(fd)
             raise TrainingError(
-                f"{self.path}: another `stan train` is writing this --out ({holder}). "
-                "Wait for it to finish or choose another --out."
+                f"{self.path}: another `stan train` is writing this {self.option} ({holder}). "
+                f"Wait for it to finish or choose another {self.option}."
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{socket.gethostname()} pid {os.getpid()}".encode())
@@ -531,11 +533,24 @@ def train(opts: TrainOptions, on_event: Event = lambda kind, **info: None) -> Tr
     emit = on_event if rank.main else (lambda kind, **info: None)
     if message := precision_warning(device, opts.precision):
         emit("warning", message=message)
-    lock = _Lock(opts.out)
+    locks = [_Lock(opts.out)]
+    lock_folders: list[Path] = []  # made for the --checkpoint-dir lock; removed at the end if still empty
+    if opts.checkpoint_dir is not None:  # shared by runs with different --out, it needs its own
+        locks.append(_Lock(opts.ckpt_dir, "--checkpoint-dir"))
     scratch: _Scratch | None = None
     try:
         if rank.main:
-            lock.acquire()  # before anything is checked or deleted: a live run's files stay untouched
+            for lock in locks:  # before anything is checked or deleted: a live run's files stay untouched
+                if lock.option == "--checkpoint-dir":
+                    lock_folders = _missing_folders(lock.path.parent)
+                    try:
+                        lock.path.parent.mkdir(parents=True, exist_ok=True)
+                    except OSError as err:
+                        raise OutputError(
+                            f"{opts.ckpt_dir}: cannot create the checkpoint folder ({err.strerror}). "
+                            "Choose a writable --checkpoint-dir."
+                        ) from None
+                lock.acquire()
         _check_outputs(opts)
         if rank.main and not opts.resume:
             scratch = _Scratch(opts)
@@ -543,7 +558,13 @@ def train(opts: TrainOptions, on_event: Event = lambda kind, **info: None) -> Tr
     finally:
         if scratch is not None and not scratch.checkpointed:
             scratch.remove()  # nothing to resume: leave no checkpoint folder behind either
-        lock.release()
+        for lock in locks:
+            lock.release()
+        for folder in lock_folders:
+            try:
+                folder.rmdir()
+            except OSError:  # the run's checkpoints (or another run's) are in it
+                break
         if rank.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 

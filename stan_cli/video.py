@@ -120,6 +120,20 @@ def is_frame_folder(folder: Path) -> bool:
     return bool(list_frames(folder)) and not holds_clips(folder)
 
 
+def images_beside_clips(folder: Path) -> str | None:
+    """The warning for a folder of clips with images lying directly in it, which are not read
+    (see is_frame_folder); None when there are none, or for anything that is not such a folder."""
+    try:
+        if not Path(folder).is_dir() or not holds_clips(folder) or not (n := len(list_frames(folder))):
+            return None
+    except OSError:  # unreadable: whoever reads it says so
+        return None
+    return (
+        f"{folder}: {n} image{'s' if n != 1 else ''} lying beside its videos or clip folders "
+        f"{'are' if n != 1 else 'is'} not read. To use them as a clip, move them into a subfolder of their own."
+    )
+
+
 def _concat_list(files: list[Path]) -> str:
     """A concat-demuxer script listing the images; quotes escaped the way ffmpeg expects."""
     lines = ["ffconcat version 1.0"]

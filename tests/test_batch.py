@@ -268,7 +268,7 @@ def test_which_arguments_make_a_batch(videos, tmp_path):
     ]
 
 
-def test_a_stray_image_beside_videos_or_clip_folders_is_not_a_clip(videos, tmp_path):
+def test_a_stray_image_beside_videos_or_clip_folders_is_not_a_clip(videos, tiny_weights, tmp_path):
     from stan_cli.dataset import find_sources
 
     (tmp_path / "cam").mkdir()
@@ -280,6 +280,19 @@ def test_a_stray_image_beside_videos_or_clip_folders_is_not_a_clip(videos, tmp_p
     expected = [tmp_path / "cam" / n for n in ("2.mp4", "10.mp4", "11")]
     assert expand_inputs([tmp_path / "cam"]) == find_sources(tmp_path / "cam") == expected
     assert find_sources(videos / "11") == [videos / "11"]  # images alone: one clip, as before
+    # ... and both commands say so, so that a user who meant those images as footage knows
+    from stan_cli.dataset import load_clips
+    from stan_cli.video import images_beside_clips
+
+    said = []
+    load_clips(tmp_path / "cam", 32, tmp_path / "cache", warn=said.append)
+    expected = f"{tmp_path / 'cam'}: 1 image lying beside its videos or clip folders is not read."
+    assert said[0].startswith(expected) and "subfolder" in said[0]
+    assert images_beside_clips(videos) is None and images_beside_clips(videos / "11") is None
+    assert images_beside_clips(videos / "2.mp4") is None and images_beside_clips(tmp_path / "missing") is None
+    result = run(tmp_path / "cam", "--out", tmp_path / "out", "--weights", tiny_weights, "--no-video")
+    assert result.exit_code == 0 and "1 image lying beside" in " ".join(result.stderr.split())
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["10", "11", "2"]
 
 
 @pytest.fixture

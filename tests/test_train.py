@@ -288,12 +288,16 @@ def test_kill_9_then_resume_from_the_cli(data3, tmp_path):
 
 
 def test_ctrl_c_checkpoints_the_current_step_and_exits_130(data3, tmp_path):
+    # 10,000 tiny epochs: the run never finishes before the signal arrives, however loaded the machine.
+    # SIGINT back to its default in the child: a test run started as a background job (`pytest &`)
+    # hands its children an ignored SIGINT, which stan rightly leaves ignored (as for nohup).
     out = tmp_path / "model.safetensors"
     log = live_log(out)
     proc = subprocess.Popen(
-        stan_cmd(data3, "--out", out, "--preset", "tiny", "--device", "cpu", "--pretrain-epochs", "20", "--epochs", "0",
+        stan_cmd(data3, "--out", out, "--preset", "tiny", "--device", "cpu", "--pretrain-epochs", "10000", "--epochs", "0",
                  "--val-clips", "0"),
         env=SUBPROCESS_ENV, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 3, proc, "two logged steps")
@@ -386,6 +390,30 @@ def test_a_refused_overwrite_leaves_the_live_runs_files_alone(data3, tmp_path):
     finally:
         os.close(fd)
     assert ckpt.exists() and (tmp_path / "model.log.csv").exists()
+
+
+def test_runs_sharing_a_checkpoint_dir_are_refused_like_runs_sharing_an_out(data3, tmp_path):
+    """Two runs with different --out but one --checkpoint-dir would overwrite each other's
+    checkpoints and frame cache: the second is refused, the first's files stay."""
+    shared = tmp_path / "runs" / "ckpt"
+    shared.parent.mkdir()
+    fd = hold_lock(shared)  # a live run holds <checkpoint-dir>.lock
+    try:
+        with pytest.raises(TrainingError, match="another `stan train` is writing this --checkpoint-dir"):
+            train(options(data3, tmp_path / "b.safetensors", checkpoint_dir=shared))
+        assert not (tmp_path / "b.safetensors").exists() and not shared.exists()
+    finally:
+        os.close(fd)
+    result = train(options(data3, tmp_path / "b.safetensors", checkpoint_dir=shared))
+    assert result.steps == 15 and not lock_of(shared).exists()  # released at the end
+    assert (shared / "last.safetensors").exists()
+
+
+def test_a_failed_run_leaves_no_checkpoint_dir_lock_or_folders(videos, tmp_path):
+    short = folder_of(tmp_path, "short", videos["short"])
+    with pytest.raises(InputError):
+        train(options(short, tmp_path / "c.safetensors", checkpoint_dir=tmp_path / "x" / "y" / "c"))
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_lock_file_nobody_holds_is_taken_over_and_released(data3, tmp_path):
@@ -938,6 +966,13 @@ def test_cli_summary_counts_rounds_and_lists_only_written_files(folder44, tmp_pa
     assert float(val) == pytest.approx(load_weights(out).training["selected"]["val_pixel"], rel=1e-3)
     assert len(val.replace(".", "").replace("-", "").lstrip("0").split("e")[0]) <= 4, val
     assert "loss log / plot" in result.stdout
+    assert "pretrain epoch 1: validation pixel loss" in result.stderr
+
+    alone = run_cli(folder44, "--out", tmp_path / "alone.safetensors", "--preset", "tiny", "--device", "cpu",
+                    "--pretrain-epochs", "1", "--epochs", "0", "--batch-size", "8", "--val-clips", "0")
+    assert alone.exit_code == 0, alone.output
+    assert "pretrain epoch 1: no validation windows, the latest epoch is kept" in alone.stderr, alone.output
+    assert "nan" not in alone.output.lower(), alone.output
 
     recal = run_cli(folder44, "--out", tmp_path / "cam.safetensors", "--init", out, "--pretrain-epochs", "0",
                     "--epochs", "0", "--device", "cpu")
