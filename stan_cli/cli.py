@@ -301,6 +301,7 @@ def train(
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Weights file to write.")] = Path("model.safetensors"),
     pretrain_epochs: Annotated[Optional[int], typer.Option(help="Epochs of the generator alone on the pixel loss \\[default: 10; on --resume the run's own].", rich_help_panel="Recipe", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Adversarial epochs, generator and discriminator alternately \\[default: 20; on --resume the run's own].", rich_help_panel="Recipe", show_default=False)] = None,
+    discriminator_epochs: Annotated[Optional[int], typer.Option(help="Then epochs of the discriminator alone against the frozen final generator; not in the paper (README) \\[default: 0; on --resume the run's own].", rich_help_panel="Recipe", show_default=False)] = None,
     lr: Annotated[float, typer.Option(help="Adam learning rate.", rich_help_panel="Recipe")] = 2e-4,
     batch_size: Annotated[int, typer.Option(help="Windows per step (per process).", rich_help_panel="Recipe")] = 3,
     lam: Annotated[float, typer.Option("--lambda", help="Weight of the pixel loss in L_G.", rich_help_panel="Recipe")] = 1.0,
@@ -323,7 +324,7 @@ def train(
     from .train import TrainingInterrupted, TrainOptions, is_recalibration, train as run_train
 
     opts = TrainOptions(
-        data=data, out=out_file, pretrain_epochs=pretrain_epochs, epochs=epochs, lr=lr, batch_size=batch_size,
+        data=data, out=out_file, pretrain_epochs=pretrain_epochs, epochs=epochs, discriminator_epochs=discriminator_epochs, lr=lr, batch_size=batch_size,
         lam=lam, val_clips=val_clips, false_alarm_rate=false_alarm_rate, device=device, precision=precision,
         seed=seed, workers=workers, checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
         resume=resume, overwrite=overwrite, preset=preset, init=init, reset_discriminator=reset_discriminator, pixel_norm=pixel_norm,
@@ -367,6 +368,12 @@ def train(
             if math.isnan(info["val_pixel"]):  # no held-out clips: nothing measured, the latest epoch is kept
                 verdict = "no validation windows" + (", the latest epoch is kept" if info["selected"] else "")
                 progress.console.print(f"{info['phase']} epoch {info['epoch']}: {verdict}")
+            elif info["phase"] == "discriminator":  # what its selection rule minimises
+                progress.console.print(
+                    f"discriminator epoch {info['epoch']}: validation discriminator loss "
+                    f"{info['val_d'] + info['val_d_fake']:.4g} ({info['val_d']:.4g} on real, {info['val_d_fake']:.4g} on "
+                    f"generated windows; chance 1.386){mark}"
+                )
             else:
                 progress.console.print(
                     f"{info['phase']} epoch {info['epoch']}: validation pixel loss {info['val_pixel']:.5g}, "
@@ -399,6 +406,8 @@ def train(
     if sel:
         val = sel.get("val_pixel")
         val_text = f"val pixel {val:.4g}" if val is not None and val == val else "no validation windows"  # NaN: none
+        if sel.get("phase") == "discriminator" and val == val:
+            val_text = f"val discriminator loss {sel['val_d'] + sel['val_d_fake']:.4g}, {val_text}"
         table.add_row("selected", f"{sel.get('phase')} epoch {sel.get('epoch')} (step {sel.get('step')}), {val_text}")
     table.add_row("lambda_s", f"{result.calibration['lambda_s']:.4g}")
     from .detect import calibration_label

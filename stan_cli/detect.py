@@ -511,9 +511,10 @@ def _write_overlays(video, fps, result: DetectResult, stores: dict[str, MapStore
             if t >= n:
                 break
             raw = result.score_raw[t]
-            label = f"{t}  {result.time_s[t]:.1f}S  " + (
-                f"SCORE {raw:.4g} / {result.threshold:.4g}" if np.isfinite(raw) else "NOT SCORED"
-            )
+            score = f"{raw:.4g} / {result.threshold:.4g}" if np.isfinite(raw) else "NOT SCORED"
+            # longest first: a small video gets the shortest that fits rather than a clipped line
+            label = (f"{t}  {result.time_s[t]:.1f}S  " + ("SCORE " if np.isfinite(raw) else "") + score,
+                     f"{t} {score}", f"{raw:.3g}" if np.isfinite(raw) else "-")
             strip = overlay.score_strip(info.width, strip_h, curve, t, result.threshold, vmax)
             k = t - first
             for kind, writer in writers.items():

@@ -8,6 +8,7 @@ dependencies: a 5x7 bitmap font and a few numpy masks cover what a report overla
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -333,17 +334,25 @@ def label_scale(width: int, height: int) -> int:
     return max(1, min(width, height) // 240)
 
 
+def fitting_label(labels: str | Sequence[str], room: int, scale: int) -> str:
+    """The first of `labels` (longest first) whose box fits in `room` pixels, else the last one."""
+    labels = [labels] if isinstance(labels, str) else list(labels)
+    return next((label for label in labels if text_size(label, scale)[0] <= room), labels[-1] if labels else "")
+
+
 def compose_frame(
     frame: np.ndarray,
     heat: np.ndarray | None,
-    label: str,
+    label: str | Sequence[str],
     abnormal: bool,
     strip: np.ndarray | None = None,
 ) -> np.ndarray:
     """One overlay-video frame: heat map, label top-left, red border if abnormal, strip below.
 
-    The strip goes under the frame rather than on top of it so no pixel of the scene is
-    hidden; the output is (H + strip_h, W, 3) and W is unchanged.
+    `label` may be several versions of the text, longest first: the first that fits the frame's
+    width is drawn, so a small video keeps a readable label instead of a clipped one. The strip
+    goes under the frame rather than on top of it so no pixel of the scene is hidden; the output
+    is (H + strip_h, W, 3) and W is unchanged.
     """
     out = heat_overlay(frame, heat)
     height, width = out.shape[:2]
@@ -351,6 +360,7 @@ def compose_frame(
     if abnormal:
         draw_border(out, border, ABNORMAL_RED)
     scale = label_scale(width, height)
+    label = fitting_label(label, width - 2 * (border + scale), scale)
     draw_text(out, label, border + scale, border + scale, scale=scale)
     if strip is None:
         return out

@@ -2,11 +2,17 @@
 
 Phases (STAN.md, "Training"): `pretrain` trains the generator alone on the pixel loss; then
 `adversarial` alternates one discriminator step on L_D and one generator step on L_G per batch.
+An optional third phase, not in the paper, `discriminator` (--discriminator-epochs), trains the
+discriminator alone on L_D against the final generator, which is frozen: in our runs the
+adversarial phase ended with the discriminator at chance (2 ln 2, the GAN's own equilibrium), which
+leaves its score and guided-backpropagation maps without information; against a frozen generator
+it learns to tell real normal windows from generated ones.
 
 Model selection, fixed before any evaluation: after every epoch of the LAST phase that runs, the
-generator's mean pixel loss on the held-out normal validation windows is measured; the state
-with the lowest value becomes the output (ties: the earlier epoch). Without validation windows
-the final state is the output. Test labels are never looked at.
+held-out normal validation windows are scored; the state with the lowest value becomes the output
+(ties: the earlier epoch): the generator's mean pixel loss after `pretrain` or `adversarial`, the
+discriminator's loss L_D on real against generated windows after `discriminator`. Without
+validation windows the final state is the output. Test labels are never looked at.
 
 Calibration: the selected state scores the validation windows (or, without any, the training
 windows, which is said in the metadata) and `scoring.calibrate` stores lambda_s, the statistics
@@ -70,11 +76,18 @@ SELECTION_RULE = (
     "lowest mean generator pixel loss (MSE) on the held-out normal validation windows, "
     "over the epoch ends of the last training phase; the final state when there is no validation data"
 )
+D_SELECTION_RULE = (
+    "lowest mean discriminator loss L_D (-log D on real, -log(1 - D) on generated windows) on the held-out "
+    "normal validation windows, over the epoch ends of the discriminator phase; the final state when there is "
+    "no validation data"
+)
 LOG_FIELDS = ["step", "phase", "epoch", "loss_pixel", "loss_adv", "loss_d", "d_real", "d_fake", "samples_per_s"]
-VAL_FIELDS = ["step", "phase", "epoch", "val_pixel", "val_d", "selected"]
+VAL_FIELDS = ["step", "phase", "epoch", "val_pixel", "val_d", "selected", "val_d_fake"]
 Event = Callable[..., None]
 DEFAULT_PRETRAIN_EPOCHS = 10
 DEFAULT_EPOCHS = 20
+PHASES = ("pretrain", "adversarial", "discriminator")
+EPOCH_OPTIONS = {"pretrain": "--pretrain-epochs", "adversarial": "--epochs", "discriminator": "--discriminator-epochs"}
 
 
 @dataclass
@@ -83,6 +96,7 @@ class TrainOptions:
     out: Path
     pretrain_epochs: int | None = None  # None: DEFAULT_PRETRAIN_EPOCHS, or a resumed run's own value
     epochs: int | None = None  # None: DEFAULT_EPOCHS, or a resumed run's own value
+    discriminator_epochs: int | None = None  # None: 0, or a resumed run's own value
     lr: float = 2e-4
     batch_size: int = 3
     lam: float = 1.0
@@ -255,16 +269,23 @@ class TrainingInterrupted(TrainingError):
 
 
 def _phases(opts: TrainOptions) -> list[tuple[str, int]]:
-    return [("pretrain", opts.pretrain_epochs), ("adversarial", opts.epochs)]
+    return [("pretrain", opts.pretrain_epochs), ("adversarial", opts.epochs), ("discriminator", opts.discriminator_epochs)]
 
 
 def _final_phase(opts: TrainOptions) -> str:
+    return "discriminator" if opts.discriminator_epochs > 0 else _generator_phase(opts)
+
+
+def _generator_phase(opts: TrainOptions) -> str:
+    """The last phase that trains the generator: its selected state is the output, or, with a
+    discriminator phase, the generator that phase trains against."""
     return "adversarial" if opts.epochs > 0 else "pretrain"
 
 
 def _epoch_order(n: int, seed: int, phase: str, epoch: int, rank: _Rank) -> list[int]:
     """A fixed permutation per (seed, phase, epoch), sharded over ranks: resumable and identical."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + (0 if phase == "pretrain" else 500_000) + epoch)
+    offset = {"pretrain": 0, "adversarial": 500_000, "discriminator": 250_000}[phase]
+    g = torch.Generator().manual_seed(seed * 1_000_003 + offset + epoch)
     perm = torch.randperm(n, generator=g).tolist()
     per_rank = n // rank.world
     return perm[rank.rank * per_rank : (rank.rank + 1) * per_rank] if rank.world > 1 else perm
@@ -292,31 +313,36 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module.module if isinstance(module, DistributedDataParallel) else module
 
 
-def validate(generator, discriminator, clips: list[Clip], device, batch_size: int = 8):
-    """Per-window pixel loss and -log D(S_t) on the given clips: two float64 arrays.
+def validate(generator, discriminator, clips: list[Clip], device, batch_size: int = 8, generated: bool = False):
+    """Per-window pixel loss and -log D(S_t) on the given clips: two float64 arrays; with
+    `generated`, a third: -log(1 - D(S^_t)), the discriminator's loss on the generated window.
 
     Always fp32, whatever the training precision: calibration must match `stan detect`'s default.
     """
     generator.eval()
     discriminator.eval()
-    pixel, d = [], []
+    columns: list[list[np.ndarray]] = [[], [], []]
     loader = torch.utils.data.DataLoader(WindowSet(clips), batch_size=batch_size, shuffle=False)
-    for batch in loader:
-        scores = score_windows(generator, discriminator, to_tensor(batch).to(device), "fp32")
-        pixel.append(scores.pixel.cpu().double().numpy())
-        d.append(scores.d.cpu().double().numpy())
+    with torch.no_grad():
+        for batch in loader:
+            x = to_tensor(batch).to(device)
+            scores = score_windows(generator, discriminator, x, "fp32")
+            columns[0].append(scores.pixel.cpu().double().numpy())
+            columns[1].append(scores.d.cpu().double().numpy())
+            if generated:
+                logits = discriminator(with_middle(x, scores.prediction.to(x.dtype)))
+                columns[2].append(d_loss_map(logits, real=False).cpu().double().numpy())
     generator.train()
     discriminator.train()
-    if not pixel:
-        return np.zeros(0), np.zeros(0)
-    return np.concatenate(pixel), np.concatenate(d)
+    arrays = tuple(np.concatenate(c) if c else np.zeros(0) for c in columns)
+    return arrays if generated else arrays[:2]
 
 
 def _validate(opts: TrainOptions) -> None:
     """Every option checked before anything is locked, deleted or decoded."""
     if opts.preset not in PRESETS:
         raise TrainingError(f"--preset {opts.preset}: unknown. Use one of {', '.join(PRESETS)}.")
-    for name in ("pretrain_epochs", "epochs", "val_clips", "workers"):
+    for name in ("pretrain_epochs", "epochs", "discriminator_epochs", "val_clips", "workers"):
         value = getattr(opts, name)
         if value is not None and value < 0:
             raise TrainingError(f"--{name.replace('_', '-')} must be >= 0.")
@@ -328,10 +354,15 @@ def _validate(opts: TrainOptions) -> None:
         raise TrainingError(f"--false-alarm-rate {opts.false_alarm_rate}: must be between 0 and 1 (0.01 = 1 %).")
     if opts.pixel_norm not in PIXEL_NORMS:
         raise TrainingError(f"--pixel-norm {opts.pixel_norm}: unknown. Use one of {', '.join(PIXEL_NORMS)}.")
-    if opts.pretrain_epochs == 0 and opts.epochs == 0 and not is_recalibration(opts) and not opts.resume:
+    if opts.pretrain_epochs == 0 and opts.epochs == 0 and not opts.discriminator_epochs and opts.init is None and not opts.resume:
         raise TrainingError(
             "--pretrain-epochs 0 and --epochs 0 train nothing: the output would be random networks. "
             "Ask for at least one epoch (or add --init FILE to recalibrate existing weights on this footage)."
+        )
+    if opts.discriminator_epochs and opts.init is None and opts.pretrain_epochs == 0 and opts.epochs == 0 and not opts.resume:
+        raise TrainingError(
+            "--discriminator-epochs trains the discriminator against a trained generator: add --init FILE, "
+            "or ask for generator epochs (--pretrain-epochs, --epochs) first."
         )
     if opts.reset_discriminator and opts.init is None:
         raise TrainingError("--reset-discriminator only makes sense with --init FILE (a new run starts from random networks anyway).")
@@ -449,7 +480,8 @@ def _publish_logs(opts: TrainOptions) -> None:
 
 
 def _restart_logs(opts: TrainOptions, step: int) -> None:
-    """On resume, drop log rows past the checkpoint's step: those steps are trained again."""
+    """On resume, drop log rows past the checkpoint's step: those steps are trained again. The logs
+    are written with today's columns (a log begun by an earlier stan gets its new ones empty)."""
     for path, fields in ((opts.live_log, LOG_FIELDS), (opts.live_val_log, VAL_FIELDS)):
         if not path.exists():
             continue
@@ -464,7 +496,7 @@ def _restart_logs(opts: TrainOptions, step: int) -> None:
 
 
 def _append_row(path: Path, fields: list[str], row: dict) -> None:
-    new = not path.exists()
+    new = not path.exists()  # a log begun by an earlier stan got today's columns from _restart_logs
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fields)
         if new:
@@ -505,7 +537,13 @@ def plot_losses(log: Path, val_log: Path, out: Path) -> None:
             ax_val.plot(vs, [float(r["val_pixel"]) for r in vrows], "o-", label="val pixel (MSE)")
             ax_val.set_xlabel("step")
             ax_val.set_title("validation (normal clips held out)")
-            ax_val.legend()
+            ax_val.legend(loc="upper left")
+            # the discriminator's loss on real and generated windows (logs of earlier stans lack it)
+            d_loss = np.array([float(r["val_d"]) + float(r.get("val_d_fake") or "nan") for r in vrows])
+            if np.isfinite(d_loss).any():
+                ax_d = ax_val.twinx()
+                ax_d.plot(vs, d_loss, "s--", color="tab:red", label="val discriminator loss (chance 1.386)")
+                ax_d.legend(loc="upper right")
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.tmp.png")
     fig.savefig(tmp)
@@ -612,12 +650,7 @@ def _run(
         if changed and rank.main:
             emit("warning", message=f"resuming with the run's own {', '.join(changed)} (command-line values ignored)")
         opts = TrainOptions(**{**asdict(opts), **stored})
-        if opts.epochs is None:
-            opts.epochs = progress["epochs"]
-        if opts.pretrain_epochs is None or (
-            opts.pretrain_epochs < progress["pretrain_epochs"] and progress["phase"] != "pretrain"
-        ):
-            opts.pretrain_epochs = progress["pretrain_epochs"]
+        _resumed_epochs(opts, progress)
         world = progress.get("world_size", 1)
         if world != rank.world:
             raise TrainingError(
@@ -627,6 +660,7 @@ def _run(
     else:
         opts.pretrain_epochs = DEFAULT_PRETRAIN_EPOCHS if opts.pretrain_epochs is None else opts.pretrain_epochs
         opts.epochs = DEFAULT_EPOCHS if opts.epochs is None else opts.epochs
+        opts.discriminator_epochs = opts.discriminator_epochs or 0
 
     config = PRESETS[opts.preset]
     torch.manual_seed(opts.seed)
@@ -654,6 +688,7 @@ def _run(
         options={k: getattr(opts, k) for k in TrainOptions.RUN_KEYS},
         pretrain_epochs=opts.pretrain_epochs,
         epochs=opts.epochs,
+        discriminator_epochs=opts.discriminator_epochs,
         world_size=rank.world,
     )
     finish_only = False
@@ -662,12 +697,12 @@ def _run(
         same_phase = progress.get("done_phase", final) == final
         done_epochs = progress["done_epochs"] if same_phase else 0
         wanted = dict(_phases(opts))[final]
-        if wanted > done_epochs:
-            progress.update(phase=final, epoch=done_epochs, batch=0)
+        if wanted > done_epochs:  # back where it ended: the loop below moves on to the next phase as usual
+            progress.update(phase=progress.get("done_phase", final), epoch=progress["done_epochs"], batch=0)
         elif not opts.out.exists():
             finish_only = True  # training ended but the weights were never written: write them now
         else:
-            flag = "--epochs" if final == "adversarial" else "--pretrain-epochs"
+            flag = EPOCH_OPTIONS[final]
             raise TrainingError(
                 f"{last_path}: this run already finished {done_epochs} {final} epoch{'' if done_epochs == 1 else 's'}. "
                 f"Ask for more with {flag} N (N > {done_epochs}) to continue it."
@@ -741,6 +776,13 @@ def _run(
         for phase, n_epochs in _phases(opts)[phase_index:]:
             if progress["phase"] != phase:
                 progress.update(phase=phase, epoch=0, batch=0)
+                if phase == "discriminator" and (best := progress.get("best")):
+                    # against the generator the selection rule chose, not the last epoch's
+                    chosen = load_weights(best_path)
+                    generator.load_state_dict(chosen.generator.state_dict())
+                    discriminator.load_state_dict(chosen.discriminator.state_dict())
+                    opt_d.state.clear()  # its moments belonged to the last epoch's discriminator
+                    progress["generator_selected"] = best
             while progress["epoch"] < n_epochs:
                 epoch = progress["epoch"]
                 order = _epoch_order(len(windows), opts.seed, phase, epoch, rank)
@@ -792,6 +834,25 @@ def _run(
     return result
 
 
+def _resumed_epochs(opts: TrainOptions, progress: dict) -> None:
+    """Each phase's epochs for a resumed run: the run's own when not given, and the run's own when
+    a smaller number is given for a phase it has gone past (those epochs are history)."""
+    if progress["phase"] in PHASES:
+        passed = PHASES[: PHASES.index(progress["phase"])]
+    else:  # "done": every phase up to the one it finished
+        passed = PHASES[: PHASES.index(progress.get("done_phase", _final_phase_of(progress))) + 1]
+    for phase, option in EPOCH_OPTIONS.items():
+        key = option.removeprefix("--").replace("-", "_")
+        stored, given = progress.get(key, 0), getattr(opts, key)
+        if given is None or (phase in passed and given < stored):
+            setattr(opts, key, stored)
+
+
+def _final_phase_of(progress: dict) -> str:
+    """The last phase a checkpoint's run was asked for (checkpoints from before `done_phase`)."""
+    return "discriminator" if progress.get("discriminator_epochs") else "adversarial" if progress["epochs"] else "pretrain"
+
+
 def _any_rank(flag: bool, rank: _Rank, device: torch.device) -> bool:
     if rank.world == 1:
         return flag
@@ -814,7 +875,8 @@ def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt) -
         return {"loss_pixel": pixel_loss(pred.detach(), target).mean().item()}
 
     b = x.shape[0]
-    with autocast(device, opts.precision):
+    # In the discriminator phase the generator is frozen: its prediction needs no graph.
+    with torch.set_grad_enabled(phase == "adversarial"), autocast(device, opts.precision):
         pred = g_model(neighbours)  # (B, 1, S, S)
     fake = with_middle(x, pred.to(x.dtype))  # (B, 11, 1, S, S): S^_t
     # Discriminator step: real and fake in one forward (one DDP reduction).
@@ -828,6 +890,17 @@ def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt) -
     loss_d.backward()
     _check_finite({"discriminator gradient": _grad_norm(opt_d)}, where, ckpt)
     opt_d.step()
+    with torch.no_grad():
+        d_on_real = torch.sigmoid(logits[:b].float()).mean().item()
+        d_on_fake = torch.sigmoid(logits[b:].float()).mean().item()
+    losses = {
+        "loss_pixel": pixel_loss(pred.detach(), target).mean().item(),
+        "loss_d": loss_d.item(),
+        "d_real": d_on_real,
+        "d_fake": d_on_fake,
+    }
+    if phase == "discriminator":
+        return losses
     # Generator step against the updated discriminator, called bare with frozen weights:
     # gradients reach the fake frame only, and a DDP-wrapped discriminator sees exactly one
     # forward per backward.
@@ -846,39 +919,39 @@ def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt) -
         opt_g.step()
     finally:
         d_core.requires_grad_(True)
-    with torch.no_grad():
-        d_on_real = torch.sigmoid(logits[:b].float()).mean().item()
-        d_on_fake = torch.sigmoid(logits[b:].float()).mean().item()
-    return {
-        "loss_pixel": pixel_loss(pred.detach(), target).mean().item(),
-        "loss_adv": loss_adv.item(),
-        "loss_d": loss_d.item(),
-        "d_real": d_on_real,
-        "d_fake": d_on_fake,
-    }
+    return losses | {"loss_adv": loss_adv.item()}
+
+
+def selection_value(phase: str, record: dict) -> float:
+    """What the selection rule minimises after an epoch of `phase` (see the module docstring)."""
+    if phase == "discriminator":
+        return record["val_d"] + record["val_d_fake"]
+    return record["val_pixel"]
 
 
 def _end_of_epoch(opts, progress, phase, generator, discriminator, val_clips, device, best_path, emit) -> None:
-    val_pixel = val_d = float("nan")
+    val_pixel = val_d = val_d_fake = float("nan")
     if val_clips:
-        pixel, d = validate(generator, discriminator, val_clips, device)
-        val_pixel, val_d = float(pixel.mean()), float(d.mean())
+        pixel, d, d_fake = validate(generator, discriminator, val_clips, device, generated=True)
+        val_pixel, val_d, val_d_fake = float(pixel.mean()), float(d.mean()), float(d_fake.mean())
+    record = {"phase": phase, "epoch": progress["epoch"], "step": progress["step"], "val_pixel": val_pixel, "val_d": val_d, "val_d_fake": val_d_fake}
     selected = False
-    if phase == _final_phase(opts):
+    if phase in (_final_phase(opts), _generator_phase(opts)):
         best = progress.get("best")
-        if not val_clips or best is None or val_pixel < best["val_pixel"] or (
-            best.get("phase") != phase
+        if not val_clips or best is None or best.get("phase") != phase or (
+            selection_value(phase, record) < selection_value(phase, best)
         ):
-            progress["best"] = {"phase": phase, "epoch": progress["epoch"], "step": progress["step"], "val_pixel": val_pixel, "val_d": val_d}
+            progress["best"] = record
             save_weights(best_path, generator, discriminator, PRESETS[opts.preset])
             selected = True
     _append_row(
         opts.live_val_log,
         VAL_FIELDS,
-        {"step": progress["step"], "phase": phase, "epoch": progress["epoch"], "val_pixel": f"{val_pixel:.6g}", "val_d": f"{val_d:.6g}", "selected": int(selected)},
+        {"step": progress["step"], "phase": phase, "epoch": progress["epoch"], "val_pixel": f"{val_pixel:.6g}",
+         "val_d": f"{val_d:.6g}", "selected": int(selected), "val_d_fake": f"{val_d_fake:.6g}"},
     )
     plot_losses(opts.live_log, opts.live_val_log, opts.live_plot)
-    emit("epoch_end", phase=phase, epoch=progress["epoch"], val_pixel=val_pixel, val_d=val_d, selected=selected)
+    emit("epoch_end", **record, selected=selected)
 
 
 def _clips_trained_on(init: dict | None, clips: list[Clip]) -> list[str]:
@@ -895,8 +968,8 @@ def _clips_trained_on(init: dict | None, clips: list[Clip]) -> list[str]:
 
 
 def is_recalibration(opts: TrainOptions) -> bool:
-    """--init with zero epochs of either phase: new calibration for unchanged networks."""
-    return opts.init is not None and opts.pretrain_epochs == 0 and opts.epochs == 0
+    """--init with zero epochs of every phase: new calibration for unchanged networks."""
+    return opts.init is not None and opts.pretrain_epochs == 0 and opts.epochs == 0 and not opts.discriminator_epochs
 
 
 RECALIBRATION = "recalibration: every window of the footage (--init weights, no epoch trained in this run)"
@@ -950,10 +1023,12 @@ def _finish(opts, progress, generator, discriminator, config, train_clips, val_c
         "train_clips": [c.source for c in train_clips],
         "pretrain_epochs": opts.pretrain_epochs,
         "epochs": opts.epochs,
+        "discriminator_epochs": opts.discriminator_epochs,
         "steps": progress["step"],
         "options": {k: getattr(opts, k) for k in TrainOptions.RUN_KEYS} | {"precision": opts.precision},
-        "selection_rule": SELECTION_RULE,
+        "selection_rule": D_SELECTION_RULE if _final_phase(opts) == "discriminator" else SELECTION_RULE,
         "selected": progress.get("best"),
+        "generator_selected": progress.get("generator_selected"),
         "init": _init_record(progress.get("init")),
         "wall_s": round(progress["wall_s"], 1),
         "machine": {

@@ -165,6 +165,21 @@ def test_compose_frame_shape(frame: np.ndarray) -> None:
     np.testing.assert_array_equal(out[48:], strip)
 
 
+def test_a_small_frame_gets_the_longest_label_that_fits(frame: np.ndarray) -> None:
+    """64 px wide: the full label (150 px) would be cut off, so the short one is drawn whole."""
+    labels = ("120  12.0S  SCORE 0.000882 / 0.000885", "120 0.000882 / 0.000885", "0.000882")
+    assert overlay.fitting_label(labels, 600, 1) == labels[0]
+    assert overlay.fitting_label(labels, 150, 1) == labels[1]
+    assert overlay.fitting_label(labels, 60, 1) == labels[2] == overlay.fitting_label(labels, 5, 1)
+    assert overlay.fitting_label("only one", 5, 1) == "only one"
+    blank = np.zeros_like(frame)
+    out = compose_frame(blank, None, labels, False)
+    drawn = compose_frame(blank, None, labels[2], False)
+    np.testing.assert_array_equal(out, drawn)
+    width = overlay.text_size(labels[2], 1)[0]
+    assert out[:, width + 1 :].max() == 0  # nothing drawn past the short label's box
+
+
 def test_compose_frame_without_strip_or_heat(frame: np.ndarray) -> None:
     out = compose_frame(frame, None, "", False, None)
     np.testing.assert_array_equal(out, frame)

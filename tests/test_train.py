@@ -31,7 +31,7 @@ from stan_cli import cli
 from stan_cli.detect import detect
 from stan_cli.errors import InputError, OutputError, StanError, TrainingError
 from stan_cli.model import TINY, Discriminator, Generator
-from stan_cli.train import SELECTION_RULE, TrainOptions, _init_record, train
+from stan_cli.train import D_SELECTION_RULE, SELECTION_RULE, TrainOptions, _init_record, train
 from stan_cli.weights import load_checkpoint, load_weights, read_checkpoint_progress
 
 NORMAL = range(0)  # make_clip without the bright square: normal footage
@@ -344,6 +344,100 @@ def test_finished_pretrain_only_run_continues_with_adversarial_epochs(data3, tmp
     assert result.steps == 15 and adversarial == [1] * 5 + [2] * 5
 
 
+# ------------------------------------------------------- the discriminator phase (not in the paper)
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_the_discriminator_phase_trains_only_the_discriminator_and_selects_by_its_loss(data3, tmp_path):
+    first = tmp_path / "first.safetensors"
+    train(options(data3, first, pretrain_epochs=1, epochs=1, batch_size=8, val_clips=1))
+    out = tmp_path / "d.safetensors"
+    result = run_cli(data3, "--out", out, "--init", first, "--pretrain-epochs", "0", "--epochs", "0",
+                     "--discriminator-epochs", "3", "--batch-size", "8", "--val-clips", "1", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    before, after = load_weights(first), load_weights(out)
+    assert same_weights(before.generator, after.generator)  # frozen: bit for bit
+    assert not same_weights(before.discriminator, after.discriminator)
+    rows = log_rows(tmp_path / "d.log.csv")
+    assert [r["phase"] for r in rows] == ["discriminator"] * 15
+    assert all(r["loss_d"] and r["d_real"] and not r["loss_adv"] for r in rows)
+
+    # selection: the lowest validation L_D, -log D on real plus -log(1 - D) on generated windows
+    val = log_rows(tmp_path / "d.val.csv")
+    losses = [float(r["val_d"]) + float(r["val_d_fake"]) for r in val]
+    assert [int(r["selected"]) for r in val] == [int(v < min(losses[:i], default=math.inf)) for i, v in enumerate(losses)]
+    selected = after.training["selected"]
+    assert (selected["phase"], selected["epoch"]) == ("discriminator", int(np.argmin(losses)) + 1)
+    assert after.training["selection_rule"] == D_SELECTION_RULE and after.training["discriminator_epochs"] == 3
+    assert len({float(r["val_pixel"]) for r in val}) == 1  # the generator did not move
+    assert "discriminator epoch 1: validation discriminator loss" in result.stderr
+    assert "chance 1.386" in result.stderr and "val discriminator loss" in result.stdout
+
+
+def test_a_discriminator_phase_resumes_exactly(data3, tmp_path):
+    # pretrain (5 steps), then the discriminator (10): the crash at step 8 falls in the latter
+    kw = dict(pretrain_epochs=1, epochs=0, discriminator_epochs=2, batch_size=8, val_clips=1, checkpoint_every=3)
+    reference = train(options(data3, tmp_path / "ref.safetensors", **kw))
+    assert reference.steps == 15
+    out = tmp_path / "model.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        train(options(data3, out, **kw), Events(at="step", n=8))
+    assert read_checkpoint_progress(ckpt_of(out))["phase"] == "discriminator"
+    result = train(options(data3, out, resume=True, **{**kw, "discriminator_epochs": None}))  # the run's own
+    assert result.steps == 15
+    got, want = load_file(str(out)), load_file(str(reference.out))
+    assert [k for k in want if not torch.equal(got[k], want[k])] == []
+
+
+def test_the_discriminator_phase_trains_against_the_selected_generator(data3, tmp_path, monkeypatch):
+    """After 2 pretrain epochs whose first validates better, the discriminator phase (and so the
+    output) holds the first epoch's generator, not the last one's, also across a resume."""
+    import stan_cli.train as train_module
+
+    real_validate, calls = train_module.validate, []
+
+    def validate(*args, **kw):  # pretrain epoch 1 scores 0.1, epoch 2 0.2; then the real numbers
+        arrays = real_validate(*args, **kw)
+        calls.append(1)
+        if len(calls) <= 2:
+            return (np.full_like(arrays[0], 0.1 * len(calls)), *arrays[1:])
+        return arrays
+
+    monkeypatch.setattr(train_module, "validate", validate)
+    out = tmp_path / "model.safetensors"
+    kw = dict(pretrain_epochs=2, epochs=0, discriminator_epochs=1, batch_size=8, val_clips=1)
+    with pytest.raises(KeyboardInterrupt):  # at the start of the discriminator phase
+        train(options(data3, out, **kw), Events(at="epoch_start", n=3))
+    chosen = load_weights(ckpt_of(out).with_name("best.safetensors")).generator
+    last = Generator(TINY)
+    load_checkpoint(ckpt_of(out), last, Discriminator(TINY),
+                    torch.optim.Adam(last.parameters()), torch.optim.Adam(Discriminator(TINY).parameters()))
+    assert not same_weights(chosen, last)  # epoch 1's generator, epoch 2's
+    train(options(data3, out, resume=True, **kw))
+    training = load_weights(out).training
+    assert same_weights(load_weights(out).generator, chosen)
+    assert training["generator_selected"]["epoch"] == 1 and training["selected"]["phase"] == "discriminator"
+
+
+def test_a_finished_adversarial_run_continues_with_discriminator_epochs(data3, tmp_path):
+    out = tmp_path / "model.safetensors"
+    kw = dict(batch_size=8, val_clips=1)
+    assert train(options(data3, out, pretrain_epochs=1, epochs=1, **kw)).steps == 10
+    result = train(options(data3, out, resume=True, pretrain_epochs=None, epochs=None, discriminator_epochs=1, **kw))
+    assert result.steps == 15 and result.selected["phase"] == "discriminator"
+    training = load_weights(out).training
+    assert (training["pretrain_epochs"], training["epochs"], training["discriminator_epochs"]) == (1, 1, 1)
+    # fewer epochs asked of the phases it has gone past: history, kept as they were
+    again = train(options(data3, out, resume=True, pretrain_epochs=0, epochs=0, discriminator_epochs=2, **kw))
+    training = load_weights(out).training
+    assert again.steps == 20 and (training["pretrain_epochs"], training["epochs"], training["discriminator_epochs"]) == (1, 1, 2)
+    with pytest.raises(TrainingError, match=r"--discriminator-epochs N \(N > 2\)"):
+        train(options(data3, out, resume=True, discriminator_epochs=2, **kw))
+
+
 def test_crash_during_calibration_is_resumable(data3, tmp_path):
     out = tmp_path / "model.safetensors"
     kw = dict(pretrain_epochs=1, epochs=0, batch_size=8, val_clips=1)
@@ -453,7 +547,8 @@ def test_out_inside_a_frame_folder_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [{"false_alarm_rate": 1.5}, {"precision": "fp16"}, {"lam": -1.0},
-                                 {"pretrain_epochs": 0, "epochs": 0}])
+                                 {"pretrain_epochs": 0, "epochs": 0}, {"discriminator_epochs": -1},
+                                 {"pretrain_epochs": 0, "epochs": 0, "discriminator_epochs": 1}])
 def test_bad_options_are_refused_before_anything_is_touched(data3, tmp_path, bad):
     out = tmp_path / "model.safetensors"
     ckpt = ckpt_of(out)
