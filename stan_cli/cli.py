@@ -301,7 +301,7 @@ def train(
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Weights file to write.")] = Path("model.safetensors"),
     pretrain_epochs: Annotated[Optional[int], typer.Option(help="Epochs of the generator alone on the pixel loss \\[default: 10; on --resume the run's own].", rich_help_panel="Recipe", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Adversarial epochs, generator and discriminator alternately \\[default: 20; on --resume the run's own].", rich_help_panel="Recipe", show_default=False)] = None,
-    discriminator_epochs: Annotated[Optional[int], typer.Option(help="Then epochs of the discriminator alone against the frozen final generator; not in the paper (README) \\[default: 0; on --resume the run's own].", rich_help_panel="Recipe", show_default=False)] = None,
+    discriminator_epochs: Annotated[Optional[int], typer.Option(help="Then epochs of the discriminator alone against the frozen, selected generator; not in the paper (README) \\[default: 0; on --resume the run's own].", rich_help_panel="Recipe", show_default=False)] = None,
     lr: Annotated[float, typer.Option(help="Adam learning rate.", rich_help_panel="Recipe")] = 2e-4,
     batch_size: Annotated[int, typer.Option(help="Windows per step (per process).", rich_help_panel="Recipe")] = 3,
     lam: Annotated[float, typer.Option("--lambda", help="Weight of the pixel loss in L_G.", rich_help_panel="Recipe")] = 1.0,

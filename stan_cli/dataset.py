@@ -22,7 +22,7 @@ import torch
 
 from .errors import InputError
 from .model import CONTEXT, WINDOW
-from .video import images_beside_clips, is_frame_folder, is_video_file, list_frames, natural_key, read_frames
+from .video import is_frame_folder, is_video_file, list_frames, natural_key, read_frames
 from .windows import to_grey_square
 
 DECODE_CHUNK_BYTES = 64 << 20  # RGB bytes converted at once: about 64 frames of 640x480, 2 of 4K
@@ -125,8 +125,6 @@ def load_clips(
     decode=False only opens an existing cache (other ranks of a distributed run).
     """
     sources = find_sources(Path(folder))
-    if decode and (message := images_beside_clips(Path(folder))):
-        warn(message)
     cache.mkdir(parents=True, exist_ok=True)
     manifest_path = cache / "manifest.json"
     try:

@@ -471,6 +471,14 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
     )
 
 
+def _overlay_labels(result, t: int) -> tuple[str, str, str]:
+    """Frame t's overlay label, longest first: index, time and score; index and score; score."""
+    raw = result.score_raw[t]
+    score = f"{raw:.4g} / {result.threshold:.4g}" if np.isfinite(raw) else "NOT SCORED"
+    return (f"{t}  {result.time_s[t]:.1f}S  " + ("SCORE " if np.isfinite(raw) else "") + score,
+            f"{t} {score}", f"{raw:.3g}" if np.isfinite(raw) else "-")
+
+
 def _display_scales(stores: dict[str, MapStore]) -> dict[str, float]:
     """Full heat = the 99.9th percentile of the clip's map values (pixel map floored, see below)."""
     scales = {name: store.quantile(0.999) for name, store in stores.items()}
@@ -507,14 +515,14 @@ def _write_overlays(video, fps, result: DetectResult, stores: dict[str, MapStore
             kind: stack.enter_context(VideoWriter(out / name, info.width, info.height + strip_h, info.fps))
             for name, kind, _ in OVERLAYS
         }
+        labels = [_overlay_labels(result, t) for t in range(n)]
+        # One version of the label for the whole video (the longest that fits every frame, with the
+        # abnormal border): a small video gets a shorter label rather than a clipped one, and no flicker.
+        level = max(overlay.label_level(versions, info.width, info.height) for versions in labels) if labels else 0
         for t, frame in enumerate(frames):
             if t >= n:
                 break
-            raw = result.score_raw[t]
-            score = f"{raw:.4g} / {result.threshold:.4g}" if np.isfinite(raw) else "NOT SCORED"
-            # longest first: a small video gets the shortest that fits rather than a clipped line
-            label = (f"{t}  {result.time_s[t]:.1f}S  " + ("SCORE " if np.isfinite(raw) else "") + score,
-                     f"{t} {score}", f"{raw:.3g}" if np.isfinite(raw) else "-")
+            label = labels[t][level]
             strip = overlay.score_strip(info.width, strip_h, curve, t, result.threshold, vmax)
             k = t - first
             for kind, writer in writers.items():

@@ -340,6 +340,18 @@ def fitting_label(labels: str | Sequence[str], room: int, scale: int) -> str:
     return next((label for label in labels if text_size(label, scale)[0] <= room), labels[-1] if labels else "")
 
 
+def _border(width: int, height: int) -> int:
+    """The red border of an abnormal frame, in pixels."""
+    return max(2, min(height, width) // 80)
+
+
+def label_level(labels: Sequence[str], width: int, height: int) -> int:
+    """Index of the version compose_frame draws on a `width` x `height` frame with the abnormal
+    border (the least room): a caller can keep one version for a whole video."""
+    scale = label_scale(width, height)
+    return list(labels).index(fitting_label(labels, width - 2 * (_border(width, height) + scale), scale))
+
+
 def compose_frame(
     frame: np.ndarray,
     heat: np.ndarray | None,
@@ -356,7 +368,7 @@ def compose_frame(
     """
     out = heat_overlay(frame, heat)
     height, width = out.shape[:2]
-    border = max(2, min(height, width) // 80) if abnormal else 0
+    border = _border(width, height) if abnormal else 0
     if abnormal:
         draw_border(out, border, ABNORMAL_RED)
     scale = label_scale(width, height)

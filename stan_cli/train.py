@@ -3,7 +3,7 @@
 Phases (STAN.md, "Training"): `pretrain` trains the generator alone on the pixel loss; then
 `adversarial` alternates one discriminator step on L_D and one generator step on L_G per batch.
 An optional third phase, not in the paper, `discriminator` (--discriminator-epochs), trains the
-discriminator alone on L_D against the final generator, which is frozen: in our runs the
+discriminator alone on L_D against the selected generator, which is frozen: in our runs the
 adversarial phase ended with the discriminator at chance (2 ln 2, the GAN's own equilibrium), which
 leaves its score and guided-backpropagation maps without information; against a frozen generator
 it learns to tell real normal windows from generated ones.
@@ -68,7 +68,7 @@ from .dataset import Clip, WindowSet, load_clips, split_validation
 from .errors import InputError, OutputError, TrainingError
 from .inference import PRECISIONS, autocast, precision_warning, resolve_device, score_windows
 from .model import PRESETS, WINDOW, Discriminator, Generator, d_loss_map, pixel_loss, split_window, with_middle
-from .video import is_frame_folder
+from .video import images_beside_clips, is_frame_folder
 from .weights import Stan, file_sha256, load_checkpoint, load_weights, save_checkpoint, save_weights
 from .windows import to_tensor
 
@@ -78,8 +78,8 @@ SELECTION_RULE = (
 )
 D_SELECTION_RULE = (
     "lowest mean discriminator loss L_D (-log D on real, -log(1 - D) on generated windows) on the held-out "
-    "normal validation windows, over the epoch ends of the discriminator phase; the final state when there is "
-    "no validation data"
+    "normal validation windows, over the epoch ends of the discriminator phase, against the generator that "
+    "the pixel-loss rule chose from the phase before (or --init's); the final state when there is no validation data"
 )
 LOG_FIELDS = ["step", "phase", "epoch", "loss_pixel", "loss_adv", "loss_d", "d_real", "d_fake", "samples_per_s"]
 VAL_FIELDS = ["step", "phase", "epoch", "val_pixel", "val_d", "selected", "val_d_fake"]
@@ -364,6 +364,11 @@ def _validate(opts: TrainOptions) -> None:
             "--discriminator-epochs trains the discriminator against a trained generator: add --init FILE, "
             "or ask for generator epochs (--pretrain-epochs, --epochs) first."
         )
+    if opts.reset_discriminator and is_recalibration(opts):
+        raise TrainingError(
+            "--reset-discriminator with no epoch to train would calibrate and write a random discriminator. "
+            "Ask for --discriminator-epochs N (or drop --reset-discriminator to recalibrate)."
+        )
     if opts.reset_discriminator and opts.init is None:
         raise TrainingError("--reset-discriminator only makes sense with --init FILE (a new run starts from random networks anyway).")
     if opts.init is not None and not Path(opts.init).is_file():
@@ -571,15 +576,18 @@ def train(opts: TrainOptions, on_event: Event = lambda kind, **info: None) -> Tr
     emit = on_event if rank.main else (lambda kind, **info: None)
     if message := precision_warning(device, opts.precision):
         emit("warning", message=message)
-    locks = [_Lock(opts.out)]
-    lock_folders: list[Path] = []  # made for the --checkpoint-dir lock; removed at the end if still empty
-    if opts.checkpoint_dir is not None:  # shared by runs with different --out, it needs its own
-        locks.append(_Lock(opts.ckpt_dir, "--checkpoint-dir"))
+    # The checkpoint folder has a lock of its own: a run with another --out may name it with
+    # --checkpoint-dir (resolved, so that two spellings of one folder share one lock).
+    ckpt_dir = opts.ckpt_dir.resolve()
+    if not ckpt_dir.name:
+        raise OutputError(f"{opts.ckpt_dir}: not a folder for checkpoints. Choose a folder of its own for --checkpoint-dir.")
+    locks = [_Lock(opts.out), _Lock(ckpt_dir, "--checkpoint-dir" if opts.checkpoint_dir is not None else "--out")]
+    lock_folders: list[Path] = []  # made for the checkpoint folder's lock; removed at the end if still empty
     scratch: _Scratch | None = None
     try:
         if rank.main:
             for lock in locks:  # before anything is checked or deleted: a live run's files stay untouched
-                if lock.option == "--checkpoint-dir":
+                if lock is locks[1]:
                     lock_folders = _missing_folders(lock.path.parent)
                     try:
                         lock.path.parent.mkdir(parents=True, exist_ok=True)
@@ -694,11 +702,11 @@ def _run(
     finish_only = False
     if progress["phase"] == "done":  # continue a finished run with more epochs
         final = _final_phase(opts)
-        same_phase = progress.get("done_phase", final) == final
+        same_phase = _done_phase(progress) == final
         done_epochs = progress["done_epochs"] if same_phase else 0
         wanted = dict(_phases(opts))[final]
         if wanted > done_epochs:  # back where it ended: the loop below moves on to the next phase as usual
-            progress.update(phase=progress.get("done_phase", final), epoch=progress["done_epochs"], batch=0)
+            progress.update(phase=_done_phase(progress), epoch=progress["done_epochs"], batch=0)
         elif not opts.out.exists():
             finish_only = True  # training ended but the weights were never written: write them now
         else:
@@ -715,11 +723,16 @@ def _run(
         warnings.append(msg)
         emit("warning", message=msg)
 
+    skipped = 0
     if rank.main:
+        if message := images_beside_clips(Path(opts.data)):
+            warn(message)
+        before = len(warnings)
         clips = load_clips(
             opts.data, config.image_size, ckpt_dir / "frames", warn=warn,
             on_clip=lambda done, total, name: emit("decode", done=done, total=total, name=name),
         )
+        skipped = len(warnings) - before
     rank.barrier()
     if not rank.main:
         clips = load_clips(opts.data, config.image_size, ckpt_dir / "frames", decode=False)
@@ -742,7 +755,7 @@ def _run(
         val_clips=len(val_clips),
         train_windows=len(windows),
         val_windows=n_val,
-        skipped=len(warnings),
+        skipped=skipped,
     )
     if len(windows) < opts.batch_size * rank.world:  # every rank finds the same, so every rank gets here
         n = len(windows)
@@ -776,13 +789,16 @@ def _run(
         for phase, n_epochs in _phases(opts)[phase_index:]:
             if progress["phase"] != phase:
                 progress.update(phase=phase, epoch=0, batch=0)
-                if phase == "discriminator" and (best := progress.get("best")):
-                    # against the generator the selection rule chose, not the last epoch's
+                # Against the generator the selection rule chose, not the last epoch's. Only rank 0
+                # keeps the selection; every rank loads the state it saved (DDP replicas stay equal).
+                if phase == "discriminator" and _any_rank(rank.main and bool(progress.get("best")), rank, device):
                     chosen = load_weights(best_path)
                     generator.load_state_dict(chosen.generator.state_dict())
                     discriminator.load_state_dict(chosen.discriminator.state_dict())
                     opt_d.state.clear()  # its moments belonged to the last epoch's discriminator
-                    progress["generator_selected"] = best
+                    progress["generator_selected"] = progress.get("best")
+                    checkpoint()  # once: best.safetensors is the discriminator phase's own from here on
+                    rank.barrier()
             while progress["epoch"] < n_epochs:
                 epoch = progress["epoch"]
                 order = _epoch_order(len(windows), opts.seed, phase, epoch, rank)
@@ -835,17 +851,28 @@ def _run(
 
 
 def _resumed_epochs(opts: TrainOptions, progress: dict) -> None:
-    """Each phase's epochs for a resumed run: the run's own when not given, and the run's own when
-    a smaller number is given for a phase it has gone past (those epochs are history)."""
-    if progress["phase"] in PHASES:
-        passed = PHASES[: PHASES.index(progress["phase"])]
-    else:  # "done": every phase up to the one it finished
-        passed = PHASES[: PHASES.index(progress.get("done_phase", _final_phase_of(progress))) + 1]
+    """Each phase's epochs for a resumed run. Not given: the run's own. A phase it has gone past
+    keeps the run's own whatever is given (those epochs are history); the phase it ended in may
+    be extended; the phase it is in may be cut down to the epochs it has finished (to finish the
+    run as it stands), but not to none."""
+    done = progress["phase"] == "done"
+    current = _done_phase(progress) if done else progress["phase"]
     for phase, option in EPOCH_OPTIONS.items():
         key = option.removeprefix("--").replace("-", "_")
         stored, given = progress.get(key, 0), getattr(opts, key)
-        if given is None or (phase in passed and given < stored):
+        if given is None or PHASES.index(phase) < PHASES.index(current):
             setattr(opts, key, stored)
+        elif phase == current and not done and given == 0 and stored > 0:
+            finish = (
+                f"to finish it as it stands, give the {progress['epoch']} epoch{'' if progress['epoch'] == 1 else 's'} it has completed"
+                if progress["epoch"] else "it has not completed an epoch of it yet"
+            )
+            raise TrainingError(f"this run is in its {phase} phase: {option} must be at least 1 ({finish}).")
+
+
+def _done_phase(progress: dict) -> str:
+    """The phase a finished run ended with (checkpoints from before `done_phase`: its last asked-for phase)."""
+    return progress.get("done_phase") or _final_phase_of(progress)
 
 
 def _final_phase_of(progress: dict) -> str:
@@ -968,8 +995,11 @@ def _clips_trained_on(init: dict | None, clips: list[Clip]) -> list[str]:
 
 
 def is_recalibration(opts: TrainOptions) -> bool:
-    """--init with zero epochs of every phase: new calibration for unchanged networks."""
-    return opts.init is not None and opts.pretrain_epochs == 0 and opts.epochs == 0 and not opts.discriminator_epochs
+    """--init with zero epochs of every phase: new calibration for unchanged networks (never a resumed run)."""
+    return (
+        opts.init is not None and not opts.resume
+        and opts.pretrain_epochs == 0 and opts.epochs == 0 and not opts.discriminator_epochs
+    )
 
 
 RECALIBRATION = "recalibration: every window of the footage (--init weights, no epoch trained in this run)"

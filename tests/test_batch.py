@@ -281,13 +281,17 @@ def test_a_stray_image_beside_videos_or_clip_folders_is_not_a_clip(videos, tiny_
     assert expand_inputs([tmp_path / "cam"]) == find_sources(tmp_path / "cam") == expected
     assert find_sources(videos / "11") == [videos / "11"]  # images alone: one clip, as before
     # ... and both commands say so, so that a user who meant those images as footage knows
-    from stan_cli.dataset import load_clips
+    from stan_cli.train import TrainOptions, train
     from stan_cli.video import images_beside_clips
 
-    said = []
-    load_clips(tmp_path / "cam", 32, tmp_path / "cache", warn=said.append)
+    events = []
+    train(TrainOptions(data=tmp_path / "cam", out=tmp_path / "m.safetensors", preset="tiny", device="cpu",
+                       pretrain_epochs=1, epochs=0, batch_size=8, val_clips=1),
+          lambda kind, **info: events.append((kind, info)))
+    said = [info["message"] for kind, info in events if kind == "warning"]
     expected = f"{tmp_path / 'cam'}: 1 image lying beside its videos or clip folders is not read."
     assert said[0].startswith(expected) and "subfolder" in said[0]
+    assert [info["skipped"] for kind, info in events if kind == "data"] == [0]  # a warning, not a skipped clip
     assert images_beside_clips(videos) is None and images_beside_clips(videos / "11") is None
     assert images_beside_clips(videos / "2.mp4") is None and images_beside_clips(tmp_path / "missing") is None
     result = run(tmp_path / "cam", "--out", tmp_path / "out", "--weights", tiny_weights, "--no-video")

@@ -172,6 +172,8 @@ def test_a_small_frame_gets_the_longest_label_that_fits(frame: np.ndarray) -> No
     assert overlay.fitting_label(labels, 150, 1) == labels[1]
     assert overlay.fitting_label(labels, 60, 1) == labels[2] == overlay.fitting_label(labels, 5, 1)
     assert overlay.fitting_label("only one", 5, 1) == "only one"
+    # detect keeps one version per video: the one that fits with the abnormal border
+    assert [overlay.label_level(labels, w, h) for w, h in ((360, 240), (160, 120), (64, 48))] == [0, 1, 2]
     blank = np.zeros_like(frame)
     out = compose_frame(blank, None, labels, False)
     drawn = compose_frame(blank, None, labels[2], False)

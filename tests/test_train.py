@@ -397,10 +397,15 @@ def test_the_discriminator_phase_trains_against_the_selected_generator(data3, tm
     output) holds the first epoch's generator, not the last one's, also across a resume."""
     import stan_cli.train as train_module
 
+    kw = dict(epochs=0, batch_size=8, val_clips=1)
+    after = {n: load_weights(train(options(data3, tmp_path / f"p{n}.safetensors", pretrain_epochs=n, **kw)).out).generator
+             for n in (1, 2)}  # the generator after 1 and after 2 pretrain epochs (same seed, same order)
+    assert not same_weights(after[1], after[2])
+
     real_validate, calls = train_module.validate, []
 
-    def validate(*args, **kw):  # pretrain epoch 1 scores 0.1, epoch 2 0.2; then the real numbers
-        arrays = real_validate(*args, **kw)
+    def validate(*args, **kwargs):  # pretrain epoch 1 scores 0.1, epoch 2 0.2; then the real numbers
+        arrays = real_validate(*args, **kwargs)
         calls.append(1)
         if len(calls) <= 2:
             return (np.full_like(arrays[0], 0.1 * len(calls)), *arrays[1:])
@@ -408,18 +413,34 @@ def test_the_discriminator_phase_trains_against_the_selected_generator(data3, tm
 
     monkeypatch.setattr(train_module, "validate", validate)
     out = tmp_path / "model.safetensors"
-    kw = dict(pretrain_epochs=2, epochs=0, discriminator_epochs=1, batch_size=8, val_clips=1)
-    with pytest.raises(KeyboardInterrupt):  # at the start of the discriminator phase
-        train(options(data3, out, **kw), Events(at="epoch_start", n=3))
-    chosen = load_weights(ckpt_of(out).with_name("best.safetensors")).generator
-    last = Generator(TINY)
-    load_checkpoint(ckpt_of(out), last, Discriminator(TINY),
-                    torch.optim.Adam(last.parameters()), torch.optim.Adam(Discriminator(TINY).parameters()))
-    assert not same_weights(chosen, last)  # epoch 1's generator, epoch 2's
+    kw |= dict(pretrain_epochs=2, discriminator_epochs=1, checkpoint_every=100)
+    with pytest.raises(KeyboardInterrupt):  # the second discriminator step, after the transition's checkpoint
+        train(options(data3, out, **kw), Events(at="step", n=12))
+    assert read_checkpoint_progress(ckpt_of(out))["phase"] == "discriminator"
     train(options(data3, out, resume=True, **kw))
     training = load_weights(out).training
-    assert same_weights(load_weights(out).generator, chosen)
+    assert same_weights(load_weights(out).generator, after[1])
     assert training["generator_selected"]["epoch"] == 1 and training["selected"]["phase"] == "discriminator"
+
+
+def test_resumed_epochs_keep_the_history_and_refuse_emptying_the_current_phase(data3, tmp_path):
+    out = tmp_path / "model.safetensors"
+    kw = dict(pretrain_epochs=1, epochs=0, discriminator_epochs=2, batch_size=8, val_clips=1, checkpoint_every=3)
+    with pytest.raises(KeyboardInterrupt):  # step 8: in the first discriminator epoch
+        train(options(data3, out, **kw), Events(at="step", n=8))
+    with pytest.raises(TrainingError, match="discriminator phase: --discriminator-epochs must be at least 1 .it has not completed"):
+        train(options(data3, out, resume=True, **{**kw, "discriminator_epochs": 0}))
+    # more pretrain epochs asked of a run past its pretrain phase: history, not trained
+    result = train(options(data3, out, resume=True, **{**kw, "pretrain_epochs": 3}))
+    assert result.steps == 15 and load_weights(out).training["pretrain_epochs"] == 1
+
+
+def test_reset_discriminator_on_a_recalibration_is_refused(data3, tmp_path):
+    first = tmp_path / "first.safetensors"
+    train(options(data3, first))
+    with pytest.raises(TrainingError, match="random discriminator"):
+        train(options(data3, tmp_path / "x.safetensors", init=first, pretrain_epochs=0, reset_discriminator=True))
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_a_finished_adversarial_run_continues_with_discriminator_epochs(data3, tmp_path):
@@ -501,6 +522,19 @@ def test_runs_sharing_a_checkpoint_dir_are_refused_like_runs_sharing_an_out(data
     result = train(options(data3, tmp_path / "b.safetensors", checkpoint_dir=shared))
     assert result.steps == 15 and not lock_of(shared).exists()  # released at the end
     assert (shared / "last.safetensors").exists()
+
+    # a run on the default folder (<out>.ckpt) locks it too, against one that names it
+    a = tmp_path / "a.safetensors"
+    fd = hold_lock(ckpt_of(a).parent)
+    try:
+        with pytest.raises(TrainingError, match="another `stan train` is writing this --checkpoint-dir"):
+            train(options(data3, tmp_path / "c.safetensors", checkpoint_dir=ckpt_of(a).parent))
+        with pytest.raises(TrainingError, match="another `stan train` is writing this --out"):
+            train(options(data3, a))
+    finally:
+        os.close(fd)
+    with pytest.raises(OutputError, match="Choose a folder of its own for --checkpoint-dir"):
+        train(options(data3, tmp_path / "d.safetensors", checkpoint_dir=Path("/")))
 
 
 def test_a_failed_run_leaves_no_checkpoint_dir_lock_or_folders(videos, tmp_path):
@@ -693,7 +727,8 @@ def test_two_process_gloo_run_shards_the_windows(data3, tmp_path):
     out = tmp_path / "model.safetensors"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "stan_cli.cli", "train", str(data3), "--out", str(out),
-           "--preset", "tiny", "--device", "cpu", "--pretrain-epochs", "1", "--epochs", "1", "--val-clips", "1"]
+           "--preset", "tiny", "--device", "cpu", "--pretrain-epochs", "1", "--epochs", "1", "--discriminator-epochs", "1",
+           "--val-clips", "1"]
     try:
         proc = subprocess.run(cmd, env=SUBPROCESS_ENV, cwd=tmp_path, text=True, capture_output=True, timeout=180)
     except subprocess.TimeoutExpired as err:
@@ -701,10 +736,11 @@ def test_two_process_gloo_run_shards_the_windows(data3, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     stan = load_weights(out)
     steps_per_epoch = math.ceil((40 // 2) / 3)  # 40 training windows, half a rank, 3 a step
-    assert stan.training["steps"] == 2 * steps_per_epoch
+    assert stan.training["steps"] == 3 * steps_per_epoch  # every phase, the discriminator's too
     assert stan.training["machine"]["world_size"] == 2
+    assert stan.training["generator_selected"]["phase"] == "adversarial"
     rows = log_rows(tmp_path / "model.log.csv")
-    assert [int(r["step"]) for r in rows] == list(range(1, 2 * steps_per_epoch + 1))  # rank 0 logs, once
+    assert [int(r["step"]) for r in rows] == list(range(1, 3 * steps_per_epoch + 1))  # rank 0 logs, once
     assert all(float(r["samples_per_s"]) > 0 for r in rows)
     assert stan.calibration["n_windows"] == 20 and not lock_of(out).exists()
 
@@ -842,9 +878,9 @@ def test_init_starts_a_new_run_from_existing_weights(data3, tmp_path):
     moved = load_weights(third)
     assert any(not torch.equal(t, moved.discriminator.state_dict()[n]) for n, t in before.discriminator.state_dict().items())
 
-    # --reset-discriminator keeps the generator only.
+    # --reset-discriminator keeps the generator only (here for a discriminator phase against it).
     fourth = tmp_path / "fourth.safetensors"
-    train(options(data3, fourth, pretrain_epochs=0, epochs=0, init=first, reset_discriminator=True, seed=5))
+    train(options(data3, fourth, pretrain_epochs=0, epochs=0, discriminator_epochs=1, init=first, reset_discriminator=True, seed=5))
     reset = load_weights(fourth)
     assert all(torch.equal(t, reset.generator.state_dict()[n]) for n, t in before.generator.state_dict().items())
     assert not torch.equal(before.discriminator.convs[0].weight, reset.discriminator.convs[0].weight)
