@@ -542,13 +542,15 @@ def plot_losses(log: Path, val_log: Path, out: Path) -> None:
             ax_val.plot(vs, [float(r["val_pixel"]) for r in vrows], "o-", label="val pixel (MSE)")
             ax_val.set_xlabel("step")
             ax_val.set_title("validation (normal clips held out)")
-            ax_val.legend(loc="upper left")
+            handles, labels = ax_val.get_legend_handles_labels()
             # the discriminator's loss on real and generated windows (logs of earlier stans lack it)
             d_loss = np.array([float(r["val_d"]) + float(r.get("val_d_fake") or "nan") for r in vrows])
             if np.isfinite(d_loss).any():
                 ax_d = ax_val.twinx()
                 ax_d.plot(vs, d_loss, "s--", color="tab:red", label="val discriminator loss (chance 1.386)")
-                ax_d.legend(loc="upper right")
+                more = ax_d.get_legend_handles_labels()
+                handles, labels = handles + more[0], labels + more[1]
+            ax_val.legend(handles, labels, loc="best", fontsize="small")
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.tmp.png")
     fig.savefig(tmp)
