@@ -50,8 +50,9 @@ class MapStore:
         values = half.flatten().cpu().numpy().astype(np.float64)
         with np.errstate(divide="ignore"):
             logs = np.log10(values)
-        idx = np.clip(((logs - _LOG_LO) / (_LOG_HI - _LOG_LO) * _BINS).astype(np.int64, copy=False), 0, _BINS - 1)
-        idx[~np.isfinite(logs)] = _BINS
+        finite = np.isfinite(logs)  # exact zeros (a guided-backprop map has them) go to the last bin
+        idx = np.full(logs.shape, _BINS, dtype=np.int64)
+        idx[finite] = np.clip(((logs[finite] - _LOG_LO) / (_LOG_HI - _LOG_LO) * _BINS).astype(np.int64), 0, _BINS - 1)
         self._hist += np.bincount(idx, minlength=_BINS + 1)
 
     def close(self) -> None:

@@ -706,3 +706,20 @@ def test_too_short_clip_from_the_cli(tmp_path, tiny_weights):
     out = tmp_path / "r"
     assert_one_error(run("detect", short, "--out", out, "--weights", tiny_weights), "short.mp4", "only 8 frames", "at least 11")
     assert not out.exists()
+
+
+def test_maps_with_exact_zeros_store_without_a_numpy_warning(tmp_path):
+    """A trained discriminator's guided-backprop map is exactly 0 in places: log10 gives -inf,
+    which must land in the zeros bin without a RuntimeWarning on the user's console."""
+    import warnings
+
+    import torch
+
+    store = heatmaps.MapStore(tmp_path / "maps.bin")
+    maps = torch.zeros(2, 8, 8)
+    maps[0, :4] = 1e-3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        store.append(maps)
+    store.close()
+    assert store.maxima[0] > 0 and store.maxima[1] == pytest.approx(1e-30)
