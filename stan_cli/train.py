@@ -996,6 +996,22 @@ def _clips_trained_on(init: dict | None, clips: list[Clip]) -> list[str]:
     return [c.source for c in clips if Path(c.source).resolve() in seen]
 
 
+def _discriminator_at_chance(selected: dict | None, chance: float = 2 * np.log(2), margin: float = 0.08) -> str | None:
+    """The warning for output whose discriminator does not tell real from generated validation
+    windows: its loss L_D there within `margin` of chance (2 ln 2), as for an untrained one or
+    one at the end of an adversarial phase (ours: 1.386); a discriminator phase takes it far below."""
+    if not selected or "val_d_fake" not in selected:
+        return None
+    real, fake = selected["val_d"], selected["val_d_fake"]
+    if not real + fake > chance - margin:
+        return None  # NaN (no validation windows) lands here too
+    return (
+        f"the discriminator does not tell real from generated validation windows (its loss there {real + fake:.3f}; "
+        f"chance {chance:.3f}): its score (--score d) and guided-backpropagation maps carry no information. "
+        "Add --discriminator-epochs N to train it against the generator (README, stan train)."
+    )
+
+
 def is_recalibration(opts: TrainOptions) -> bool:
     """--init with zero epochs of every phase: new calibration for unchanged networks (never a resumed run)."""
     return (
@@ -1036,6 +1052,9 @@ def _finish(opts, progress, generator, discriminator, config, train_clips, val_c
             "windows themselves and will flag more than the asked false-alarm rate on new normal footage. "
             "Give more or longer clips, or choose --threshold in detect."
         )
+        warnings.append(message)
+        emit("warning", message=message)
+    if message := _discriminator_at_chance(progress.get("best")):
         warnings.append(message)
         emit("warning", message=message)
     emit("calibrate", windows=len(WindowSet(calib_clips)), source=calib_source)
