@@ -227,7 +227,6 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
     import contextlib
 
     from .batch import BatchEntry, detect_many
-
     from .video import images_beside_clips
 
     progress = _progress()

@@ -334,10 +334,15 @@ def label_scale(width: int, height: int) -> int:
     return max(1, min(width, height) // 240)
 
 
+def _fitting_index(labels: Sequence[str], room: int, scale: int) -> int:
+    """Index of the first of `labels` (longest first) whose box fits in `room` pixels, else the last."""
+    return next((i for i, label in enumerate(labels) if text_size(label, scale)[0] <= room), len(labels) - 1)
+
+
 def fitting_label(labels: str | Sequence[str], room: int, scale: int) -> str:
     """The first of `labels` (longest first) whose box fits in `room` pixels, else the last one."""
     labels = [labels] if isinstance(labels, str) else list(labels)
-    return next((label for label in labels if text_size(label, scale)[0] <= room), labels[-1] if labels else "")
+    return labels[_fitting_index(labels, room, scale)] if labels else ""
 
 
 def _border(width: int, height: int) -> int:
@@ -349,7 +354,7 @@ def label_level(labels: Sequence[str], width: int, height: int) -> int:
     """Index of the version compose_frame draws on a `width` x `height` frame with the abnormal
     border (the least room): a caller can keep one version for a whole video."""
     scale = label_scale(width, height)
-    return list(labels).index(fitting_label(labels, width - 2 * (_border(width, height) + scale), scale))
+    return max(0, _fitting_index(labels, width - 2 * (_border(width, height) + scale), scale))
 
 
 def compose_frame(

@@ -272,14 +272,19 @@ def _phases(opts: TrainOptions) -> list[tuple[str, int]]:
     return [("pretrain", opts.pretrain_epochs), ("adversarial", opts.epochs), ("discriminator", opts.discriminator_epochs)]
 
 
+def _last_phase(epochs: int, discriminator_epochs: int | None) -> str:
+    """The last phase that runs, given the adversarial and discriminator epochs."""
+    return "discriminator" if discriminator_epochs else "adversarial" if epochs else "pretrain"
+
+
 def _final_phase(opts: TrainOptions) -> str:
-    return "discriminator" if opts.discriminator_epochs > 0 else _generator_phase(opts)
+    return _last_phase(opts.epochs, opts.discriminator_epochs)
 
 
 def _generator_phase(opts: TrainOptions) -> str:
     """The last phase that trains the generator: its selected state is the output, or, with a
     discriminator phase, the generator that phase trains against."""
-    return "adversarial" if opts.epochs > 0 else "pretrain"
+    return _last_phase(opts.epochs, 0)
 
 
 def _epoch_order(n: int, seed: int, phase: str, epoch: int, rank: _Rank) -> list[int]:
@@ -583,22 +588,20 @@ def train(opts: TrainOptions, on_event: Event = lambda kind, **info: None) -> Tr
     ckpt_dir = opts.ckpt_dir.resolve()
     if not ckpt_dir.name:
         raise OutputError(f"{opts.ckpt_dir}: not a folder for checkpoints. Choose a folder of its own for --checkpoint-dir.")
-    locks = [_Lock(opts.out), _Lock(ckpt_dir, "--checkpoint-dir" if opts.checkpoint_dir is not None else "--out")]
-    lock_folders: list[Path] = []  # made for the checkpoint folder's lock; removed at the end if still empty
+    out_lock, ckpt_lock = _Lock(opts.out), _Lock(ckpt_dir, "--checkpoint-dir" if opts.checkpoint_dir is not None else "--out")
+    locks = [out_lock, ckpt_lock]
+    lock_folders = _missing_folders(ckpt_dir.parent) if rank.main else []  # removed at the end if still empty
     scratch: _Scratch | None = None
     try:
-        if rank.main:
-            for lock in locks:  # before anything is checked or deleted: a live run's files stay untouched
-                if lock is locks[1]:
-                    lock_folders = _missing_folders(lock.path.parent)
-                    try:
-                        lock.path.parent.mkdir(parents=True, exist_ok=True)
-                    except OSError as err:
-                        raise OutputError(
-                            f"{opts.ckpt_dir}: cannot create the checkpoint folder ({err.strerror}). "
-                            "Choose a writable --checkpoint-dir."
-                        ) from None
-                lock.acquire()
+        if rank.main:  # before anything is checked or deleted: a live run's files stay untouched
+            out_lock.acquire()
+            try:
+                ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise OutputError(
+                    f"{opts.ckpt_dir}: cannot create the checkpoint folder ({err.strerror}). Choose a writable --checkpoint-dir."
+                ) from None
+            ckpt_lock.acquire()
         _check_outputs(opts)
         if rank.main and not opts.resume:
             scratch = _Scratch(opts)
@@ -874,12 +877,7 @@ def _resumed_epochs(opts: TrainOptions, progress: dict) -> None:
 
 def _done_phase(progress: dict) -> str:
     """The phase a finished run ended with (checkpoints from before `done_phase`: its last asked-for phase)."""
-    return progress.get("done_phase") or _final_phase_of(progress)
-
-
-def _final_phase_of(progress: dict) -> str:
-    """The last phase a checkpoint's run was asked for (checkpoints from before `done_phase`)."""
-    return "discriminator" if progress.get("discriminator_epochs") else "adversarial" if progress["epochs"] else "pretrain"
+    return progress.get("done_phase") or _last_phase(progress["epochs"], progress.get("discriminator_epochs"))
 
 
 def _any_rank(flag: bool, rank: _Rank, device: torch.device) -> bool:
