@@ -489,13 +489,16 @@ def eval_(
     table.add_row("frame EER, pooled, gd", pct(fl["gd"]["pooled"]["eer"]), "")
     if "gd_calibration_lambda" in fl:
         table.add_row("frame AUC, pooled, gd, calibration lambda_s", pct(fl["gd_calibration_lambda"]["pooled"]["auc"]), "")
+    for kind in ("g", "gd"):
+        table.add_row(f"frame AUC, pooled, {kind}, L2-norm pixel term (Eq. 5 literally)", pct(fl[f"{kind}_l2_norm"]["pooled"]["auc"]), "")
     ev, pev = r["event_level"], paper["event_level"]
     table.add_row(
         "events: correct / false alarms (precision)",
         f"{ev['correct']} / {ev['false_alarms']} ({pct(ev['precision'])})",
         f"{pev['correct']} / {pev['false_alarms']} ({pct(pev['precision'])})",
     )
-    table.add_row("events detected / ground truth", f"{ev['events_detected']} / {ev['ground_truth_events']}", f"- / {pev['ground_truth_events']}")
+    table.add_row("events found / ground truth", f"{ev['correct']} / {ev['ground_truth_events']}", f"{pev['correct']} / {pev['ground_truth_events']}")
+    table.add_row("detections: finding an event / all", f"{ev['detections_correct']} / {ev['detections_total']}", "")
     px = r["pixel_level"]
     if px.get("available"):
         table.add_row("pixel level (40 % rule): AUC / EDR", f"{pct(px['auc'])} / {pct(px['edr'])}", "")

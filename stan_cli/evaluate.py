@@ -549,6 +549,26 @@ def _aucs(per_clip: list[np.ndarray], y: list[np.ndarray], names: list[str]) -> 
     }
 
 
+L2_NORM_TEXT = (
+    "Eq. 5 literally: the pixel term as the L2 norm ||G(.) - X_t||_2 = sqrt(N x MSE) over the N pixels the "
+    "networks see, not the MSE; lambda_s recomputed from it. Within a clip it ranks frames as the MSE does "
+    "(same macro AUC), but per-clip min-max of a square root is not that of the MSE, so the pooled AUC differs"
+)
+
+
+def _l2_norm_variant(pixel, d, y, names, image_size: int) -> dict:
+    """g and gd with the paper's L2 norm as the pixel term (the headline uses the MSE; README)."""
+    norm = [np.sqrt(float(image_size * image_size) * p) for p in pixel]
+    lam = scoring.lambda_s(np.concatenate(norm), np.concatenate(d))
+    return {
+        "g_l2_norm": {"pixel_term": L2_NORM_TEXT, **_aucs(norm, y, names)},
+        "gd_l2_norm": {
+            "pixel_term": L2_NORM_TEXT, "lambda_s": lam,
+            **_aucs([scoring.raw_score(p, q, "gd", lam) for p, q in zip(norm, d)], y, names),
+        },
+    }
+
+
 def _measure(scored: list[ClipScores], y: list[np.ndarray], model: Stan) -> tuple[dict, dict]:
     """Every metric from the per-frame losses and labels; and the pooled ROC inputs per kind."""
     names = [s.clip.name for s in scored]
@@ -562,6 +582,7 @@ def _measure(scored: list[ClipScores], y: list[np.ndarray], model: Stan) -> tupl
         frame_level["gd_calibration_lambda"] = {
             "lambda_s": cal_lam, **_aucs([scoring.raw_score(p, q, "gd", cal_lam) for p, q in zip(pixel, d)], y, names)
         }
+    frame_level.update(_l2_norm_variant(pixel, d, y, names, model.config.image_size))
     events = metrics.event_level(raw["gd"], y)
     for det in events["detections"]:
         det["clip"] = names[det["clip"]]

@@ -209,8 +209,9 @@ def d_loss_map(logits: torch.Tensor, real: bool) -> torch.Tensor:
 def pixel_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The paper's ||G(.) - X_t||_2, taken as the mean squared error per frame: (B,1,H,W) -> (B,).
 
-    MSE rather than the L2 norm keeps the number independent of resolution; it only rescales
-    the term, and lambda_s (from calibration) absorbs the scale.
+    MSE rather than the L2 norm keeps the number independent of resolution. The norm is
+    sqrt(N x MSE), N pixels: the same order of frames within a clip, but not a rescaling, so
+    per-clip min-max and the gd sum differ; `stan eval` also reports the norm's AUCs (README).
     """
     return (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
 

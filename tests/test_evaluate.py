@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from stan_cli import evaluate as evaluate_module, metrics
 from stan_cli.cli import app
 from stan_cli.detect import detect
 from stan_cli.errors import InputError, OutputError
@@ -89,8 +90,11 @@ def test_results_folder_contract(evaluated):
         assert 0.0 <= pooled["auc"] <= 1.0 and 0.0 <= pooled["eer"] <= 1.0 and pooled["frames"] == 28
         assert saved["frame_level"][kind]["macro"]["clips"] == 2
     assert saved["headline"]["auc"] == saved["frame_level"]["gd"]["pooled"]["auc"]
+    # the L2-norm variant ranks frames within a clip as the MSE does: same macro AUC
+    assert saved["frame_level"]["g_l2_norm"]["macro"]["auc"] == pytest.approx(saved["frame_level"]["g"]["macro"]["auc"])
     ev = saved["event_level"]
-    assert ev["ground_truth_events"] == 2 and ev["correct"] + ev["false_alarms"] == len(ev["detections"])
+    assert ev["ground_truth_events"] == 2 and ev["detections_correct"] + ev["false_alarms"] == len(ev["detections"])
+    assert ev["correct"] <= ev["detections_correct"] and ev["correct"] <= 2
     assert {d["clip"] for d in ev["detections"]} <= {"01", "02"}
     px = saved["pixel_level"]
     assert px["available"] and px["frames"] == 28 and px["label_mask_disagreements"] == 0  # masks in step
@@ -240,6 +244,8 @@ def test_cli_eval(ped2_dir, tiny_weights, tmp_path):
     result = runner.invoke(app, ["eval", str(ped2_dir), "--weights", str(tiny_weights), "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "paper (Ped2)" in result.output and "96.5 %" in result.output
+    text = " ".join(result.output.split())
+    assert "events found" in text and "L2-norm" in text, result.output
     last = result.output.strip().splitlines()[-1]
     assert "Results written to" in last and str(out.name) in last
     assert (out / "results.json").is_file()
@@ -283,3 +289,21 @@ def test_overwrite_replaces_an_earlier_runs_per_clip_scores(ped2_dir, tiny_weigh
     clips = sorted(p.name for p in (ped2_dir / "frames").iterdir())
     assert sorted(p.name for p in (out / "scores").iterdir()) == [f"{c}.csv" for c in clips]
     assert (out / "notes.txt").read_text() == "mine"  # not the command's own file: kept
+
+
+def test_l2_norm_variant_is_eq5_literally():
+    # pixel term sqrt(N x MSE) over the N = 32 x 32 pixels the networks see; lambda_s from it
+    nan = float("nan")
+    pixel = [np.array([nan, 0.01, 0.04, 0.09, nan]), np.array([nan, 0.0001, 0.3, 1.0, nan])]
+    d = [np.array([nan, 0.7, 0.6, 0.9, nan]), np.array([nan, 0.2, 0.8, 0.3, nan])]
+    y = [np.array([0, 0, 1, 1, 0]), np.array([0, 1, 0, 1, 0])]
+    v = evaluate_module._l2_norm_variant(pixel, d, y, ["a", "b"], 32)
+    norm = [np.sqrt(1024 * p) for p in pixel]
+    assert v["g_l2_norm"]["pooled"]["auc"] == metrics.frame_auc(norm, y, "pooled").auc
+    lam = np.sqrt(1024 * 1.0) / 0.9 / 10
+    assert v["gd_l2_norm"]["lambda_s"] == pytest.approx(lam)
+    gd = [n + lam * q for n, q in zip(norm, d)]
+    assert v["gd_l2_norm"]["pooled"]["auc"] == pytest.approx(metrics.frame_auc(gd, y, "pooled").auc)
+    # per-clip min-max of a square root is not that of the MSE: the pooled AUC can differ
+    assert v["g_l2_norm"]["pooled"]["auc"] == pytest.approx(5.5 / 8)
+    assert metrics.frame_auc(pixel, y, "pooled").auc == pytest.approx(6.5 / 8)

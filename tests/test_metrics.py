@@ -41,6 +41,10 @@ def test_ties_form_one_diagonal_step():
     np.testing.assert_allclose(tpr, [0, 0.5, 1, 1])
     assert roc_auc([0.9, 0.5, 0.5, 0.1], [1, 1, 0, 0]) == pytest.approx(0.875)
     assert roc_auc([0.9, 0.5, 0.5, 0.1], [1, 0, 1, 0]) == pytest.approx(0.875)
+    # infinite scores tie too (inf - inf is NaN, which must not split the group)
+    inf = float("inf")
+    assert roc_auc([inf, inf, 0.0], [0, 1, 0]) == roc_auc([inf, inf, 0.0], [1, 0, 0]) == pytest.approx(0.75)
+    assert roc_auc([-inf, -inf, 1.0], [0, 1, 1]) == pytest.approx(0.75)
 
 
 def test_roc_rejects_one_class_and_nan():
@@ -139,12 +143,46 @@ def test_one_hit_one_false_alarm_one_miss():
     y[90:131] = 1  # event 1: hit by the peak at 100
     y[180:201] = 1  # event 2: missed (nothing peaks near it)
     r = event_level([s], [y])
-    assert r["ground_truth_events"] == 2 and r["events_detected"] == 1
+    assert r["ground_truth_events"] == 2 and r["detections_correct"] == 1 and r["detections_total"] == 2
     assert r["correct"] == 1 and r["false_alarms"] == 1 and r["partial"] == 0
     assert r["precision"] == pytest.approx(0.5) and r["recall"] == pytest.approx(0.5)
     d = r["detections"]
     assert (d[0]["start"], d[0]["end"], d[0]["peak"], d[0]["outcome"]) == (75, 125, 100, "correct")
     assert (d[1]["start"], d[1]["end"], d[1]["outcome"], d[1]["event"]) == (225, 275, "false_alarm", None)
+
+
+def test_correct_counts_events_not_detections():
+    # Table 3 counts events found: one long event with two peaks more than 50 frames apart gives
+    # two correct detections but one correct event, and precision 1 / (1 + 0).
+    n = 200
+    s = _curve(n, [(50, 1.0, 10), (140, 0.9, 10)])
+    s[:5] = s[-5:] = nan
+    y = np.zeros(n, int)
+    y[30:171] = 1
+    r = event_level([s], [y])
+    assert r["detections_correct"] == 2 and r["detections_total"] == 2
+    assert r["correct"] == 1 and r["false_alarms"] == 0 and r["ground_truth_events"] == 1
+    assert r["precision"] == 1.0 and r["recall"] == 1.0
+
+
+def test_a_chained_detection_finds_every_event_it_covers():
+    # peaks 40 frames apart are chained into one detection, 45..135; it covers both 20-frame
+    # events entirely, so both are found (the detection itself is one correct detection)
+    n = 180
+    s = _curve(n, [(70, 1.0, 5), (110, 0.9, 5)])
+    s[:5] = s[-5:] = nan
+    y = np.zeros(n, int)
+    y[60:80] = y[100:120] = 1
+    r = event_level([s], [y])
+    assert [(d["start"], d["end"]) for d in r["detections"]] == [(45, 135)]
+    assert r["correct"] == 2 and r["recall"] == 1.0 and r["detections_correct"] == 1
+
+
+def test_no_detections_no_events_precision_is_nan():
+    n = 60
+    r = event_level([np.full(n, 0.3)], [np.zeros(n, int)])
+    assert r["correct"] == r["false_alarms"] == r["ground_truth_events"] == 0
+    assert np.isnan(r["precision"]) and np.isnan(r["recall"])
 
 
 def test_overlap_half_of_the_shorter():
