@@ -599,6 +599,14 @@ def _measure(scored: list[ClipScores], y: list[np.ndarray], model: Stan) -> tupl
             f"no {missing} frame among the {labels.size} scored frames (the first and last 5 of each clip are never "
             "scored): frame-level AUC and EER are undefined. Check the labels, or add clips with both kinds of frame."
         )
+    pixel_level = _pixel_level(scored, y)
+    if pixel_level.get("available") and pixel_level["auc"] < 0.5:
+        warnings.append(
+            f"pixel-level AUC {pixel_level['auc']:.1%}: under the UCSD rule a normal frame counts as a false positive "
+            f"when any one pixel of its map exceeds the threshold, and here a normal frame's map maximum (median "
+            f"{pixel_level['median_normal_map_max']:.3g}) lies above an abnormal frame's 40 %-coverage level (median "
+            f"{pixel_level['median_abnormal_critical']:.3g}); the raw per-pixel maps do not localise under this rule."
+        )
     return {
         "warnings": warnings,
         "lambda_s": lam,
@@ -612,9 +620,13 @@ def _measure(scored: list[ClipScores], y: list[np.ndarray], model: Stan) -> tupl
         },
         "frame_level": frame_level,
         "event_level": {"score": "gd", **events},
-        "pixel_level": _pixel_level(scored, y),
+        "pixel_level": pixel_level,
         "per_clip": per_clip,
     }, {kind: metrics.pooled(raw[kind], y) for kind in scoring.KINDS}
+
+
+def _median(x: np.ndarray) -> float | None:
+    return float(np.median(x)) if x.size else None
 
 
 def _critical(s: ClipScores, lab: np.ndarray) -> np.ndarray:
@@ -634,8 +646,12 @@ def _pixel_level(scored: list[ClipScores], y: list[np.ndarray]) -> dict:
     masks = np.concatenate([s.mask_set for s in scored])
     empty_abnormal = int((lab & ~masks & scored_mask).sum())
     r = metrics.pixel_level(crit, lab)
+    keep = np.isfinite(crit)
     return {
         "available": True, **r, "rule": rule,
+        # what decides the AUC: a normal frame's map maximum against an abnormal frame's 40 % level
+        "median_normal_map_max": _median(crit[keep & ~lab]),
+        "median_abnormal_critical": _median(crit[keep & lab]),
         "abnormal_frames_with_empty_mask": empty_abnormal,
         "label_mask_disagreements": int((lab != masks).sum()),
     }

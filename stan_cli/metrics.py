@@ -399,14 +399,6 @@ def pixel_critical_value(error_map: np.ndarray, mask: np.ndarray, abnormal: bool
     return float(np.partition(inside, n - k)[n - k])  # the k-th largest
 
 
-def pixel_level_auc(critical_values: np.ndarray, labels: np.ndarray) -> float:
-    """Pixel-level (UCSD) AUC: the exact ROC over per-frame critical values; NaN frames dropped."""
-    c = np.asarray(critical_values, dtype=np.float64).ravel()
-    y = np.asarray(labels).ravel().astype(bool)
-    keep = ~np.isnan(c)
-    return roc_auc(c[keep], y[keep])
-
-
 def pixel_level(critical_values: np.ndarray, labels: np.ndarray) -> dict:
     """Pixel-level AUC, EER and EDR (detection rate at the EER point, = 1 - EER) from critical
     values; NaN frames (unscored, or abnormal with an empty mask) are dropped and counted."""

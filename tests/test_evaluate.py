@@ -99,6 +99,8 @@ def test_results_folder_contract(evaluated):
     px = saved["pixel_level"]
     assert px["available"] and px["frames"] == 28 and px["label_mask_disagreements"] == 0  # masks in step
     assert px["edr"] == pytest.approx(1 - px["eer"])
+    assert px["median_normal_map_max"] > 0 and px["median_abnormal_critical"] >= 0
+    assert (px["auc"] < 0.5) == any("pixel-level AUC" in w for w in saved["warnings"])
 
 
 def test_csv_files(evaluated):
