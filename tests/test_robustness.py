@@ -550,6 +550,8 @@ def test_sigterm_or_sighup_during_detect_stops_like_ctrl_c(earlier_report, clip1
     monkeypatch.setattr(detect_module.overlay, "compose_frame", signalled)
     old = signal.getsignal(sig)
     try:
+        # as a terminal starts it: under `nohup` (SIGHUP ignored) the handler rightly leaves it ignored
+        signal.signal(sig, signal.SIG_DFL)
         cli.stop_on_termination()
         before = listing(earlier_report)
         result = run("detect", clip16, "--out", earlier_report, "--weights", tiny_weights, "--overwrite")
