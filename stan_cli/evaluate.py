@@ -551,8 +551,9 @@ def _aucs(per_clip: list[np.ndarray], y: list[np.ndarray], names: list[str]) -> 
 
 L2_NORM_TEXT = (
     "Eq. 5 literally: the pixel term as the L2 norm ||G(.) - X_t||_2 = sqrt(N x MSE) over the N pixels the "
-    "networks see, not the MSE; lambda_s recomputed from it. Within a clip it ranks frames as the MSE does "
-    "(same macro AUC), but per-clip min-max of a square root is not that of the MSE, so the pooled AUC differs"
+    "networks see, not the MSE; lambda_s recomputed from it. Alone it ranks a clip's frames as the MSE does "
+    "(same macro AUC for g), but per-clip min-max of a square root is not that of the MSE, and the gd sum changes, "
+    "so the pooled AUCs differ"
 )
 
 
@@ -602,7 +603,7 @@ def _measure(scored: list[ClipScores], y: list[np.ndarray], model: Stan) -> tupl
     pixel_level = _pixel_level(scored, y)
     if pixel_level.get("available") and pixel_level["auc"] < 0.5:
         warnings.append(
-            f"pixel-level AUC {pixel_level['auc']:.1%}: under the UCSD rule a normal frame counts as a false positive "
+            f"pixel-level AUC {100 * pixel_level['auc']:.1f} %: under the UCSD rule a normal frame counts as a false positive "
             f"when any one pixel of its map exceeds the threshold, and here a normal frame's map maximum (median "
             f"{pixel_level['median_normal_map_max']:.3g}) lies above an abnormal frame's 40 %-coverage level (median "
             f"{pixel_level['median_abnormal_critical']:.3g}); the raw per-pixel maps do not localise under this rule."

@@ -313,7 +313,7 @@ def event_level(per_clip_scores: Sequence[np.ndarray], per_clip_labels: Sequence
 
     Table 3 counts events, as Hasan et al. do: "correct detections" are ground-truth events
     found, at most the number of events (the paper's Ped2 12 / 0 means all 12 found, no false
-    alarm). A long event can hold two peaks more than MERGE_DISTANCE apart, and so two correct
+    alarm). A long event can hold two peaks MERGE_DISTANCE or more frames apart, and so two correct
     detections; those are reported as ``detections_correct``, never as events found.
 
     Returns a dict:
@@ -325,18 +325,24 @@ def event_level(per_clip_scores: Sequence[np.ndarray], per_clip_labels: Sequence
       recall              correct / ground_truth_events (NaN without events)
       detections_correct  detections that find at least one event
       detections_total    detections_correct + false_alarms
-      detections          list of Detection.to_dict(), in clip and frame order
+      detections          list of Detection.to_dict() with "events_found", in clip and frame order
       rule                the a-priori constants
     """
     _check_clips(per_clip_scores, per_clip_labels)
     detections: list[Detection] = []
+    records: list[dict] = []
     n_events, found = 0, 0
     for k, (s, y) in enumerate(zip(per_clip_scores, per_clip_labels)):
         events = events_from_labels(y)
         n_events += len(events)
         matched = [match_detection(d, events) for d in detect_events(s, clip=k)]
         detections += matched
-        found += len({ev for d in matched for ev in events_found(d, events)})
+        found_in_clip: set[tuple[int, int]] = set()
+        for d in matched:
+            found_by_d = events_found(d, events)
+            found_in_clip.update(found_by_d)
+            records.append(d.to_dict() | {"events_found": [list(ev) for ev in found_by_d]})
+        found += len(found_in_clip)
     hits = sum(d.outcome == "correct" for d in detections)
     partial = sum(d.outcome == "partial" for d in detections)
     false_alarms = len(detections) - hits
@@ -349,7 +355,7 @@ def event_level(per_clip_scores: Sequence[np.ndarray], per_clip_labels: Sequence
         "recall": found / n_events if n_events else float("nan"),
         "detections_correct": hits,
         "detections_total": len(detections),
-        "detections": [d.to_dict() for d in detections],
+        "detections": records,
         "rule": event_rule(),
     }
 

@@ -176,6 +176,7 @@ def test_a_chained_detection_finds_every_event_it_covers():
     r = event_level([s], [y])
     assert [(d["start"], d["end"]) for d in r["detections"]] == [(45, 135)]
     assert r["correct"] == 2 and r["recall"] == 1.0 and r["detections_correct"] == 1
+    assert r["detections"][0]["events_found"] == [[60, 79], [100, 119]]
 
 
 def test_no_detections_no_events_precision_is_nan():
