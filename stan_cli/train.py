@@ -711,7 +711,9 @@ def _run(
         done_epochs = progress["done_epochs"] if same_phase else 0
         wanted = dict(_phases(opts))[final]
         if wanted > done_epochs:  # back where it ended: the loop below moves on to the next phase as usual
-            progress.update(phase=_done_phase(progress), epoch=progress["done_epochs"], batch=0)
+            # A run finished as it stood, mid-epoch, goes on from the batch it had reached, with the
+            # state it had there (the checkpoint's, not the selected epoch's): as if never stopped.
+            progress.update(phase=_done_phase(progress), epoch=progress["done_epochs"], batch=progress.get("batch", 0))
         elif not opts.out.exists():
             finish_only = True  # training ended but the weights were never written: write them now
         else:
@@ -792,6 +794,8 @@ def _run(
     phase_index = len(phase_names) if finish_only else phase_names.index(progress["phase"])
     with _StopFlag() as stop:
         for phase, n_epochs in _phases(opts)[phase_index:]:
+            if PHASES.index(phase) > PHASES.index(_final_phase(opts)):
+                break  # nothing trains after the final phase: the run stays where it ended, batch and all
             if progress["phase"] != phase:
                 progress.update(phase=phase, epoch=0, batch=0)
                 # Against the generator the selection rule chose, not the last epoch's. Only rank 0

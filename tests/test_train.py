@@ -337,6 +337,23 @@ def test_finished_run_continues_with_more_epochs_only(data3, tmp_path):
     assert not lock_of(out).exists()
 
 
+def test_a_run_finished_as_it_stood_mid_epoch_continues_exactly(data3, tmp_path):
+    # 5 steps an epoch. Stopped after step 7 (checkpoint at 6: epoch 2, batch 1), finished as it
+    # stood with the 1 epoch it had completed, then extended to 3: the same 15 steps and weights
+    # as a run never stopped (the epoch is not begun again from its first batch).
+    kw = dict(pretrain_epochs=3, epochs=0, batch_size=8, val_clips=1, checkpoint_every=1)
+    reference = train(options(data3, tmp_path / "ref.safetensors", **kw))
+    out = tmp_path / "model.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        train(options(data3, out, **kw), Events(at="step", n=7))
+    assert train(options(data3, out, resume=True, **{**kw, "pretrain_epochs": 1})).steps == 6
+    result = train(options(data3, out, resume=True, **kw))
+    assert result.steps == reference.steps == 15
+    assert_steps_once(tmp_path / "model.log.csv", 15)
+    got, want = load_file(str(out)), load_file(str(reference.out))
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
 def test_finished_pretrain_only_run_continues_with_adversarial_epochs(data3, tmp_path):
     out = tmp_path / "model.safetensors"
     kw = dict(pretrain_epochs=1, epochs=0, batch_size=8, val_clips=1)
