@@ -329,23 +329,20 @@ def event_level(per_clip_scores: Sequence[np.ndarray], per_clip_labels: Sequence
       rule                the a-priori constants
     """
     _check_clips(per_clip_scores, per_clip_labels)
-    detections: list[Detection] = []
     records: list[dict] = []
     n_events, found = 0, 0
     for k, (s, y) in enumerate(zip(per_clip_scores, per_clip_labels)):
         events = events_from_labels(y)
         n_events += len(events)
-        matched = [match_detection(d, events) for d in detect_events(s, clip=k)]
-        detections += matched
         found_in_clip: set[tuple[int, int]] = set()
-        for d in matched:
+        for d in detect_events(s, clip=k):
             found_by_d = events_found(d, events)
             found_in_clip.update(found_by_d)
-            records.append(d.to_dict() | {"events_found": [list(ev) for ev in found_by_d]})
+            records.append(match_detection(d, events).to_dict() | {"events_found": [list(ev) for ev in found_by_d]})
         found += len(found_in_clip)
-    hits = sum(d.outcome == "correct" for d in detections)
-    partial = sum(d.outcome == "partial" for d in detections)
-    false_alarms = len(detections) - hits
+    hits = sum(r["outcome"] == "correct" for r in records)
+    partial = sum(r["outcome"] == "partial" for r in records)
+    false_alarms = len(records) - hits
     return {
         "correct": found,
         "false_alarms": false_alarms,
@@ -354,7 +351,7 @@ def event_level(per_clip_scores: Sequence[np.ndarray], per_clip_labels: Sequence
         "ground_truth_events": n_events,
         "recall": found / n_events if n_events else float("nan"),
         "detections_correct": hits,
-        "detections_total": len(detections),
+        "detections_total": len(records),
         "detections": records,
         "rule": event_rule(),
     }

@@ -793,9 +793,9 @@ def _run(
     phase_names = [p for p, _ in _phases(opts)]
     phase_index = len(phase_names) if finish_only else phase_names.index(progress["phase"])
     with _StopFlag() as stop:
-        for phase, n_epochs in _phases(opts)[phase_index:]:
-            if PHASES.index(phase) > PHASES.index(_final_phase(opts)):
-                break  # nothing trains after the final phase: the run stays where it ended, batch and all
+        # Up to the final phase: the empty ones after it are never entered, so a run stays where it
+        # ended, batch and all.
+        for phase, n_epochs in _phases(opts)[phase_index : PHASES.index(_final_phase(opts)) + 1]:
             if progress["phase"] != phase:
                 progress.update(phase=phase, epoch=0, batch=0)
                 # Against the generator the selection rule chose, not the last epoch's. Only rank 0
