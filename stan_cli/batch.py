@@ -35,7 +35,7 @@ from . import __version__, report
 from .detect import SCORE_KINDS, check_options, detect, prepare_output, remove_if_empty
 from .errors import InputError, OutputError, StanError
 from .inference import resolve_device
-from .video import is_frame_folder, is_video_file, list_frames, natural_key
+from .video import is_clip, is_frame_folder, natural_key
 from .weights import Stan, find_default_weights, load_weights
 
 INDEX_FILES = ("index.html", "index.csv", "summary.json")
@@ -121,10 +121,8 @@ def _clips_in(path: Path) -> list[Path]:
         return []
     clips = []
     for child in children:
-        if child.name.startswith("."):
-            continue
         try:
-            if is_video_file(child) or (child.is_dir() and list_frames(child)):
+            if is_clip(child):
                 clips.append(child)
         except OSError:  # unreadable: detect says so for this input alone
             clips.append(child)

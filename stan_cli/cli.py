@@ -485,7 +485,7 @@ def eval_(
         table.add_row(f"frame AUC, pooled, {kind} ({name})", pct(fl[kind]["pooled"]["auc"]), pct(paper["frame_auc"][kind]))
     for kind in ("g", "d", "gd"):
         skipped = len(fl[kind]["macro"]["skipped_clips"])
-        table.add_row(f"frame AUC, macro, {kind}", pct(fl[kind]["macro"]["auc"]) + (f" ({skipped} clips skipped)" if skipped else ""), "")
+        table.add_row(f"frame AUC, macro, {kind}", pct(fl[kind]["macro"]["auc"]) + (f" ({skipped} clip{'s' if skipped != 1 else ''} skipped)" if skipped else ""), "")
     table.add_row("frame EER, pooled, gd", pct(fl["gd"]["pooled"]["eer"]), "")
     if "gd_calibration_lambda" in fl:
         table.add_row("frame AUC, pooled, gd, calibration lambda_s", pct(fl["gd_calibration_lambda"]["pooled"]["auc"]), "")

@@ -22,7 +22,7 @@ import torch
 
 from .errors import InputError
 from .model import CONTEXT, WINDOW
-from .video import is_frame_folder, is_video_file, list_frames, natural_key, read_frames
+from .video import is_clip, is_frame_folder, is_video_file, list_frames, natural_key, read_frames
 from .windows import to_grey_square
 
 DECODE_CHUNK_BYTES = 64 << 20  # RGB bytes converted at once: about 64 frames of 640x480, 2 of 4K
@@ -52,9 +52,7 @@ def find_sources(folder: Path) -> list[Path]:
         return [folder]
     sources = []
     for child in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
-        if child.name.startswith("."):
-            continue
-        if (child.is_dir() and list_frames(child)) or is_video_file(child):
+        if is_clip(child):
             sources.append(child)
     if not sources:
         raise InputError(

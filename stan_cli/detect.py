@@ -150,6 +150,8 @@ def parse_threshold(value: float | str | None, rules: tuple[str, ...] = THRESHOL
         raise StanError(f"--threshold {value}: not a number. Give {words}.") from None
     if not math.isfinite(number):
         raise StanError(f"--threshold {value}: not a finite number. Give {words}.")
+    if number < 0:  # every raw score (pixel loss, -log D, their sum) is at least 0
+        raise StanError(f"--threshold {value}: raw scores are never negative, so it would flag every frame. Give {words}.")
     return number
 
 

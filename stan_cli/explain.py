@@ -223,7 +223,8 @@ def _panel(path: Path, r: Explanation) -> None:
     from matplotlib.figure import Figure
 
     h, w = r.real.shape[:2]
-    fig = Figure(figsize=(4 * 4.2, 4.2 * h / w + 0.9), dpi=100)
+    # at least 2.6 in of image height: the colour bars' labels run along them and must fit
+    fig = Figure(figsize=(4 * 4.2, max(4.2 * h / w, 2.6) + 0.9), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 4)
     grey = r.real.mean(axis=2)
@@ -233,9 +234,9 @@ def _panel(path: Path, r: Explanation) -> None:
     axes[1].set_title("(b) generated frame")
     for ax, data, title, label in (
         (axes[2], r.pixel_loss_map, f"(c) squared error (generated - real)$^2$\nmean {r.pixel_loss:.4g} = pixel loss",
-         "squared error, [-1, 1] units"),
+         "squared error\n([-1, 1] units)"),
         (axes[3], r.guided_backprop_map, f"(d) guided backprop of D\n-log D = {r.d_loss:.3g}",
-         "|guided gradient|, summed over 11 frames"),
+         "|guided gradient|\n(summed over 11 frames)"),
     ):
         ax.imshow(grey, cmap="gray", vmin=0, vmax=255)
         im = ax.imshow(data, cmap="inferno", alpha=0.6)

@@ -71,6 +71,7 @@ class VideoInfo:
     fps: float
     fps_assumed: bool  # True for frame folders without --fps, or a video without a rate
     n_frames: int | None  # exact for folders; an estimate from the duration for videos
+    duration: float | None = None  # a video's duration in its header (all streams), in seconds
 
     def to_dict(self) -> dict:
         return {
@@ -90,12 +91,41 @@ def natural_key(name: str) -> list:
 
 
 def list_frames(folder: Path) -> list[Path]:
-    """Image files directly in `folder`, in natural order (hidden files skipped)."""
+    """Image files directly in `folder`, in natural order (hidden files and the loss plot of
+    `stan train` skipped: see is_stan_output)."""
     files = [
         p for p in Path(folder).iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in FRAME_EXTENSIONS
+        and not is_stan_output(p)
     ]
     return sorted(files, key=lambda p: natural_key(p.name))
+
+
+_LOSS_PLOT = ".losses.png"
+
+
+def is_stan_output(path: Path) -> bool:
+    """Something stan itself wrote, which is never footage, so that training or reporting into
+    the footage folder does not make its own output a clip: a checkpoint folder
+    (NAME.safetensors.ckpt), a detect report (summary.json with scores.csv), an explain folder
+    (explanation.json with panel.png), and the loss plot `stan train` writes beside its weights
+    (NAME.losses.png, always with NAME.log.csv)."""
+    name = path.name
+    if path.is_dir():
+        return (
+            name.endswith(".ckpt") and ((path / "log.csv").is_file() or (path / "frames").is_dir())
+            or (path / "summary.json").is_file() and (path / "scores.csv").is_file()
+            or (path / "explanation.json").is_file() and (path / "panel.png").is_file()
+        )
+    return name.endswith(_LOSS_PLOT) and path.with_name(name[: -len(_LOSS_PLOT)] + ".log.csv").is_file()
+
+
+def is_clip(path: Path) -> bool:
+    """Is `path`, an entry of a folder of clips, a clip: a video file or a folder of images,
+    not hidden and not stan's own output? May raise OSError for an entry it cannot look into."""
+    if path.name.startswith(".") or is_stan_output(path):
+        return False
+    return is_video_file(path) or (path.is_dir() and bool(list_frames(path)))
 
 
 def is_video_file(path: Path) -> bool:
@@ -104,10 +134,7 @@ def is_video_file(path: Path) -> bool:
 
 def holds_clips(folder: Path) -> bool:
     """Does `folder` hold a clip of its own: a video file or a subfolder of images (hidden skipped)?"""
-    return any(
-        not child.name.startswith(".") and (is_video_file(child) or (child.is_dir() and bool(list_frames(child))))
-        for child in Path(folder).iterdir()
-    )
+    return any(is_clip(child) for child in Path(folder).iterdir())
 
 
 def is_frame_folder(folder: Path) -> bool:
@@ -263,6 +290,8 @@ def _info(source: _Source, meta: dict, fps: float | None) -> VideoInfo:
             rate, assumed = DEFAULT_FOLDER_FPS, True
         duration = float(meta.get("duration") or 0.0)
         n_frames = int(round(duration * native)) if duration > 0 and native > 0 else None
+        return VideoInfo(source.path, source.kind, width, height, rate, assumed, n_frames,
+                         duration if duration > 0 else None)
     return VideoInfo(source.path, source.kind, width, height, rate, assumed, n_frames)
 
 
@@ -295,22 +324,17 @@ def read_frames(path: Path, fps: float | None = None, *, first: int | None = Non
     return info, FrameStream(gen, source, info, first)
 
 
-def frame_timestamps(path: Path) -> np.ndarray | None:
-    """Presentation times of a video's frames in seconds from the first, sorted into display order.
-
-    Read from the container's packet timestamps (`ffmpeg -c copy -f framecrc`: demuxing only, no
-    decoding, so it costs one read of the file). Packets come in decoding order, which B-frames
-    make differ from display order, so the times are sorted: the result never decreases, and
-    two packets with one timestamp show up as a repeated value. None for a frame folder, when
-    ffmpeg fails, and when any packet has no timestamp (AVI; MPEG program streams with B-frames),
-    so callers fall back to frame index / fps, which is exact for such constant-rate files.
-    """
+def _packets(path: Path, maps: list[str]) -> dict[int, tuple[tuple[int, int], list[tuple[int, int, int]]]] | None:
+    """The packets of the streams `maps` selects, by demuxing only (`ffmpeg -c copy -f framecrc`,
+    no decoding: one read of the file): {output stream: ((time base num, den), [(dts, pts,
+    duration), ...] in decoding order)}. None for a frame folder, when ffmpeg fails, and when
+    framecrc writes a line we cannot read (then nothing from it is trusted)."""
     path = Path(path)
     if not path.is_file():
         return None
     cmd = [
         imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
-        "-i", ffmpeg_path(path), *_FIRST_VIDEO, "-c", "copy", "-f", "framecrc", "-",
+        "-i", ffmpeg_path(path), *maps, "-c", "copy", "-f", "framecrc", "-",
     ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
@@ -318,27 +342,67 @@ def frame_timestamps(path: Path) -> np.ndarray | None:
         return None
     if proc.returncode != 0:
         return None
-    base = None
-    pts: list[int] = []
+    streams: dict[int, tuple[tuple[int, int], list[tuple[int, int, int]]]] = {}
     try:
         for line in proc.stdout.splitlines():
-            if line.startswith("#tb 0:"):
-                num, _, den = line.split(":", 1)[1].strip().partition("/")
-                base = (int(num), int(den))
-            elif line and not line.startswith("#"):
-                fields = line.split(",")
-                if len(fields) < 3 or fields[0].strip() != "0":
-                    continue
-                value = int(fields[2])
-                if value == _NOPTS:
+            if line.startswith("#tb "):
+                index, _, rate = line[4:].partition(":")
+                num, _, den = rate.strip().partition("/")
+                if int(den) == 0:
                     return None
-                pts.append(value)
-    except ValueError:  # a line framecrc never writes: trust nothing from it
+                streams[int(index)] = ((int(num), int(den)), [])
+            elif line and not line.startswith("#"):
+                # stream, dts, pts, duration, size, hash[, side data...]
+                index, dts, pts, duration = (int(field) for field in line.split(",")[:4])
+                streams[index][1].append((dts, pts, duration))
+    except (ValueError, KeyError):  # a line framecrc never writes, or a packet of an unnamed stream
         return None
-    if base is None or not pts or base[1] == 0:
+    return streams
+
+
+def frame_timestamps(path: Path) -> np.ndarray | None:
+    """Presentation times of a video's frames in seconds from the first, sorted into display order.
+
+    Read from the container's packet timestamps (`_packets`: demuxing only). Packets come in
+    decoding order, which B-frames make differ from display order, so the times are sorted: the
+    result never decreases, and two packets with one timestamp show up as a repeated value. None
+    for a frame folder, when ffmpeg fails, and when any packet has no timestamp (AVI; MPEG
+    program streams with B-frames), so callers fall back to frame index / fps, which is exact for
+    such constant-rate files.
+    """
+    streams = _packets(path, _FIRST_VIDEO)
+    if not streams or 0 not in streams or not streams[0][1]:
+        return None
+    (num, den), packets = streams[0]
+    pts = [packet[1] for packet in packets]
+    if _NOPTS in pts:
         return None
     ticks = np.sort(np.asarray(pts, dtype=np.int64))
-    return (ticks - ticks[0]).astype(np.float64) * base[0] / base[1]
+    return (ticks - ticks[0]).astype(np.float64) * num / den
+
+
+def packet_extent(path: Path) -> tuple[int, float] | None:
+    """(packets of the video stream, seconds from the earliest packet of the video and audio
+    streams to the end of the latest), by demuxing only; None when that cannot be read.
+
+    What a file really holds, to check a header's frame estimate against: that estimate is the
+    container's duration (which counts the audio, often longer than the video) times the nominal
+    frame rate (which overstates variable-rate footage), so it alone cannot tell a cut-off file
+    from such a whole one."""
+    streams = _packets(path, [*_FIRST_VIDEO, "-map", "0:a?"])
+    if not streams or 0 not in streams:
+        return None
+    starts, ends = [], []
+    for (num, den), packets in streams.values():
+        for dts, pts, duration in packets:
+            stamp = pts if pts != _NOPTS else dts
+            if stamp == _NOPTS:
+                continue
+            starts.append(stamp * num / den)
+            ends.append((stamp + max(duration, 0)) * num / den)
+    if not starts:
+        return None
+    return len(streams[0][1]), max(ends) - min(starts)
 
 
 def frame_times(info: VideoInfo, n_frames: int, fps: float | None = None, *,
@@ -402,6 +466,7 @@ class FrameStream:
         self._gen, self._source, self.info, self.first = gen, source, info, first
         self.count = 0
         self.finished = False
+        self._extent: tuple[int, float] | None = None
         self._it: Iterator[np.ndarray] | None = None
         self._closed = False
 
@@ -448,10 +513,26 @@ class FrameStream:
 
     @property
     def complete(self) -> bool:
-        """False when a video ended well short of the frame count its header implies."""
+        """False when a video ended well short of what the file holds.
+
+        First against the header's estimate (duration x rate); when the frames fall short of it,
+        against the file's packets (`packet_extent`, one more read of the file, without
+        decoding): complete when about as many frames decoded as the video stream has packets
+        and the streams run to about the header's duration. So variable-rate footage and a
+        recording whose audio outlasts its video are complete, while a file cut off part-way
+        (its streams end early) or one whose frames fail to decode is not."""
         if self.info.kind != "video" or not self.expected or self.count == self.first:
             return True
-        return self.count >= self.COMPLETE_SHARE * self.expected - 2
+        share = self.COMPLETE_SHARE
+        if self.count >= share * self.expected - 2:
+            return True
+        if self._extent is None:  # read once: the file does not change under us
+            self._extent = packet_extent(self.info.path) or (0, 0.0)
+        packets, seconds = self._extent
+        if not packets or not self.info.duration:
+            return False
+        slack = 2 / self.info.fps if self.info.fps > 0 else 0.0
+        return self.count >= share * packets - 2 and seconds >= share * self.info.duration - slack
 
     def _release(self) -> None:
         self._gen.close()

@@ -37,6 +37,11 @@ def find_default_weights() -> Path:
     else <prefix>/share/stan/weights (pip install .), else ./weights/."""
     env = os.environ.get("STAN_WEIGHTS")
     if env:
+        if not Path(env).is_file():
+            raise WeightsError(
+                f"{env}: weights file not found (named by $STAN_WEIGHTS). Point STAN_WEIGHTS at a "
+                ".safetensors file from `stan train`, or unset it to use the shipped weights."
+            )
         return Path(env)
     folders = [
         Path(__file__).resolve().parent.parent / "weights",
@@ -164,6 +169,12 @@ def _read(path: Path, expected_format: str, option: str = "--weights") -> tuple[
             + ("Start the run again with --overwrite." if expected_format == CHECKPOINT_FORMAT
                else f"Re-download it or point {option} at a file written by `stan train`.")
         ) from None
+    if metadata.get("format") == CHECKPOINT_FORMAT and expected_format == FORMAT:
+        raise WeightsError(
+            f"{path}: a training checkpoint, not weights. Use the weights file its run writes beside "
+            "the checkpoint folder (NAME.safetensors for NAME.safetensors.ckpt); a run stopped before it "
+            "wrote one is finished with `stan train ... --resume`."
+        )
     if metadata.get("format") != expected_format:
         raise WeightsError(
             f"{path}: a safetensors file, but not {expected_format} (format={metadata.get('format')!r}). "

@@ -82,7 +82,7 @@ def test_calibrated_threshold_and_override(clip_video, tiny_weights_calibrated):
     result = detect(clip_video, weights=tiny_weights_calibrated, score="g")
     assert result.threshold_source.startswith("calibration")
     assert result.threshold == pytest.approx(np.quantile(0.04 + 0.01 * np.random.default_rng(1).random(200), 0.99))
-    forced = detect(clip_video, weights=tiny_weights_calibrated, score="g", threshold=-1.0, min_length=1)
+    forced = detect(clip_video, weights=tiny_weights_calibrated, score="g", threshold=0.0, min_length=1)
     assert forced.threshold_source == "--threshold"
     assert forced.abnormal.sum() == N_FRAMES - 10  # every scored frame, none of the unscored
     assert len(forced.segments) == 1
@@ -106,6 +106,9 @@ def test_threshold_rules_clip_and_calibrated(clip_video, tiny_weights_calibrated
     for bad in ("nan", "inf", float("nan")):  # would flag nothing (or everything) and store null
         with pytest.raises(StanError, match="not a finite number"):
             detect(clip_video, weights=tiny_weights_calibrated, threshold=bad)
+    with pytest.raises(StanError, match="--threshold -1: raw scores are never negative"):
+        detect(clip_video, weights=tiny_weights_calibrated, threshold="-1")
+    assert detect(clip_video, weights=tiny_weights_calibrated, threshold="0").threshold == 0.0
 
 
 def test_untrained_placeholder_weights_are_named_in_a_warning(clip_video, tiny_weights):
@@ -141,7 +144,7 @@ def test_footage_unlike_the_calibration_is_warned_about(clip_video, tmp_path, le
         assert result.abnormal.sum() == 0 and result.warnings == summary["warnings"] == []
         assert '<div class="warn">' not in html
     # a threshold the user chose is theirs: no warning, however much it flags
-    assert detect(clip_video, weights=weights, score="g", threshold=-1.0).warnings == []
+    assert detect(clip_video, weights=weights, score="g", threshold=0.0).warnings == []
 
 
 def test_score_kinds_pick_the_terms(clip_video, tiny_weights_calibrated):

@@ -282,6 +282,40 @@ def test_variable_frame_rate_times_come_from_timestamps(tmp_path, tiny_weights, 
     assert explain(video, 14, weights=tiny_weights).time_s == pytest.approx(3.0, abs=1e-3)
 
 
+def _whole_file_warnings(tmp_path: Path, video: Path, tiny_weights) -> None:
+    """detect and explain take `video` as whole: no truncation warning, complete: true."""
+    out = tmp_path / "r"
+    result = run("detect", video, "--out", out, "--weights", tiny_weights, "--no-video")
+    assert result.exit_code == 0, result.output
+    assert "truncated" not in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is True and summary["input"]["frames"] == 20
+    _, frames = read_frames(video)
+    assert len(list(frames)) == 20 and frames.complete
+    assert explain(video, 14, weights=tiny_weights).frame == 14
+
+
+def test_variable_rate_footage_whose_nominal_rate_overstates_its_frames_is_whole(tmp_path, tiny_weights):
+    """Found by a review: 10 frames 0.1 s apart, then 10 frames 0.3 s apart, in MKV. The header
+    says 3.8 s at 10 fps, about 38 frames; the file holds 20, all of them decoded."""
+    video = encode(
+        tmp_path / "vfr.mkv", make_clip(n=20), "-vf", "setpts='if(lt(N,10),N*0.1,1+(N-10)*0.3)/TB'",
+        "-fps_mode", "vfr", "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv420p",
+    )
+    assert probe(video).n_frames > 30  # the estimate that used to call it truncated
+    _whole_file_warnings(tmp_path, video, tiny_weights)
+
+
+def test_a_recording_whose_audio_outlasts_its_video_is_whole(tmp_path, tiny_weights):
+    """Found by a review: 2 s of video with 6 s of audio. The container's duration is the
+    audio's, so the header's estimate was 60 frames."""
+    silent = h264(tmp_path / "silent.mp4", make_clip(n=20))
+    video = tmp_path / "audio.mp4"
+    ffmpeg("-i", silent, "-f", "lavfi", "-i", "sine=d=6", "-c:v", "copy", "-c:a", "aac", video)
+    assert probe(video).n_frames > 50
+    _whole_file_warnings(tmp_path, video, tiny_weights)
+
+
 @pytest.mark.parametrize("damage", ["none", "a repeated timestamp after the window"])
 def test_detect_and_explain_give_a_frame_the_same_time(tmp_path, tiny_weights, monkeypatch, damage):
     """One rule (video.frame_times) for both: a timestamp repeated past the frames explain

@@ -610,6 +610,30 @@ def test_weights_written_into_a_folder_of_videos_do_not_break_resume(videos, tmp
     assert load_weights(out).training["train_clips"] == [str(data / "a.mp4"), str(data / "b.mp4")]
 
 
+def test_stans_own_outputs_in_the_footage_folder_are_not_clips(videos, tmp_path):
+    """Found by a review: a second run into the footage folder read the first one's checkpoint
+    folder as a clip and its loss plot as a stray image, and detect read both as clips. A
+    detect report and an explain folder written there are not clips either."""
+    from stan_cli.batch import expand_inputs
+    from stan_cli.dataset import find_sources
+
+    data = folder_of(tmp_path, "cam", videos["a"], videos["b"])
+    clips = [data / "a.mp4", data / "b.mp4"]
+    train(options(data, data / "m1.safetensors"))
+    assert (data / "m1.safetensors.ckpt").is_dir() and (data / "m1.losses.png").is_file()
+    events = Events()
+    train(options(data, data / "m2.safetensors"), events)
+    assert events.data_warnings() == []
+    weights = data / "m2.safetensors"
+    for args in (["detect", clips[0], "--out", data / "report", "--no-video"],
+                 ["explain", clips[0], "--frame", 10, "--out", data / "why"]):
+        result = runner.invoke(cli.app, [*(str(a) for a in args), "--weights", str(weights)])
+        assert result.exit_code == 0, result.output
+    assert find_sources(data) == clips and expand_inputs([data]) == clips
+    (data / "thumb.png").write_bytes((data / "m1.losses.png").read_bytes())  # a user's image still is
+    assert find_sources(data) == clips
+
+
 def test_out_inside_a_frame_folder_is_refused(tmp_path):
     data = write_frame_folder(tmp_path / "frames", make_clip(30, anomaly=NORMAL, seed=0))
     with pytest.raises(OutputError, match="lies in the frame folder .* Choose --out outside"):

@@ -18,7 +18,6 @@ from stan_cli import weights as weights_module
 from stan_cli.errors import WeightsError
 from stan_cli.model import PAPER, TINY, Discriminator, Generator, pixel_loss, split_window
 from stan_cli.weights import (
-    CHECKPOINT_FORMAT,
     DEFAULT_WEIGHTS_NAMES,
     FORMAT,
     FORMAT_VERSION,
@@ -196,7 +195,7 @@ def test_checkpoint_is_not_weights(tmp_path):
     g, d = tiny_models()
     path = tmp_path / "ckpt.safetensors"
     save_checkpoint(path, g, d, torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters()), {})
-    _assert_load_fails(path, CHECKPOINT_FORMAT)
+    _assert_load_fails(path, "a training checkpoint, not weights")
 
 
 def _rewrite(src: Path, dst: Path, tensors=None, **metadata_changes) -> Path:
@@ -416,6 +415,9 @@ def test_weights_file_is_not_a_checkpoint(saved):
 def test_find_default_weights_honours_env(monkeypatch, tmp_path):
     target = tmp_path / "mine.safetensors"
     monkeypatch.setenv("STAN_WEIGHTS", str(target))
+    with pytest.raises(WeightsError, match=r"mine.safetensors: weights file not found \(named by \$STAN_WEIGHTS\)"):
+        find_default_weights()  # missing: the message says where the path came from
+    target.write_bytes(b"x")
     assert find_default_weights() == target
 
 
