@@ -93,39 +93,61 @@ def natural_key(name: str) -> list:
 def list_frames(folder: Path) -> list[Path]:
     """Image files directly in `folder`, in natural order (hidden files and the loss plot of
     `stan train` skipped: see is_stan_output)."""
+    return [p for p in _images(folder) if not _is_loss_plot(p)]
+
+
+def _images(folder: Path) -> list[Path]:
     files = [
         p for p in Path(folder).iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in FRAME_EXTENSIONS
-        and not is_stan_output(p)
+        if not p.name.startswith(".") and p.suffix.lower() in FRAME_EXTENSIONS and p.is_file()
     ]
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
 _LOSS_PLOT = ".losses.png"
+# What marks a folder stan wrote, and the only images such a folder holds: a training checkpoint
+# folder (NAME.safetensors.ckpt, or any name given to --checkpoint-dir), a detect report, an
+# explain folder. A folder with any other image in it is the user's, whatever else it holds.
+_OUTPUT_FOLDERS = (
+    (("log.csv",), {"losses.png"}),
+    (("last.safetensors",), {"losses.png"}),
+    (("best.safetensors",), {"losses.png"}),
+    (("summary.json", "scores.csv"), {"scores.png"}),
+    (("explanation.json",), {"panel.png", "real.png", "generated.png", "pixel_loss.png", "guided_backprop.png"}),
+)
+
+
+def _is_loss_plot(path: Path) -> bool:
+    """NAME.losses.png with NAME.log.csv beside it: the loss plot `stan train` writes beside its
+    weights (the two are always written together). The name is checked first: no stat for a frame."""
+    name = path.name
+    return name.endswith(_LOSS_PLOT) and path.with_name(name[: -len(_LOSS_PLOT)] + ".log.csv").is_file()
 
 
 def is_stan_output(path: Path) -> bool:
     """Something stan itself wrote, which is never footage, so that training or reporting into
-    the footage folder does not make its own output a clip: a checkpoint folder
-    (NAME.safetensors.ckpt), a detect report (summary.json with scores.csv), an explain folder
-    (explanation.json with panel.png), and the loss plot `stan train` writes beside its weights
-    (NAME.losses.png, always with NAME.log.csv)."""
-    name = path.name
-    if path.is_dir():
-        return (
-            name.endswith(".ckpt") and ((path / "log.csv").is_file() or (path / "frames").is_dir())
-            or (path / "summary.json").is_file() and (path / "scores.csv").is_file()
-            or (path / "explanation.json").is_file() and (path / "panel.png").is_file()
-        )
-    return name.endswith(_LOSS_PLOT) and path.with_name(name[: -len(_LOSS_PLOT)] + ".log.csv").is_file()
+    the footage folder does not make its own output a clip: the loss plot beside trained weights,
+    and a folder that holds one of stan's marker files (a checkpoint's log.csv or
+    last/best.safetensors, a report's summary.json with scores.csv, an explain folder's
+    explanation.json) and no image but the ones stan writes there. A folder of the user's frames
+    stays footage whatever else lies in it."""
+    if not path.is_dir():
+        return _is_loss_plot(path)
+    images = {p.name for p in _images(path)}
+    return any(
+        all((path / marker).is_file() for marker in markers) and images <= own
+        for markers, own in _OUTPUT_FOLDERS
+    )
 
 
 def is_clip(path: Path) -> bool:
     """Is `path`, an entry of a folder of clips, a clip: a video file or a folder of images,
     not hidden and not stan's own output? May raise OSError for an entry it cannot look into."""
-    if path.name.startswith(".") or is_stan_output(path):
+    if path.name.startswith("."):
         return False
-    return is_video_file(path) or (path.is_dir() and bool(list_frames(path)))
+    if is_video_file(path):
+        return True
+    return path.is_dir() and bool(list_frames(path)) and not is_stan_output(path)
 
 
 def is_video_file(path: Path) -> bool:
@@ -324,11 +346,13 @@ def read_frames(path: Path, fps: float | None = None, *, first: int | None = Non
     return info, FrameStream(gen, source, info, first)
 
 
-def _packets(path: Path, maps: list[str]) -> dict[int, tuple[tuple[int, int], list[tuple[int, int, int]]]] | None:
+def _packets(path: Path, maps: list[str], *, quiet: bool = False) -> dict[int, tuple[tuple[int, int], list[tuple[int, int, int]]]] | None:
     """The packets of the streams `maps` selects, by demuxing only (`ffmpeg -c copy -f framecrc`,
     no decoding: one read of the file): {output stream: ((time base num, den), [(dts, pts,
     duration), ...] in decoding order)}. None for a frame folder, when ffmpeg fails, and when
-    framecrc writes a line we cannot read (then nothing from it is trusted)."""
+    framecrc writes a line we cannot read (then nothing from it is trusted); with `quiet`, also
+    when ffmpeg reports any error while demuxing (a cut file: "partial file", "File ended
+    prematurely"), which a whole file never gives."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -340,7 +364,7 @@ def _packets(path: Path, maps: list[str]) -> dict[int, tuple[tuple[int, int], li
         proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     except OSError:
         return None
-    if proc.returncode != 0:
+    if proc.returncode != 0 or (quiet and proc.stderr.strip()):
         return None
     streams: dict[int, tuple[tuple[int, int], list[tuple[int, int, int]]]] = {}
     try:
@@ -388,8 +412,10 @@ def packet_extent(path: Path) -> tuple[int, float] | None:
     What a file really holds, to check a header's frame estimate against: that estimate is the
     container's duration (which counts the audio, often longer than the video) times the nominal
     frame rate (which overstates variable-rate footage), so it alone cannot tell a cut-off file
-    from such a whole one."""
-    streams = _packets(path, [*_FIRST_VIDEO, "-map", "0:a?"])
+    from such a whole one. None as well when ffmpeg reports an error while demuxing: a file cut
+    in its video but not in an audio track stored ahead of it would otherwise still reach the
+    header's duration."""
+    streams = _packets(path, [*_FIRST_VIDEO, "-map", "0:a?"], quiet=True)
     if not streams or 0 not in streams:
         return None
     starts, ends = [], []
@@ -520,7 +546,8 @@ class FrameStream:
         decoding): complete when about as many frames decoded as the video stream has packets
         and the streams run to about the header's duration. So variable-rate footage and a
         recording whose audio outlasts its video are complete, while a file cut off part-way
-        (its streams end early) or one whose frames fail to decode is not."""
+        (its streams end early, or ffmpeg reports the cut) or one whose frames fail to decode
+        is not."""
         if self.info.kind != "video" or not self.expected or self.count == self.first:
             return True
         share = self.COMPLETE_SHARE
@@ -531,7 +558,7 @@ class FrameStream:
         packets, seconds = self._extent
         if not packets or not self.info.duration:
             return False
-        slack = 2 / self.info.fps if self.info.fps > 0 else 0.0
+        slack = 2 * self.info.duration / self.expected  # two frames at the native rate (not --fps)
         return self.count >= share * packets - 2 and seconds >= share * self.info.duration - slack
 
     def _release(self) -> None:

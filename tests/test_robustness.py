@@ -316,6 +316,23 @@ def test_a_recording_whose_audio_outlasts_its_video_is_whole(tmp_path, tiny_weig
     _whole_file_warnings(tmp_path, video, tiny_weights)
 
 
+def test_a_file_cut_in_its_video_but_not_in_the_audio_stored_ahead_of_it_is_incomplete(tmp_path):
+    """Found by a review of the check above: fragmented MP4 with the audio as stream 0, cut at
+    95 %. The video decodes short, yet the audio's packets still reach the header's duration;
+    ffmpeg reports the cut while demuxing, and that decides."""
+    whole = tmp_path / "whole.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=8", "-f", "lavfi", "-i", "sine=d=8",
+           "-map", "1:a", "-map", "0:v", "-c:v", "libx264", "-g", "1000", "-c:a", "aac",
+           "-movflags", "frag_keyframe+empty_moov", whole)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 95 // 100])
+    _, frames = read_frames(cut)
+    assert 11 <= len(list(frames)) < 200 and not frames.complete
+    _, frames = read_frames(whole)
+    assert len(list(frames)) == 200 and frames.complete
+
+
 @pytest.mark.parametrize("damage", ["none", "a repeated timestamp after the window"])
 def test_detect_and_explain_give_a_frame_the_same_time(tmp_path, tiny_weights, monkeypatch, damage):
     """One rule (video.frame_times) for both: a timestamp repeated past the frames explain

@@ -616,6 +616,7 @@ def test_stans_own_outputs_in_the_footage_folder_are_not_clips(videos, tmp_path)
     detect report and an explain folder written there are not clips either."""
     from stan_cli.batch import expand_inputs
     from stan_cli.dataset import find_sources
+    from stan_cli.video import list_frames
 
     data = folder_of(tmp_path, "cam", videos["a"], videos["b"])
     clips = [data / "a.mp4", data / "b.mp4"]
@@ -630,7 +631,25 @@ def test_stans_own_outputs_in_the_footage_folder_are_not_clips(videos, tmp_path)
         result = runner.invoke(cli.app, [*(str(a) for a in args), "--weights", str(weights)])
         assert result.exit_code == 0, result.output
     assert find_sources(data) == clips and expand_inputs([data]) == clips
-    (data / "thumb.png").write_bytes((data / "m1.losses.png").read_bytes())  # a user's image still is
+    (data / "thumb.png").write_bytes((data / "m1.losses.png").read_bytes())  # a user's image still is one
+    assert list_frames(data) == [data / "thumb.png"] and find_sources(data) == clips
+    # a checkpoint folder of any name (--checkpoint-dir) is stan's too
+    shutil.copytree(data / "m1.safetensors.ckpt", data / "ckpts")
+    assert find_sources(data) == clips
+
+
+def test_clip_folders_that_merely_look_like_stans_output_are_footage(tmp_path):
+    """Found by a review: a folder of the user's frames is footage whatever else lies in it, a
+    summary.json and scores.csv of the user's own, or a name ending in .ckpt."""
+    from stan_cli.dataset import find_sources
+
+    data = tmp_path / "cam"
+    clips = [write_frame_folder(data / name, make_clip(12, anomaly=NORMAL, seed=k))
+             for k, name in enumerate(["a.ckpt", "b", "c"])]
+    (clips[0] / "log.csv").write_text("step\n")
+    (clips[1] / "summary.json").write_text("{}")
+    (clips[1] / "scores.csv").write_text("frame\n")
+    (clips[2] / "explanation.json").write_text("{}")
     assert find_sources(data) == clips
 
 
