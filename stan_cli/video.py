@@ -133,11 +133,12 @@ def is_stan_output(path: Path) -> bool:
     stays footage whatever else lies in it."""
     if not path.is_dir():
         return _is_loss_plot(path)
+    # the markers first: a footage folder has none, and is not listed a second time
+    owns = [own for markers, own in _OUTPUT_FOLDERS if all((path / m).is_file() for m in markers)]
+    if not owns:
+        return False
     images = {p.name for p in _images(path)}
-    return any(
-        all((path / marker).is_file() for marker in markers) and images <= own
-        for markers, own in _OUTPUT_FOLDERS
-    )
+    return any(images <= own for own in owns)
 
 
 def is_clip(path: Path) -> bool:
@@ -302,6 +303,7 @@ def _info(source: _Source, meta: dict, fps: float | None) -> VideoInfo:
     if source.kind == "frames":
         rate, assumed = (fps, False) if fps else (DEFAULT_FOLDER_FPS, True)
         n_frames: int | None = source.n_images
+        duration: float | None = None
     else:
         native = float(meta.get("fps") or 0.0)
         if fps:
@@ -311,10 +313,9 @@ def _info(source: _Source, meta: dict, fps: float | None) -> VideoInfo:
         else:
             rate, assumed = DEFAULT_FOLDER_FPS, True
         duration = float(meta.get("duration") or 0.0)
-        n_frames = int(round(duration * native)) if duration > 0 and native > 0 else None
-        return VideoInfo(source.path, source.kind, width, height, rate, assumed, n_frames,
-                         duration if duration > 0 else None)
-    return VideoInfo(source.path, source.kind, width, height, rate, assumed, n_frames)
+        duration = duration if duration > 0 else None
+        n_frames = int(round(duration * native)) if duration and native > 0 else None
+    return VideoInfo(source.path, source.kind, width, height, rate, assumed, n_frames, duration)
 
 
 def read_frames(path: Path, fps: float | None = None, *, first: int | None = None) -> tuple[VideoInfo, "FrameStream"]:
