@@ -29,8 +29,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: a message is one line however narrow the terminal, and a log file (not a terminal,
+# where rich would assume 80 columns) gets whole lines that grep finds.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 # Options shared by several commands, declared once.
 FLAG = ""  # metavar of on/off flags: some typer versions show "<bool>", and users then type a value
@@ -84,7 +86,7 @@ def os_error_message(e: OSError) -> str:
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -105,7 +107,69 @@ class _LazyProgress(Progress):
         return super().add_task(*args, **kwargs)
 
 
-def _progress() -> Progress:
+class _LogProgress:
+    """Progress for a log file (stderr not a terminal, as under nohup or a job scheduler): a
+    plain line per task at most every `every` seconds and one when it ends, instead of bars that
+    a file would only get once, at exit. Takes the calls the commands make of a rich Progress."""
+
+    def __init__(self, console: Console, every: float = 60.0) -> None:
+        self.console, self.every = console, every
+        self.tasks: dict[int, dict] = {}
+        self._next_id = 0
+
+    def __enter__(self) -> "_LogProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for task_id in list(self.tasks):
+            self.remove_task(task_id)
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, info: str = "") -> int:
+        import time
+
+        task_id, self._next_id = self._next_id, self._next_id + 1
+        now = time.monotonic()
+        self.tasks[task_id] = dict(description=description, total=total, completed=completed, info=info, start=now, printed=now)
+        return task_id
+
+    def update(self, task_id: int, completed: float | None = None, total: float | None = None, info: str | None = None) -> None:
+        import time
+
+        task = self.tasks[task_id]
+        for key, value in (("completed", completed), ("total", total), ("info", info)):
+            if value is not None:
+                task[key] = value
+        now = time.monotonic()
+        if now - task["printed"] >= self.every:
+            task["printed"] = now
+            self._line(task, now)
+
+    def remove_task(self, task_id: int) -> None:
+        import time
+
+        task = self.tasks.pop(task_id)
+        if task["completed"] and task["completed"] != task.get("said"):  # nothing counted, or nothing new: no line
+            self._line(task, time.monotonic())
+
+    def _line(self, task: dict, now: float) -> None:
+        done, total, elapsed = task["completed"], task["total"], now - task["start"]
+        task["said"] = done
+        count = f"{done:g}/{total:g}" if total else f"{done:g}"
+        left = ""
+        if total and 0 < done < total:
+            left = f", about {_clock(elapsed * (total - done) / done)} left"
+        info = f" {task['info']}" if task["info"] else ""
+        self.console.print(f"{escape(task['description'])}: {count}{escape(info)} ({_clock(elapsed)} elapsed{left})", highlight=False, markup=True)
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _progress() -> Progress | _LogProgress:
+    if not err.is_terminal:
+        return _LogProgress(err)
     return _LazyProgress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -171,7 +235,7 @@ def detect(
     from .report import flagged_but_short
 
     for message in result.warnings:
-        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
     s = result.summary
     table = Table(title=escape(f"stan detect: {video.name}"), show_header=False)
     table.add_row("frames", f"{result.n_frames} ({s['scored_frames']} scored), {result.info.fps:g} fps, {result.info.width}x{result.info.height}")
@@ -188,7 +252,7 @@ def detect(
     t = s["timings"]
     table.add_row("time", f"{t['total_s']:.1f} s ({t['scoring_s']:.1f} s scoring, {result.n_frames / max(t['scoring_s'], 1e-9):.1f} frames/s)")
     out.print(table)
-    out.print(f"Results written to [bold]{escape(str(out_dir))}[/] (open {escape(str(out_dir / 'index.html'))})", soft_wrap=True, highlight=False)
+    out.print(f"Results written to [bold]{escape(str(out_dir))}[/] (open {escape(str(out_dir / 'index.html'))})", highlight=False)
 
 
 class _StageBars:
@@ -232,7 +296,7 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
     progress = _progress()
     bars = _StageBars(progress)
     for message in filter(None, map(images_beside_clips, videos) if main else []):
-        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
 
     def on_input(event: str, entry: BatchEntry, total: int) -> None:
         where = f"[{entry.index + 1}/{total}]"
@@ -242,16 +306,16 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
         bars.restart("")  # its line below replaces its bars
         if entry.status == "error":
             message = entry.error if str(entry.input) in entry.error else f"{entry.input}: {entry.error}"
-            err.print(f"[bold red]error:[/] {escape(f'{where} {message}')}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(f'{where} {message}')}", highlight=False)
             return
         if not main:
             return
         for message in entry.warnings:
-            err.print(f"[yellow]warning:[/] {escape(f'{where} {message}')}", highlight=False, soft_wrap=True)
+            err.print(f"[yellow]warning:[/] {escape(f'{where} {message}')}", highlight=False)
         err.print(escape(
             f"{where} {entry.input.name}: {entry.frames} frames, {entry.segments} segment{'s' if entry.segments != 1 else ''}, "
             f"peak {entry.peak_score:.4g} (threshold {entry.threshold:.4g}) -> {out_dir / entry.name}"
-        ), highlight=False, soft_wrap=True)
+        ), highlight=False)
 
     try:
         with progress if main else contextlib.nullcontext():
@@ -285,7 +349,7 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
     out.print(
         f"{len(result.entries) - failed} of {len(result.entries)} reports written; index in [bold]{escape(str(result.index))}[/]"
         + (f" ({failed} failed: see the error lines above)" if failed else ""),
-        soft_wrap=True, highlight=False,
+        highlight=False,
     )
     if failed:
         raise typer.Exit(1)
@@ -339,9 +403,11 @@ def train(
         elif kind == "decode":
             if task["id"] is None:
                 task["id"] = progress.add_task("decoding footage", total=info["total"], info="")
-            progress.update(task["id"], completed=info["done"], info=Path(info["name"]).name)
+                task["decode_total"] = info["total"]
+            progress.update(task["id"], completed=info["done"], info=f"at {Path(info['name']).name}")
         elif kind == "data":
             if task["id"] is not None:
+                progress.update(task["id"], completed=task["decode_total"], info="")  # every clip is read
                 progress.remove_task(task["id"])
                 task["id"] = None
             skipped = f", {info['skipped']} skipped" if info["skipped"] else ""
@@ -416,7 +482,7 @@ def train(
     if written := [str(p) for p in (result.log, result.plot) if p is not None]:  # a recalibration writes neither
         table.add_row("loss log / plot", " / ".join(written))
     out.print(table)
-    out.print(f"Weights written to [bold]{escape(str(result.out))}[/]", soft_wrap=True, highlight=False)
+    out.print(f"Weights written to [bold]{escape(str(result.out))}[/]", highlight=False)
 
 
 def _count(n: int, noun: str) -> str:
@@ -506,8 +572,8 @@ def eval_(
     table.add_row("time", f"{r['timings']['wall_s']:.1f} s ({r['timings']['frames_per_s'] or 0:.1f} frames/s)", "")
     out.print(table)
     for message in r.get("warnings", []):
-        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    out.print(f"Results written to [bold]{escape(str(out_dir))}[/] (results.json, roc.png, per_clip.csv, scores/)", soft_wrap=True, highlight=False)
+        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+    out.print(f"Results written to [bold]{escape(str(out_dir))}[/] (results.json, roc.png, per_clip.csv, scores/)", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------- explain
@@ -551,7 +617,7 @@ def explain(
             table.add_row(f"score ({v['score_kind']})", f"{v['score_raw']:.5g}")
         table.add_row("verdict", escape(v["note"]))
     out.print(table)
-    out.print(f"Results written to [bold]{escape(str(out_dir))}[/] (panel.png, maps as .npy)", soft_wrap=True, highlight=False)
+    out.print(f"Results written to [bold]{escape(str(out_dir))}[/] (panel.png, maps as .npy)", highlight=False)
 
 
 def _stop_like_ctrl_c(signum, frame) -> None:

@@ -140,3 +140,40 @@ def test_an_unexpected_os_error_is_one_line_not_a_traceback(tmp_path, monkeypatc
     assert result.exit_code == 1 and "Traceback" not in result.output
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "roc.png: No space left on device. Free some space" in errors[0], result.stderr
+
+
+def test_progress_in_a_log_file_is_plain_lines(clip_video, tiny_weights, tmp_path):
+    """stderr not a terminal (nohup, a scheduler): each stage ends with one whole line, no bar."""
+    result = run("detect", clip_video, "--out", tmp_path / "r", "--weights", tiny_weights, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert any(ln.startswith("scoring: 40/40 ") and "elapsed" in ln for ln in lines), result.stderr
+    assert any(ln.startswith("overlay video: ") for ln in lines), result.stderr
+    assert not any(ch in result.stderr for ch in "━█"), result.stderr
+
+
+def test_log_progress_prints_at_most_every_interval_and_at_the_end():
+    import io
+
+    from rich.console import Console
+
+    from stan_cli.cli import _LogProgress
+
+    buffer = io.StringIO()
+    progress = _LogProgress(Console(file=buffer, soft_wrap=True), every=3600)
+    with progress:
+        task = progress.add_task("pretrain 1/2 [x]", total=10, info="")
+        for k in range(1, 6):
+            progress.update(task, completed=k, info=f"pixel={k}")
+        progress.add_task("never started", total=5)  # counted nothing: says nothing
+    assert buffer.getvalue().splitlines() == [buffer.getvalue().splitlines()[0]]
+    line = buffer.getvalue().strip()
+    assert line.startswith("pretrain 1/2 [x]: 5/10 pixel=5 (0:00:00 elapsed, about 0:00:00 left)"), line
+
+    buffer = io.StringIO()
+    progress = _LogProgress(Console(file=buffer, soft_wrap=True), every=0)
+    task = progress.add_task("scoring", total=None)
+    for k in (8, 16):
+        progress.update(task, completed=k)
+    progress.remove_task(task)
+    assert [ln.split(" (")[0] for ln in buffer.getvalue().splitlines()] == ["scoring: 8", "scoring: 16"]
