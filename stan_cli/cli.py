@@ -109,8 +109,8 @@ class _LazyProgress(Progress):
 
 class _LogProgress:
     """Progress for a log file (stderr not a terminal, as under nohup or a job scheduler): a
-    plain line per task at most every `every` seconds and one when it ends, instead of bars that
-    a file would only get once, at exit. Takes the calls the commands make of a rich Progress."""
+    plain line per task at most every `every` seconds and one when it completes, instead of bars
+    that a file would only get once, at exit. Takes the calls the commands make of a rich Progress."""
 
     def __init__(self, console: Console, every: float = 60.0) -> None:
         self.console, self.every = console, every
@@ -120,16 +120,19 @@ class _LogProgress:
     def __enter__(self) -> "_LogProgress":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        # Tasks without a total end here; after an error or Ctrl-C the message says what happened.
         for task_id in list(self.tasks):
-            self.remove_task(task_id)
+            self.remove_task(task_id, say=exc_type is None)
 
     def add_task(self, description: str, total: float | None = None, completed: float = 0, info: str = "") -> int:
         import time
 
         task_id, self._next_id = self._next_id, self._next_id + 1
         now = time.monotonic()
-        self.tasks[task_id] = dict(description=description, total=total, completed=completed, info=info, start=now, printed=now)
+        self.tasks[task_id] = dict(
+            description=description, total=total, completed=completed, first=completed, info=info, start=now, printed=now
+        )
         return task_id
 
     def update(self, task_id: int, completed: float | None = None, total: float | None = None, info: str | None = None) -> None:
@@ -140,26 +143,30 @@ class _LogProgress:
             if value is not None:
                 task[key] = value
         now = time.monotonic()
-        if now - task["printed"] >= self.every:
+        finished = bool(task["total"]) and task["completed"] >= task["total"]
+        if (finished or now - task["printed"] >= self.every) and task["completed"] != task.get("said"):
             task["printed"] = now
             self._line(task, now)
 
-    def remove_task(self, task_id: int) -> None:
+    def remove_task(self, task_id: int, say: bool = True) -> None:
         import time
 
         task = self.tasks.pop(task_id)
-        if task["completed"] and task["completed"] != task.get("said"):  # nothing counted, or nothing new: no line
+        if say and task["completed"] and task["completed"] != task.get("said"):  # nothing counted, or nothing new: no line
             self._line(task, time.monotonic())
 
     def _line(self, task: dict, now: float) -> None:
+        import time
+
         done, total, elapsed = task["completed"], task["total"], now - task["start"]
         task["said"] = done
         count = f"{done:g}/{total:g}" if total else f"{done:g}"
         left = ""
-        if total and 0 < done < total:
-            left = f", about {_clock(elapsed * (total - done) / done)} left"
+        if total and task["first"] < done < total:  # at the rate of this run (a resumed epoch starts part done)
+            left = f", about {_clock(elapsed * (total - done) / (done - task['first']))} left"
         info = f" {task['info']}" if task["info"] else ""
-        self.console.print(f"{escape(task['description'])}: {count}{escape(info)} ({_clock(elapsed)} elapsed{left})", highlight=False, markup=True)
+        clock = time.strftime("%H:%M:%S")
+        self.console.print(f"{escape(task['description'])}: {count}{escape(info)} (at {clock}, {_clock(elapsed)} elapsed{left})", highlight=False)
 
 
 def _clock(seconds: float) -> str:
@@ -444,6 +451,9 @@ def train(
                     f"{info['phase']} epoch {info['epoch']}: validation pixel loss {info['val_pixel']:.5g}, "
                     f"-log D {info['val_d']:.4g}{mark}"
                 )
+        elif kind == "resume":
+            where = f"{info['phase']} epoch {info['epoch'] + 1}, batch {info['batch']}" if info["batch"] else f"the start of {info['phase']} epoch {info['epoch'] + 1}"
+            progress.console.print(f"resuming at step {info['step']} ({where}) from {escape(info['checkpoint'])}", highlight=False)
         elif kind == "calibrate":
             progress.console.print(f"calibrating on {info['windows']} windows ({escape(info['source'])})", highlight=False)
 
@@ -543,7 +553,7 @@ def eval_(
 
     paper = r["paper_ped2"]
     fl = r["frame_level"]
-    table = Table(title=f"stan eval: {r['clips']} clips, {r['scored_frames']} of {r['frames']} frames scored, {r['abnormal_frames']} abnormal")
+    table = Table(title=f"stan eval: {_count(r['clips'], 'clip')}, {r['scored_frames']} of {r['frames']} frames scored, {r['abnormal_frames']} labelled abnormal")
     table.add_column("metric")
     table.add_column("ours", justify="right")
     table.add_column("paper (Ped2)", justify="right")

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import math
 import os
 import platform
 import shutil
@@ -686,6 +687,7 @@ def _run(
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=opts.lr, betas=(0.5, 0.999))
     if opts.resume:
         progress = load_checkpoint(last_path, generator, discriminator, opt_g, opt_d)
+        emit("resume", step=progress["step"], phase=progress["phase"], epoch=progress["epoch"], batch=progress["batch"], checkpoint=str(last_path))
     else:
         progress = {"phase": "pretrain", "epoch": 0, "batch": 0, "step": 0, "wall_s": 0.0, "best": None}
         if init is not None:
@@ -1056,10 +1058,20 @@ def _finish(opts, progress, generator, discriminator, config, train_clips, val_c
         )
         warnings.append(message)
         emit("warning", message=message)
+    n_calib, need = len(WindowSet(calib_clips)), math.ceil(1 / opts.false_alarm_rate)
+    if n_calib < need and calib_clips is not train_clips:  # (calibrating on the training windows is warned about above)
+        message = (
+            f"{opts.data}: the threshold is the {100 * (1 - opts.false_alarm_rate):g}th percentile of only {n_calib} "
+            f"normal window{'' if n_calib == 1 else 's'}; it takes at least {need} to mean a {opts.false_alarm_rate:g} "
+            "false-alarm rate. " + ("Recalibrate on more footage" if calib_clips is not val_clips else "Hold out more footage (--val-clips)")
+            + ", or choose --threshold in detect."
+        )
+        warnings.append(message)
+        emit("warning", message=message)
     if message := _discriminator_at_chance(progress.get("best")):
         warnings.append(message)
         emit("warning", message=message)
-    emit("calibrate", windows=len(WindowSet(calib_clips)), source=calib_source)
+    emit("calibrate", windows=n_calib, source=calib_source)
     pixel, d = validate(generator, discriminator, calib_clips, device)
     try:
         calibration = scoring.calibrate(pixel, d, opts.false_alarm_rate)

@@ -206,6 +206,15 @@ def _ffmpeg_message(err: BaseException) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
+def _starts_like_mp4(path: Path) -> bool:
+    """An MP4/MOV file's first box is `ftyp` (bytes 4-8), whatever follows; a text file is not."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(12)[4:8] == b"ftyp"
+    except OSError:
+        return False
+
+
 class _Source:
     """ffmpeg input arguments for a path, with a temp concat list for folders.
 
@@ -276,6 +285,12 @@ def _open(source: _Source, output_params: list[str] | None = None):
             raise InputError(
                 f"{source.path}: holds no video stream (audio only, or just a cover image). "
                 "Use a file with video in it."
+            ) from None
+        if "moov atom not found" in str(err) and _starts_like_mp4(source.path):  # its index, written last, never was
+            raise InputError(
+                f"{source.path}: its index (the MP4 'moov' atom) is missing, so no frame of it can be read: a "
+                "recording or copy that stopped before the end, or a damaged file. Copy it again from the "
+                "source, or rebuild the index with an MP4 repair tool."
             ) from None
         raise InputError(
             f"{source.path}: ffmpeg cannot read it ({_ffmpeg_message(err)}). "

@@ -155,6 +155,8 @@ def save_weights(
 def _read(path: Path, expected_format: str, option: str = "--weights") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """`option` is the command-line option that named the file, for the messages."""
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a folder, not a weights file. Pass {option} with a .safetensors file from `stan train`.")
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found. Pass {option} with a .safetensors file from `stan train`.")
     try:

@@ -152,8 +152,9 @@ def test_progress_in_a_log_file_is_plain_lines(clip_video, tiny_weights, tmp_pat
     assert not any(ch in result.stderr for ch in "━█"), result.stderr
 
 
-def test_log_progress_prints_at_most_every_interval_and_at_the_end():
+def test_log_progress_prints_at_most_every_interval_and_when_a_task_completes():
     import io
+    import re
 
     from rich.console import Console
 
@@ -162,18 +163,50 @@ def test_log_progress_prints_at_most_every_interval_and_at_the_end():
     buffer = io.StringIO()
     progress = _LogProgress(Console(file=buffer, soft_wrap=True), every=3600)
     with progress:
-        task = progress.add_task("pretrain 1/2 [x]", total=10, info="")
-        for k in range(1, 6):
+        task = progress.add_task("pretrain 1/2 [x]", total=10, completed=2, info="")  # resumed at batch 2
+        for k in range(3, 11):
             progress.update(task, completed=k, info=f"pixel={k}")
+            if k == 6:
+                assert buffer.getvalue() == ""  # within the interval: quiet
+        assert re.fullmatch(r"pretrain 1/2 \[x\]: 10/10 pixel=10 \(at \d\d:\d\d:\d\d, 0:00:00 elapsed\)\n", buffer.getvalue())
+        buffer.truncate(0), buffer.seek(0)
+        progress.remove_task(task)  # already said: nothing more
         progress.add_task("never started", total=5)  # counted nothing: says nothing
-    assert buffer.getvalue().splitlines() == [buffer.getvalue().splitlines()[0]]
-    line = buffer.getvalue().strip()
-    assert line.startswith("pretrain 1/2 [x]: 5/10 pixel=5 (0:00:00 elapsed, about 0:00:00 left)"), line
+    assert buffer.getvalue() == ""
 
     buffer = io.StringIO()
     progress = _LogProgress(Console(file=buffer, soft_wrap=True), every=0)
-    task = progress.add_task("scoring", total=None)
-    for k in (8, 16):
-        progress.update(task, completed=k)
-    progress.remove_task(task)
-    assert [ln.split(" (")[0] for ln in buffer.getvalue().splitlines()] == ["scoring: 8", "scoring: 16"]
+    with progress:
+        task = progress.add_task("scoring", total=None)
+        for k in (8, 16):
+            progress.update(task, completed=k)
+        progress.update(task, completed=20)
+        progress.every = 3600
+        progress.update(task, completed=24)
+    lines = buffer.getvalue().splitlines()
+    assert [ln.split(" (")[0] for ln in lines] == ["scoring: 8", "scoring: 16", "scoring: 20", "scoring: 24"]
+
+    buffer = io.StringIO()
+    progress = _LogProgress(Console(file=buffer, soft_wrap=True), every=3600)
+    try:
+        with progress:
+            progress.update(progress.add_task("scoring", total=20), completed=16)
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert buffer.getvalue() == ""  # the error or "interrupted" line says what happened
+
+
+def test_log_progress_estimates_time_left_from_this_run_only():
+    import io
+
+    from rich.console import Console
+
+    from stan_cli.cli import _LogProgress
+
+    buffer = io.StringIO()
+    progress = _LogProgress(Console(file=buffer, soft_wrap=True), every=0)
+    task = progress.add_task("pretrain 6/6", total=100, completed=90)
+    progress.tasks[task]["start"] -= 60  # 5 steps in a minute since the resume
+    progress.update(task, completed=95)
+    assert "1:00 elapsed, about 0:01:00 left" in buffer.getvalue()

@@ -754,6 +754,19 @@ def test_truncated_video_is_scored_warned_and_marked_incomplete(tmp_path, tiny_w
     assert [w for w in summary["warnings"] if "truncated" in w]
 
 
+def test_an_mp4_cut_before_its_index_says_so(tmp_path, tiny_weights):
+    """ffmpeg's own MP4s keep the index (moov) at the end: a copy cut short has none, and not one
+    frame can be read. The error says why, not just "invalid data"."""
+    whole = encode(tmp_path / "whole.mp4", make_clip(n=40), "-c:v", "libx264", "-crf", "12")
+    cut = tmp_path / "cut.mp4"
+    data = whole.read_bytes()
+    assert data.rfind(b"moov") > data.find(b"mdat")  # the layout this test is about
+    cut.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "r"
+    assert_one_error(run("detect", cut, "--out", out, "--weights", tiny_weights), "cut.mp4", "'moov' atom", "is missing")
+    assert not out.exists()
+
+
 def test_too_short_clip_from_the_cli(tmp_path, tiny_weights):
     short = h264(tmp_path / "short.mp4", make_clip(n=8))
     out = tmp_path / "r"

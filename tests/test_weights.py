@@ -152,7 +152,7 @@ def test_missing_file(tmp_path):
 
 
 def test_folder_instead_of_file(tmp_path):
-    _assert_load_fails(tmp_path, "not found")
+    _assert_load_fails(tmp_path, "is a folder, not a weights file")
 
 
 def test_text_file(tmp_path):
