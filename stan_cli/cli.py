@@ -2,7 +2,7 @@
 
 Exit codes: 0 success, 1 a problem with the user's input/weights/output or an option's value
 (one red line on stderr, no traceback), 2 a command line Typer cannot parse (an unknown option,
-a value of the wrong type), 130 interrupted (Ctrl-C, SIGTERM, SIGHUP).
+a value of the wrong type; one error line too), 130 interrupted (Ctrl-C, SIGTERM, SIGHUP).
 """
 
 from __future__ import annotations
@@ -33,6 +33,26 @@ app = typer.Typer(
 # where rich would assume 80 columns) gets whole lines that grep finds.
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def _usage_error(e) -> None:
+    """A command line Typer cannot parse: one `error:` line like stan's own, not a boxed panel."""
+    ctx = getattr(e, "ctx", None)
+    message = e.format_message().strip()
+    message += "" if message.endswith((".", "!", "?")) else "."
+    hint = f" See '{ctx.command_path} --help'." if ctx is not None else ""
+    err.print(f"[bold red]error:[/] {escape(message)}{escape(hint)}", highlight=False)
+
+
+# Typer draws parse errors with rich_utils.rich_format_error (exit code 2 stays Typer's); where a
+# Typer version has no such hook, its own panel is shown.
+try:
+    from typer import rich_utils as _rich_utils
+
+    if hasattr(_rich_utils, "rich_format_error"):
+        _rich_utils.rich_format_error = _usage_error
+except ImportError:  # pragma: no cover
+    pass
 
 # Options shared by several commands, declared once.
 FLAG = ""  # metavar of on/off flags: some typer versions show "<bool>", and users then type a value

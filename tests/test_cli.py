@@ -119,9 +119,22 @@ def test_bad_score_kind(clip_video, tiny_weights, tmp_path):
     _one_line_error(run("detect", clip_video, "--out", tmp_path / "r", "--weights", tiny_weights, "--score", "xyz"), "--score")
 
 
-def test_usage_error_exit_code_2(tmp_path):
-    result = run("detect", "--no-such-option")
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["detect", "x.mp4", "--no-such-option"], "No such option: --no-such-option"),
+        (["explain", "x.mp4", "--frame", "abc"], "Invalid value for '--frame'"),
+        (["eval", "testing"], "Missing option '--out'"),
+        (["detectt"], "No such command 'detectt'"),
+    ],
+)
+def test_a_command_line_that_does_not_parse_exits_2_with_one_error_line(args, says):
+    """Like stan's own refusals: one `error:` line (not Typer's boxed panel), and where help is."""
+    result = run(*args)
     assert result.exit_code == 2
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], result.stderr
+    assert lines[0].endswith("--help'.") and not any(ch in result.stderr for ch in "╭│╰")
 
 
 
