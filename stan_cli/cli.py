@@ -265,7 +265,7 @@ def detect(
         err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
     s = result.summary
     table = Table(title=escape(f"stan detect: {video.name}"), show_header=False)
-    table.add_row("frames", f"{result.n_frames} ({s['scored_frames']} scored), {result.info.fps:g} fps, {result.info.width}x{result.info.height}")
+    table.add_row("frames", f"{result.n_frames} ({s['scored_frames']} scored), {result.info.fps:g} fps{' (assumed; set --fps)' if result.info.fps_assumed else ''}, {result.info.width}x{result.info.height}")
     table.add_row("weights", f"{s['weights']['file']}")
     table.add_row("threshold", f"{result.threshold:.5g} ({result.threshold_source})")
     table.add_row("abnormal frames", str(s["abnormal_frames"]))
@@ -368,7 +368,8 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
         scored = e.status in ("ok", "incomplete")
         status = {"ok": "ok", "incomplete": "[yellow]incomplete[/]", "error": "[red]error[/]"}.get(e.status, e.status)
         table.add_row(
-            str(e.index + 1), escape(e.name), str(e.frames) if scored else "", f"{e.duration_s:.1f} s" if scored else "",
+            str(e.index + 1), escape(e.name) if e.status != "error" else f"[dim]none ({escape(e.input.name)})[/]",
+            str(e.frames) if scored else "", f"{e.duration_s:.1f} s" if scored else "",
             str(e.segments) if scored else "", f"{e.peak_score:.4g} / {e.threshold:.4g}" if scored else "", status,
         )
     out.print(table)
@@ -440,6 +441,11 @@ def train(
             skipped = f", {info['skipped']} skipped" if info["skipped"] else ""
             if recalibration:  # nothing is trained: every window is scored for the calibration
                 progress.console.print(f"{_count(info['clips'], 'clip')}: {_count(info['train_windows'], 'window')} to calibrate on{skipped}")
+            elif info["clips"] == 1 and info["val_windows"]:  # a lone clip: its tail is held out
+                progress.console.print(
+                    f"1 clip: {_count(info['train_windows'], 'training window')}, "
+                    f"{_count(info['val_windows'], 'validation window')} from its last 15 %{skipped}"
+                )
             else:
                 progress.console.print(
                     f"{_count(info['clips'], 'clip')}: {_count(info['train_windows'], 'training window')} "

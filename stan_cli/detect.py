@@ -555,6 +555,7 @@ def _write_report(out: Path, result: DetectResult) -> None:
     s = r.summary
     facts = {
         "input": s["input"]["path"], "frames": s["input"]["frames"], "fps": s["input"]["fps"],
+        "fps_assumed": s["input"]["fps_assumed"],
         "width": s["input"]["width"], "height": s["input"]["height"], "duration_s": s["input"]["duration_s"],
         "device": s["device"], "weights": s["weights"]["file"], "weights_sha256": s["weights"]["sha256"],
         "threshold": s["threshold"], "threshold_source": s["threshold_source"], "score_kind": SCORE_KINDS[r.score_kind],

@@ -492,6 +492,8 @@ def _fact_values(summary: Mapping[str, Any]) -> dict[str, Any]:
         facts["input"] = Path(str(facts["input"])).name  # the page may be shared; paths not
     if "size" not in facts and "width" in facts and "height" in facts:
         facts["size"] = f"{facts['width']}\u00d7{facts['height']}"
+    if facts.get("fps_assumed") and "fps" in facts:  # a frame folder (or a video) that states no rate
+        facts["fps"] = f"{_fmt(facts['fps'])} (assumed: the input states none; times use it; set --fps)"
     sha = facts.get("weights_sha256")
     if "weights" in facts and sha:
         facts["weights"] = f"{Path(str(facts['weights'])).name} (sha256 {str(sha)[:12]})"

@@ -153,6 +153,7 @@ def test_a_bad_file_is_reported_and_the_others_run(videos, tiny_weights, tmp_pat
     assert_report(out / "2")
     assert_report(out / "10")
     assert "1 failed" in result.stdout.strip().splitlines()[-1]
+    assert "none (fake.mp4)" in result.stdout and "│ fake " not in result.stdout  # no report of that name
     html = (out / "index.html").read_text()
     assert '<tr class="error">' in html and "ffmpeg cannot read it" in html
 

@@ -223,3 +223,15 @@ def test_log_progress_estimates_time_left_from_this_run_only():
     progress.tasks[task]["start"] -= 60  # 5 steps in a minute since the resume
     progress.update(task, completed=95)
     assert "1:00 elapsed, about 0:01:00 left" in buffer.getvalue()
+
+
+def test_an_assumed_frame_rate_is_said_in_the_console_and_the_page(clip_folder, clip_video, tiny_weights, tmp_path):
+    """A frame folder states no rate: segment times use 25 fps, and both places say it was assumed."""
+    result = run("detect", clip_folder, "--out", tmp_path / "f", "--weights", tiny_weights, "--device", "cpu", "--no-video")
+    assert result.exit_code == 0, result.output
+    assert "25 fps (assumed; set --fps)" in result.output
+    assert "25 (assumed: the input states none" in (tmp_path / "f" / "index.html").read_text()
+
+    result = run("detect", clip_video, "--out", tmp_path / "v", "--weights", tiny_weights, "--device", "cpu", "--no-video")
+    assert result.exit_code == 0 and "(assumed" not in result.output
+    assert "(assumed" not in (tmp_path / "v" / "index.html").read_text()

@@ -1178,7 +1178,7 @@ def test_cli_summary_counts_rounds_and_lists_only_written_files(folder44, tmp_pa
     result = run_cli(folder44, "--out", out, "--preset", "tiny", "--device", "cpu", "--pretrain-epochs", "1",
                      "--epochs", "0", "--batch-size", "8")
     assert result.exit_code == 0, result.output
-    assert "1 clip: 22 training windows from 1 clip, 2 validation windows from 1 clip" in result.output, result.output
+    assert "1 clip: 22 training windows, 2 validation windows from its last 15 %" in result.output, result.output
     val = re.search(r"val pixel (\S+)", result.stdout).group(1)
     assert float(val) == pytest.approx(load_weights(out).training["selected"]["val_pixel"], rel=1e-3)
     assert len(val.replace(".", "").replace("-", "").lstrip("0").split("e")[0]) <= 4, val
