@@ -37,6 +37,8 @@ err = Console(stderr=True, soft_wrap=True)
 
 def _usage_error(e) -> None:
     """A command line Typer cannot parse: one `error:` line like stan's own, not a boxed panel."""
+    if type(e).__name__ == "NoArgsIsHelpError":  # `stan` alone: the help was the answer (as Typer does)
+        return
     ctx = getattr(e, "ctx", None)
     message = e.format_message().strip()
     message += "" if message.endswith((".", "!", "?")) else "."
@@ -151,7 +153,8 @@ class _LogProgress:
         task_id, self._next_id = self._next_id, self._next_id + 1
         now = time.monotonic()
         self.tasks[task_id] = dict(
-            description=description, total=total, completed=completed, first=completed, info=info, start=now, printed=now
+            description=description, total=total, completed=completed, first=completed, info=info, start=now, printed=now,
+            said=completed if total and completed >= total else None,  # begun complete (a resumed epoch): nothing to say
         )
         return task_id
 
@@ -162,6 +165,8 @@ class _LogProgress:
         for key, value in (("completed", completed), ("total", total), ("info", info)):
             if value is not None:
                 task[key] = value
+        if task["total"] and task["completed"] > task["total"]:  # past an estimate (a video's header): unknown now
+            task["total"] = None
         now = time.monotonic()
         finished = bool(task["total"]) and task["completed"] >= task["total"]
         if (finished or now - task["printed"] >= self.every) and task["completed"] != task.get("said"):
@@ -180,13 +185,18 @@ class _LogProgress:
 
         done, total, elapsed = task["completed"], task["total"], now - task["start"]
         task["said"] = done
-        count = f"{done:g}/{total:g}" if total else f"{done:g}"
+        count = f"{_number(done)}/{_number(total)}" if total else _number(done)
         left = ""
         if total and task["first"] < done < total:  # at the rate of this run (a resumed epoch starts part done)
             left = f", about {_clock(elapsed * (total - done) / (done - task['first']))} left"
         info = f" {task['info']}" if task["info"] else ""
         clock = time.strftime("%H:%M:%S")
-        self.console.print(f"{escape(task['description'])}: {count}{escape(info)} (at {clock}, {_clock(elapsed)} elapsed{left})", highlight=False)
+        # description and info are rich markup, as for the bars: callers escape the names in them
+        self.console.print(f"{task['description']}: {count}{info} (at {clock}, {_clock(elapsed)} elapsed{left})", highlight=False)
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def _clock(seconds: float) -> str:
@@ -302,10 +312,14 @@ class _StageBars:
         info = f"{(done - done0) / (now - started):.1f} frames/s" if now - started >= 0.5 else ""
         self.progress.update(task, completed=done, total=total if total and total >= done else None, info=info)
 
-    def restart(self, prefix: str) -> None:
-        """Drop the finished input's bars; the next input's bars are labelled with `prefix`."""
+    def restart(self, prefix: str, failed: bool = False) -> None:
+        """Drop the finished input's bars; the next input's bars are labelled with `prefix`.
+        `failed`: the input's error line follows, and a log gets no progress line before it."""
         for task, *_ in self.tasks.values():
-            self.progress.remove_task(task)
+            if isinstance(self.progress, _LogProgress):
+                self.progress.remove_task(task, say=not failed)
+            else:
+                self.progress.remove_task(task)
         self.tasks.clear()
         self.prefix = prefix
 
@@ -330,7 +344,7 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
         if event == "start":
             bars.restart(escape(f"{where} {entry.input.name}: "))
             return
-        bars.restart("")  # its line below replaces its bars
+        bars.restart("", failed=entry.status == "error")  # its line below replaces its bars
         if entry.status == "error":
             message = entry.error if str(entry.input) in entry.error else f"{entry.input}: {entry.error}"
             err.print(f"[bold red]error:[/] {escape(f'{where} {message}')}", highlight=False)
@@ -432,7 +446,7 @@ def train(
             if task["id"] is None:
                 task["id"] = progress.add_task("decoding footage", total=info["total"], info="")
                 task["decode_total"] = info["total"]
-            progress.update(task["id"], completed=info["done"], info=f"at {Path(info['name']).name}")
+            progress.update(task["id"], completed=info["done"], info=f"at {escape(Path(info['name']).name)}")
         elif kind == "data":
             if task["id"] is not None:
                 progress.update(task["id"], completed=task["decode_total"], info="")  # every clip is read
@@ -444,7 +458,7 @@ def train(
             elif info["clips"] == 1 and info["val_windows"]:  # a lone clip: its tail is held out
                 progress.console.print(
                     f"1 clip: {_count(info['train_windows'], 'training window')}, "
-                    f"{_count(info['val_windows'], 'validation window')} from its last 15 %{skipped}"
+                    f"{_count(info['val_windows'], 'validation window')} from its end{skipped}"
                 )
             else:
                 progress.console.print(
@@ -453,6 +467,12 @@ def train(
                     f"from {_count(info['val_clips'], 'clip')}{skipped}"
                 )
         elif kind == "epoch_start":
+            if resumed := task.pop("resume", None):
+                progress.console.print(
+                    f"resuming at step {resumed['step']} from {escape(resumed['checkpoint'])}: {info['phase']} epoch "
+                    f"{info['epoch'] + 1} of {info['epochs']}, batch {info['done']} of {info['steps']} done",
+                    highlight=False,
+                )
             if task["id"] is not None:
                 progress.remove_task(task["id"])
             task["id"] = progress.add_task(
@@ -477,10 +497,14 @@ def train(
                     f"{info['phase']} epoch {info['epoch']}: validation pixel loss {info['val_pixel']:.5g}, "
                     f"-log D {info['val_d']:.4g}{mark}"
                 )
-        elif kind == "resume":
-            where = f"{info['phase']} epoch {info['epoch'] + 1}, batch {info['batch']}" if info["batch"] else f"the start of {info['phase']} epoch {info['epoch'] + 1}"
-            progress.console.print(f"resuming at step {info['step']} ({where}) from {escape(info['checkpoint'])}", highlight=False)
+        elif kind == "resume":  # said where the run goes on from: the first epoch, or the calibration
+            task["resume"] = info
         elif kind == "calibrate":
+            if resumed := task.pop("resume", None):
+                progress.console.print(
+                    f"resumed at step {resumed['step']} from {escape(resumed['checkpoint'])}: no epoch left to train, "
+                    "the run is finished as it stands", highlight=False,
+                )
             progress.console.print(f"calibrating on {info['windows']} windows ({escape(info['source'])})", highlight=False)
 
     try:
@@ -557,7 +581,7 @@ def eval_(
         if stage not in tasks:
             for old in [k for k in tasks if k != "clips"]:
                 progress.remove_task(tasks.pop(old))
-            tasks[stage] = progress.add_task(f"clip {clip}", total=total, info="frames")
+            tasks[stage] = progress.add_task(f"clip {escape(str(clip))}", total=total, info="frames")
         progress.update(tasks[stage], completed=done, total=total if total and total >= done else None)
 
     try:

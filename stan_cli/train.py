@@ -1061,9 +1061,9 @@ def _finish(opts, progress, generator, discriminator, config, train_clips, val_c
     n_calib, need = len(WindowSet(calib_clips)), math.ceil(1 / opts.false_alarm_rate)
     if n_calib < need and calib_clips is not train_clips:  # (calibrating on the training windows is warned about above)
         message = (
-            f"{opts.data}: the threshold is the {100 * (1 - opts.false_alarm_rate):g}th percentile of only {n_calib} "
-            f"normal window{'' if n_calib == 1 else 's'}; it takes at least {need} to mean a {opts.false_alarm_rate:g} "
-            "false-alarm rate. " + ("Recalibrate on more footage" if calib_clips is not val_clips else "Hold out more footage (--val-clips)")
+            f"{opts.data}: the threshold comes from only {n_calib} normal window{'' if n_calib == 1 else 's'}; a "
+            f"false-alarm rate of {opts.false_alarm_rate:g} needs at least {need} to mean anything. "
+            + ("Recalibrate on more footage" if calib_clips is not val_clips else "Give more normal footage to hold out (more or longer clips)")
             + ", or choose --threshold in detect."
         )
         warnings.append(message)

@@ -35,6 +35,7 @@ def test_flags_show_no_value_in_help(command):
 def test_no_args_shows_help():
     result = run()
     assert "detect" in result.output and "Usage" in result.output
+    assert "error" not in result.stderr  # the help is the answer, not a parse error
 
 
 def test_version():
@@ -176,12 +177,12 @@ def test_log_progress_prints_at_most_every_interval_and_when_a_task_completes():
     buffer = io.StringIO()
     progress = _LogProgress(Console(file=buffer, soft_wrap=True), every=3600)
     with progress:
-        task = progress.add_task("pretrain 1/2 [x]", total=10, completed=2, info="")  # resumed at batch 2
+        task = progress.add_task("pretrain 1/2", total=10, completed=2, info="")  # resumed at batch 2
         for k in range(3, 11):
             progress.update(task, completed=k, info=f"pixel={k}")
             if k == 6:
                 assert buffer.getvalue() == ""  # within the interval: quiet
-        assert re.fullmatch(r"pretrain 1/2 \[x\]: 10/10 pixel=10 \(at \d\d:\d\d:\d\d, 0:00:00 elapsed\)\n", buffer.getvalue())
+        assert re.fullmatch(r"pretrain 1/2: 10/10 pixel=10 \(at \d\d:\d\d:\d\d, 0:00:00 elapsed\)\n", buffer.getvalue())
         buffer.truncate(0), buffer.seek(0)
         progress.remove_task(task)  # already said: nothing more
         progress.add_task("never started", total=5)  # counted nothing: says nothing
@@ -235,3 +236,37 @@ def test_an_assumed_frame_rate_is_said_in_the_console_and_the_page(clip_folder, 
     result = run("detect", clip_video, "--out", tmp_path / "v", "--weights", tiny_weights, "--device", "cpu", "--no-video")
     assert result.exit_code == 0 and "(assumed" not in result.output
     assert "(assumed" not in (tmp_path / "v" / "index.html").read_text()
+
+
+def test_log_progress_past_an_estimated_total_counts_on_without_a_line_per_update():
+    """A video with more frames than its header said: the total becomes unknown, not 'finished' again and again."""
+    import io
+
+    from rich.console import Console
+
+    from stan_cli.cli import _LogProgress
+
+    buffer = io.StringIO()
+    progress = _LogProgress(Console(file=buffer, soft_wrap=True), every=3600)
+    with progress:
+        task = progress.add_task("scoring", total=78)
+        for done in range(16, 1_300_001, 16):
+            progress.update(task, completed=done)
+    lines = buffer.getvalue().splitlines()
+    assert [ln.split(" (")[0] for ln in lines] == ["scoring: 1300000"], lines
+
+
+def test_log_progress_takes_markup_as_the_bars_do():
+    """Names reach both displays escaped once: a file called [bold]x.mp4 prints as it is."""
+    import io
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    from stan_cli.cli import _LogProgress
+
+    buffer = io.StringIO()
+    progress = _LogProgress(Console(file=buffer, soft_wrap=True), every=0)
+    task = progress.add_task(escape("[1/2] [bold]x.mp4: ") + "scoring", total=4, info="")
+    progress.update(task, completed=4, info=escape("at [/b]"))
+    assert buffer.getvalue().startswith("[1/2] [bold]x.mp4: scoring: 4/4 at [/b] (at "), buffer.getvalue()

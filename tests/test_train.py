@@ -89,7 +89,7 @@ def options(data: Path, out: Path, **kw) -> TrainOptions:
     return TrainOptions(**{**base, **kw})
 
 
-CALIBRATION_WARNINGS = ("no held-out normal footage", "th percentile of only")
+CALIBRATION_WARNINGS = ("no held-out normal footage", "the threshold comes from only")
 
 
 class Events:
@@ -212,8 +212,8 @@ def test_short_run_trains_calibrates_and_detect_uses_it(data3, videos, tmp_path)
     assert report.threshold == pytest.approx(cal["kinds"]["gd"]["threshold"])
     # the only warning: this tiny adversarial phase leaves the discriminator at chance, as ours on Ped2 did
     # (and the threshold's, from the few validation windows of such tiny footage)
-    assert [w for w in training["warnings"] if "does not tell real" not in w and "th percentile of only" not in w] == []
-    assert [w for w in events.of("warning") if not any(c in w["message"] for c in ("does not tell real", "th percentile of only"))] == []
+    assert [w for w in training["warnings"] if "does not tell real" not in w and "the threshold comes from only" not in w] == []
+    assert [w for w in events.of("warning") if not any(c in w["message"] for c in ("does not tell real", "the threshold comes from only"))] == []
 
 
 def test_calibrating_on_the_training_windows_is_warned_about(data3, videos, tmp_path):
@@ -289,7 +289,8 @@ def test_kill_9_then_resume_from_the_cli(data3, tmp_path):
     result = run_cli(*args, "--resume")
     assert result.exit_code == 0, result.output
     assert "Weights written to" in result.output
-    assert f"resuming at step {step} (" in result.output and str(ckpt_of(out)) in " ".join(result.output.split())
+    said = [ln for ln in result.output.splitlines() if ln.startswith(f"resuming at step {step} from ")]
+    assert len(said) == 1 and str(ckpt_of(out)) in said[0] and " epoch " in said[0] and " done" in said[0], result.output
     assert load_weights(out).training["steps"] == 4 * math.ceil(40 / 3)
     assert_steps_once(tmp_path / "model.log.csv", 4 * math.ceil(40 / 3))
     assert not lock_of(out).exists()
@@ -898,7 +899,7 @@ def test_recalibration_scores_every_window_of_new_footage(data3, videos, folder4
     whole = tmp_path / "whole.safetensors"
     train(options(folder44.parent, whole, pretrain_epochs=0, epochs=0, init=first, val_clips=2))
     assert load_weights(whole).calibration["n_windows"] == 44 - 10
-    assert [w for w in events.of("warning") if "th percentile of only" not in w["message"]] == []  # not in-sample: never seen
+    assert [w for w in events.of("warning") if "the threshold comes from only" not in w["message"]] == []  # not in-sample: never seen
     runs = [detect(cam / name, weights=out, write_video=False, device="cpu") for name in ("a.mp4", "b.mp4")]
     source = runs[0].threshold_source  # detect's own wording; what matters here: calibrated, not in-sample
     assert source.startswith("calibration") and "99th percentile" in source and "in-sample" not in source, source
@@ -920,7 +921,7 @@ def test_recalibration_on_the_init_weights_own_training_footage_says_so(data3, t
     train(options(data3, recal, pretrain_epochs=0, epochs=0, init=first), events)
     cal = load_weights(recal).calibration
     assert [Path(c).name for c in cal["trained_on"]] == ["1", "2.mp4"]
-    (warning,) = [e["message"] for e in events.of("warning") if "th percentile of only" not in e["message"]]
+    (warning,) = [e["message"] for e in events.of("warning") if "the threshold comes from only" not in e["message"]]
     assert "2 of the 3 clips were training footage of the --init weights (1, 2.mp4)" in warning
     label = detect(data3 / "3.mp4", weights=recal, write_video=False, device="cpu").threshold_source
     assert "of 3 clips (2 of them trained on, so optimistic)" in label, label
@@ -1178,7 +1179,7 @@ def test_cli_summary_counts_rounds_and_lists_only_written_files(folder44, tmp_pa
     result = run_cli(folder44, "--out", out, "--preset", "tiny", "--device", "cpu", "--pretrain-epochs", "1",
                      "--epochs", "0", "--batch-size", "8")
     assert result.exit_code == 0, result.output
-    assert "1 clip: 22 training windows, 2 validation windows from its last 15 %" in result.output, result.output
+    assert "1 clip: 22 training windows, 2 validation windows from its end" in result.output, result.output
     val = re.search(r"val pixel (\S+)", result.stdout).group(1)
     assert float(val) == pytest.approx(load_weights(out).training["selected"]["val_pixel"], rel=1e-3)
     assert len(val.replace(".", "").replace("-", "").lstrip("0").split("e")[0]) <= 4, val
@@ -1246,7 +1247,20 @@ def test_a_threshold_from_too_few_validation_windows_is_warned_about(data3, tmp_
     train(options(data3, tmp_path / "m.safetensors", val_clips=1), events)
     calibrate = events.of("calibrate")[0]
     assert calibrate["source"] == "validation" and calibrate["windows"] < 100
-    warning = [w["message"] for w in events.of("warning") if "th percentile of only" in w["message"]]
-    assert len(warning) == 1 and f"99th percentile of only {calibrate['windows']} normal windows" in warning[0]
-    assert "--val-clips" in warning[0] and "at least 100" in warning[0]
+    warning = [w["message"] for w in events.of("warning") if "the threshold comes from only" in w["message"]]
+    assert len(warning) == 1 and f"comes from only {calibrate['windows']} normal windows" in warning[0]
+    assert "more normal footage to hold out" in warning[0] and "0.01 needs at least 100" in warning[0]
     assert warning[0] in load_weights(tmp_path / "m.safetensors").training["warnings"]
+
+
+def test_a_run_finished_as_it_stands_says_so_when_it_resumes(data3, tmp_path):
+    """Stopped in epoch 2, resumed with --pretrain-epochs 1: no epoch is trained, and the line says
+    where the run was and that it is finished as it stands (not an epoch it never enters)."""
+    out = tmp_path / "model.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        train(options(data3, out, pretrain_epochs=2, batch_size=8, checkpoint_every=1), Events(at="step", n=11))  # 8 steps an epoch
+    step = read_checkpoint_progress(ckpt_of(out))["step"]
+    result = run_cli(data3, "--out", out, "--preset", "tiny", "--device", "cpu", "--resume", "--pretrain-epochs", "1")
+    assert result.exit_code == 0, result.output
+    said = [ln for ln in result.output.splitlines() if ln.startswith("resum")]
+    assert said == [f"resumed at step {step} from {ckpt_of(out)}: no epoch left to train, the run is finished as it stands"], result.output
