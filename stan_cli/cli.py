@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import signal
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -148,8 +149,6 @@ class _LogProgress:
             self.remove_task(task_id, say=exc_type is None)
 
     def add_task(self, description: str, total: float | None = None, completed: float = 0, info: str = "") -> int:
-        import time
-
         task_id, self._next_id = self._next_id, self._next_id + 1
         now = time.monotonic()
         self.tasks[task_id] = dict(
@@ -159,8 +158,6 @@ class _LogProgress:
         return task_id
 
     def update(self, task_id: int, completed: float | None = None, total: float | None = None, info: str | None = None) -> None:
-        import time
-
         task = self.tasks[task_id]
         for key, value in (("completed", completed), ("total", total), ("info", info)):
             if value is not None:
@@ -174,15 +171,11 @@ class _LogProgress:
             self._line(task, now)
 
     def remove_task(self, task_id: int, say: bool = True) -> None:
-        import time
-
         task = self.tasks.pop(task_id)
         if say and task["completed"] and task["completed"] != task.get("said"):  # nothing counted, or nothing new: no line
             self._line(task, time.monotonic())
 
     def _line(self, task: dict, now: float) -> None:
-        import time
-
         done, total, elapsed = task["completed"], task["total"], now - task["start"]
         task["said"] = done
         count = f"{_number(done)}/{_number(total)}" if total else _number(done)
@@ -300,8 +293,6 @@ class _StageBars:
         self.tasks: dict[str, tuple[int, float, int]] = {}  # stage -> (task id, first report's time, its count)
 
     def __call__(self, stage: str, done: int, total: int | None) -> None:
-        import time
-
         now = time.perf_counter()
         if stage not in self.tasks:
             label = {"score": "scoring", "overlay": "overlay video"}[stage]
