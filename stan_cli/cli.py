@@ -22,8 +22,29 @@ from rich.table import Table
 from . import __version__
 from .errors import StanError
 
+FLAG = ""  # metavar of on/off flags: some typer versions show "<bool>", and users then type a value
+
+
+def _flag_help(option):
+    """The generated -h/--help is a flag too: shown without a value, like ours (see FLAG)."""
+    if option is not None and getattr(option, "metavar", None) is None:
+        option.metavar = FLAG
+    return option
+
+
+class _Command(typer.core.TyperCommand):
+    def get_help_option(self, ctx):
+        return _flag_help(super().get_help_option(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    def get_help_option(self, ctx):
+        return _flag_help(super().get_help_option(ctx))
+
+
 app = typer.Typer(
     name="stan",
+    cls=_Group,
     help="Offline video anomaly detection with spatio-temporal adversarial networks (STAN).",
     no_args_is_help=True,
     add_completion=False,
@@ -58,7 +79,6 @@ except ImportError:  # pragma: no cover
     pass
 
 # Options shared by several commands, declared once.
-FLAG = ""  # metavar of on/off flags: some typer versions show "<bool>", and users then type a value
 WeightsOption = Annotated[Optional[Path], typer.Option(help="Weights file \\[default: $STAN_WEIGHTS, else the shipped weights/stan-ped2.safetensors].")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", metavar=FLAG, help="Write into a folder that already holds files.", rich_help_panel="Output")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.", rich_help_panel="Machine")]
@@ -215,13 +235,13 @@ def _progress() -> Progress | _LogProgress:
 # ---------------------------------------------------------------------------------------- detect
 
 
-@app.command()
+@app.command(cls=_Command)
 def detect(
     videos: Annotated[list[Path], typer.Argument(metavar="VIDEO", help="Video file (any format ffmpeg reads) or a folder of frames. Several, or a folder of videos or of clip folders: a report each, and an index.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder to write (several inputs: a subfolder each, and index.html).")] = Path("report"),
     weights: WeightsOption = None,
     score: Annotated[str, typer.Option(help="Score that flags frames: g (generator), d (discriminator), gd (both).", rich_help_panel="Flagging")] = "gd",
-    threshold: Annotated[Optional[str], typer.Option(help="Flag frames whose raw score exceeds this: a number, 'calibrated' (the weights' calibration on normal footage) or 'clip' (median + 3 x 1.4826 x MAD of this clip, when the calibration does not transfer to this footage).", rich_help_panel="Flagging", show_default="calibrated")] = None,
+    threshold: Annotated[Optional[str], typer.Option(help="Flag frames whose raw score exceeds this: a number, 'calibrated' (the weights' calibration on normal footage) or 'clip' (median + 3 x 1.4826 x MAD of this clip, when the calibration does not transfer to this footage).", rich_help_panel="Flagging")] = "calibrated",
     merge_gap: Annotated[int, typer.Option(help="Merge flagged runs separated by at most this many frames.", rich_help_panel="Flagging")] = 10,
     min_length: Annotated[int, typer.Option(help="Drop segments shorter than this many frames.", rich_help_panel="Flagging")] = 5,
     no_video: Annotated[bool, typer.Option("--no-video", metavar=FLAG, help="Skip the overlay videos (faster, for batch scoring).", rich_help_panel="Output")] = False,
@@ -391,7 +411,7 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
 # ----------------------------------------------------------------------------------------- train
 
 
-@app.command()
+@app.command(cls=_Command)
 def train(
     data: Annotated[Path, typer.Argument(metavar="FOOTAGE", help="Normal footage: a frame folder, a folder of clip folders, or of videos.")],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Weights file to write.")] = Path("model.safetensors"),
@@ -543,7 +563,7 @@ def _count(n: int, noun: str) -> str:
 # ------------------------------------------------------------------------------------------- eval
 
 
-@app.command("eval")
+@app.command("eval", cls=_Command)
 def eval_(
     test_dir: Annotated[Path, typer.Argument(metavar="TEST_DIR", help="Test folder: frames/<clip>/ + labels (*.m, *.mat, labels.json/csv) + optional masks/<clip>/, or videos + labels.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Results folder to write.")],
@@ -630,7 +650,7 @@ def eval_(
 # ---------------------------------------------------------------------------------------- explain
 
 
-@app.command()
+@app.command(cls=_Command)
 def explain(
     video: Annotated[Path, typer.Argument(metavar="VIDEO", help="Video file or frame folder.")],
     frame: Annotated[int, typer.Option(help="0-based frame index to explain (needs 5 frames on each side).")],
@@ -640,7 +660,7 @@ def explain(
     fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder \\[default: 25] (or override a video's).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", metavar=FLAG, help="Write into a folder that already holds files.")] = False,
     score: Annotated[str, typer.Option(help="Score for the verdict, as in detect: g, d or gd.")] = "gd",
-    threshold: Annotated[Optional[str], typer.Option(help="Threshold for the verdict, as in detect: a number or 'calibrated'.", show_default="calibrated")] = None,
+    threshold: Annotated[Optional[str], typer.Option(help="Threshold for the verdict, as in detect: a number or 'calibrated'.")] = "calibrated",
 ) -> None:
     """Real frame, generated frame, pixel-loss map and guided-backprop map for one moment."""
     from .explain import explain as run_explain

@@ -32,6 +32,17 @@ def test_flags_show_no_value_in_help(command):
     assert flags and not any("<bool>" in ln for ln in flags), flags
 
 
+@pytest.mark.parametrize("command", [[], ["detect"], ["train"], ["explain"], ["eval"]])
+def test_help_option_shows_no_value_and_defaults_read_plainly(command):
+    """-h/--help is a flag like the others; the threshold's default reads `calibrated`, not `(calibrated)`."""
+    result = run(*command, "--help")
+    help_lines = [ln for ln in result.output.splitlines() if "--help" in ln]
+    assert help_lines and not any("<" in ln for ln in help_lines), help_lines
+    assert "(calibrated)" not in result.output
+    if command in (["detect"], ["explain"]):
+        assert "calibrated]" in result.output  # "[default: calibrated]", however the panel wraps
+
+
 def test_no_args_shows_help():
     result = run()
     assert "detect" in result.output and "Usage" in result.output
