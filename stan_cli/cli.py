@@ -628,6 +628,8 @@ def eval_(
         table.add_row("frame AUC, pooled, gd, calibration lambda_s", pct(fl["gd_calibration_lambda"]["pooled"]["auc"]), "")
     for kind in ("g", "gd"):
         table.add_row(f"frame AUC, pooled, {kind}, L2-norm pixel term (Eq. 5 literally)", pct(fl[f"{kind}_l2_norm"]["pooled"]["auc"]), "")
+    for kind in ("d", "gd"):
+        table.add_row(f"frame AUC, pooled, {kind}, largest patch's -log D (variant)", pct(fl[f"{kind}_patch_max"]["pooled"]["auc"]), "")
     ev, pev = r["event_level"], paper["event_level"]
     table.add_row(
         "events: correct / false alarms (precision)",

@@ -46,7 +46,7 @@ from .weights import Stan, find_default_weights, load_weights
 Progress = Callable[[str, int, "int | None"], None]
 RESULTS_FILES = ("results.json", "roc.png", "per_clip.csv")
 SCORES_DIR = "scores"
-SCORES_HEADER = "frame,label,pixel_loss,d_loss,pixel_critical"
+SCORES_HEADER = "frame,label,pixel_loss,d_loss,pixel_critical,d_loss_patch_max"
 PER_CLIP_HEADER = "clip,frames,abnormal_frames,auc_g,auc_d,auc_gd"
 KIND_NAMES = {"g": "generator", "d": "discriminator", "gd": "generator + discriminator"}
 LAMBDA_SOURCE = "test set: max pixel term / max -log D term / 10 over all scored test frames (the paper's rule)"
@@ -362,6 +362,7 @@ class ClipScores:
     map_max: np.ndarray  # (N,) maximum of the upsampled pixel-loss map; NaN unscored or no masks
     mask_critical: np.ndarray  # (N,) 40 %-coverage critical value inside the mask; NaN when empty
     mask_set: np.ndarray  # (N,) bool: the frame's mask has a pixel set
+    d_max: np.ndarray  # (N,) the largest patch's -log D (the patch-max variant)
 
 
 def score_clip(clip: Clip, model: Stan, device, batch_size: int, precision: str, on_progress: Progress) -> ClipScores:
@@ -374,6 +375,7 @@ def score_clip(clip: Clip, model: Stan, device, batch_size: int, precision: str,
                          on_progress=lambda stage, done, total: on_progress(f"frames:{clip.name}", done, total))
     pixel: list[float] = []
     d: list[float] = []
+    d_max: list[float] = []
     map_max: dict[int, float] = {}
     mask_crit: dict[int, float] = {}
     mask_set: list[bool] = []
@@ -383,6 +385,7 @@ def score_clip(clip: Clip, model: Stan, device, batch_size: int, precision: str,
         for middles, scores in stream:
             pixel.extend(scores.pixel.cpu().tolist())
             d.extend(scores.d.cpu().tolist())
+            d_max.extend(scores.d_max.cpu().tolist())
             if masks is None:
                 continue
             while len(mask_set) <= middles[-1]:
@@ -413,7 +416,8 @@ def score_clip(clip: Clip, model: Stan, device, batch_size: int, precision: str,
     if masks is not None and len(mask_set) != n:
         raise InputError(f"{clip.mask}: {len(mask_set)} mask images for {n} frames in {clip.path}. Each frame needs one mask.")
     return ClipScores(
-        clip, per_frame(n, pixel), per_frame(n, d), _dense(n, map_max), _dense(n, mask_crit), np.array(mask_set, dtype=bool)
+        clip, per_frame(n, pixel), per_frame(n, d), _dense(n, map_max), _dense(n, mask_crit), np.array(mask_set, dtype=bool),
+        per_frame(n, d_max),
     )
 
 
@@ -570,6 +574,25 @@ def _l2_norm_variant(pixel, d, y, names, image_size: int) -> dict:
     }
 
 
+PATCH_MAX_TEXT = (
+    "the discriminator term as the largest patch's -log D over its 7 x 7 map instead of the mean (our headline's "
+    "reduction, fixed before any test result); lambda_s recomputed from it. A variant reported beside the headline, "
+    "never used to choose weights or the default"
+)
+
+
+def _patch_max_variant(pixel, d_max, y, names) -> dict:
+    """d and gd with the largest patch's -log D as the discriminator term (the headline uses the mean)."""
+    lam = scoring.lambda_s(np.concatenate(pixel), np.concatenate(d_max))
+    return {
+        "d_patch_max": {"d_term": PATCH_MAX_TEXT, **_aucs(d_max, y, names)},
+        "gd_patch_max": {
+            "d_term": PATCH_MAX_TEXT, "lambda_s": lam,
+            **_aucs([scoring.raw_score(p, q, "gd", lam) for p, q in zip(pixel, d_max)], y, names),
+        },
+    }
+
+
 def _measure(scored: list[ClipScores], y: list[np.ndarray], model: Stan) -> tuple[dict, dict]:
     """Every metric from the per-frame losses and labels; and the pooled ROC inputs per kind."""
     names = [s.clip.name for s in scored]
@@ -584,6 +607,7 @@ def _measure(scored: list[ClipScores], y: list[np.ndarray], model: Stan) -> tupl
             "lambda_s": cal_lam, **_aucs([scoring.raw_score(p, q, "gd", cal_lam) for p, q in zip(pixel, d)], y, names)
         }
     frame_level.update(_l2_norm_variant(pixel, d, y, names, model.config.image_size))
+    frame_level.update(_patch_max_variant(pixel, [s.d_max for s in scored], y, names))
     events = metrics.event_level(raw["gd"], y)
     for det in events["detections"]:
         det["clip"] = names[det["clip"]]
@@ -679,7 +703,8 @@ def _write_results(out: Path, results: dict, scored: list[ClipScores], y: list[n
     for s, lab in zip(scored, y):
         crit = _critical(s, lab) if with_masks else np.full(len(lab), np.nan)
         lines = [SCORES_HEADER] + [
-            f"{t},{int(lab[t])},{_cell(s.pixel[t])},{_cell(s.d[t])},{_cell(crit[t])}" for t in range(len(lab))
+            f"{t},{int(lab[t])},{_cell(s.pixel[t])},{_cell(s.d[t])},{_cell(crit[t])},{_cell(s.d_max[t])}"
+            for t in range(len(lab))
         ]
         report.atomic_write_bytes(out / SCORES_DIR / f"{s.clip.name}.csv", ("\n".join(lines) + "\n").encode())
         stale.discard(out / SCORES_DIR / f"{s.clip.name}.csv")

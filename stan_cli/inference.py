@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import StanError
-from .model import CONTEXT, WINDOW, ConvLSTMCell, Discriminator, Generator, d_loss_map, split_window
+from .model import CONTEXT, WINDOW, ConvLSTMCell, Discriminator, Generator, d_patch_losses, split_window
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -68,6 +68,15 @@ class WindowScores:
     pixel: torch.Tensor  # (B,) mean squared error per window: the generator term
     d: torch.Tensor  # (B,) -log D(S_t), mean over the patch map: the discriminator term
     guided: torch.Tensor | None = None  # (B, S, S) guided-backprop map, when asked for
+    d_max: torch.Tensor | None = None  # (B,) the largest patch's -log D (stan eval's patch-max variant)
+
+
+def _scores(prediction: torch.Tensor, middle: torch.Tensor, logits: torch.Tensor) -> WindowScores:
+    """Generated middle frames, the real ones and D's logits -> the per-window terms."""
+    error = (prediction - middle.float()).pow(2)[:, 0]  # (B, S, S)
+    patches = d_patch_losses(logits, real=True)  # (B, h*w)
+    return WindowScores(prediction, error, error.flatten(1).mean(dim=1), patches.mean(dim=1),
+                        d_max=patches.max(dim=1).values)
 
 
 @torch.no_grad()
@@ -82,8 +91,7 @@ def score_windows(
     with autocast(windows.device, precision):
         prediction = generator(neighbours).float()
         logits = discriminator(windows)
-    error = (prediction - middle.float()).pow(2)[:, 0]  # (B, S, S)
-    return WindowScores(prediction, error, error.flatten(1).mean(dim=1), d_loss_map(logits, real=True))
+    return _scores(prediction, middle, logits)
 
 
 class _GuidedELU(torch.autograd.Function):
@@ -200,8 +208,7 @@ class StreamScorer:
             return None
         with autocast(frames.device, self.precision):
             prediction = self._predict(self._gates_x, m).float()
-        error = (prediction - self.frames[CONTEXT : CONTEXT + m].float()).pow(2)[:, 0]  # (m, S, S)
-        return WindowScores(prediction, error, error.flatten(1).mean(dim=1), d_loss_map(logits, real=True))
+        return _scores(prediction, self.frames[CONTEXT : CONTEXT + m], logits)
 
     def _predict(self, gates_x: torch.Tensor, m: int) -> torch.Tensor:
         """Generator.predict_from_features for the m windows over gates_x (m + 10 frames)."""

@@ -195,15 +195,21 @@ def with_middle(window: torch.Tensor, middle: torch.Tensor) -> torch.Tensor:
     return torch.cat([window[:, :CONTEXT], middle[:, None], window[:, CONTEXT + 1 :]], dim=1)
 
 
+def d_patch_losses(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    """Per-patch -log D (real=True) or -log(1 - D) (real=False): (B, h, w) logits -> (B, h*w)."""
+    logits = logits.float()
+    target = logits if real else -logits
+    return -F.logsigmoid(target).flatten(1)
+
+
 def d_loss_map(logits: torch.Tensor, real: bool) -> torch.Tensor:
     """Per-patch -log D (real=True) or -log(1 - D) (real=False), reduced by the mean of the map.
 
     (B, h, w) logits -> (B,) losses. The mean over the 7x7 map is our choice for the paper's
-    unstated reduction: each patch is one local real/fake verdict, weighted equally.
+    unstated reduction: each patch is one local real/fake verdict, weighted equally. (`stan eval`
+    also reports the largest patch's term, a variant; README.)
     """
-    logits = logits.float()
-    target = logits if real else -logits
-    return -F.logsigmoid(target).flatten(1).mean(dim=1)
+    return d_patch_losses(logits, real).mean(dim=1)
 
 
 def pixel_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -293,6 +293,23 @@ def test_overwrite_replaces_an_earlier_runs_per_clip_scores(ped2_dir, tiny_weigh
     assert (out / "notes.txt").read_text() == "mine"  # not the command's own file: kept
 
 
+def test_patch_max_variant_by_hand():
+    # the discriminator term is the largest patch's -log D; lambda_s = max pixel / max term / 10
+    nan = float("nan")
+    pixel = [np.array([nan, 0.01, 0.04, 0.09, nan]), np.array([nan, 0.0001, 0.3, 1.0, nan])]
+    d_max = [np.array([nan, 2.0, 1.0, 4.0, nan]), np.array([nan, 5.0, 3.0, 0.5, nan])]
+    y = [np.array([0, 0, 1, 1, 0]), np.array([0, 1, 0, 1, 0])]
+    v = evaluate_module._patch_max_variant(pixel, d_max, y, ["a", "b"])
+    # clip a: min-max 1/3, 0, 1 with labels 0, 1, 1; clip b: 1, 0.56, 0 with labels 1, 0, 1 ->
+    # pooled normals {1/3, 0.56}, abnormals {0, 1, 1, 0}: 4 of 8 pairs above, none tied
+    assert v["d_patch_max"]["pooled"]["auc"] == pytest.approx(4 / 8)
+    lam = 1.0 / 5.0 / 10
+    assert v["gd_patch_max"]["lambda_s"] == pytest.approx(lam)
+    gd = [p + lam * q for p, q in zip(pixel, d_max)]
+    assert v["gd_patch_max"]["pooled"]["auc"] == pytest.approx(metrics.frame_auc(gd, y, "pooled").auc)
+    assert "largest patch" in v["d_patch_max"]["d_term"]
+
+
 def test_l2_norm_variant_is_eq5_literally():
     # pixel term sqrt(N x MSE) over the N = 32 x 32 pixels the networks see; lambda_s from it
     nan = float("nan")

@@ -56,6 +56,12 @@ def reference_scores(model, windows: torch.Tensor):
     return torch.cat(pixel), torch.cat(d), torch.cat(error)
 
 
+@torch.no_grad()
+def reference_d_max(model, windows: torch.Tensor) -> torch.Tensor:
+    """The largest patch's -log D = -log sigmoid(logit), by hand, one window at a time."""
+    return torch.stack([-torch.log(torch.sigmoid(model.discriminator(w[None]).double())).max().float() for w in windows])
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(actual, expected, rtol=RTOL, atol=1e-7)
 
@@ -74,6 +80,7 @@ def test_score_stream_matches_plain_loop(clip, model, batch_size):
     assert_close(torch.cat([s.pixel for _, s in batches]), pixel)
     assert_close(torch.cat([s.d for _, s in batches]), d)
     assert_close(torch.cat([s.error for _, s in batches]), error)
+    assert_close(torch.cat([s.d_max for _, s in batches]), reference_d_max(model, windows))
     assert all(s.guided is None for _, s in batches)
 
 
@@ -95,6 +102,7 @@ def test_stream_scorer_any_chunking(model):
     assert start == 29
     assert_close(torch.cat([o.pixel for o in out]), pixel)
     assert_close(torch.cat([o.d for o in out]), d)
+    assert_close(torch.cat([o.d_max for o in out]), reference_d_max(model, windows))
 
 
 def test_guided_maps_match_guided_backprop(clip, model):
