@@ -575,7 +575,7 @@ def _l2_norm_variant(pixel, d, y, names, image_size: int) -> dict:
 
 
 PATCH_MAX_TEXT = (
-    "the discriminator term as the largest patch's -log D over its 7 x 7 map instead of the mean (our headline's "
+    "the discriminator term as the largest patch's -log D over its patch map (7 x 7 at 224 x 224) instead of the mean (our headline's "
     "reduction, fixed before any test result); lambda_s recomputed from it. A variant reported beside the headline, "
     "never used to choose weights or the default"
 )

@@ -67,16 +67,15 @@ class WindowScores:
     error: torch.Tensor  # (B, S, S) per-pixel squared error, float32: the pixel-loss map
     pixel: torch.Tensor  # (B,) mean squared error per window: the generator term
     d: torch.Tensor  # (B,) -log D(S_t), mean over the patch map: the discriminator term
+    d_max: torch.Tensor  # (B,) the largest patch's -log D (stan eval's patch-max variant)
     guided: torch.Tensor | None = None  # (B, S, S) guided-backprop map, when asked for
-    d_max: torch.Tensor | None = None  # (B,) the largest patch's -log D (stan eval's patch-max variant)
 
 
 def _scores(prediction: torch.Tensor, middle: torch.Tensor, logits: torch.Tensor) -> WindowScores:
     """Generated middle frames, the real ones and D's logits -> the per-window terms."""
     error = (prediction - middle.float()).pow(2)[:, 0]  # (B, S, S)
     patches = d_patch_losses(logits, real=True)  # (B, h*w)
-    return WindowScores(prediction, error, error.flatten(1).mean(dim=1), patches.mean(dim=1),
-                        d_max=patches.max(dim=1).values)
+    return WindowScores(prediction, error, error.flatten(1).mean(dim=1), patches.mean(dim=1), patches.max(dim=1).values)
 
 
 @torch.no_grad()

@@ -115,9 +115,10 @@ def test_csv_files(evaluated):
     assert [int(x["frame"]) for x in scores] == list(range(N))
     assert [int(x["label"]) for x in scores] == [int(t in ANOMALIES["01"]) for t in range(N)]
     for x in scores[:5] + scores[-5:]:
-        assert x["pixel_loss"] == x["d_loss"] == x["pixel_critical"] == ""
+        assert x["pixel_loss"] == x["d_loss"] == x["pixel_critical"] == x["d_loss_patch_max"] == ""
     for x in scores[5:-5]:
         assert float(x["pixel_loss"]) >= 0 and float(x["d_loss"]) >= 0 and float(x["pixel_critical"]) >= 0
+        assert float(x["d_loss_patch_max"]) >= float(x["d_loss"]) * (1 - 1e-6)  # the largest patch >= their mean
 
 
 def test_scores_are_detects_scores(evaluated, ped2_dir, tiny_weights):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from stan_cli.detect import ScoreStream, detect
-from stan_cli.inference import StreamScorer, guided_backprop
+from stan_cli.inference import StreamScorer, _scores, guided_backprop
 from stan_cli.model import CONTEXT, WINDOW, d_loss_map, pixel_loss, split_window
 from stan_cli.video import read_frames
 from stan_cli.weights import load_weights
@@ -103,6 +103,19 @@ def test_stream_scorer_any_chunking(model):
     assert_close(torch.cat([o.pixel for o in out]), pixel)
     assert_close(torch.cat([o.d for o in out]), d)
     assert_close(torch.cat([o.d_max for o in out]), reference_d_max(model, windows))
+
+
+def test_patch_terms_by_hand_on_a_patch_map():
+    """d is the mean of the per-patch -log D, d_max the largest: on a 3 x 3 map they differ."""
+    logits = torch.tensor([[[2.0, -1.0, 0.0], [0.5, 3.0, -2.0], [1.0, 1.0, 1.0]]]).repeat(2, 1, 1)
+    logits[1] = -logits[1]
+    frames = torch.zeros(2, 1, 4, 4)
+    scores = _scores(frames + 0.5, frames, logits)
+    by_hand = [[np.log1p(np.exp(-v)) for v in row] for row in logits.flatten(1).tolist()]  # -log sigmoid(v)
+    torch.testing.assert_close(scores.d, torch.tensor([np.mean(b) for b in by_hand], dtype=torch.float32))
+    torch.testing.assert_close(scores.d_max, torch.tensor([np.max(b) for b in by_hand], dtype=torch.float32))
+    assert (scores.d_max > scores.d).all()
+    torch.testing.assert_close(scores.pixel, torch.full((2,), 0.25))
 
 
 def test_guided_maps_match_guided_backprop(clip, model):
