@@ -25,21 +25,22 @@ from .errors import StanError
 FLAG = ""  # metavar of on/off flags: some typer versions show "<bool>", and users then type a value
 
 
-def _flag_help(option):
+class _FlagHelp:
     """The generated -h/--help is a flag too: shown without a value, like ours (see FLAG)."""
-    if option is not None and getattr(option, "metavar", None) is None:
-        option.metavar = FLAG
-    return option
 
-
-class _Command(typer.core.TyperCommand):
     def get_help_option(self, ctx):
-        return _flag_help(super().get_help_option(ctx))
+        option = super().get_help_option(ctx)
+        if option is not None and getattr(option, "metavar", None) is None:
+            option.metavar = FLAG
+        return option
 
 
-class _Group(typer.core.TyperGroup):
-    def get_help_option(self, ctx):
-        return _flag_help(super().get_help_option(ctx))
+class _Command(_FlagHelp, typer.core.TyperCommand):
+    pass
+
+
+class _Group(_FlagHelp, typer.core.TyperGroup):
+    pass
 
 
 app = typer.Typer(
