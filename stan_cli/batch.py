@@ -282,7 +282,7 @@ def _gather(entries: list[BatchEntry], world: World) -> None:
 
 
 class _Index:
-    """OUT/index.html, index.csv and summary.json, each written atomically (report.atomic_path)."""
+    """OUT/index.html, index.csv and summary.json, each written atomically (fileio.atomic_path)."""
 
     def __init__(self, out: Path, model: Stan, score: str, world: World) -> None:
         self.out = out

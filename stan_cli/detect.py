@@ -8,7 +8,7 @@ Two passes over the input, both streaming (memory does not grow with the video's
    flag and the whole clip's curve, which are all known by then.
 
 Every report file is written under a temporary name and all are renamed together when the run
-has succeeded (report.staged): a failure half-way leaves the output folder as it was.
+has succeeded (fileio.staged): a failure half-way leaves the output folder as it was.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def prepare_output(out: Path, overwrite: bool, inputs: Iterable[Path] = ()) -> b
     An input folder (of frames, clips or a test set) is refused even with overwrite: the report
     would mix its files with the user's and break the folder for the next run. Nothing in the
     folder is removed here: each command replaces its own earlier outputs only when its new ones
-    are complete (report.staged, atomic writes), so a run that fails leaves them. Returns True
+    are complete (fileio.staged, atomic writes), so a run that fails leaves them. Returns True
     when the folder was created here (the caller removes it again on failure).
     """
     if out.exists() and not out.is_dir():
@@ -197,7 +197,7 @@ def detect(
     try:
         with contextlib.ExitStack() as stack:
             if out is not None:
-                # every report file keeps a temporary name until all are written (report.staged)
+                # every report file keeps a temporary name until all are written (fileio.staged)
                 # index.csv: a many-input run's index, stale once this single report replaces its index.html
                 stack.enter_context(report.staged(out, own=(*ALL_FILES, "index.csv")))
                 if write_video:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .report import output_error, remove_quietly
+from .fileio import output_error, remove_quietly
 
 _LOG_LO, _LOG_HI, _BINS = -12.0, 2.0, 2800  # log10 range of map values, 0.005 decades per bin
 

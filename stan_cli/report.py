@@ -1,36 +1,35 @@
 """Writes the report folder: scores and segments as CSV, a summary as JSON, a plot, an HTML page.
 
-Every file goes through `atomic_path`: written under a hidden temporary name in the same
-folder, then renamed with `os.replace`. A crash or Ctrl-C therefore never leaves a half-written
-scores.csv that a later script would read as complete; either the old file or the new one is
-there. The overlay videos are encoded by video.py, which follows the same rule.
-
-A report is a set of files that refer to each other, so `detect` and `explain` write inside
-`staged(folder)`: there every atomic write into the folder keeps its temporary name until the
-whole run has succeeded, and then all are renamed together (the earlier files renamed aside
-first, and renamed back should the renames fail part-way). If the disk fills up or the run
-fails half-way, the temporaries are removed and the folder is as it was: an earlier report
-being overwritten and the user's own files stay untouched.
+Every file goes through fileio's `atomic_path` (a hidden temporary renamed into place), and
+`detect` and `explain` write inside `fileio.staged(folder)`, so a failure half-way leaves the
+folder as it was: an earlier report being overwritten and the user's own files stay untouched.
+The overlay videos are encoded by video.py, which follows the same rule.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import html
 import io
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 
-from .errors import OutputError
+from .fileio import (  # noqa: F401  (the writers' helpers, also used through this module by its callers)
+    NO_PERMISSION,
+    NO_SPACE,
+    atomic_path,
+    atomic_write_bytes,
+    finish_temporary,
+    output_error,
+    remove_quietly,
+    staged,
+)
 from .scoring import Segment
 
 SCORES_HEADER = "frame,time_s,pixel_loss,d_loss,score_raw,score,abnormal"
@@ -39,178 +38,6 @@ SEGMENTS_HEADER = (
 )
 
 # --------------------------------------------------------------------------- atomic writes
-
-
-def _temp_path(path: Path) -> Path:
-    """Hidden sibling of `path`; it keeps the suffix so format-sniffing writers still work."""
-    return path.with_name(f".{path.name}.tmp{path.suffix}")
-
-
-def _backup_path(path: Path) -> Path:
-    """Hidden sibling that holds an earlier file while a staged commit renames the new ones in."""
-    return path.with_name(f".{path.name}.old")
-
-
-NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG})
-NO_PERMISSION = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
-
-
-def output_error(path: str | os.PathLike[str], err: OSError) -> OutputError:
-    """The one-line OutputError for an OSError while writing `path`: what happened and what to do.
-
-    A full disk is the common case on long videos, so it gets its own words.
-    """
-    reason = err.strerror or str(err)
-    if err.errno in NO_SPACE:
-        return OutputError(
-            f"Cannot write {path}: {reason}. The disk is full: free some space (or choose --out on "
-            "another disk) and run again; files from earlier runs were left as they were."
-        )
-    if err.errno in NO_PERMISSION:
-        return OutputError(f"Cannot write {path}: {reason}. Choose a writable location for the output.")
-    return OutputError(
-        f"Cannot write {path}: {reason}. Check that the folder is writable and the disk has free space."
-    )
-
-
-def remove_quietly(path: Path) -> None:
-    """Delete a temporary if it is there; cleaning up must never hide the error that caused it."""
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass
-
-
-class StagedFiles:
-    """Files of one run in one folder, held under temporary names until `commit` renames them all.
-
-    `own` names every file the command may write; at commit, those this run did not write
-    (an earlier run's overlay videos when this one has --no-video) are removed, so the folder
-    never mixes two runs' results. Nothing final-named changes before commit.
-    """
-
-    def __init__(self, folder: str | os.PathLike[str], own: Iterable[str] = ()) -> None:
-        self.folder = Path(folder)
-        self._key = os.path.abspath(self.folder)
-        self.own = tuple(own)
-        self.held: dict[str, Path] = {}  # final name -> temporary path, in the order written
-
-    def holds(self, path: Path) -> bool:
-        return os.path.abspath(path.parent) == self._key
-
-    def hold(self, path: Path, tmp: Path) -> None:
-        """Keep `tmp` (complete) to be renamed onto `path` at commit."""
-        self.held[path.name] = tmp
-
-    def commit(self) -> None:
-        """Rename every held file onto its name, index.html last; drop stale outputs; all or nothing.
-
-        The earlier files this replaces or drops are first renamed aside (`.NAME.old`, same folder,
-        no copying). If a rename fails or Ctrl-C comes part-way, the new files are taken out and
-        the earlier ones renamed back, so the folder is as it was; only when the backups are no
-        longer needed are they deleted. (A process killed outright part-way leaves the backups.)
-        """
-        names = sorted(self.held, key=lambda name: name == "index.html")
-        stale = [name for name in self.own if name not in self.held]
-        backups: dict[str, Path] = {}  # final name -> the earlier file, renamed aside
-        placed: list[str] = []
-        try:
-            for name in [*names, *stale]:
-                target = self.folder / name
-                if os.path.lexists(target) and (os.path.islink(target) or not os.path.isdir(target)):
-                    backup = _backup_path(target)  # (a folder of that name is left alone: the rename onto it fails)
-                    os.replace(target, backup)
-                    backups[name] = backup
-            for name in names:
-                os.replace(self.held[name], self.folder / name)
-                placed.append(name)
-        except BaseException as err:
-            self._restore(placed, backups)
-            self.discard()
-            if isinstance(err, OSError):
-                raise output_error(self.folder, err) from err
-            raise
-        self.held.clear()
-        for backup in backups.values():
-            remove_quietly(backup)
-
-    def _restore(self, placed: list[str], backups: dict[str, Path]) -> None:
-        """Undo a commit part-way: remove the new files placed, rename the earlier ones back."""
-        for name in placed:
-            if name not in backups:
-                remove_quietly(self.folder / name)
-        for name, backup in backups.items():
-            try:
-                os.replace(backup, self.folder / name)
-            except OSError:  # pragma: no cover - the folder refuses renames back: keep the backup
-                pass
-
-    def discard(self) -> None:
-        """Remove every temporary; the folder is left as it was before the run."""
-        for tmp in self.held.values():
-            remove_quietly(tmp)
-        self.held.clear()
-
-
-_STAGING: ContextVar[StagedFiles | None] = ContextVar("stan_staging", default=None)
-
-
-@contextlib.contextmanager
-def staged(folder: str | os.PathLike[str], own: Iterable[str] = ()) -> Iterator[StagedFiles]:
-    """Hold back every atomic write into `folder` until the block ends; then rename all together.
-
-    On an exception (a full disk, Ctrl-C, a decode error half-way) every temporary is removed
-    and the exception goes on: no final-named file changed.
-    """
-    staging = StagedFiles(folder, own)
-    token = _STAGING.set(staging)
-    try:
-        yield staging
-    except BaseException:
-        staging.discard()
-        raise
-    finally:
-        _STAGING.reset(token)
-    staging.commit()
-
-
-def finish_temporary(tmp: Path, path: Path) -> None:
-    """A complete temporary file: rename it onto `path` now, or hold it when the folder is staged."""
-    staging = _STAGING.get()
-    if staging is not None and staging.holds(path):
-        staging.hold(path, tmp)
-    else:
-        os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path to write; rename it onto `path` on success, delete it on error.
-
-    The temporary file lives in the same folder so the rename is atomic (same filesystem).
-    Inside `staged(...)` for that folder the rename waits for the end of the run.
-    OSErrors (disk full, permission denied) become an OutputError naming the file.
-    """
-    path = Path(path)
-    tmp = _temp_path(path)
-    try:
-        yield tmp
-        finish_temporary(tmp, path)
-    except OSError as err:
-        remove_quietly(tmp)
-        raise output_error(path, err) from err
-    except BaseException:
-        remove_quietly(tmp)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write `data` to `path` atomically, flushed to disk before the rename."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def _atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

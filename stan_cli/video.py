@@ -31,7 +31,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from .errors import InputError, OutputError
-from .report import finish_temporary, output_error, remove_quietly
+from .fileio import finish_temporary, output_error, remove_quietly
 
 FRAME_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 VIDEO_EXTENSIONS = frozenset(
@@ -596,7 +596,7 @@ class VideoWriter:
     yuv420p stores colour per 2 x 2 block, so H.264 needs even sizes: an odd width or height is
     made even by repeating the last column or row (`width`/`height` say the written size; the
     picture itself is never scaled or cropped). Writes to a temporary name beside `path` and
-    renames on a clean close (or, inside report.staged, at the end of the run), so a crash or a
+    renames on a clean close (or, inside fileio.staged, at the end of the run), so a crash or a
     full disk never leaves a half-written file that looks complete.
 
     ffmpeg (imageio-ffmpeg's binary) runs as our own process rather than through
@@ -681,7 +681,7 @@ class VideoWriter:
 
         Whatever happens here (a failed check, a full disk, Ctrl-C while ffmpeg finishes), ffmpeg
         has ended and the temporary is gone on the way out, unless it was handed over complete:
-        renamed onto `path`, or held by report.staged, which renames or removes it.
+        renamed onto `path`, or held by fileio.staged, which renames or removes it.
         """
         if self._closed:
             return
