@@ -7,6 +7,8 @@ Maps compared, each brought to the mask's resolution (bilinear):
   pixel_loss       the generator's per-pixel squared error (the overlay in `stan detect`)
   guided_backprop  the discriminator's guided-backprop map (`stan explain`, panel d)
   frame_diff       baseline without any model: |X_t - X_{t-1}| of the grey 224 x 224 frames
+  window_diff      baseline without any model: |X_t - mean of its 10 window neighbours|, the map
+                   whose mean is `stan eval`'s frame-difference row (stan_cli.baseline)
 Measures, over the abnormal frames that have mask pixels (labels from the masks):
   hit rate         share of frames whose map maximum falls inside the mask
   pixel AUC        the UCSD pixel-level rule (a frame counts only if >= 40 % of its anomaly
@@ -26,14 +28,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stan_cli import metrics
+from stan_cli import baseline, metrics
 from stan_cli.detect import ScoreStream
 from stan_cli.inference import resolve_device
 from stan_cli.video import list_frames, read_frames
 from stan_cli.weights import find_default_weights, load_weights
 from stan_cli.windows import scored_range, to_grey_square
 
-MAPS = ("pixel_loss", "guided_backprop", "frame_diff")
+MAPS = ("pixel_loss", "guided_backprop", "frame_diff", "window_diff")
 
 
 def _up(m: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
@@ -61,6 +63,7 @@ def clip_measures(frames_dir: Path, masks_dir: Path, model, device, batch_size: 
                 "pixel_loss": _up(scores.error[k].cpu(), shape),
                 "guided_backprop": _up(scores.guided[k].cpu(), shape),
                 "frame_diff": _up(torch.from_numpy(np.abs(grey[t] - grey[t - 1])), shape),
+                "window_diff": _up(torch.from_numpy(baseline.frame_difference_map(grey[t - 5 : t + 6])[0]), shape),
             }
             for name, m in maps.items():
                 out[name]["critical"].append(metrics.pixel_critical_value(m, mask, abnormal))

@@ -16,7 +16,10 @@ Without ``labels=``, TEST_DIR is searched for ``*.m``, then ``*.mat``, ``labels.
 ``labels.csv``; the first found is used.
 
 Each clip is scored once by ``detect.ScoreStream`` (the one scoring loop). Frames without a
-full window (5 at each end) are left out of every metric, never given a score.
+full window (5 at each end) are left out of every metric, never given a score. Beside the
+networks' terms, each scored window also gets (``baseline.py``, from the same grey frames) the
+no-learning frame-difference score, a reference row, and -log D on the window with the
+generated middle frame, a variant: both only here, not in ``stan detect``.
 """
 
 from __future__ import annotations
@@ -34,21 +37,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 
-from . import __version__, metrics, report, scoring
+from . import __version__, baseline, metrics, report, scoring
 from .detect import ScoreStream, per_frame, prepare_output
 from .errors import InputError, StanError
 from .inference import PRECISIONS, resolve_device
+from .model import WINDOW
 from .video import is_video_file, list_frames, natural_key, read_frames
 from .weights import Stan, find_default_weights, load_weights
+from .windows import to_tensor
 
 Progress = Callable[[str, int, "int | None"], None]
 RESULTS_FILES = ("results.json", "roc.png", "per_clip.csv")
 SCORES_DIR = "scores"
-SCORES_HEADER = "frame,label,pixel_loss,d_loss,pixel_critical,d_loss_patch_max"
+SCORES_HEADER = "frame,label,pixel_loss,d_loss,pixel_critical,d_loss_patch_max,d_loss_generated,frame_difference"
 PER_CLIP_HEADER = "clip,frames,abnormal_frames,auc_g,auc_d,auc_gd"
-KIND_NAMES = {"g": "generator", "d": "discriminator", "gd": "generator + discriminator"}
+KIND_NAMES = {"g": "generator", "d": "discriminator", "gd": "generator + discriminator",
+              "frame_difference": "no learning"}
 LAMBDA_SOURCE = "test set: max pixel term / max -log D term / 10 over all scored test frames (the paper's rule)"
 
 # STAN.md, Tables 2 and 3, UCSD Ped2 column: the paper's numbers, shown beside ours.
@@ -363,61 +370,105 @@ class ClipScores:
     mask_critical: np.ndarray  # (N,) 40 %-coverage critical value inside the mask; NaN when empty
     mask_set: np.ndarray  # (N,) bool: the frame's mask has a pixel set
     d_max: np.ndarray  # (N,) the largest patch's -log D (the patch-max variant)
+    d_generated: np.ndarray  # (N,) -log D on the window with the generated middle frame (a variant)
+    frame_diff: np.ndarray  # (N,) the no-learning frame-difference score (baseline.py)
+
+
+class _EvalStream(ScoreStream):
+    """ScoreStream that also keeps, in ``buffer.frames``, the grey frames of the windows of the
+    batch it yields: the baseline and the generated-window term need the very frames the networks
+    saw, and teeing the stream's own chunks spares decoding each clip twice."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.buffer = baseline.FrameBuffer()
+
+    def _grey_chunks(self):
+        for grey in super()._grey_chunks():
+            self.buffer.push(grey)
+            yield grey
+
+
+def _eval_terms(stream: _EvalStream, scores, model: Stan, device, precision: str) -> tuple[list, list]:
+    """One batch's frame-difference scores and -log D(S^_t), from the frames the networks saw."""
+    grey = stream.buffer.frames  # (m + 10, S, S) uint8
+    if grey is None or len(grey) - (WINDOW - 1) != len(scores.pixel):  # the tee is out of step: never score wrong frames
+        raise RuntimeError("evaluate: the frames kept for the baseline are out of step with the scored windows")
+    windows = baseline.stream_windows(to_tensor(torch.from_numpy(grey).to(device)))
+    d_gen = baseline.d_generated(model.discriminator, windows, scores.prediction, precision)
+    return baseline.frame_difference(grey).tolist(), d_gen.cpu().tolist()
+
+
+class _Masks:
+    """A clip's masks, decoded in step with its frames (at most one batch of them is held), and
+    each scored frame's pixel-level critical values. The pixel-loss map (S x S) is upsampled
+    bilinearly to the mask's size before the UCSD rule is applied."""
+
+    def __init__(self, folder: Path) -> None:
+        self.stream = read_frames(folder)[1]
+        self.mask_set: list[bool] = []
+        self.pending: dict[int, np.ndarray] = {}  # frame index -> (H, W) bool mask, awaiting its scores
+        self.map_max: dict[int, float] = {}
+        self.critical: dict[int, float] = {}
+
+    def batch(self, middles: list[int], error) -> None:
+        while len(self.mask_set) <= middles[-1]:
+            frame = next(self.stream, None)
+            if frame is None:
+                break
+            mk = (frame > _MASK_LEVEL).any(axis=2)  # (H, W) bool
+            if len(self.mask_set) >= middles[0]:
+                self.pending[len(self.mask_set)] = mk
+            self.mask_set.append(bool(mk.any()))
+        if not self.pending:
+            return
+        h, w = next(iter(self.pending.values())).shape
+        up = F.interpolate(error[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)
+        up_np = up[:, 0].cpu().numpy()  # (B, H, W): the pixel-loss map at the mask's size
+        for k, t in enumerate(middles):
+            mk = self.pending.pop(t, None)
+            if mk is not None:
+                self.map_max[t] = metrics.pixel_critical_value(up_np[k], mk, abnormal=False)
+                self.critical[t] = metrics.pixel_critical_value(up_np[k], mk, abnormal=True)
+
+    def finish(self) -> None:
+        self.mask_set.extend(bool((f > _MASK_LEVEL).any()) for f in self.stream)
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 def score_clip(clip: Clip, model: Stan, device, batch_size: int, precision: str, on_progress: Progress) -> ClipScores:
-    """Score one clip with ScoreStream; with masks, each scored frame's pixel-level critical values.
-
-    Masks are decoded in step with the frames (at most one batch of them is held); the pixel-loss
-    map (S x S) is upsampled bilinearly to the mask's size before the UCSD rule is applied.
-    """
-    stream = ScoreStream(clip.path, model, device, batch_size, precision,
+    """Score one clip with ScoreStream (and the eval-only terms); with masks, each scored frame's
+    pixel-level critical values."""
+    stream = _EvalStream(clip.path, model, device, batch_size, precision,
                          on_progress=lambda stage, done, total: on_progress(f"frames:{clip.name}", done, total))
-    pixel: list[float] = []
-    d: list[float] = []
-    d_max: list[float] = []
-    map_max: dict[int, float] = {}
-    mask_crit: dict[int, float] = {}
-    mask_set: list[bool] = []
-    pending: dict[int, np.ndarray] = {}  # frame index -> (H, W) bool mask, awaiting its scores
-    masks = read_frames(clip.mask)[1] if clip.mask is not None else None
+    terms: dict[str, list[float]] = {"pixel": [], "d": [], "d_max": [], "frame_diff": [], "d_generated": []}
+    masks = _Masks(clip.mask) if clip.mask is not None else None
     try:
         for middles, scores in stream:
-            pixel.extend(scores.pixel.cpu().tolist())
-            d.extend(scores.d.cpu().tolist())
-            d_max.extend(scores.d_max.cpu().tolist())
-            if masks is None:
-                continue
-            while len(mask_set) <= middles[-1]:
-                frame = next(masks, None)
-                if frame is None:
-                    break
-                mk = (frame > _MASK_LEVEL).any(axis=2)  # (H, W) bool
-                if len(mask_set) >= middles[0]:
-                    pending[len(mask_set)] = mk
-                mask_set.append(bool(mk.any()))
-            if not pending:
-                continue
-            h, w = next(iter(pending.values())).shape
-            up = F.interpolate(scores.error[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)
-            up_np = up[:, 0].cpu().numpy()  # (B, H, W): the pixel-loss map at the mask's size
-            for k, t in enumerate(middles):
-                mk = pending.pop(t, None)
-                if mk is not None:
-                    map_max[t] = metrics.pixel_critical_value(up_np[k], mk, abnormal=False)
-                    mask_crit[t] = metrics.pixel_critical_value(up_np[k], mk, abnormal=True)
+            terms["pixel"].extend(scores.pixel.cpu().tolist())
+            terms["d"].extend(scores.d.cpu().tolist())
+            terms["d_max"].extend(scores.d_max.cpu().tolist())
+            diff, d_gen = _eval_terms(stream, scores, model, device, precision)
+            terms["frame_diff"].extend(diff)
+            terms["d_generated"].extend(d_gen)
+            if masks is not None:
+                masks.batch(middles, scores.error)
         if masks is not None:
-            mask_set.extend(bool((f > _MASK_LEVEL).any()) for f in masks)
+            masks.finish()
     finally:
         stream.close()
         if masks is not None:
             masks.close()
     n = stream.n_frames
-    if masks is not None and len(mask_set) != n:
-        raise InputError(f"{clip.mask}: {len(mask_set)} mask images for {n} frames in {clip.path}. Each frame needs one mask.")
+    if masks is not None and len(masks.mask_set) != n:
+        raise InputError(f"{clip.mask}: {len(masks.mask_set)} mask images for {n} frames in {clip.path}. Each frame needs one mask.")
+    dense = {k: per_frame(n, v) for k, v in terms.items()}
     return ClipScores(
-        clip, per_frame(n, pixel), per_frame(n, d), _dense(n, map_max), _dense(n, mask_crit), np.array(mask_set, dtype=bool),
-        per_frame(n, d_max),
+        clip, dense["pixel"], dense["d"],
+        _dense(n, masks.map_max if masks else {}), _dense(n, masks.critical if masks else {}),
+        np.array(masks.mask_set if masks else [], dtype=bool), dense["d_max"], dense["d_generated"], dense["frame_diff"],
     )
 
 
@@ -482,6 +533,23 @@ def evaluate(
         if created:  # a folder this run made holds only this run's partial files
             shutil.rmtree(out, ignore_errors=True)
         raise
+
+
+def evaluate_frame_difference(test_dir: Path, *, labels: Path | None = None, image_size: int = 224) -> dict:
+    """The no-learning reference alone, no network loaded: what `stan eval` reports as
+    ``frame_level.frame_difference`` for weights of this image size (the same preprocessing,
+    windows and protocol), at the cost of decoding the frames once."""
+    test_dir = Path(test_dir)
+    _, clips = find_clips(test_dir)
+    label_file = read_labels(Path(labels) if labels is not None else find_label_file(test_dir))
+    ranges = clip_ranges(label_file, clips)
+    scores = [baseline.clip_frame_difference(c.path, image_size) for c in clips]
+    y = [label_array(label_file, c, r, len(s)) for c, r, s in zip(clips, ranges, scores)]
+    return {
+        "test_dir": str(test_dir), "labels": str(label_file.path), "clips": len(clips),
+        "frames": int(sum(len(s) for s in scores)), "abnormal_frames": int(sum(v.sum() for v in y)),
+        **_frame_difference(scores, y, [c.name for c in clips], image_size),
+    }
 
 
 def _evaluate(test_dir, out, clips, ranges, label_file, layout, with_masks, model, dev, batch_size, precision,
@@ -581,16 +649,64 @@ PATCH_MAX_TEXT = (
 )
 
 
-def _patch_max_variant(pixel, d_max, y, names) -> dict:
-    """d and gd with the largest patch's -log D as the discriminator term (the headline uses the mean)."""
-    lam = scoring.lambda_s(np.concatenate(pixel), np.concatenate(d_max))
+def _d_term_variant(suffix: str, text: str, pixel, d_term, y, names) -> dict:
+    """d and gd with another discriminator term; lambda_s recomputed from it by the paper's rule."""
+    lam = scoring.lambda_s(np.concatenate(pixel), np.concatenate(d_term))
     return {
-        "d_patch_max": {"d_term": PATCH_MAX_TEXT, **_aucs(d_max, y, names)},
-        "gd_patch_max": {
-            "d_term": PATCH_MAX_TEXT, "lambda_s": lam,
-            **_aucs([scoring.raw_score(p, q, "gd", lam) for p, q in zip(pixel, d_max)], y, names),
+        f"d_{suffix}": {"d_term": text, **_aucs(d_term, y, names)},
+        f"gd_{suffix}": {
+            "d_term": text, "lambda_s": lam,
+            **_aucs([scoring.raw_score(p, q, "gd", lam) for p, q in zip(pixel, d_term)], y, names),
         },
     }
+
+
+def _patch_max_variant(pixel, d_max, y, names) -> dict:
+    """d and gd with the largest patch's -log D as the discriminator term (the headline uses the mean)."""
+    return _d_term_variant("patch_max", PATCH_MAX_TEXT, pixel, d_max, y, names)
+
+
+GENERATED_TEXT = (
+    "the discriminator term as -log D on the window with the generated middle frame (S^_t: the generator's prediction "
+    "in place of X_t, the window D is trained to call fake) instead of the real window S_t (Eq. 5), mean over the "
+    "patch map; lambda_s recomputed from it. A variant reported beside the headline, never used to choose weights "
+    "or the default"
+)
+
+
+def _generated_variant(pixel, d_gen, y, names) -> dict:
+    """d and gd with -log D(S^_t) as the discriminator term (the headline uses -log D(S_t))."""
+    return _d_term_variant("generated", GENERATED_TEXT, pixel, d_gen, y, names)
+
+
+FRAME_DIFF_TEXT = (
+    "no learning: mean over the pixels of |X_t - mean of the 10 neighbours of its window| on the grey frames the "
+    "networks see (image_size x image_size, the same windows), in grey levels; same protocol as g, d and gd. "
+    "A reference for what the model adds"
+)
+
+
+def _frame_difference(per_clip: list[np.ndarray], y, names, image_size: int) -> dict:
+    """The no-learning reference, measured like every score here."""
+    return {"frame_difference": {"score": FRAME_DIFF_TEXT, "image_size": image_size, **_aucs(per_clip, y, names)}}
+
+
+def _frame_level(scored: list[ClipScores], y, raw: dict, model: Stan) -> dict:
+    """Frame-level AUCs of g, d, gd, their variants and the no-learning reference."""
+    names = [s.clip.name for s in scored]
+    pixel = [s.pixel for s in scored]
+    d = [s.d for s in scored]
+    frame_level = {kind: _aucs(raw[kind], y, names) for kind in scoring.KINDS}
+    frame_level.update(_frame_difference([s.frame_diff for s in scored], y, names, model.config.image_size))
+    if model.calibration is not None:
+        cal_lam = float(model.calibration["lambda_s"])
+        frame_level["gd_calibration_lambda"] = {
+            "lambda_s": cal_lam, **_aucs([scoring.raw_score(p, q, "gd", cal_lam) for p, q in zip(pixel, d)], y, names)
+        }
+    frame_level.update(_l2_norm_variant(pixel, d, y, names, model.config.image_size))
+    frame_level.update(_patch_max_variant(pixel, [s.d_max for s in scored], y, names))
+    frame_level.update(_generated_variant(pixel, [s.d_generated for s in scored], y, names))
+    return frame_level
 
 
 def _measure(scored: list[ClipScores], y: list[np.ndarray], model: Stan) -> tuple[dict, dict]:
@@ -600,20 +716,15 @@ def _measure(scored: list[ClipScores], y: list[np.ndarray], model: Stan) -> tupl
     d = [s.d for s in scored]
     lam = scoring.lambda_s(np.concatenate(pixel), np.concatenate(d))
     raw = {kind: [scoring.raw_score(p, q, kind, lam) for p, q in zip(pixel, d)] for kind in scoring.KINDS}
-    frame_level = {kind: _aucs(raw[kind], y, names) for kind in scoring.KINDS}
+    frame_level = _frame_level(scored, y, raw, model)
     cal_lam = float(model.calibration["lambda_s"]) if model.calibration is not None else None
-    if cal_lam is not None:
-        frame_level["gd_calibration_lambda"] = {
-            "lambda_s": cal_lam, **_aucs([scoring.raw_score(p, q, "gd", cal_lam) for p, q in zip(pixel, d)], y, names)
-        }
-    frame_level.update(_l2_norm_variant(pixel, d, y, names, model.config.image_size))
-    frame_level.update(_patch_max_variant(pixel, [s.d_max for s in scored], y, names))
     events = metrics.event_level(raw["gd"], y)
     for det in events["detections"]:
         det["clip"] = names[det["clip"]]
     per_clip = [
         {"clip": n, "frames": int(len(lab)), "scored_frames": int(np.isfinite(p).sum()), "abnormal_frames": int(lab.sum()),
-         **{f"auc_{kind}": metrics.clip_auc(raw[kind][k], lab) for kind in scoring.KINDS}}
+         **{f"auc_{kind}": metrics.clip_auc(raw[kind][k], lab) for kind in scoring.KINDS},
+         "auc_frame_difference": metrics.clip_auc(scored[k].frame_diff, lab)}
         for k, (n, p, lab) in enumerate(zip(names, pixel, y))
     ]
     warnings = []
@@ -647,7 +758,8 @@ def _measure(scored: list[ClipScores], y: list[np.ndarray], model: Stan) -> tupl
         "event_level": {"score": "gd", **events},
         "pixel_level": pixel_level,
         "per_clip": per_clip,
-    }, {kind: metrics.pooled(raw[kind], y) for kind in scoring.KINDS}
+    }, {**{kind: metrics.pooled(raw[kind], y) for kind in scoring.KINDS},
+        "frame_difference": metrics.pooled([s.frame_diff for s in scored], y)}
 
 
 def _median(x: np.ndarray) -> float | None:
@@ -703,7 +815,8 @@ def _write_results(out: Path, results: dict, scored: list[ClipScores], y: list[n
     for s, lab in zip(scored, y):
         crit = _critical(s, lab) if with_masks else np.full(len(lab), np.nan)
         lines = [SCORES_HEADER] + [
-            f"{t},{int(lab[t])},{_cell(s.pixel[t])},{_cell(s.d[t])},{_cell(crit[t])},{_cell(s.d_max[t])}"
+            f"{t},{int(lab[t])},{_cell(s.pixel[t])},{_cell(s.d[t])},{_cell(crit[t])},{_cell(s.d_max[t])},"
+            f"{_cell(s.d_generated[t])},{_cell(s.frame_diff[t])}"
             for t in range(len(lab))
         ]
         report.atomic_write_bytes(out / SCORES_DIR / f"{s.clip.name}.csv", ("\n".join(lines) + "\n").encode())
@@ -715,7 +828,7 @@ def _write_results(out: Path, results: dict, scored: list[ClipScores], y: list[n
 
 
 def plot_roc(path: Path, curves: dict, frame_level: dict, n_clips: int) -> None:
-    """Pooled frame-level ROC curves of g, d and gd, with AUC and EER in the legend."""
+    """Pooled frame-level ROC curves of g, d, gd and the no-learning reference, with AUC and EER in the legend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -723,7 +836,8 @@ def plot_roc(path: Path, curves: dict, frame_level: dict, n_clips: int) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], color="#999999", linestyle=":", linewidth=1.0, label="chance")
-    colours = {"g": "#1f5fa8", "d": "#e07b00", "gd": "#c0392b"}
+    colours = {"g": "#1f5fa8", "d": "#e07b00", "gd": "#c0392b", "frame_difference": "#777777"}
+    styles = {"frame_difference": "--"}  # the reference dashed, so the model's curves stand out
     n_frames = 0
     for kind, (s, lab) in curves.items():
         n_frames = s.size
@@ -731,8 +845,8 @@ def plot_roc(path: Path, curves: dict, frame_level: dict, n_clips: int) -> None:
             continue
         fpr, tpr, _ = metrics.roc_curve(s, lab)
         r = frame_level[kind]["pooled"]
-        ax.plot(fpr, tpr, color=colours[kind], linewidth=1.6,
-                label=f"{kind} ({KIND_NAMES[kind]}): AUC {100 * r['auc']:.1f} %, EER {100 * r['eer']:.1f} %")
+        ax.plot(fpr, tpr, color=colours[kind], linewidth=1.6, linestyle=styles.get(kind, "-"),
+                label=f"{kind.replace('_', ' ')} ({KIND_NAMES[kind]}): AUC {100 * r['auc']:.1f} %, EER {100 * r['eer']:.1f} %")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.005)
     ax.set_aspect("equal")

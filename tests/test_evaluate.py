@@ -10,11 +10,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from stan_cli import evaluate as evaluate_module, metrics
+import torch
+
+from stan_cli import baseline, evaluate as evaluate_module, metrics
 from stan_cli.cli import app
 from stan_cli.detect import detect
 from stan_cli.errors import InputError, OutputError
+from stan_cli.model import split_window, with_middle
+from stan_cli.video import read_frames
 from stan_cli.weights import load_weights
+from stan_cli.windows import scored_range, to_grey_square, to_tensor
 from stan_cli.evaluate import (
     PER_CLIP_HEADER, SCORES_HEADER, evaluate, find_clips, parse_matlab_labels, read_csv_labels,
     read_json_labels, read_labels, read_mat_labels,
@@ -90,6 +95,14 @@ def test_results_folder_contract(evaluated):
         assert 0.0 <= pooled["auc"] <= 1.0 and 0.0 <= pooled["eer"] <= 1.0 and pooled["frames"] == 28
         assert saved["frame_level"][kind]["macro"]["clips"] == 2
     assert saved["headline"]["auc"] == saved["frame_level"]["gd"]["pooled"]["auc"]
+    for key in ("frame_difference", "d_generated", "gd_generated"):  # the reference and the variant, never the headline
+        pooled = saved["frame_level"][key]["pooled"]
+        assert 0.0 <= pooled["auc"] <= 1.0 and 0.0 <= pooled["eer"] <= 1.0 and pooled["frames"] == 28, key
+        assert saved["frame_level"][key]["macro"]["clips"] == 2, key
+    assert "no learning" in saved["frame_level"]["frame_difference"]["score"]
+    assert saved["frame_level"]["frame_difference"]["image_size"] == 32  # the tiny networks' input size
+    assert "generated" in saved["frame_level"]["gd_generated"]["d_term"]
+    assert all(0.0 <= c["auc_frame_difference"] <= 1.0 for c in saved["per_clip"])
     # the L2-norm variant ranks frames within a clip as the MSE does: same macro AUC
     assert saved["frame_level"]["g_l2_norm"]["macro"]["auc"] == pytest.approx(saved["frame_level"]["g"]["macro"]["auc"])
     ev = saved["event_level"]
@@ -116,9 +129,11 @@ def test_csv_files(evaluated):
     assert [int(x["label"]) for x in scores] == [int(t in ANOMALIES["01"]) for t in range(N)]
     for x in scores[:5] + scores[-5:]:
         assert x["pixel_loss"] == x["d_loss"] == x["pixel_critical"] == x["d_loss_patch_max"] == ""
+        assert x["d_loss_generated"] == x["frame_difference"] == ""
     for x in scores[5:-5]:
         assert float(x["pixel_loss"]) >= 0 and float(x["d_loss"]) >= 0 and float(x["pixel_critical"]) >= 0
         assert float(x["d_loss_patch_max"]) >= float(x["d_loss"]) * (1 - 1e-6)  # the largest patch >= their mean
+        assert float(x["d_loss_generated"]) >= 0 and float(x["frame_difference"]) >= 0
 
 
 def test_scores_are_detects_scores(evaluated, ped2_dir, tiny_weights):
@@ -327,3 +342,86 @@ def test_l2_norm_variant_is_eq5_literally():
     # per-clip min-max of a square root is not that of the MSE: the pooled AUC can differ
     assert v["g_l2_norm"]["pooled"]["auc"] == pytest.approx(5.5 / 8)
     assert metrics.frame_auc(pixel, y, "pooled").auc == pytest.approx(6.5 / 8)
+
+
+def test_generated_variant_by_hand():
+    # the discriminator term is -log D(S^_t); lambda_s = max pixel / max term / 10
+    nan = float("nan")
+    pixel = [np.array([nan, 0.01, 0.04, 0.09, nan]), np.array([nan, 0.0001, 0.3, 1.0, nan])]
+    d_gen = [np.array([nan, 2.0, 3.0, 1.0, nan]), np.array([nan, 2.5, 0.5, 1.5, nan])]
+    y = [np.array([0, 0, 1, 1, 0]), np.array([0, 1, 0, 1, 0])]
+    v = evaluate_module._generated_variant(pixel, d_gen, y, ["a", "b"])
+    # clip a: min-max 0.5, 1, 0 with labels 0, 1, 1; clip b: 1, 0, 0.5 with labels 1, 0, 1 ->
+    # normals {0.5, 0}, abnormals {1, 0, 1, 0.5}: above 0.5: 2 + one tie; above 0: 3 + one tie -> 6 of 8
+    assert v["d_generated"]["pooled"]["auc"] == pytest.approx(6 / 8)
+    lam = 1.0 / 3.0 / 10
+    assert v["gd_generated"]["lambda_s"] == pytest.approx(lam)
+    gd = [p + lam * q for p, q in zip(pixel, d_gen)]
+    assert v["gd_generated"]["pooled"]["auc"] == pytest.approx(metrics.frame_auc(gd, y, "pooled").auc)
+    assert "generated" in v["d_generated"]["d_term"]
+
+
+# ------------------------------------------------------------------------------------------ eval-only terms
+
+
+def test_frame_difference_by_hand():
+    clip = np.full((20, 4, 4), 100, np.uint8)
+    assert np.array_equal(baseline.frame_difference(clip), np.zeros(10))  # nothing moves: 0 everywhere
+    clip[12] = 200  # one bright frame
+    got = baseline.frame_difference(clip)  # windows with middles 5 .. 14
+    # middle 12: |200 - 100| = 100; middles 7 .. 11 and 13, 14 hold it as a neighbour:
+    # |100 - (9 x 100 + 200) / 10| = 10; middles 5, 6 do not reach it: 0
+    assert got.tolist() == [0, 0, 10, 10, 10, 10, 10, 100, 10, 10]
+
+
+def test_frame_buffer_gives_the_same_scores_in_any_chunking():
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 256, (30, 5, 5), dtype=np.uint8)
+    buffer, got = baseline.FrameBuffer(), []
+    for a, b in ((0, 11), (11, 12), (12, 15), (15, 22), (22, 30)):
+        frames = buffer.push(clip[a:b])
+        assert len(frames) == b - a + min(a, 10)  # the chunk and the (up to) 10 frames before it
+        got.extend(baseline.frame_difference(frames))
+    np.testing.assert_array_equal(got, baseline.frame_difference(clip))
+    assert baseline.FrameBuffer().push(clip[:10]) is None  # not yet one window
+
+
+def test_frame_difference_of_a_clip_without_a_network(tmp_path):
+    frames = np.full((16, HEIGHT, WIDTH, 3), 100, np.uint8)
+    frames[8] = 200
+    got = baseline.clip_frame_difference(write_frame_folder(tmp_path / "c", frames), 32)
+    nan = float("nan")
+    expected = [nan] * 5 + [10, 10, 10, 100, 10, 10] + [nan] * 5  # decoded, made grey and small: still 100 and 200
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_eval_terms_by_hand(ped2_dir, tiny_weights):
+    """-log D(S^_t) and the baseline of each window, one window at a time from the decoded frames,
+    against score_clip's streamed batches (3 windows: the kept frames cross every batch)."""
+    model = load_weights(tiny_weights)
+    model.eval()
+    clip = find_clips(ped2_dir)[1][0]
+    s = evaluate_module.score_clip(clip, model, "cpu", 3, "fp32", lambda *a: None)
+    _, stream = read_frames(clip.path)
+    grey = to_grey_square(np.stack(list(stream)), model.config.image_size)  # (N, 32, 32) uint8
+    x = to_tensor(torch.from_numpy(grey))  # (N, 1, 32, 32)
+    d_gen, diff = np.full(N, np.nan), np.full(N, np.nan)
+    with torch.no_grad():
+        for t in scored_range(N):
+            window = x[t - 5 : t + 6][None]  # (1, 11, 1, S, S)
+            fake = with_middle(window, model.generator(split_window(window)[0]))
+            d_gen[t] = -torch.log(torch.sigmoid(model.discriminator(fake).double())).mean().item()
+            g = grey[t - 5 : t + 6].astype(np.float64)
+            diff[t] = np.abs(g[5] - (g.sum(axis=0) - g[5]) / 10).mean()
+    np.testing.assert_allclose(s.d_generated, d_gen, rtol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(s.frame_diff, diff, rtol=1e-12, equal_nan=True)
+    assert not np.allclose(s.d_generated[5:-5], s.d[5:-5])  # a window of its own, not the real one
+
+
+def test_eval_baseline_is_the_no_network_path(evaluated, ped2_dir):
+    out, r = evaluated
+    cheap = evaluate_module.evaluate_frame_difference(ped2_dir, image_size=32)
+    assert cheap["frame_difference"] == r["frame_level"]["frame_difference"]
+    rows = _rows(out / "scores" / "02.csv")
+    got = np.array([float(x["frame_difference"]) if x["frame_difference"] else np.nan for x in rows])
+    np.testing.assert_allclose(got, baseline.clip_frame_difference(ped2_dir / "frames" / "02", 32), rtol=1e-7, equal_nan=True)
