@@ -19,6 +19,7 @@ folders are written all the same). OUT must be on a filesystem all ranks see.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -32,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from . import __version__, report
-from .detect import SCORE_KINDS, check_options, detect, prepare_output, remove_if_empty
+from .detect import SCORE_KINDS, check_options, detect, open_output
 from .errors import InputError, OutputError, StanError
 from .inference import resolve_device
 from .video import is_clip, is_frame_folder, natural_key
@@ -211,9 +212,9 @@ def detect_many(
     if own_group:
         dist.init_process_group("gloo", timeout=GATHER_TIMEOUT)
     try:
-        created = _prepare(out, overwrite, world, [*given, *paths])
-        index = _Index(out, model, detect_kwargs.get("score", "gd"), world) if world.rank == 0 else None
-        try:
+        with contextlib.ExitStack() as stack:
+            _prepare(out, overwrite, world, [*given, *paths], stack)
+            index = _Index(out, model, detect_kwargs.get("score", "gd"), world) if world.rank == 0 else None
             for entry in entries[world.rank :: world.size]:
                 on_input("start", entry, len(entries))
                 _detect_one(entry, out, model, dev, overwrite, world.rank, detect_kwargs)
@@ -224,35 +225,32 @@ def detect_many(
                 _gather(entries, world)
                 if index is not None:
                     index.write(entries)
-        except BaseException:
-            if created:  # an option error or Ctrl-C before any input finished leaves no folder behind
-                remove_if_empty(out)
-            raise
     finally:
         if own_group:
             dist.destroy_process_group()
     return BatchResult(out, entries, out / "index.html" if index is not None else None)
 
 
-def _prepare(out: Path, overwrite: bool, world: World, inputs: list[Path]) -> bool:
-    """detect's rule for OUT, applied once by rank 0; every rank raises its refusal alike.
+def _prepare(out: Path, overwrite: bool, world: World, inputs: list[Path], stack: contextlib.ExitStack) -> None:
+    """detect's rule for OUT (detect.open_output: checked, and locked for the run), applied by
+    rank 0; every rank raises its refusal alike. A folder made here is removed again if the run
+    fails before an input finished (an option error, Ctrl-C).
 
     Nothing is removed up front: the index files are replaced atomically when the index is
     written, so a run that fails first leaves an earlier index in place.
-    Returns True on the rank that created OUT.
     """
     if world.size == 1:
-        return prepare_output(out, overwrite, inputs)
-    created, message = False, [None]
+        stack.enter_context(open_output(out, overwrite, inputs, own=INDEX_FILES))
+        return
+    message = [None]
     if world.rank == 0:
         try:
-            created = prepare_output(out, overwrite, inputs)
+            stack.enter_context(open_output(out, overwrite, inputs, own=INDEX_FILES))
         except OutputError as err:
             message = [str(err)]
     dist.broadcast_object_list(message, src=0)  # no rank writes a report before OUT is accepted
     if message[0] is not None:
         raise OutputError(message[0])
-    return created
 
 
 def _detect_one(entry: BatchEntry, out: Path, model: Stan, dev: torch.device, overwrite: bool, rank: int, kwargs: dict) -> None:

@@ -17,7 +17,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from . import __version__, overlay, report, scoring
-from .errors import InputError, OutputError, StanError
+from .errors import InputError, OutputError, StanError, WeightsError
+from .fileio import LOCK_NAME, FolderLock, is_scratch, is_utf8, remove_quietly, scratch_path, shown, written_by_stan
 from .heatmaps import MapReader, MapStore
 from .inference import PRECISIONS, StreamScorer, guided_backprop, resolve_device
 from .model import CONTEXT, WINDOW
@@ -43,6 +44,8 @@ OVERLAYS = (
     (OVERLAY_GUIDED, "guided", "Guided backpropagation of the discriminator over the input"),
 )
 ALL_FILES = (*REPORT_FILES, *(name for name, _, _ in OVERLAYS))
+# what --overwrite may replace: index.csv is a many-input run's index, stale once a single report replaces its index.html
+OWN_FILES = (*ALL_FILES, "index.csv")
 Progress = Callable[[str, int, int | None], None]
 GUIDED_CHUNK = 2  # windows per guided-backprop pass: at 224, about 70 MB of activations per window
 
@@ -95,27 +98,111 @@ def calibration_label(calibration: dict) -> str:
     return label
 
 
-def prepare_output(out: Path, overwrite: bool, inputs: Iterable[Path] = ()) -> bool:
+def prepare_output(out: Path, overwrite: bool, inputs: Iterable[Path] = (), own: Iterable[str] = ()) -> bool:
     """Refuse a file, an input folder, or a folder that already holds files unless overwrite is asked for.
 
     An input folder (of frames, clips or a test set) is refused even with overwrite: the report
     would mix its files with the user's and break the folder for the next run. Nothing in the
     folder is removed here: each command replaces its own earlier outputs only when its new ones
     are complete (fileio.staged, atomic writes), so a run that fails leaves them. Returns True
-    when the folder was created here (the caller removes it again on failure).
+    when the folder was created here (the caller removes it again on failure). `own`: the file
+    names the command writes (see _check_contents). `open_output` is this and a lock.
     """
+    _check_target(out, inputs)
+    if out.is_dir():
+        _check_contents(out, overwrite, tuple(own))
+    return _make_folder(out)
+
+
+@contextlib.contextmanager
+def open_output(out: Path, overwrite: bool, inputs: Iterable[Path] = (), own: Iterable[str] = ()) -> Iterator[bool]:
+    """prepare_output, with the folder locked for the block (fileio.FolderLock): a second run into it
+    is refused, never mixed with this one. Once the lock is held, --overwrite removes what an
+    interrupted run left there (fileio.is_scratch: a live run's files are never touched). On an
+    exception a folder made here is removed again. Yields whether the folder was made here."""
+    own = tuple(own)
+    _check_target(out, inputs)
+    if out.is_dir() and not overwrite:  # refused before anything is written into it, even the lock
+        _check_contents(out, overwrite, own)
+    created = _make_folder(out)
+    lock = FolderLock(out)
+    try:
+        lock.acquire()
+        for leftover in _check_contents(out, overwrite, own):
+            remove_quietly(leftover)
+        yield created
+    except BaseException:
+        lock.release()
+        if created:
+            remove_if_empty(out)
+        raise
+    lock.release()
+
+
+def _check_target(out: Path, inputs: Iterable[Path]) -> None:
+    if not is_utf8(out):
+        raise OutputError(
+            f"{shown(out)}: the name is not valid UTF-8, and the report's JSON and HTML files name their folder. "
+            "Choose an --out whose name is UTF-8."
+        )
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: is a file, not a folder. Choose a folder name for --out.")
     if out.is_dir() and any(Path(src).is_dir() and os.path.samefile(src, out) for src in inputs):
         raise OutputError(f"{out}: is the input folder itself; the report would mix with your files there. Choose another --out.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputError(f"{out}: folder already holds files. Choose an empty or new folder, or add --overwrite.")
+
+
+def _check_contents(out: Path, overwrite: bool, own: tuple[str, ...]) -> list[Path]:
+    """What is in `out` may be written over: without overwrite only an empty folder; with it,
+    each file this run would replace (a name in `own`) must be one stan wrote. Returns the
+    scratch files an interrupted run left (fileio.is_scratch), which overwrite may remove."""
+    try:
+        entries = [p for p in out.iterdir() if p.name != LOCK_NAME]
+    except OSError as err:
+        raise OutputError(f"{out}: cannot list the folder ({err.strerror}). Choose a folder you may read and write.") from None
+    leftovers = [p for p in entries if is_scratch(p.name, own) and not p.is_dir()]
+    others = [p for p in entries if p not in leftovers]
+    if not overwrite:
+        if others:
+            also = f" (and {_count(leftovers, 'hidden scratch file')} an interrupted stan run left)" if leftovers else ""
+            raise OutputError(f"{out}: folder already holds files{also}. Choose an empty or new folder, or add --overwrite.")
+        if leftovers:
+            raise OutputError(
+                f"{out}: folder holds only what an interrupted stan run left behind ({_count(leftovers, 'hidden scratch file')}, "
+                f"{_size(leftovers)}), no report. Add --overwrite to remove them and write the report, or choose another folder."
+            )
+    for name in own:
+        path = out / name
+        if os.path.lexists(path) and not written_by_stan(path):
+            raise OutputError(
+                f"{path}: --overwrite would replace this file, but stan did not write it. Move or rename it, "
+                "or choose another --out."
+            )
+    return leftovers
+
+
+def _count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def _size(paths: list[Path]) -> str:
+    total = 0
+    for p in paths:
+        try:
+            total += p.lstat().st_size
+        except OSError:
+            pass
+    return f"{total / 1e6:.1f} MB" if total >= 1e5 else f"{total / 1e3:.0f} kB"
+
+
+def _make_folder(out: Path) -> bool:
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"{out}: cannot create the folder ({err.strerror}). Choose a writable location.") from None
     if not os.access(out, os.W_OK):
+        if created:
+            remove_if_empty(out)
         raise OutputError(f"{out}: folder is not writable. Choose a writable location for --out.")
     return created
 
@@ -184,34 +271,23 @@ def detect(
     model = weights if isinstance(weights, Stan) else load_weights(Path(weights) if weights else find_default_weights())
     dev = resolve_device(device)
     model.to(dev).eval()
-    created = False
-    if out is not None:
-        out = Path(out)
-        # nothing is removed up front: an earlier report is replaced only when this run succeeds
-        created = prepare_output(out, overwrite, inputs=(video,))
-
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     stores: dict[str, MapStore] = {}
-    ok = False
-    try:
-        with contextlib.ExitStack() as stack:
-            if out is not None:
-                # every report file keeps a temporary name until all are written (fileio.staged)
-                # index.csv: a many-input run's index, stale once this single report replaces its index.html
-                stack.enter_context(report.staged(out, own=(*ALL_FILES, "index.csv")))
-                if write_video:
-                    stores["pixel"] = MapStore(out / ".pixel_loss_maps.u8")
-                    stores["guided"] = MapStore(out / ".guided_backprop_maps.u8")
-            result = _run(video, out, model, dev, fps, score, threshold, batch_size, precision, write_video,
-                          merge_gap, min_length, stores, timings, t0, on_progress)
-        ok = True
-    finally:
-        for store in stores.values():
-            store.remove()
-        if not ok and created:
-            remove_if_empty(out)
-    return result
+    with contextlib.ExitStack() as stack:
+        if out is not None:
+            out = Path(out)
+            # locked for the run; nothing is removed up front but an interrupted run's scratch files:
+            # an earlier report is replaced only when this run succeeds
+            stack.enter_context(open_output(out, overwrite, inputs=(video,), own=OWN_FILES))
+            # every report file keeps a temporary name until all are written (fileio.staged)
+            stack.enter_context(report.staged(out, own=OWN_FILES))
+            if write_video:  # scratch files named for this run alone, removed on every way out
+                stack.callback(lambda: [store.remove() for store in stores.values()])
+                for kind, stem in (("pixel", "pixel_loss_maps"), ("guided", "guided_backprop_maps")):
+                    stores[kind] = MapStore(scratch_path(out, stem, ".u8"))
+        return _run(video, out, model, dev, fps, score, threshold, batch_size, precision, write_video,
+                    merge_gap, min_length, stores, timings, t0, on_progress)
 
 
 def _run(video, out, model, dev, fps, score, threshold, batch_size, precision, write_video, merge_gap, min_length,

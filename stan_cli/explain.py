@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import overlay, report, scoring
-from .detect import calibration_label, check_fps, check_options, parse_threshold, prepare_output, remove_if_empty
+from .detect import calibration_label, check_fps, check_options, open_output, parse_threshold
 from .errors import InputError, StanError
 from .inference import guided_backprop, resolve_device, score_windows
 from .model import CONTEXT, WINDOW
@@ -76,20 +76,14 @@ def explain(
     if out is not None:
         out = Path(out)
     info, window = _window_around(video, frame, fps)
-    created = False
-    if out is not None:
-        # nothing is removed up front: earlier files are replaced only when this run succeeds
-        created = prepare_output(out, overwrite, inputs=(video,))
-    try:
+    if out is None:
+        return _explain(model, dev, video, info, window, frame, fps, score, threshold)
+    # locked for the run (a folder made here is removed on failure); earlier files are replaced
+    # only when this run succeeds, all together
+    with open_output(out, overwrite, inputs=(video,), own=OWN_FILES), report.staged(out, own=OWN_FILES):
         result = _explain(model, dev, video, info, window, frame, fps, score, threshold)
-        if out is not None:
-            result.out = out
-            with report.staged(out, own=OWN_FILES):  # all files appear together, or none
-                _write(out, result)
-    except BaseException:  # an error or Ctrl-C anywhere after prepare_output: no folder of ours is left
-        if created:
-            remove_if_empty(out)
-        raise
+        result.out = out
+        _write(out, result)
     return result
 
 

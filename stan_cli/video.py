@@ -31,7 +31,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from .errors import InputError, OutputError
-from .fileio import finish_temporary, output_error, remove_quietly
+from .fileio import OVERLAY_COMMENT, finish_temporary, output_error, remove_quietly
 
 FRAME_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 VIDEO_EXTENSIONS = frozenset(
@@ -617,7 +617,7 @@ class VideoWriter:
             imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}", "-r", f"{fps:.6g}", "-i", "-",
             "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "23", "-preset", "veryfast",
-            "-movflags", "+faststart", ffmpeg_path(self.tmp),
+            "-metadata", f"comment={OVERLAY_COMMENT}", "-movflags", "+faststart", ffmpeg_path(self.tmp),
         ]
         self._log = tempfile.TemporaryFile()
         # its own session: Ctrl-C reaches Python, which then stops ffmpeg and removes the temporary

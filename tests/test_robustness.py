@@ -9,6 +9,7 @@ traceback, and leave no partial or overwritten output behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -494,19 +495,31 @@ def earlier_report(tmp_path, clip16, tiny_weights) -> Path:
 # Where the disk fills up: a report file, the heat-map scratch file, an overlay video (ffmpeg).
 FULL_AT = {
     "summary.json": ".summary.json.tmp.json",
-    "heat maps": ".pixel_loss_maps.u8",
+    "heat maps": ".maps-under-test.u8",  # the scratch files' names are the run's own: fixed here for the test
     "overlay video": f".{OVERLAY_GUIDED}.tmp.mp4",
 }
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 @pytest.mark.parametrize("where", list(FULL_AT))
-def test_full_disk_keeps_the_earlier_report_and_leaves_no_temporaries(earlier_report, clip16, tiny_weights, where):
+def test_full_disk_keeps_the_earlier_report_and_leaves_no_temporaries(earlier_report, clip16, tiny_weights, where,
+                                                                       monkeypatch):
     """A write into /dev/full fails with ENOSPC, exactly as on a full disk: the file's temporary
     name is made a link to it, so the real kernel error reaches the real writer (Python's or
-    ffmpeg's)."""
+    ffmpeg's). The link is made once the run holds its folder: --overwrite first removes what
+    looks like an interrupted run's temporaries."""
+    if where == "heat maps":
+        monkeypatch.setattr(detect_module, "scratch_path", lambda folder, stem, suffix: folder / FULL_AT[where])
+    real_open = detect_module.open_output
+
+    @contextlib.contextmanager
+    def open_then_fill(*args, **kwargs):
+        with real_open(*args, **kwargs) as created:
+            (earlier_report / FULL_AT[where]).symlink_to("/dev/full")
+            yield created
+
+    monkeypatch.setattr(detect_module, "open_output", open_then_fill)
     before = listing(earlier_report)
-    (earlier_report / FULL_AT[where]).symlink_to("/dev/full")
     result = run("detect", clip16, "--out", earlier_report, "--weights", tiny_weights, "--overwrite")
     line = assert_one_error(result, str(earlier_report))
     assert "free space" in line or "disk is full" in line
