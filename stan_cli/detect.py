@@ -297,6 +297,7 @@ def _run(video, out, model, dev, fps, score, threshold, batch_size, precision, w
     timings["scoring_s"] = time.perf_counter() - t0
     time_s, time_source = frame_times(info, len(pixel), fps)
     result = _decide(info, pixel, d, model, score, threshold, merge_gap, min_length, time_s, time_source)
+    _check_scored(video, result, model, precision)
     if not complete:
         result.warnings.append(
             f"{video}: decoded {result.n_frames} of about {info.n_frames} frames; the file looks truncated "
@@ -324,6 +325,27 @@ def _run(video, out, model, dev, fps, score, threshold, batch_size, precision, w
     result.summary["timings"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()}
     _write_report(out, result)
     return result
+
+
+def _check_scored(video: Path, result: DetectResult, model: Stan, precision: str) -> None:
+    """A run that scores no frame is an error, never a clean report ("abnormal frames 0" would read
+    as "nothing unusual"); some windows without a finite score are a warning and an incomplete report."""
+    windows = result.score_raw[scored_range(result.n_frames)]
+    bad = int((~np.isfinite(windows)).sum())
+    if bad == 0:
+        return
+    cause = (f"the networks of {model.file or 'these weights'} give NaN or infinite losses on this input"
+             + (" (in bf16: try --precision fp32)" if precision != "fp32" else ""))
+    if bad == len(windows):
+        raise WeightsError(
+            f"{shown(video)}: no frame could be scored: all {len(windows)} windows got a non-finite score; {cause}. "
+            "Use another weights file."
+        )
+    result.warnings.append(
+        f"{shown(video)}: {bad} of {len(windows)} windows got a non-finite score and are left unscored; {cause}. "
+        "The report is marked incomplete."
+    )
+    result.summary["complete"] = False
 
 
 def check_options(*, score: str = "gd", batch_size: int = 8, precision: str = "fp32", fps: float | None = None,

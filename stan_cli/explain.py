@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from . import overlay, report, scoring
 from .detect import calibration_label, check_fps, check_options, open_output, parse_threshold
-from .errors import InputError, StanError
+from .errors import InputError, StanError, WeightsError
+from .fileio import shown
 from .inference import guided_backprop, resolve_device, score_windows
 from .model import CONTEXT, WINDOW
 from .video import frame_times, read_frames
@@ -103,6 +104,11 @@ def _explain(model: Stan, dev, video: Path, info, window: list[np.ndarray], fram
     guided_map = _resize(guided, h, w).clip(min=0)
 
     pixel_loss, d_loss = float(scores.pixel[0]), float(scores.d[0])
+    if not (np.isfinite(pixel_loss) and np.isfinite(d_loss)):
+        raise WeightsError(
+            f"{shown(video)}: frame {frame} got no finite score (pixel loss {pixel_loss}, -log D {d_loss}): the networks of "
+            f"{model.file or 'these weights'} give NaN or infinite losses on this input. Use another weights file."
+        )
     time_s, time_source = _frame_time(info, frame, fps)
     values = _values(model, frame, time_s, pixel_loss, d_loss, score, threshold)
     values["input"] = {"path": str(video), "width": w, "height": h, "fps": info.fps, "time_source": time_source}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from .errors import WeightsError
+from .fileio import is_utf8, shown
 from .model import Discriminator, Generator, StanConfig
 from .report import sanitize_json
 
@@ -218,6 +220,11 @@ def load_weights(path: Path, option: str = "--weights") -> Stan:
     """Rebuild both networks from a weights file (on the CPU, in eval mode). `option` names the
     command-line option the file came from in the error messages (`stan train` reads --init)."""
     path = Path(path)
+    if not is_utf8(path):
+        raise WeightsError(
+            f"{shown(path)}: the name is not valid UTF-8, and every report names the weights it used. "
+            f"Rename the file (or a folder above it) to a UTF-8 name and pass it to {option} again."
+        )
     tensors, metadata = _read(path, FORMAT, option)
     try:
         config = StanConfig.from_dict(json.loads(metadata["config"]))
@@ -225,11 +232,72 @@ def load_weights(path: Path, option: str = "--weights") -> Stan:
         training = json.loads(metadata.get("training", "{}"))
     except (KeyError, ValueError, TypeError) as err:
         raise WeightsError(f"{path}: metadata is damaged ({err}). Use a file written by `stan train`.") from None
+    if not isinstance(training, dict):
+        raise WeightsError(f"{path}: metadata is damaged (training is not a JSON object). Use a file written by `stan train`.")
+    check_calibration(calibration, path)
     generator, discriminator = Generator(config), Discriminator(config)
     _load_strict(generator, tensors, "generator.", path)
     _load_strict(discriminator, tensors, "discriminator.", path)
+    _check_finite(tensors, path)
     stan = Stan(generator, discriminator, config, calibration, training, path, file_sha256(path))
     return stan.eval()
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Every weight a finite number: one NaN makes every score NaN, and a report with no scored
+    frame would read as "nothing unusual"."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise WeightsError(
+            f"{path}: {len(bad)} tensor{'s' if len(bad) != 1 else ''} hold NaN or infinite values "
+            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); the networks would score nothing. "
+            "The file is damaged or came from a diverged training run: use another weights file."
+        )
+
+
+def _number(value, low: float = -math.inf, high: float = math.inf, *, open_low: bool = False) -> bool:
+    """A JSON number (not a bool), finite, in [low, high] (or (low, high] with open_low)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return (value > low if open_low else value >= low) and value <= high
+
+
+def check_calibration(calibration, path: Path) -> None:
+    """The calibration metadata has the shape detect, explain and eval read, with finite numbers:
+    lambda_s >= 0, false_alarm_rate in (0, 1), and for each score kind g, d, gd a threshold and a
+    median. Checked when the file is loaded, not after a scoring pass."""
+    if calibration is None:
+        return
+
+    def damaged(what: str) -> WeightsError:
+        return WeightsError(
+            f"{path}: the calibration stored with the weights is damaged ({what}). Use a file written by "
+            "`stan train`, or recalibrate on normal footage (stan train NORMAL --init WEIGHTS --pretrain-epochs 0 "
+            "--epochs 0 --out NEW.safetensors)."
+        )
+
+    if not isinstance(calibration, dict):
+        raise damaged(f"a JSON {type(calibration).__name__}, not an object")
+    if not _number(calibration.get("lambda_s"), 0.0):
+        raise damaged(f"lambda_s is {calibration.get('lambda_s')!r}, not a finite number >= 0")
+    if not _number(calibration.get("false_alarm_rate"), 0.0, 1.0, open_low=True) or calibration["false_alarm_rate"] == 1.0:
+        raise damaged(f"false_alarm_rate is {calibration.get('false_alarm_rate')!r}, not a number in (0, 1)")
+    kinds = calibration.get("kinds")
+    if not isinstance(kinds, dict):
+        raise damaged(f"kinds is {type(kinds).__name__}, not an object with g, d and gd")
+    for kind in ("g", "d", "gd"):
+        stats = kinds.get(kind)
+        if not isinstance(stats, dict):
+            raise damaged(f"kinds.{kind} is missing or not an object")
+        for key in ("threshold", "median"):
+            if not _number(stats.get(key)):
+                raise damaged(f"kinds.{kind}.{key} is {stats.get(key)!r}, not a finite number")
+    n = calibration.get("n_windows")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise damaged(f"n_windows is {n!r}, not a count")
+    for key in ("clips", "trained_on"):
+        if calibration.get(key) is not None and not isinstance(calibration[key], list):
+            raise damaged(f"{key} is not a list")
 
 
 # --- training checkpoints: models, optimisers, RNG state and progress, all in one safetensors file

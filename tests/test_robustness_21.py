@@ -167,3 +167,84 @@ def test_overwrite_replaces_stans_own_files_of_every_kind(tmp_path, clip16, tiny
     explain(clip16, 7, out=ex, weights=tiny_weights)
     explain(clip16, 8, out=ex, weights=tiny_weights, overwrite=True)
     assert json.loads((ex / "explanation.json").read_text())["frame"] == 8
+
+
+# ------------------------------------------------------ 2. non-finite weights, damaged calibration
+
+
+def _weights_with(tmp_path: Path, name: str, *, tensor: str | None = None, value: float = float("nan"),
+                  calibration: object = "valid") -> Path:
+    """Tiny weights with one tensor's first value replaced, or the calibration metadata replaced."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from conftest import tiny_models
+    from stan_cli import scoring
+    from stan_cli.model import TINY
+    from stan_cli.weights import save_weights
+
+    g, d = tiny_models()
+    rng = np.random.default_rng(1)
+    path = tmp_path / name
+    save_weights(path, g, d, TINY, calibration=scoring.calibrate(0.04 + 0.01 * rng.random(50), 0.69 + 0.01 * rng.random(50)))
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = fh.metadata()
+    if tensor is not None:
+        flat = tensors[tensor].flatten().clone()
+        flat[0] = value
+        tensors[tensor] = flat.reshape(tensors[tensor].shape)
+    if calibration != "valid":
+        metadata["calibration"] = calibration if isinstance(calibration, str) else json.dumps(calibration)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+    assert torch.isfinite(tensors["generator.encoder.0.weight"]).any()
+    return path
+
+
+@pytest.mark.parametrize("tensor,value", [("discriminator.convs.0.weight", float("nan")),
+                                          ("generator.encoder.0.weight", float("inf"))])
+def test_weights_holding_nan_or_inf_are_refused_when_loaded(tmp_path, clip16, tensor, value):
+    path = _weights_with(tmp_path, "nan.safetensors", tensor=tensor, value=value)
+    out = tmp_path / "r"
+    assert_one_error(run("detect", clip16, "--out", out, "--weights", path),
+                     str(path), "NaN or infinite", tensor)
+    assert not out.exists()
+    assert_one_error(run("explain", clip16, "--frame", "7", "--out", tmp_path / "ex", "--weights", path), "NaN or infinite")
+
+
+@pytest.mark.parametrize("calibration,what", [
+    ('{"lambda_s": NaN, "false_alarm_rate": 0.01, "kinds": {}}', "lambda_s is nan"),
+    ({"lambda_s": 0.1, "false_alarm_rate": 0.01, "kinds": [1, 2, 3]}, "kinds is list"),
+    ({"lambda_s": 0.1, "false_alarm_rate": 0.01, "kinds": {"g": {"threshold": 1, "median": 1}}}, "kinds.d is missing"),
+    ({"lambda_s": 0.1, "false_alarm_rate": 0.01,
+      "kinds": {k: {"threshold": None, "median": 0.1} for k in ("g", "d", "gd")}}, "kinds.g.threshold is None"),
+    ({"lambda_s": "0.1", "false_alarm_rate": 0.01}, "lambda_s is '0.1'"),
+    ({"lambda_s": 0.1, "false_alarm_rate": 2}, "false_alarm_rate is 2"),
+    ('[1, 2]', "not an object"),
+])
+def test_a_damaged_calibration_is_refused_when_loaded_not_after_scoring(tmp_path, clip16, calibration, what):
+    path = _weights_with(tmp_path, "cal.safetensors", calibration=calibration)
+    out = tmp_path / "r"
+    assert_one_error(run("detect", clip16, "--out", out, "--weights", path),
+                     str(path), "calibration stored with the weights is damaged", what)
+    assert not out.exists()
+
+
+def test_a_run_that_scores_no_frame_is_an_error_not_a_clean_report(tmp_path, clip16, tiny_weights):
+    """Networks that give NaN on this input (weights damaged in memory, an overflow): no report
+    saying "abnormal frames 0"."""
+    import torch
+
+    from stan_cli.errors import WeightsError
+    from stan_cli.weights import load_weights
+
+    model = load_weights(tiny_weights)
+    with torch.no_grad():
+        model.discriminator.convs[-1].bias.fill_(float("nan"))
+    out = tmp_path / "r"
+    with pytest.raises(WeightsError, match="no frame could be scored"):
+        detect(clip16, out=out, weights=model, device="cpu")
+    assert not out.exists()
+    with pytest.raises(WeightsError, match="no finite score"):
+        explain(clip16, 7, weights=model, device="cpu")

@@ -30,7 +30,10 @@ from stan_cli.weights import (
     save_weights,
 )
 
-CALIBRATION = {"lambda_s": 0.25, "pixel": {"p99": 0.05}, "d": {"p99": 0.7}}
+CALIBRATION = {  # the shape stan train writes (scoring.calibrate); a file whose calibration lacks it is refused
+    "lambda_s": 0.25, "false_alarm_rate": 0.01, "n_windows": 200,
+    "kinds": {kind: {"median": 0.04 * k, "p99": 0.05 * k, "threshold": 0.05 * k} for k, kind in enumerate(("g", "d", "gd"), 1)},
+}
 TRAINING = {"command": "stan train data/ped2", "epochs": 3, "wall_s": 12.5}
 
 
