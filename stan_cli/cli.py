@@ -435,6 +435,8 @@ def train(
     init: Annotated[Optional[Path], typer.Option(help="Start from this weights file (fine-tune, e.g. the shipped Ped2 weights) instead of random networks.", rich_help_panel="Recipe")] = None,
     reset_discriminator: Annotated[bool, typer.Option("--reset-discriminator", metavar=FLAG, help="With --init: keep the generator, start the discriminator from random weights.", rich_help_panel="Recipe")] = False,
     pixel_norm: Annotated[str, typer.Option(help="Pixel term of L_G: l2 (the paper's L2 norm) or mse.", rich_help_panel="Recipe")] = "l2",
+    pseudo_anomalies: Annotated[Optional[str], typer.Option(help="Discriminator phase: the abnormal-motion fakes made from normal windows, a comma list of skip, reverse, repeat, patch; none: generated windows only \\[default: all four].", rich_help_panel="Recipe", show_default=False)] = None,
+    pseudo_share: Annotated[Optional[float], typer.Option(help="Discriminator phase: the pseudo-anomalies' share of the fakes (0-1); generated windows are the rest \\[default: 0.75].", rich_help_panel="Recipe", show_default=False)] = None,
     preset: Annotated[str, typer.Option(hidden=True, help="Network size: paper (Table 1) or tiny (tests).")] = "paper",
 ) -> None:
     """Train both networks on normal footage of one camera, the paper's way; write a weights file."""
@@ -446,6 +448,10 @@ def train(
         seed=seed, workers=workers, checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
         resume=resume, overwrite=overwrite, preset=preset, init=init, reset_discriminator=reset_discriminator, pixel_norm=pixel_norm,
     )
+    if pseudo_anomalies is not None:
+        opts.pseudo_anomalies = pseudo_anomalies
+    if pseudo_share is not None:
+        opts.pseudo_share = pseudo_share
     progress = _progress()
     task = {"id": None}
 
@@ -491,7 +497,7 @@ def train(
                 f"{info['phase']} {info['epoch'] + 1}/{info['epochs']}", total=info["steps"], completed=info["done"], info=""
             )
         elif kind == "step":
-            text = " ".join(f"{k.removeprefix('loss_')}={v:.4g}" for k, v in info["losses"].items())
+            text = " ".join(f"{k.removeprefix('loss_')}={v:.4g}" for k, v in info["losses"].items() if v == v)  # NaN: not computed
             progress.update(task["id"], completed=info["batch"], info=f"{text} {info['samples_per_s']:.1f} samples/s")
         elif kind == "epoch_end":
             mark = " [green](selected)[/]" if info["selected"] else ""
@@ -499,10 +505,14 @@ def train(
                 verdict = "no validation windows" + (", the latest epoch is kept" if info["selected"] else "")
                 progress.console.print(f"{info['phase']} epoch {info['epoch']}: {verdict}")
             elif info["phase"] == "discriminator":  # what its selection rule minimises
+                motion = (
+                    f", {info['val_d_pseudo']:.4g} on pseudo-anomalies; d score ranks them above normal windows "
+                    f"in {100 * info['val_pseudo_auc']:.1f} % of pairs" if "val_d_pseudo" in info else ""
+                )
                 progress.console.print(
                     f"discriminator epoch {info['epoch']}: validation discriminator loss "
-                    f"{info['val_d'] + info['val_d_fake']:.4g} ({info['val_d']:.4g} on real, {info['val_d_fake']:.4g} on "
-                    f"generated windows; chance 1.386){mark}"
+                    f"{info.get('val_loss_d', info['val_d'] + info['val_d_fake']):.4g} ({info['val_d']:.4g} on real, "
+                    f"{info['val_d_fake']:.4g} on generated windows{motion}; chance 1.386){mark}"
                 )
             else:
                 progress.console.print(
@@ -544,7 +554,7 @@ def train(
         val = sel.get("val_pixel")
         val_text = f"val pixel {val:.4g}" if val is not None and val == val else "no validation windows"  # NaN: none
         if sel.get("phase") == "discriminator" and val == val:
-            val_text = f"val discriminator loss {sel['val_d'] + sel['val_d_fake']:.4g}, {val_text}"
+            val_text = f"val discriminator loss {sel.get('val_loss_d', sel['val_d'] + sel['val_d_fake']):.4g}, {val_text}"
         table.add_row("selected", f"{sel.get('phase')} epoch {sel.get('epoch')} (step {sel.get('step')}), {val_text}")
     table.add_row("lambda_s", f"{result.calibration['lambda_s']:.4g}")
     from .detect import calibration_label

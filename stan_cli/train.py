@@ -5,8 +5,11 @@ Phases (STAN.md, "Training"): `pretrain` trains the generator alone on the pixel
 An optional third phase, not in the paper, `discriminator` (--discriminator-epochs), trains the
 discriminator alone on L_D against the selected generator, which is frozen: in our runs the
 adversarial phase ended with the discriminator at chance (2 ln 2, the GAN's own equilibrium), which
-leaves its score and guided-backpropagation maps without information; against a frozen generator
-it learns to tell real normal windows from generated ones.
+leaves its score and guided-backpropagation maps without information. Its fakes are windows with
+the generated middle frame and, for --pseudo-share of them, temporal pseudo-anomalies made from the
+normal training windows (`pseudo.py`: skipped frames, reversed order, frozen frames, a moving
+pasted patch), so that it learns what normal motion looks like, not only "is the middle frame
+generated?" (`--pseudo-anomalies none`: generated windows only, as before 0.2.0).
 
 Model selection, fixed before any evaluation: after every epoch of the LAST phase that runs, the
 held-out normal validation windows are scored; the state with the lowest value becomes the output
@@ -64,7 +67,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from . import __version__, scoring
+from . import __version__, pseudo, scoring
 from .dataset import Clip, WindowSet, load_clips, split_validation
 from .errors import InputError, OutputError, TrainingError
 from .inference import PRECISIONS, autocast, precision_warning, resolve_device, score_windows
@@ -78,16 +81,20 @@ SELECTION_RULE = (
     "over the epoch ends of the last training phase; the final state when there is no validation data"
 )
 D_SELECTION_RULE = (
-    "lowest mean discriminator loss L_D (-log D on real, -log(1 - D) on generated windows) on the held-out "
-    "normal validation windows, over the epoch ends of the discriminator phase, against the generator that "
-    "the pixel-loss rule chose from the phase before (or --init's); the final state when there is no validation data"
+    "lowest mean discriminator loss L_D on the held-out normal validation windows (-log D on real windows; "
+    "-log(1 - D) on fakes in the training mix: pseudo-anomalies made from those windows by a fixed generator "
+    "for --pseudo-share of them, windows with the generated middle frame for the rest), over the epoch ends of "
+    "the discriminator phase, against the generator that the pixel-loss rule chose from the phase before "
+    "(or --init's); the final state when there is no validation data"
 )
 LOG_FIELDS = ["step", "phase", "epoch", "loss_pixel", "loss_adv", "loss_d", "d_real", "d_fake", "samples_per_s"]
-VAL_FIELDS = ["step", "phase", "epoch", "val_pixel", "val_d", "selected", "val_d_fake"]
+VAL_FIELDS = ["step", "phase", "epoch", "val_pixel", "val_d", "selected", "val_d_fake", "val_d_pseudo", "val_loss_d", "val_pseudo_auc"]
 Event = Callable[..., None]
 DEFAULT_PRETRAIN_EPOCHS = 10
 DEFAULT_EPOCHS = 20
 PHASES = ("pretrain", "adversarial", "discriminator")
+DEFAULT_PSEUDO = ",".join(pseudo.KINDS)
+DEFAULT_PSEUDO_SHARE = 0.75
 EPOCH_OPTIONS = {"pretrain": "--pretrain-epochs", "adversarial": "--epochs", "discriminator": "--discriminator-epochs"}
 
 
@@ -113,6 +120,10 @@ class TrainOptions:
     overwrite: bool = False
     preset: str = "paper"
     pixel_norm: str = "l2"
+    # the discriminator phase's fakes: these pseudo-anomalies (pseudo.KINDS; "none": generated only,
+    # the phase as it was before 0.2.0) make up `pseudo_share` of them, generated windows the rest
+    pseudo_anomalies: str = DEFAULT_PSEUDO
+    pseudo_share: float = DEFAULT_PSEUDO_SHARE
     init: Path | None = None
     reset_discriminator: bool = False
 
@@ -155,9 +166,12 @@ class TrainOptions:
         return [(self.live_log, self.log_path), (self.live_val_log, self.val_log_path), (self.live_plot, self.plot_path)]
 
     # Options that define a run; a resumed run keeps the checkpoint's values for these.
-    RUN_KEYS = ("lr", "batch_size", "lam", "val_clips", "seed", "preset", "false_alarm_rate", "pixel_norm")
+    RUN_KEYS = (
+        "lr", "batch_size", "lam", "val_clips", "seed", "preset", "false_alarm_rate", "pixel_norm",
+        "pseudo_anomalies", "pseudo_share",
+    )
     # What a checkpoint written before a key existed was trained with.
-    LEGACY = {"pixel_norm": "mse"}
+    LEGACY = {"pixel_norm": "mse", "pseudo_anomalies": "none", "pseudo_share": 0.0}
 
 
 PIXEL_NORMS = ("l2", "mse")
@@ -344,6 +358,36 @@ def validate(generator, discriminator, clips: list[Clip], device, batch_size: in
     return arrays if generated else arrays[:2]
 
 
+VAL_PSEUDO_SEED = 20180415  # the validation pseudo-anomalies are the same for every run and epoch
+
+
+@torch.no_grad()
+def validate_pseudo(discriminator, clips: list[Clip], kinds: tuple[str, ...], device, batch_size: int = 8):
+    """One pseudo-anomaly per held-out normal window, the kinds in turn, made by a fixed generator:
+    per window -log(1 - D) (the loss that labels it fake) and -log D (its d score). Two float64 arrays."""
+    windows = WindowSet(clips)
+    rng = np.random.default_rng(VAL_PSEUDO_SEED)
+    made = [pseudo.make(kinds[i % len(kinds)], clips, *windows.index[i], rng) for i in range(len(windows))]
+    discriminator.eval()
+    fake_loss, score = [], []
+    for i in range(0, len(made), batch_size):
+        x = to_tensor(torch.from_numpy(np.stack(made[i : i + batch_size]))).to(device)  # (b, 11, 1, S, S)
+        logits = discriminator(x)
+        fake_loss.append(d_loss_map(logits, real=False).cpu().double().numpy())
+        score.append(d_loss_map(logits, real=True).cpu().double().numpy())
+    discriminator.train()
+    return tuple(np.concatenate(c) if c else np.zeros(0) for c in (fake_loss, score))
+
+
+def ranking_auc(normal: np.ndarray, abnormal: np.ndarray) -> float:
+    """P(an abnormal score > a normal one), ties counted half: the AUC of two score samples."""
+    if not len(normal) or not len(abnormal):
+        return float("nan")
+    greater = (abnormal[:, None] > normal[None, :]).mean()
+    ties = (abnormal[:, None] == normal[None, :]).mean()
+    return float(greater + 0.5 * ties)
+
+
 def _validate(opts: TrainOptions) -> None:
     """Every option checked before anything is locked, deleted or decoded."""
     if opts.preset not in PRESETS:
@@ -358,6 +402,12 @@ def _validate(opts: TrainOptions) -> None:
         raise TrainingError("--lr must be > 0 and --lambda >= 0.")
     if not 0 < opts.false_alarm_rate < 1:
         raise TrainingError(f"--false-alarm-rate {opts.false_alarm_rate}: must be between 0 and 1 (0.01 = 1 %).")
+    try:
+        pseudo.parse_kinds(opts.pseudo_anomalies)
+    except ValueError as err:
+        raise TrainingError(f"--pseudo-anomalies {opts.pseudo_anomalies}: {err}.") from None
+    if not 0 <= opts.pseudo_share <= 1:
+        raise TrainingError(f"--pseudo-share {opts.pseudo_share}: must be between 0 and 1 (the fraction of the discriminator's fakes).")
     if opts.pixel_norm not in PIXEL_NORMS:
         raise TrainingError(f"--pixel-norm {opts.pixel_norm}: unknown. Use one of {', '.join(PIXEL_NORMS)}.")
     if opts.pretrain_epochs == 0 and opts.epochs == 0 and not opts.discriminator_epochs and opts.init is None and not opts.resume:
@@ -515,6 +565,13 @@ def _append_row(path: Path, fields: list[str], row: dict) -> None:
         writer.writerow(row)
 
 
+def _val_d_loss(row: dict) -> float:
+    """A val.csv row's discriminator loss: with the run's mix of fakes (0.2.0), or real and generated."""
+    if row.get("val_loss_d"):
+        return float(row["val_loss_d"])
+    return float(row["val_d"]) + float(row.get("val_d_fake") or "nan")
+
+
 def plot_losses(log: Path, val_log: Path, out: Path) -> None:
     """Loss curves per step (smoothed) and validation pixel loss per epoch, as one PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -550,7 +607,7 @@ def plot_losses(log: Path, val_log: Path, out: Path) -> None:
             ax_val.set_title("validation (normal clips held out)")
             handles, labels = ax_val.get_legend_handles_labels()
             # the discriminator's loss on real and generated windows (logs of earlier stans lack it)
-            d_loss = np.array([float(r["val_d"]) + float(r.get("val_d_fake") or "nan") for r in vrows])
+            d_loss = np.array([_val_d_loss(r) for r in vrows])
             if np.isfinite(d_loss).any():
                 ax_d = ax_val.twinx()
                 ax_d.plot(vs, d_loss, "s--", color="tab:red", label="val discriminator loss (chance 1.386)")
@@ -822,7 +879,8 @@ def _run(
                 for b, batch in enumerate(loader, start=progress["batch"]):
                     x = to_tensor(batch).to(device)  # (B, 11, S, S) uint8 -> (B, 11, 1, S, S) in [-1, 1]
                     where = f"step {progress['step'] + 1} ({phase} epoch {epoch + 1})"
-                    losses = _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, last_path)
+                    fakes = _pseudo_batch(windows, batches[b], opts, epoch, b, rank) if phase == "discriminator" else None
+                    losses = _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, last_path, fakes)
                     progress["step"] += 1
                     progress["batch"] = b + 1
                     now = time.perf_counter()
@@ -894,7 +952,53 @@ def _any_rank(flag: bool, rank: _Rank, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
-def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt) -> dict[str, float]:
+def pseudo_plan(opts: TrainOptions) -> tuple[tuple[str, ...], float]:
+    """The discriminator phase's pseudo-anomaly kinds and their share of the fakes (0 without kinds)."""
+    kinds = pseudo.parse_kinds(opts.pseudo_anomalies)
+    return kinds, (float(opts.pseudo_share) if kinds else 0.0)
+
+
+def _pseudo_batch(windows: WindowSet, batch: list[int], opts: TrainOptions, epoch: int, b: int, rank: _Rank):
+    """Which fakes of this batch are pseudo-anomalies, and those windows: (mask (B,) bool,
+    (P, 11, 1, S, S) in [-1, 1]); None when the recipe has none. Drawn from a generator seeded by
+    the run's seed, epoch, batch and rank, so a resumed run makes the same batch again."""
+    kinds, share = pseudo_plan(opts)
+    if not kinds or share <= 0:
+        return None
+    rng = np.random.default_rng([opts.seed, epoch, b, rank.rank, 7])
+    mask = rng.random(len(batch)) < share
+    made = [
+        pseudo.make(kinds[int(rng.integers(len(kinds)))], windows.clips, *windows.index[i], rng)
+        for i, is_pseudo in zip(batch, mask) if is_pseudo
+    ]
+    stack = to_tensor(torch.from_numpy(np.stack(made))) if made else None  # (P, 11, 1, S, S)
+    return torch.from_numpy(mask), stack
+
+
+def _fake_windows(x, neighbours, g_model, fakes, phase, opts, device):
+    """The fake half of the discriminator's batch: the generated middle frame S^_t, or (discriminator
+    phase, positions `fakes` marks) a pseudo-anomaly. Returns (fake windows, prediction, its rows)."""
+    rows = torch.arange(x.shape[0], device=x.device)
+    if fakes is not None:
+        rows = rows[~fakes[0].to(x.device)]
+    pred = None
+    if len(rows):
+        # In the discriminator phase the generator is frozen: its prediction needs no graph.
+        with torch.set_grad_enabled(phase == "adversarial"), autocast(device, opts.precision):
+            pred = g_model(neighbours[rows])  # (R, 1, S, S)
+    if fakes is None:
+        return with_middle(x, pred.to(x.dtype)), pred, rows
+    fake = x.clone()
+    if pred is not None:
+        fake[rows] = with_middle(x[rows], pred.detach().to(x.dtype))
+    if fakes[1] is not None:
+        fake[fakes[0].to(x.device)] = fakes[1].to(device=x.device, dtype=x.dtype)
+    return fake, pred, rows
+
+
+def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt, fakes=None) -> dict[str, float]:
+    """One training step of `phase` on the real windows x (B, 11, 1, S, S); `fakes` (discriminator
+    phase only): `_pseudo_batch`'s pseudo-anomalies, which take their places among the fakes."""
     neighbours, target = split_window(x)
     if phase == "pretrain":
         with autocast(device, opts.precision):
@@ -908,10 +1012,7 @@ def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt) -
         return {"loss_pixel": pixel_loss(pred.detach(), target).mean().item()}
 
     b = x.shape[0]
-    # In the discriminator phase the generator is frozen: its prediction needs no graph.
-    with torch.set_grad_enabled(phase == "adversarial"), autocast(device, opts.precision):
-        pred = g_model(neighbours)  # (B, 1, S, S)
-    fake = with_middle(x, pred.to(x.dtype))  # (B, 11, 1, S, S): S^_t
+    fake, pred, rows = _fake_windows(x, neighbours, g_model, fakes, phase, opts, device)  # (B, 11, 1, S, S)
     # Discriminator step: real and fake in one forward (one DDP reduction).
     with autocast(device, opts.precision):
         logits = d_model(torch.cat([x, fake.detach()]))  # (2B, h, w)
@@ -927,7 +1028,7 @@ def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt) -
         d_on_real = torch.sigmoid(logits[:b].float()).mean().item()
         d_on_fake = torch.sigmoid(logits[b:].float()).mean().item()
     losses = {
-        "loss_pixel": pixel_loss(pred.detach(), target).mean().item(),
+        "loss_pixel": pixel_loss(pred.detach(), target[rows]).mean().item() if pred is not None else float("nan"),
         "loss_d": loss_d.item(),
         "d_real": d_on_real,
         "d_fake": d_on_fake,
@@ -958,16 +1059,35 @@ def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt) -
 def selection_value(phase: str, record: dict) -> float:
     """What the selection rule minimises after an epoch of `phase` (see the module docstring)."""
     if phase == "discriminator":
-        return record["val_d"] + record["val_d_fake"]
+        # records written before 0.2.0 (no pseudo-anomalies) lack val_loss_d: real and generated only
+        return record.get("val_loss_d", record["val_d"] + record["val_d_fake"])
     return record["val_pixel"]
+
+
+def _d_validation(opts: TrainOptions, discriminator, val_clips: list[Clip], d: np.ndarray, d_fake: np.ndarray, device) -> dict:
+    """The discriminator phase's validation: L_D with the training mix of fakes (real windows, then
+    pseudo-anomalies for `share` of the fakes and generated windows for the rest), and the AUC of
+    its d score between the normal windows and their pseudo-anomalies."""
+    kinds, share = pseudo_plan(opts)
+    if not kinds:
+        return {"val_loss_d": float(d.mean() + d_fake.mean())}
+    pseudo_loss, pseudo_score = validate_pseudo(discriminator, val_clips, kinds, device)
+    return {
+        "val_d_pseudo": float(pseudo_loss.mean()),
+        "val_loss_d": float(d.mean() + share * pseudo_loss.mean() + (1 - share) * d_fake.mean()),
+        "val_pseudo_auc": ranking_auc(d, pseudo_score),
+    }
 
 
 def _end_of_epoch(opts, progress, phase, generator, discriminator, val_clips, device, best_path, emit) -> None:
     val_pixel = val_d = val_d_fake = float("nan")
+    extra: dict = {}
     if val_clips:
         pixel, d, d_fake = validate(generator, discriminator, val_clips, device, generated=True)
         val_pixel, val_d, val_d_fake = float(pixel.mean()), float(d.mean()), float(d_fake.mean())
-    record = {"phase": phase, "epoch": progress["epoch"], "step": progress["step"], "val_pixel": val_pixel, "val_d": val_d, "val_d_fake": val_d_fake}
+        if phase == "discriminator":
+            extra = _d_validation(opts, discriminator, val_clips, d, d_fake, device)
+    record = {"phase": phase, "epoch": progress["epoch"], "step": progress["step"], "val_pixel": val_pixel, "val_d": val_d, "val_d_fake": val_d_fake, **extra}
     selected = False
     if phase in (_final_phase(opts), _generator_phase(opts)):
         best = progress.get("best")
@@ -981,7 +1101,8 @@ def _end_of_epoch(opts, progress, phase, generator, discriminator, val_clips, de
         opts.live_val_log,
         VAL_FIELDS,
         {"step": progress["step"], "phase": phase, "epoch": progress["epoch"], "val_pixel": f"{val_pixel:.6g}",
-         "val_d": f"{val_d:.6g}", "selected": int(selected), "val_d_fake": f"{val_d_fake:.6g}"},
+         "val_d": f"{val_d:.6g}", "selected": int(selected), "val_d_fake": f"{val_d_fake:.6g}",
+         **{k: f"{v:.6g}" for k, v in extra.items()}},
     )
     plot_losses(opts.live_log, opts.live_val_log, opts.live_plot)
     emit("epoch_end", **record, selected=selected)
@@ -1006,11 +1127,11 @@ def _discriminator_at_chance(selected: dict | None, chance: float = 2 * np.log(2
     one at the end of an adversarial phase (ours: 1.386); a discriminator phase takes it far below."""
     if not selected or "val_d_fake" not in selected:
         return None
-    real, fake = selected["val_d"], selected["val_d_fake"]
-    if not real + fake > chance - margin:
+    loss = selection_value("discriminator", selected)
+    if not loss > chance - margin:
         return None  # NaN (no validation windows) lands here too
     return (
-        f"the discriminator does not tell real from generated validation windows (its loss there {real + fake:.3f}; "
+        f"the discriminator does not tell real validation windows from fakes (its loss there {loss:.3f}; "
         f"chance {chance:.3f}): its score (--score d) and guided-backpropagation maps carry no information. "
         "Add --discriminator-epochs N to train it against the generator (README, stan train)."
     )

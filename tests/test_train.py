@@ -407,7 +407,7 @@ def test_a_discriminator_at_chance_is_warned_about():
     from stan_cli.train import _discriminator_at_chance
 
     shipped_before = {"val_d": 0.691807, "val_d_fake": 0.694}  # the end of our adversarial phase
-    assert "does not tell real from generated" in _discriminator_at_chance(shipped_before)
+    assert "does not tell real validation windows from fakes" in _discriminator_at_chance(shipped_before)
     assert "--discriminator-epochs" in _discriminator_at_chance({"val_d": 0.705, "val_d_fake": 0.681})  # untrained
     assert _discriminator_at_chance({"val_d": 0.0058, "val_d_fake": 0.0539}) is None  # after the phase
     assert _discriminator_at_chance({"val_d": float("nan"), "val_d_fake": float("nan")}) is None  # no validation
@@ -417,7 +417,7 @@ def test_a_discriminator_at_chance_is_warned_about():
 def test_a_pretrain_only_run_warns_that_its_discriminator_says_nothing(data3, tmp_path):
     events = Events()
     train(options(data3, tmp_path / "m.safetensors", batch_size=8, val_clips=1), events)
-    assert any("does not tell real from generated" in w["message"] for w in events.of("warning"))
+    assert any("does not tell real validation windows from fakes" in w["message"] for w in events.of("warning"))
     assert any("does not tell real" in w for w in load_weights(tmp_path / "m.safetensors").training["warnings"])
 
 

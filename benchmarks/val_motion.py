@@ -1,0 +1,49 @@
+"""The discriminator on held-out normal clips and on pseudo-anomalies made from them (no test labels).
+
+    python benchmarks/val_motion.py weights/stan-ped2.safetensors [more weights ...] \
+        [--data ../shared/data/ped2/training/frames] [--val-clips 2] [--cache /tmp/stan-val-cache]
+
+For each weights file: the d score (-log D, Eq. 5's discriminator term) of every window of the last
+--val-clips clips (`stan train`'s validation clips), and of one pseudo-anomaly made from each window
+(the kinds in turn, the fixed generator of `stan train`'s validation), with the ranking AUC between
+the two, overall and per kind. This is the validation measure of the discriminator phase's ship rule
+(docs/discriminator.md), computed the same way for weights trained without pseudo-anomalies.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stan_cli import pseudo
+from stan_cli.dataset import load_clips, split_validation
+from stan_cli.train import ranking_auc, validate, validate_pseudo
+from stan_cli.weights import load_weights
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("weights", type=Path, nargs="+")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/ped2/training/frames"))
+    parser.add_argument("--val-clips", type=int, default=2)
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/stan-val-cache"))
+    args = parser.parse_args()
+    device = torch.device("cpu")
+    for path in args.weights:
+        stan = load_weights(path)
+        clips = load_clips(args.data, stan.config.image_size, args.cache)
+        _, val = split_validation(clips, args.val_clips)
+        _, d = validate(stan.generator, stan.discriminator, val, device)
+        line = [f"{path}: {len(d)} normal windows, mean d {d.mean():.4f}"]
+        for kinds in (pseudo.KINDS, *[(k,) for k in pseudo.KINDS]):
+            fake_loss, score = validate_pseudo(stan.discriminator, val, kinds, device)
+            label = "all kinds" if len(kinds) > 1 else kinds[0]
+            line.append(f"{label}: AUC {100 * ranking_auc(d, score):.1f} %, -log(1-D) {fake_loss.mean():.4f}")
+        print("; ".join(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
