@@ -391,9 +391,14 @@ def test_the_discriminator_phase_trains_only_the_discriminator_and_selects_by_it
     assert [r["phase"] for r in rows] == ["discriminator"] * 15
     assert all(r["loss_d"] and r["d_real"] and not r["loss_adv"] for r in rows)
 
-    # selection: the lowest validation L_D, -log D on real plus -log(1 - D) on generated windows
+    # selection: the lowest validation L_D in the training mix: -log D on real windows, -log(1 - D)
+    # on pseudo-anomalies (3/4 of the fakes by default) and on generated windows (the rest)
     val = log_rows(tmp_path / "d.val.csv")
-    losses = [float(r["val_d"]) + float(r["val_d_fake"]) for r in val]
+    losses = [float(r["val_loss_d"]) for r in val]
+    for r in val:
+        mix = float(r["val_d"]) + 0.75 * float(r["val_d_pseudo"]) + 0.25 * float(r["val_d_fake"])
+        assert float(r["val_loss_d"]) == pytest.approx(mix, rel=1e-4)
+        assert 0 <= float(r["val_pseudo_auc"]) <= 1
     assert [int(r["selected"]) for r in val] == [int(v < min(losses[:i], default=math.inf)) for i, v in enumerate(losses)]
     selected = after.training["selected"]
     assert (selected["phase"], selected["epoch"]) == ("discriminator", int(np.argmin(losses)) + 1)
@@ -401,6 +406,52 @@ def test_the_discriminator_phase_trains_only_the_discriminator_and_selects_by_it
     assert len({float(r["val_pixel"]) for r in val}) == 1  # the generator did not move
     assert "discriminator epoch 1: validation discriminator loss" in result.stderr
     assert "chance 1.386" in result.stderr and "val discriminator loss" in result.stdout
+    assert "on pseudo-anomalies" in result.stderr
+    assert after.training["options"]["pseudo_anomalies"] == "skip,reverse,repeat,patch"
+    assert after.training["options"]["pseudo_share"] == 0.75
+
+
+def test_without_pseudo_anomalies_the_phase_is_real_against_generated(data3, tmp_path):
+    """--pseudo-anomalies none: the 0.1.0 phase, its loss real plus generated, no pseudo columns."""
+    first = tmp_path / "first.safetensors"
+    train(options(data3, first, pretrain_epochs=1, batch_size=8, val_clips=1))
+    out = tmp_path / "d.safetensors"
+    train(options(data3, out, init=first, pretrain_epochs=0, discriminator_epochs=2, batch_size=8, val_clips=1,
+                  pseudo_anomalies="none"))
+    val = log_rows(tmp_path / "d.val.csv")
+    for r in val:
+        assert float(r["val_loss_d"]) == pytest.approx(float(r["val_d"]) + float(r["val_d_fake"]), rel=1e-4)
+        assert r["val_d_pseudo"] == "" and r["val_pseudo_auc"] == ""
+    assert all(r["loss_pixel"] not in ("", "nan") for r in log_rows(tmp_path / "d.log.csv"))  # every fake generated
+
+
+def test_with_only_pseudo_anomalies_the_generator_is_not_run(data3, tmp_path, monkeypatch):
+    first = tmp_path / "first.safetensors"
+    train(options(data3, first, pretrain_epochs=1, batch_size=8, val_clips=1))
+    calls = []
+    real_forward = Generator.forward
+    monkeypatch.setattr(Generator, "forward", lambda self, x: calls.append(x.shape[0]) or real_forward(self, x))
+    out = tmp_path / "d.safetensors"
+    seen: list[int] = []  # generator calls so far, at each training step
+    train(options(data3, out, init=first, pretrain_epochs=0, discriminator_epochs=1, batch_size=8, val_clips=1,
+                  pseudo_anomalies="skip,patch", pseudo_share=1.0),
+          lambda kind, **info: seen.append(len(calls)) if kind in ("epoch_start", "step") else None)
+    rows = log_rows(tmp_path / "d.log.csv")
+    assert all(r["loss_pixel"] == "nan" for r in rows) and len(rows) == 5
+    assert len(seen) == 6 and len(set(seen)) == 1  # no generator call from the epoch's start to its last step
+    assert calls  # (validation and calibration still score with it)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--pseudo-anomalies", "skip,fast", "unknown pseudo-anomaly fast"),
+    ("--pseudo-share", "1.5", "must be between 0 and 1"),
+    ("--pseudo-share", "nan", "must be between 0 and 1"),
+])
+def test_pseudo_anomaly_options_are_checked_before_any_work(data3, tmp_path, flag, value, message):
+    out = tmp_path / "m.safetensors"
+    result = run_cli(data3, "--out", out, "--preset", "tiny", "--device", "cpu", flag, value)
+    assert result.exit_code != 0 and message in result.stderr, result.output
+    assert not out.exists() and not ckpt_of(out).exists()
 
 
 def test_a_discriminator_at_chance_is_warned_about():
@@ -422,6 +473,7 @@ def test_a_pretrain_only_run_warns_that_its_discriminator_says_nothing(data3, tm
 
 
 def test_a_discriminator_phase_resumes_exactly(data3, tmp_path):
+    """With the default pseudo-anomalies: a resumed run makes the same fake batches again."""
     # pretrain (5 steps), then the discriminator (10): the crash at step 8 falls in the latter
     kw = dict(pretrain_epochs=1, epochs=0, discriminator_epochs=2, batch_size=8, val_clips=1, checkpoint_every=3)
     reference = train(options(data3, tmp_path / "ref.safetensors", **kw))
@@ -1022,6 +1074,33 @@ def test_a_checkpoint_from_before_pixel_norm_resumes_with_the_mse(data3, tmp_pat
     train(options(data3, out, pretrain_epochs=2, resume=True), events)
     assert load_weights(out).training["options"]["pixel_norm"] == "mse"
     assert any("pixel_norm" in w["message"] for w in events.of("warning"))
+
+
+def test_a_checkpoint_from_before_pseudo_anomalies_resumes_without_them(data3, tmp_path):
+    """A discriminator phase checkpointed by 0.1.0 trained on generated fakes only; it goes on so."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    first = tmp_path / "first.safetensors"
+    train(options(data3, first, pretrain_epochs=1, batch_size=8, val_clips=1))
+    out = tmp_path / "model.safetensors"
+    kw = dict(init=first, pretrain_epochs=0, discriminator_epochs=2, batch_size=8, val_clips=1, checkpoint_every=2)
+    with pytest.raises(_Stop):
+        train(options(data3, out, **kw), Events(at="step", n=3, exc=_Stop))
+    path = ckpt_of(out)
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    progress = json.loads(metadata["progress"])
+    del progress["options"]["pseudo_anomalies"], progress["options"]["pseudo_share"]
+    save_file(tensors, str(path), {**metadata, "progress": json.dumps(progress)})
+    events = Events()
+    train(options(data3, out, resume=True, **kw), events)
+    assert load_weights(out).training["options"]["pseudo_anomalies"] == "none"
+    assert any("pseudo_anomalies" in w["message"] for w in events.of("warning"))
+    assert all(r["val_d_pseudo"] == "" for r in log_rows(tmp_path / "model.val.csv"))
 
 
 def test_bf16_on_a_cpu_without_native_bf16_is_warned(monkeypatch):

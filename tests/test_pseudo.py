@@ -1,0 +1,166 @@
+"""Temporal pseudo-anomalies (`stan_cli.pseudo`) on tiny hand-made clips, and how the
+discriminator phase puts them into its batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stan_cli import pseudo
+from stan_cli.dataset import Clip, WindowSet
+from stan_cli.model import TINY, Generator, split_window, with_middle
+from stan_cli.train import TrainOptions, _fake_windows, _pseudo_batch, _Rank, pseudo_plan, ranking_auc
+from stan_cli.windows import to_tensor
+
+S = 32
+
+
+def counting_clip(n: int = 60) -> np.ndarray:
+    """Frame i is filled with the value i: a window's values are its frame numbers."""
+    return np.repeat(np.arange(n, dtype=np.uint8)[:, None, None], S * S, axis=1).reshape(n, S, S)
+
+
+def frame_numbers(window: np.ndarray) -> list[int]:
+    assert all(len(np.unique(f)) == 1 for f in window)  # each frame one value
+    return [int(f[0, 0]) for f in window]
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+@pytest.mark.parametrize("stride", pseudo.STRIDES)
+def test_a_skipped_window_has_stride_k_around_the_same_centre(stride):
+    window = pseudo.skip_window(counting_clip(), 30, stride)
+    assert window.shape == (11, S, S) and window.dtype == np.uint8
+    assert frame_numbers(window) == list(range(30 - 5 * stride, 30 + 5 * stride + 1, stride))
+
+
+def test_a_skip_that_leaves_the_clip_is_refused_and_strides_fit_the_clip():
+    with pytest.raises(ValueError):
+        pseudo.skip_window(counting_clip(), 8, 2)
+    assert pseudo.fitting_strides(60, 30) == [2, 3, 4, 5]
+    assert pseudo.fitting_strides(60, 12) == [2]  # 12 - 5 x 3 < 0
+    assert pseudo.fitting_strides(11, 5) == []
+
+
+def test_make_skip_uses_a_stride_that_fits_and_falls_back_to_reverse_where_none_does():
+    clips = [Clip("a", "a", counting_clip(60)), Clip("b", "b", counting_clip(11))]
+    for seed in range(10):
+        numbers = frame_numbers(pseudo.make("skip", clips, 0, 20, rng(seed)))
+        step = numbers[1] - numbers[0]
+        assert step in (2, 3, 4) and numbers == list(range(20 - 5 * step, 20 + 5 * step + 1, step))
+    assert frame_numbers(pseudo.make("skip", clips, 1, 5, rng())) == list(range(10, -1, -1))
+
+
+def test_a_reversed_window_is_reversed():
+    window = counting_clip()[10:21]
+    assert frame_numbers(pseudo.reverse_window(window)) == list(range(20, 9, -1))
+
+
+def test_a_repeated_window_freezes_one_run_of_3_to_6_frames():
+    window = counting_clip()[10:21]
+    seen_lengths = set()
+    for seed in range(40):
+        numbers = frame_numbers(pseudo.repeat_window(window, rng(seed)))
+        changed = [i for i, v in enumerate(numbers) if v != 10 + i]
+        start = changed[0] - 1  # the run's first frame keeps its own value
+        length = len(changed) + 1
+        assert changed == list(range(start + 1, start + length))  # one contiguous run
+        assert all(numbers[i] == numbers[start] for i in range(start, start + length))
+        seen_lengths.add(length)
+    assert seen_lengths == {3, 4, 5, 6}
+    assert frame_numbers(window) == list(range(10, 21))  # the input is not changed
+
+
+def test_a_pasted_patch_moves_in_a_straight_line_through_the_window():
+    size = 224
+    window = np.zeros((11, size, size), np.uint8)
+    donor = np.full((size, size), 200, np.uint8)
+    for seed in range(5):
+        out = pseudo.patch_window(window, donor, rng(seed))
+        centres = []
+        for frame in out:
+            ys, xs = np.nonzero(frame > 150)  # the patch's solid inside
+            assert len(ys), "the patch is in every frame"
+            centres.append((ys.mean(), xs.mean()))
+        steps = np.diff(np.array(centres), axis=0)  # (10, 2) per-frame displacement
+        speeds = np.hypot(*steps.T)
+        assert 3 <= speeds.mean() <= 13  # 4-12 px a frame at 224, rounding aside
+        assert np.allclose(steps, steps.mean(axis=0), atol=1.5)  # constant velocity
+        assert (out[0] > 0).sum() < 0.1 * size * size  # a patch, not the frame
+    assert np.array_equal(window, np.zeros_like(window))
+
+
+def test_the_patch_border_is_soft():
+    out = pseudo.patch_window(np.zeros((11, 224, 224), np.uint8), np.full((224, 224), 200, np.uint8), rng(1))
+    values = np.unique(out[0])
+    assert len(values) > 5 and values.max() == 200  # a ramp from 0 up to the donor's value
+
+
+def test_kinds_parse_and_refuse_unknown_ones():
+    assert pseudo.parse_kinds("skip, reverse,skip") == ("skip", "reverse")
+    assert pseudo.parse_kinds("none") == () == pseudo.parse_kinds("")
+    with pytest.raises(ValueError, match="unknown pseudo-anomaly fast"):
+        pseudo.parse_kinds("skip,fast")
+
+
+def test_pseudo_plan_is_none_without_kinds():
+    assert pseudo_plan(TrainOptions(data=".", out="x", pseudo_anomalies="none", pseudo_share=0.75)) == ((), 0.0)
+    assert pseudo_plan(TrainOptions(data=".", out="x", pseudo_anomalies="skip", pseudo_share=0.5)) == (("skip",), 0.5)
+
+
+def windows_of(n_clips: int = 2, n: int = 40) -> WindowSet:
+    return WindowSet([Clip(str(c), str(c), counting_clip(n)) for c in range(n_clips)])
+
+
+def test_a_batch_of_pseudo_anomalies_is_the_same_again_and_differs_by_batch():
+    windows = windows_of()
+    opts = TrainOptions(data=".", out="x", pseudo_anomalies="skip,reverse", pseudo_share=0.5)
+    first = _pseudo_batch(windows, list(range(16)), opts, epoch=0, b=3, rank=_Rank())
+    again = _pseudo_batch(windows, list(range(16)), opts, epoch=0, b=3, rank=_Rank())
+    other = _pseudo_batch(windows, list(range(16)), opts, epoch=0, b=4, rank=_Rank())
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])  # a resume makes it again
+    assert not torch.equal(first[0], other[0])
+    assert 0 < int(first[0].sum()) < 16 and first[1].shape == (int(first[0].sum()), 11, 1, S, S)
+    assert _pseudo_batch(windows, [0, 1], TrainOptions(data=".", out="x", pseudo_anomalies="none"), 0, 0, _Rank()) is None
+
+
+def test_every_fake_is_a_pseudo_anomaly_at_share_1_and_comes_from_its_own_window():
+    windows = windows_of()
+    opts = TrainOptions(data=".", out="x", pseudo_anomalies="reverse", pseudo_share=1.0)
+    batch = [0, 7, 40]
+    mask, made = _pseudo_batch(windows, batch, opts, 0, 0, _Rank())
+    assert mask.all()
+    for k, i in enumerate(batch):
+        c, t = windows.index[i]
+        expected = to_tensor(torch.from_numpy(pseudo.reverse_window(windows.clips[c].frames[t - 5 : t + 6])))
+        assert torch.equal(made[k], expected)
+
+
+def test_the_fake_half_holds_pseudo_anomalies_where_marked_and_generated_windows_elsewhere():
+    torch.manual_seed(0)
+    generator = Generator(TINY).eval()
+    s = TINY.image_size
+    x = torch.rand(4, 11, 1, s, s) * 2 - 1
+    mask = torch.tensor([True, False, True, False])
+    made = torch.full((2, 11, 1, s, s), 0.5)
+    neighbours, _ = split_window(x)
+    opts = TrainOptions(data=".", out="x")
+    fake, pred, rows = _fake_windows(x, neighbours, generator, (mask, made), "discriminator", opts, torch.device("cpu"))
+    assert rows.tolist() == [1, 3] and pred.shape == (2, 1, s, s)
+    assert torch.equal(fake[mask], made)
+    with torch.no_grad():
+        expected = with_middle(x[[1, 3]], generator(neighbours[[1, 3]]))
+    assert torch.allclose(fake[~mask], expected)
+    # all pseudo-anomalies: the generator is not run at all
+    fake, pred, rows = _fake_windows(x, neighbours, generator, (torch.ones(4, dtype=torch.bool), torch.zeros(4, 11, 1, s, s)), "discriminator", opts, torch.device("cpu"))
+    assert pred is None and len(rows) == 0 and torch.equal(fake, torch.zeros_like(fake))
+
+
+def test_ranking_auc_by_hand():
+    assert ranking_auc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0
+    assert ranking_auc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 0.0
+    assert ranking_auc(np.array([1.0, 2.0]), np.array([1.0, 3.0])) == 0.625  # (0.5 + 0 + 1 + 1) / 4
+    assert np.isnan(ranking_auc(np.zeros(0), np.ones(2)))
