@@ -43,10 +43,20 @@ class _Group(_FlagHelp, typer.core.TyperGroup):
     pass
 
 
+def _examples(*lines: str) -> str:
+    """A help epilog of example command lines (Typer joins single newlines, so paragraphs)."""
+    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines)
+
+
 app = typer.Typer(
     name="stan",
     cls=_Group,
     help="Offline video anomaly detection with spatio-temporal adversarial networks (STAN).",
+    epilog=_examples(
+        "stan detect clip.mp4 --out report/",
+        "stan train ./normal_footage --out mycam.safetensors",
+        "stan explain clip.mp4 --frame 120",
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -89,7 +99,16 @@ PrecisionOption = Annotated[str, typer.Option(help="fp32 or bf16.", rich_help_pa
 
 def _version(value: bool) -> None:
     if value:
-        out.print(f"stan {__version__}")
+        from .weights import find_default_weights, weights_name
+
+        out.print(f"stan {__version__}", highlight=False)
+        try:
+            path = find_default_weights()
+        except StanError:
+            out.print("default weights: none found (pass --weights FILE)", highlight=False)
+        else:
+            name = weights_name(path) or "unnamed (written before 0.2.0)"
+            out.print(f"default weights: {escape(name)} ({escape(str(path))})", highlight=False)
         raise typer.Exit()
 
 
@@ -236,7 +255,11 @@ def _progress() -> Progress | _LogProgress:
 # ---------------------------------------------------------------------------------------- detect
 
 
-@app.command(cls=_Command)
+@app.command(cls=_Command, epilog=_examples(
+    "stan detect clip.mp4 --out report/                 # score, segments, overlay videos",
+    "stan detect ./videos/ --out reports/ --no-video    # many inputs, scores only (fastest)",
+    "stan detect clip.mp4 --weights mycam.safetensors   # weights from stan train",
+))
 def detect(
     videos: Annotated[list[Path], typer.Argument(metavar="VIDEO", help="Video file (any format ffmpeg reads) or a folder of frames. Several, or a folder of videos or of clip folders: a report each, and an index.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder to write (several inputs: a subfolder each, and index.html).")] = Path("report"),
@@ -412,7 +435,11 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
 # ----------------------------------------------------------------------------------------- train
 
 
-@app.command(cls=_Command)
+@app.command(cls=_Command, epilog=_examples(
+    "stan train ./normal_footage --out mycam.safetensors",
+    "stan train ./normal_footage --init weights/stan-ped2.safetensors --pretrain-epochs 0 --epochs 0 --out mycam.safetensors   # calibrate only",
+    "stan train ./normal_footage --out mycam.safetensors --resume   # go on after a stop",
+))
 def train(
     data: Annotated[Path, typer.Argument(metavar="FOOTAGE", help="Normal footage: a frame folder, a folder of clip folders, or of videos.")],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Weights file to write.")] = Path("model.safetensors"),
@@ -574,7 +601,10 @@ def _count(n: int, noun: str) -> str:
 # ------------------------------------------------------------------------------------------- eval
 
 
-@app.command("eval", cls=_Command)
+@app.command("eval", cls=_Command, epilog=_examples(
+    "stan eval ../shared/data/ped2/testing --out results/",
+    "stan eval ./labelled_clips --weights mycam.safetensors --out results/",
+))
 def eval_(
     test_dir: Annotated[Path, typer.Argument(metavar="TEST_DIR", help="Test folder: frames/<clip>/ + labels (*.m, *.mat, labels.json/csv) + optional masks/<clip>/, or videos + labels.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Results folder to write.")],
@@ -663,7 +693,10 @@ def eval_(
 # ---------------------------------------------------------------------------------------- explain
 
 
-@app.command(cls=_Command)
+@app.command(cls=_Command, epilog=_examples(
+    "stan explain clip.mp4 --frame 120",
+    "stan explain ./frames --frame 94 --out explain/ --weights mycam.safetensors",
+))
 def explain(
     video: Annotated[Path, typer.Argument(metavar="VIDEO", help="Video file or frame folder.")],
     frame: Annotated[int, typer.Option(help="0-based frame index to explain (needs 5 frames on each side).")],

@@ -34,6 +34,20 @@ CHECKPOINT_FORMAT = "stan-checkpoint"
 DEFAULT_WEIGHTS_NAMES = ("stan-ped2.safetensors", "stan-untrained.safetensors")
 
 
+def weights_name(path: Path) -> str | None:
+    """A weights file's version name from its header alone (no tensors read); None when it has none
+    or the file cannot be read (`stan --version` must not fail on a damaged file)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            training = json.loads((fh.metadata() or {}).get("training") or "{}")
+    except Exception:  # noqa: BLE001 - any unreadable file: no name to show
+        return None
+    name = training.get("name") if isinstance(training, dict) else None
+    return name if isinstance(name, str) else None
+
+
 def find_default_weights() -> Path:
     """The shipped weights: $STAN_WEIGHTS, else weights/ of the source tree (editable install),
     else <prefix>/share/stan/weights (pip install .), else ./weights/."""
@@ -83,6 +97,13 @@ class Stan:
             return str(Path(self.path).resolve().relative_to(Path.cwd().resolve()))
         except ValueError:
             return str(self.path)
+
+    @property
+    def name(self) -> str | None:
+        """The weights' version name (`training.name`: the shipped ones e.g. ped2-2026-12-06, a
+        `stan train` output <file stem>-<date>); None for files written before 0.2.0."""
+        name = self.training.get("name") if isinstance(self.training, dict) else None
+        return name if isinstance(name, str) else None
 
     def to(self, device: torch.device | str) -> "Stan":
         self.generator.to(device)

@@ -43,6 +43,37 @@ def test_help_option_shows_no_value_and_defaults_read_plainly(command):
         assert "calibrated]" in result.output  # "[default: calibrated]", however the panel wraps
 
 
+@pytest.mark.parametrize("command, example", [
+    ([], "stan detect clip.mp4 --out report/"),
+    (["detect"], "stan detect clip.mp4 --out report/"),
+    (["train"], "--pretrain-epochs 0 --epochs 0 --out mycam.safetensors"),
+    (["explain"], "stan explain clip.mp4 --frame 120"),
+    (["eval"], "stan eval ../shared/data/ped2/testing --out results/"),
+])
+def test_help_ends_with_examples(command, example, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one example a line, however wide
+    result = run(*command, "--help")
+    assert result.exit_code == 0 and "Examples:" in result.output
+    assert example in result.output
+
+
+def test_version_names_the_default_weights(tmp_path, monkeypatch, tiny_weights):
+    from stan_cli.model import TINY, Discriminator, Generator
+    from stan_cli.weights import save_weights
+
+    named = tmp_path / "named.safetensors"
+    save_weights(named, Generator(TINY), Discriminator(TINY), TINY, None, {"name": "mycam-2026-12-06"})
+    monkeypatch.setenv("STAN_WEIGHTS", str(named))
+    result = run("--version")
+    assert result.exit_code == 0 and f"stan {__version__}" in result.output
+    assert "default weights: mycam-2026-12-06" in result.output and "named.safetensors" in result.output
+    monkeypatch.setenv("STAN_WEIGHTS", str(tiny_weights))  # a file from before names existed
+    assert "unnamed" in run("--version").output
+    monkeypatch.setenv("STAN_WEIGHTS", str(tmp_path / "missing.safetensors"))
+    result = run("--version")
+    assert result.exit_code == 0 and "none found" in result.output
+
+
 def test_no_args_shows_help():
     result = run()
     assert "detect" in result.output and "Usage" in result.output
