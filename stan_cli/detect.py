@@ -293,7 +293,7 @@ def detect(
 def _run(video, out, model, dev, fps, score, threshold, batch_size, precision, write_video, merge_gap, min_length,
          stores, timings, t0, on_progress) -> DetectResult:
     """detect's work once its output folder is ready: score, decide, write (staged) files."""
-    info, pixel, d, complete = _score_pass(video, fps, model, dev, batch_size, precision, stores, on_progress)
+    info, pixel, d, complete, damage = _score_pass(video, fps, model, dev, batch_size, precision, stores, on_progress)
     timings["scoring_s"] = time.perf_counter() - t0
     time_s, time_source = frame_times(info, len(pixel), fps)
     result = _decide(info, pixel, d, model, score, threshold, merge_gap, min_length, time_s, time_source)
@@ -304,6 +304,8 @@ def _run(video, out, model, dev, fps, score, threshold, batch_size, precision, w
             "or damaged. The frames that could be read were scored; the report is marked incomplete."
         )
         result.summary["complete"] = False
+    if damage:
+        _warn_damage(video, result, damage)
     result.summary["warnings"] = result.warnings
     result.summary.update(
         weights={"file": model.file, "sha256": model.sha256, "config": model.config.to_dict()},
@@ -325,6 +327,31 @@ def _run(video, out, model, dev, fps, score, threshold, batch_size, precision, w
     result.summary["timings"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()}
     _write_report(out, result)
     return result
+
+
+def _warn_damage(video: Path, result: DetectResult, damage: dict) -> None:
+    """A video decoded from damaged data: say which frames, in the console, summary.json and
+    index.html, and mark the report incomplete (a concealed frame can score as an anomaly)."""
+    t = result.time_s
+    runs = [(a, b) for a, b in damage["frames"] if a < result.n_frames]
+    where = ", ".join(f"{a}-{b} ({t[a]:.1f}-{t[b]:.1f} s)" if a != b else f"{a} ({t[a]:.1f} s)" for a, b in runs[:4])
+    where += f" and {len(runs) - 4} more runs" if len(runs) > 4 else ""
+    frames = sum(b - a + 1 for a, b in runs)
+    said = next((m for m in damage["messages"] if "corrupt" in m), damage["messages"][0] if damage["messages"] else "decoding error")
+    plural = "s" if frames != 1 else ""
+    which = (f"the decoder patched up {frames} frame{plural}: {where}" if damage["exact"]
+             else f"ffmpeg names no frame; the damage lies within frame{plural} {where}")
+    result.warnings.append(
+        f"{shown(video)}: the file holds damaged data (ffmpeg: \"{said}\", {damage['count']} "
+        f"complaint{'s' if damage['count'] != 1 else ''}); {which}. A damaged frame can score high for that alone: "
+        "check a segment there against the video. The report is marked incomplete."
+    )
+    result.summary["decode_errors"] = {
+        "errors": damage["count"], "messages": damage["messages"], "exact": damage["exact"],
+        "frames": [[a, b] for a, b in runs],
+        "time_s": [[round(float(t[a]), 3), round(float(t[b]), 3)] for a, b in runs],
+    }
+    result.summary["complete"] = False
 
 
 def _check_scored(video: Path, result: DetectResult, model: Stan, precision: str) -> None:
@@ -445,6 +472,11 @@ class ScoreStream:
         """False when a video decoded well short of the frame count its header implies."""
         return self._frames.complete
 
+    @property
+    def decode_errors(self) -> dict | None:
+        """The frames of a video that ffmpeg decoded from damaged data (video.FrameStream.decode_errors)."""
+        return self._frames.decode_errors
+
     def close(self) -> None:
         self._frames.close()
 
@@ -472,7 +504,7 @@ def _score_pass(video, fps, model: Stan, dev, batch_size, precision, stores: dic
     finally:
         stream.close()
     n = stream.n_frames
-    return stream.info, per_frame(n, pixel), per_frame(n, d), stream.complete
+    return stream.info, per_frame(n, pixel), per_frame(n, d), stream.complete, stream.decode_errors
 
 
 def _duration(time_s: np.ndarray, fps: float) -> float:

@@ -23,15 +23,17 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
+from imageio_ffmpeg._parsing import parse_ffmpeg_header
 
 from .errors import InputError, OutputError
-from .fileio import OVERLAY_COMMENT, finish_temporary, output_error, remove_quietly
+from .fileio import OVERLAY_COMMENT, finish_temporary, output_error, remove_quietly, shown
 
 FRAME_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 VIDEO_EXTENSIONS = frozenset(
@@ -184,13 +186,19 @@ def images_beside_clips(folder: Path) -> str | None:
     )
 
 
+_IMAGE_SECONDS = 0.04  # each image's duration in the concat list: image k has the timestamp k x 0.04 s
+# A damaged image is refused, not concealed: a truncated or bit-flipped JPEG would otherwise come out
+# partly grey or green, be scored, and make a false segment.
+_IMAGE_INPUT = ["-err_detect", "explode"]
+
+
 def _concat_list(files: list[Path]) -> str:
     """A concat-demuxer script listing the images; quotes escaped the way ffmpeg expects."""
     lines = ["ffconcat version 1.0"]
     for f in files:
         escaped = str(f.resolve()).replace("'", "'\\''")
         lines.append(f"file '{escaped}'")
-        lines.append("duration 0.04")  # without it, single-image inputs get broken timestamps and are dropped
+        lines.append(f"duration {_IMAGE_SECONDS}")  # without it, single-image inputs get broken timestamps and are dropped
     return "\n".join(lines) + "\n"
 
 
@@ -250,7 +258,8 @@ class _Source:
             if first is not None:  # after the whole folder's format check: refused whatever `first` is
                 self.files = self.files[:first]
             fd, self.list_file = tempfile.mkstemp(suffix=".ffconcat", prefix="stan-")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            # surrogateescape: a file name that is not UTF-8 reaches ffmpeg as the bytes it is
+            with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as fh:
                 fh.write(_concat_list(self.files))
             self.kind = "frames"
         else:
@@ -258,7 +267,7 @@ class _Source:
 
     def input_args(self) -> tuple[str, list[str]]:
         if self.list_file is not None:
-            return self.list_file, ["-f", "concat", "-safe", "0"]
+            return self.list_file, [*_IMAGE_INPUT, "-f", "concat", "-safe", "0"]
         return ffmpeg_path(self.path), []
 
     def close(self) -> None:
@@ -270,36 +279,158 @@ class _Source:
             self.list_file = None
 
 
-def _open(source: _Source, output_params: list[str] | None = None):
+_LOG_LINE = re.compile(
+    r"^(?P<context>(?:\[[^\]]* @ [^\]]*\]\s*)*)\[(?P<level>panic|fatal|error|warning|info|verbose|debug|trace)\] ?(?P<text>.*)$"
+)
+# Log sources that are not the video decoder: the demuxer and muxer of ffmpeg's own command line,
+# the scaler and the filters. Their complaints are about the container or our pipe, not a picture.
+_NOT_DECODER = ("in#", "out#", "swscaler", "Parsed_", "graph", "AVFilterGraph", "auto_scale")
+MAX_DECODE_ERRORS = 200  # decoder complaints kept (each with its frame position); more are only counted
+
+
+class _Decoder:
+    """One ffmpeg decoding a clip to raw RGB frames on a pipe, as imageio_ffmpeg.read_frames does,
+    but with its log read by a thread of ours: imageio-ffmpeg keeps only the last lines of the
+    log, and what the decoder says about damaged data ("corrupt decoded frame", "error while
+    decoding MB ...", concealment) is needed, with where in the clip it came.
+
+    Iterate for the frames (bytes, `frame_bytes` each) after `meta()`; `errors` holds the
+    decoder's complaints as (frames handed out when the line came, line). ffmpeg writes a line
+    before the frame it is about reaches the pipe, and decodes a few frames ahead (its threads,
+    the pipe's buffer), so that position is where the damage starts at the earliest, give or take
+    a frame.
+    """
+
+    HEADER_TIMEOUT = 60.0  # seconds for ffmpeg to open the input and decode its first frame
+
+    def __init__(self, target: str, input_params: list[str], output_params: list[str]) -> None:
+        cmd = [
+            imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-nostats", "-loglevel", "level+info", *input_params,
+            "-i", target, "-pix_fmt", "rgb24", "-vcodec", "rawvideo", "-f", "image2pipe", *output_params, "-",
+        ]
+        self.count = 0
+        self.errors: list[tuple[int, str]] = []
+        self.n_errors = 0
+        self.frame_bytes = 0
+        self._header: list[str] = []
+        self._tail: list[str] = []
+        self._header_done = threading.Event()
+        self._demuxer: str | None = None
+        session = {"start_new_session": True} if os.name == "posix" else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **session)
+        self._log = threading.Thread(target=self._read_log, daemon=True)
+        self._log.start()
+
+    def _read_log(self) -> None:
+        in_output = False
+        for raw in iter(self._proc.stderr.readline, b""):  # type: ignore[union-attr]
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            match = _LOG_LINE.match(line)
+            context, level, text = (match["context"], match["level"], match["text"]) if match else ("", "info", line)
+            plain = context + text
+            self._tail = [*self._tail[-40:], plain]
+            if not self._header_done.is_set():
+                self._header.append(plain)
+                if text.startswith("Input #0, ") and self._demuxer is None:
+                    self._demuxer = text[len("Input #0, "):].split(", from ")[0]
+                in_output = in_output or text.lstrip().startswith("Output ")
+                if in_output and text.lstrip().startswith("Stream ") and " Video:" in text:
+                    self._header_done.set()
+            if self._from_decoder(context, level, text):  # the first frames' come before the output's header
+                self.n_errors += 1
+                if len(self.errors) < MAX_DECODE_ERRORS:
+                    self.errors.append((self.count, re.sub(r"\[[^\]]* @ [^\]]*\]\s*", "", plain).strip()))
+        self._header_done.set()
+
+    def _from_decoder(self, context: str, level: str, text: str) -> bool:
+        if level not in ("panic", "fatal", "error") and not (level == "warning" and "corrupt" in text):
+            return False
+        sources = re.findall(r"\[([^\]@]*) @", context)
+        return bool(sources) and not any(
+            name.startswith(_NOT_DECODER) or (self._demuxer is not None and name.strip() == self._demuxer)
+            for name in sources
+        )
+
+    def meta(self) -> dict:
+        """What imageio_ffmpeg.read_frames yields first (size, fps, duration, ...), once ffmpeg has
+        opened the input; OSError with ffmpeg's log when it could not."""
+        self._header_done.wait(self.HEADER_TIMEOUT)
+        if not self._header_done.is_set() or not any(ln.lstrip().startswith("Output ") for ln in self._header):
+            self.close()
+            self._log.join(2.0)
+            raise OSError("Could not load meta information\n=== stderr ===\n" + "\n".join(self._tail))
+        meta = parse_ffmpeg_header("\n".join(self._header))
+        width, height = meta["size"]
+        self.frame_bytes = width * height * 3
+        return meta
+
+    def __iter__(self) -> Iterator[bytes]:
+        stdout = self._proc.stdout
+        while True:
+            data = stdout.read(self.frame_bytes)  # type: ignore[union-attr]
+            if not data:
+                return
+            if len(data) < self.frame_bytes:
+                raise RuntimeError(
+                    "End of file reached before full frame could be read.\n=== stderr ===\n" + "\n".join(self._tail)
+                )
+            self.count += 1
+            yield data
+
+    def finish(self) -> None:
+        """After the last frame: wait for ffmpeg and its log, so that `errors` is complete."""
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            self._proc.kill()
+        self._log.join(5.0)
+
+    def close(self) -> None:
+        """Stop ffmpeg (it is killed unless it ends at once); safe to call twice."""
+        for pipe in (self._proc.stdout,):
+            try:
+                pipe.close()  # type: ignore[union-attr]
+            except OSError:  # pragma: no cover
+                pass
+        if self._proc.poll() is None:
+            try:
+                self._proc.wait(timeout=1.5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+
+def _open(source: _Source, output_params: list[str] | None = None) -> tuple[_Decoder, dict]:
     target, input_params = source.input_args()
     # passthrough: every decoded frame exactly once, never duplicated or dropped to fit a rate
     output_params = [*_FIRST_VIDEO, "-fps_mode", "passthrough", *(output_params or [])]
-    gen = imageio_ffmpeg.read_frames(
-        target, pix_fmt="rgb24", input_params=input_params, output_params=output_params
-    )
     try:
-        meta = next(gen)
-    except (OSError, RuntimeError, StopIteration) as err:
-        gen.close()
+        decoder = _Decoder(target, input_params, output_params)
+    except OSError as err:
+        raise InputError(f"{shown(source.path)}: cannot start ffmpeg to read it ({err.strerror or err}).") from None
+    try:
+        meta = decoder.meta()
+    except (OSError, RuntimeError, ValueError, IndexError, AttributeError) as err:
+        decoder.close()
         if any(words in str(err) for words in _NO_VIDEO):
             raise InputError(
-                f"{source.path}: holds no video stream (audio only, or just a cover image). "
+                f"{shown(source.path)}: holds no video stream (audio only, or just a cover image). "
                 "Use a file with video in it."
             ) from None
         if "moov atom not found" in str(err) and _starts_like_mp4(source.path):  # its index, written last, never was
             raise InputError(
-                f"{source.path}: its index (the MP4 'moov' atom) is missing, so no frame of it can be read: a "
+                f"{shown(source.path)}: its index (the MP4 'moov' atom) is missing, so no frame of it can be read: a "
                 "recording or copy that stopped before the end, or a damaged file. Copy it again from the "
                 "source, or rebuild the index with an MP4 repair tool."
             ) from None
         raise InputError(
-            f"{source.path}: ffmpeg cannot read it ({_ffmpeg_message(err)}). "
+            f"{shown(source.path)}: ffmpeg cannot read it ({_ffmpeg_message(err)}). "
             "Use a video file ffmpeg can decode, or a folder of images."
         ) from None
     if not meta.get("size") or meta["size"] == (0, 0):
-        gen.close()
-        raise InputError(f"{source.path}: holds no video stream. Use a file with video in it.")
-    return gen, meta
+        decoder.close()
+        raise InputError(f"{shown(source.path)}: holds no video stream. Use a file with video in it.")
+    return decoder, meta
 
 
 def probe(path: Path, fps: float | None = None) -> VideoInfo:
@@ -362,10 +493,10 @@ def read_frames(path: Path, fps: float | None = None, *, first: int | None = Non
     return info, FrameStream(gen, source, info, first)
 
 
-def _packets(path: Path, maps: list[str], *, quiet: bool = False) -> dict[int, tuple[tuple[int, int], list[tuple[int, int, int]]]] | None:
+def _packets(path: Path, maps: list[str], *, quiet: bool = False) -> dict[int, tuple[tuple[int, int], list[tuple[int, int, int, bool]]]] | None:
     """The packets of the streams `maps` selects, by demuxing only (`ffmpeg -c copy -f framecrc`,
     no decoding: one read of the file): {output stream: ((time base num, den), [(dts, pts,
-    duration), ...] in decoding order)}. None for a frame folder, when ffmpeg fails, and when
+    duration, keyframe), ...] in decoding order)}. None for a frame folder, when ffmpeg fails, and when
     framecrc writes a line we cannot read (then nothing from it is trusted); with `quiet`, also
     when ffmpeg reports any error while demuxing (a cut file: "partial file", "File ended
     prematurely"), which a whole file never gives."""
@@ -382,7 +513,7 @@ def _packets(path: Path, maps: list[str], *, quiet: bool = False) -> dict[int, t
         return None
     if proc.returncode != 0 or (quiet and proc.stderr.strip()):
         return None
-    streams: dict[int, tuple[tuple[int, int], list[tuple[int, int, int]]]] = {}
+    streams: dict[int, tuple[tuple[int, int], list[tuple[int, int, int, bool]]]] = {}
     try:
         for line in proc.stdout.splitlines():
             if line.startswith("#tb "):
@@ -392,9 +523,11 @@ def _packets(path: Path, maps: list[str], *, quiet: bool = False) -> dict[int, t
                     return None
                 streams[int(index)] = ((int(num), int(den)), [])
             elif line and not line.startswith("#"):
-                # stream, dts, pts, duration, size, hash[, side data...]
-                index, dts, pts, duration = (int(field) for field in line.split(",")[:4])
-                streams[index][1].append((dts, pts, duration))
+                # stream, dts, pts, duration, size, hash[, F=0xFLAGS when not just "key"][, side data...]
+                fields = line.split(",")
+                index, dts, pts, duration = (int(field) for field in fields[:4])
+                flags = next((int(f.strip()[2:], 16) for f in fields[6:] if f.strip().startswith("F=")), 1)
+                streams[index][1].append((dts, pts, duration, bool(flags & 1)))
     except (ValueError, KeyError):  # a line framecrc never writes, or a packet of an unnamed stream
         return None
     return streams
@@ -421,6 +554,59 @@ def frame_timestamps(path: Path) -> np.ndarray | None:
     return (ticks - ticks[0]).astype(np.float64) * num / den
 
 
+DECODE_LEAD = 32  # frames ffmpeg may decode ahead of the pipe (its frame threads and queues)
+
+
+def _runs(positions: list[int]) -> list[tuple[int, int]]:
+    """Sorted positions as inclusive runs: [3, 4, 5, 9] -> [(3, 5), (9, 9)]."""
+    runs: list[tuple[int, int]] = []
+    for k in sorted(positions):
+        if runs and k == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], k)
+        else:
+            runs.append((k, k))
+    return runs
+
+
+def concealed_frames(path: Path) -> list[int] | None:
+    """The frames (0-based) a decoder patched up: the video decoded twice at once, with error
+    concealment and without (`-ec 0`), and each frame's CRC compared. None when a pass fails or
+    the two disagree in length."""
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    procs = []
+    try:
+        for ec in ([], ["-ec", "0"]):
+            cmd = [exe, "-hide_banner", "-nostdin", "-loglevel", "quiet", *ec, "-i", ffmpeg_path(path), *_FIRST_VIDEO,
+                   "-fps_mode", "passthrough", "-f", "framecrc", "-"]
+            procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
+        outputs = [proc.communicate()[0].decode("ascii", "replace") for proc in procs]
+    except OSError:
+        return None
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    crcs = [[ln.split(",")[5].strip() for ln in text.splitlines() if ln and not ln.startswith("#") and ln.count(",") >= 5]
+            for text in outputs]
+    if len(crcs[0]) != len(crcs[1]):
+        return None
+    return [k for k, (a, b) in enumerate(zip(*crcs)) if a != b]
+
+
+def keyframes(path: Path) -> list[int] | None:
+    """Positions (0-based, display order) of a video's keyframes, from its packets (`_packets`);
+    None when they cannot be read or matched to frames (a packet without a timestamp)."""
+    streams = _packets(path, _FIRST_VIDEO)
+    if not streams or 0 not in streams or not streams[0][1]:
+        return None
+    packets = streams[0][1]
+    if any(pts == _NOPTS for _, pts, _, _ in packets):
+        return None
+    order = sorted(range(len(packets)), key=lambda k: packets[k][1])
+    return [position for position, k in enumerate(order) if packets[k][3]]
+
+
 def packet_extent(path: Path) -> tuple[int, float] | None:
     """(packets of the video stream, seconds from the earliest packet of the video and audio
     streams to the end of the latest), by demuxing only; None when that cannot be read.
@@ -436,7 +622,7 @@ def packet_extent(path: Path) -> tuple[int, float] | None:
         return None
     starts, ends = [], []
     for (num, den), packets in streams.values():
-        for dts, pts, duration in packets:
+        for dts, pts, duration, _ in packets:
             stamp = pts if pts != _NOPTS else dts
             if stamp == _NOPTS:
                 continue
@@ -498,6 +684,37 @@ def _not_images(files: list[Path]) -> list[Path]:
     return bad
 
 
+def _decoded_images(files: list[Path]) -> set[int] | None:
+    """Which of a folder's images ffmpeg decodes (0-based positions), when some did not: one more
+    pass over the folder that keeps each decoded image's timestamp (the concat list gives image k
+    the time k x 0.04 s). None when that pass cannot be run or read."""
+    fd, listing = tempfile.mkstemp(suffix=".ffconcat", prefix="stan-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as fh:
+            fh.write(_concat_list(files))
+        cmd = [
+            imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "quiet", *_IMAGE_INPUT,
+            "-f", "concat", "-safe", "0", "-i", listing, *_FIRST_VIDEO, "-fps_mode", "passthrough",
+            "-vf", "scale=8:8", "-f", "framecrc", "-",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    except OSError:
+        return None
+    finally:
+        remove_quietly(Path(listing))
+    tb, positions = None, set()
+    try:
+        for line in proc.stdout.splitlines():
+            if line.startswith("#tb 0:"):
+                num, _, den = line[6:].strip().partition("/")
+                tb = int(num) / int(den)
+            elif line.startswith("0,") and tb is not None:
+                positions.add(round(int(line.split(",")[2]) * tb / _IMAGE_SECONDS))
+    except (ValueError, ZeroDivisionError):
+        return None
+    return positions if tb is not None else None
+
+
 class FrameStream:
     """Iterate once over a clip's frames; `count` and `complete` are known afterwards."""
 
@@ -509,6 +726,7 @@ class FrameStream:
         self.count = 0
         self.finished = False
         self._extent: tuple[int, float] | None = None
+        self._damage: list[int] | None = None
         self._it: Iterator[np.ndarray] | None = None
         self._closed = False
 
@@ -530,24 +748,74 @@ class FrameStream:
                 yield np.frombuffer(raw, dtype=np.uint8).reshape(shape)
                 if self.count == self.first:  # before asking ffmpeg for one more
                     break
+            else:
+                self._gen.finish()  # the whole clip: ffmpeg's log is complete
         except (OSError, RuntimeError) as err:
             raise InputError(
-                f"{self._source.path}: decoding failed part-way ({_ffmpeg_message(err)}). "
+                f"{shown(self._source.path)}: decoding failed part-way ({_ffmpeg_message(err)}). "
                 "The file may be truncated or corrupt."
             ) from None
         finally:
             self._release()
         self.finished = True
-        if self._source.kind == "frames" and self.count != len(self._source.files):
-            # ffmpeg skips an image it cannot decode; every later frame would get the wrong index.
-            bad = _not_images(self._source.files)
-            which = f" ({', '.join(f.name for f in bad[:3])}{', ...' if len(bad) > 3 else ''} not an image)" if bad else ""
-            given = len(self._source.files)
-            of = f"the first {given}" if given < self._source.n_images else str(given)
+        if self._source.kind == "frames":
+            self._check_images()
+
+    def _check_images(self) -> None:
+        """A frame folder decodes every image, undamaged. ffmpeg skips an image it cannot decode
+        (every later frame would get the wrong index) and, unless told to refuse (`-err_detect
+        explode`, which video.py gives it for folders), conceals a damaged one (a truncated or
+        bit-flipped JPEG comes out partly grey or green) and only says so in its log. Either way
+        the folder is refused, naming the images when they can be found."""
+        files = self._source.files
+        given = len(files)
+        if self.count == given and not self._gen.errors:
+            return
+        of = f"the first {given}" if given < self._source.n_images else str(given)
+        said = f"; ffmpeg: {self._gen.errors[0][1]}" if self._gen.errors else ""
+        if self.count != given:
+            decoded = _decoded_images(files)
+            bad = [f for k, f in enumerate(files) if k not in decoded] if decoded is not None else _not_images(files)
+            which = f" ({', '.join(shown(f.name) for f in bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else ""
             raise InputError(
-                f"{self._source.path}: decoded {self.count} of {of} images; at least one "
-                f"is unreadable{which}. Remove or replace the corrupt image."
+                f"{shown(self._source.path)}: decoded {self.count} of {of} images; at least one is unreadable or "
+                f"damaged{which}{said}. Remove or replace the corrupt image."
             )
+        near = sorted({min(position, given - 1) for position, _ in self._gen.errors})
+        which = ", ".join(shown(files[k].name) for k in near[:3]) + (", ..." if len(near) > 3 else "")
+        raise InputError(
+            f"{shown(self._source.path)}: damaged image data (about {which}){said}; ffmpeg could only conceal it, "
+            "and a damaged frame would be scored as an anomaly. Remove or replace the corrupt image."
+        )
+
+    @property
+    def decode_errors(self) -> dict | None:
+        """What ffmpeg's decoder said about damaged data in a video read to its end: None when
+        nothing, else {"count": its complaints, "frames": [[first, last], ...] (0-based,
+        inclusive runs of frames that show the damage), "exact": how they were found,
+        "messages": a few distinct complaints}.
+
+        ffmpeg's log names no frame, so the damaged frames are found by decoding the file twice
+        more, with and without error concealment (`concealed_frames`): the frames that differ
+        are those the decoder patched up, and those predicted from them up to the next keyframe.
+        A decoder that conceals nothing (some codecs) gives no difference; then the run is where
+        the damage can be: from the frame reached when the first complaint was logged (ffmpeg
+        decodes ahead of the pipe) to the keyframe after the last complaint plus that lead."""
+        errors = self._gen.errors
+        if not errors or not self.finished or self.info.kind != "video" or not self.count:
+            return None
+        if self._damage is None:
+            runs = _runs(concealed_frames(self.info.path) or [])
+            self._damage = (runs, True) if runs else (self._damage_estimate(), False)
+        messages = list(dict.fromkeys(text for _, text in errors))
+        return {"count": self._gen.n_errors, "frames": [list(r) for r in self._damage[0]], "exact": self._damage[1],
+                "messages": messages[:3]}
+
+    def _damage_estimate(self) -> list[tuple[int, int]]:
+        errors, last_frame = self._gen.errors, self.count - 1
+        first, last = min(errors[0][0], last_frame), errors[-1][0] + DECODE_LEAD
+        end = next((k - 1 for k in keyframes(self.info.path) or [] if k > last), last_frame)
+        return [(first, max(first, min(end, last_frame)))]
 
     @property
     def expected(self) -> int | None:

@@ -248,3 +248,95 @@ def test_a_run_that_scores_no_frame_is_an_error_not_a_clean_report(tmp_path, cli
     assert not out.exists()
     with pytest.raises(WeightsError, match="no finite score"):
         explain(clip16, 7, weights=model, device="cpu")
+
+
+# -------------------------------------------------------------- 3. damaged but decodable frames
+
+
+def _jpeg_folder(folder: Path, n: int = 14) -> Path:
+    from test_robustness import ffmpeg
+
+    folder.mkdir()
+    for t, frame in enumerate(make_clip(n=n, height=96, width=128)):
+        ffmpeg("-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "128x96", "-i", "-", "-frames:v", "1", "-update", "1",
+               folder / f"{t}.jpg", stdin=frame.tobytes())
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit-flipped", "both"])
+def test_a_folder_with_a_damaged_jpeg_is_refused_naming_it(tmp_path, tiny_weights, damage):
+    """ffmpeg would decode these with concealment (a third of the frame grey or green) and the
+    frame would be scored as an anomaly; refused like an unreadable image, naming the image."""
+    folder = _jpeg_folder(tmp_path / "frames")
+    bad = []
+    if damage in ("truncated", "both"):
+        data = (folder / "7.jpg").read_bytes()
+        (folder / "7.jpg").write_bytes(data[: len(data) // 2])
+        bad.append("7.jpg")
+    if damage in ("bit-flipped", "both"):
+        data = bytearray((folder / "9.jpg").read_bytes())
+        for k in range(700, len(data) - 10, 97):
+            data[k] ^= 0x55
+        (folder / "9.jpg").write_bytes(bytes(data))
+        bad.append("9.jpg")
+    out = tmp_path / "r"
+    line = assert_one_error(run("detect", folder, "--out", out, "--weights", tiny_weights), str(folder), "damaged", *bad)
+    assert "11.jpg" not in line and not out.exists()
+    assert_one_error(run("explain", folder, "--frame", "12", "--out", tmp_path / "ex", "--weights", tiny_weights), *bad)
+
+
+def _damaged_video(tmp_path: Path) -> tuple[Path, Path]:
+    """60 frames, a keyframe every 12; 300 bytes of noise 45 % into the media data."""
+    from test_robustness import encode
+
+    whole = encode(tmp_path / "whole.mp4", make_clip(n=60, height=96, width=128), "-c:v", "libx264", "-g", "12",
+                   "-crf", "12", "-pix_fmt", "yuv420p", "-movflags", "+faststart")
+    data = bytearray(whole.read_bytes())
+    start = data.find(b"mdat")
+    at = start + (len(data) - start) * 45 // 100
+    data[at : at + 300] = np.random.default_rng(45).integers(0, 256, 300, dtype=np.uint8).tobytes()
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    return whole, damaged
+
+
+def test_a_video_damaged_in_the_middle_is_scored_warned_and_marked_incomplete_naming_the_frames(tmp_path, tiny_weights):
+    from stan_cli.video import read_frames
+
+    whole, damaged = _damaged_video(tmp_path)
+    frames_whole, frames_damaged = (list(read_frames(p)[1]) for p in (whole, damaged))
+    differ = [k for k, (a, b) in enumerate(zip(frames_whole, frames_damaged)) if not np.array_equal(a, b)]
+    assert differ, "the noise must reach a picture for this test to mean anything"
+    out = tmp_path / "r"
+    result = run("detect", damaged, "--out", out, "--weights", tiny_weights, "--no-video")
+    assert result.exit_code == 0, result.output
+    warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning:") and "damaged data" in ln]
+    assert len(warnings) == 1 and "damaged.mp4" in warnings[0] and "corrupt decoded frame" in warnings[0], result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is False and summary["input"]["frames"] == 60
+    runs = summary["decode_errors"]["frames"]
+    assert summary["decode_errors"]["exact"] is True
+    flagged = {k for a, b in runs for k in range(a, b + 1)}
+    assert set(differ) <= flagged and len(flagged) <= 24, (differ, runs)  # the damaged GOP, not the clip
+    assert f"{runs[0][0]}-{runs[0][1]}" in warnings[0]
+    assert "damaged data" in (out / "index.html").read_text()
+    batch = run("detect", damaged, whole, "--out", tmp_path / "b", "--weights", tiny_weights, "--no-video")
+    assert batch.exit_code == 0, batch.output
+    statuses = {e["name"]: e["status"] for e in json.loads((tmp_path / "b" / "summary.json").read_text())["entries"]}
+    assert statuses == {"damaged": "incomplete", "whole": "ok"}
+
+
+def test_without_concealment_to_compare_the_damage_is_bounded_by_keyframes(tmp_path, monkeypatch):
+    """A decoder that conceals nothing leaves the two decodes alike: the run reported is where the
+    damage can be, from the first complaint to the keyframe after the last one (and its lead)."""
+    from stan_cli import video as video_module
+
+    _, damaged = _damaged_video(tmp_path)
+    monkeypatch.setattr(video_module, "concealed_frames", lambda path: [])
+    _, stream = video_module.read_frames(damaged)
+    list(stream)
+    errors = stream.decode_errors
+    assert errors is not None and errors["exact"] is False
+    (first, last), = errors["frames"]
+    keys = video_module.keyframes(damaged)
+    assert keys[:3] == [0, 12, 24] and last + 1 in [*keys, 60] and first <= 24 <= last
