@@ -367,6 +367,7 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
     import contextlib
 
     from .batch import BatchEntry, detect_many
+    from .fileio import shown  # a name that is not UTF-8 prints as \xff, on any terminal
     from .video import images_beside_clips
 
     progress = _progress()
@@ -381,7 +382,7 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
             return
         bars.restart("", failed=entry.status == "error")  # its line below replaces its bars
         if entry.status == "error":
-            message = entry.error if str(entry.input) in entry.error else f"{entry.input}: {entry.error}"
+            message = entry.error if shown(entry.input) in entry.error else f"{shown(entry.input)}: {entry.error}"
             err.print(f"[bold red]error:[/] {escape(f'{where} {message}')}", highlight=False)
             return
         if not main:
@@ -417,7 +418,7 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
         scored = e.status in ("ok", "incomplete")
         status = {"ok": "ok", "incomplete": "[yellow]incomplete[/]", "error": "[red]error[/]"}.get(e.status, e.status)
         table.add_row(
-            str(e.index + 1), escape(e.name) if e.status != "error" else f"[dim]none ({escape(e.input.name)})[/]",
+            str(e.index + 1), escape(e.name) if e.status != "error" else f"[dim]none ({escape(shown(e.input.name))})[/]",
             str(e.frames) if scored else "", f"{e.duration_s:.1f} s" if scored else "",
             str(e.segments) if scored else "", f"{e.peak_score:.4g} / {e.threshold:.4g}" if scored else "", status,
         )
@@ -661,6 +662,7 @@ def eval_(
     table.add_column("paper (Ped2)", justify="right")
     for kind, name in (("g", "generator"), ("d", "discriminator"), ("gd", "both")):
         table.add_row(f"frame AUC, pooled, {kind} ({name})", pct(fl[kind]["pooled"]["auc"]), pct(paper["frame_auc"][kind]))
+    table.add_row("frame AUC, pooled, frame difference (no learning)", pct(fl["frame_difference"]["pooled"]["auc"]), "")
     for kind in ("g", "d", "gd"):
         skipped = len(fl[kind]["macro"]["skipped_clips"])
         table.add_row(f"frame AUC, macro, {kind}", pct(fl[kind]["macro"]["auc"]) + (f" ({skipped} clip{'s' if skipped != 1 else ''} skipped)" if skipped else ""), "")
@@ -671,6 +673,8 @@ def eval_(
         table.add_row(f"frame AUC, pooled, {kind}, L2-norm pixel term (Eq. 5 literally)", pct(fl[f"{kind}_l2_norm"]["pooled"]["auc"]), "")
     for kind in ("d", "gd"):
         table.add_row(f"frame AUC, pooled, {kind}, largest patch's -log D (variant)", pct(fl[f"{kind}_patch_max"]["pooled"]["auc"]), "")
+    for kind in ("d", "gd"):
+        table.add_row(f"frame AUC, pooled, {kind}, -log D on the generated window (variant)", pct(fl[f"{kind}_generated"]["pooled"]["auc"]), "")
     ev, pev = r["event_level"], paper["event_level"]
     table.add_row(
         "events: correct / false alarms (precision)",

@@ -264,6 +264,7 @@ def test_cli_eval(ped2_dir, tiny_weights, tmp_path):
     assert "paper (Ped2)" in result.output and "96.5 %" in result.output
     text = " ".join(result.output.split())
     assert "events found" in text and "L2-norm" in text, result.output
+    assert "difference (no learning)" in text and "the generated window (variant)" in text, result.output  # rows wrap
     last = result.output.strip().splitlines()[-1]
     assert "Results written to" in last and str(out.name) in last
     assert (out / "results.json").is_file()
