@@ -35,6 +35,7 @@ import torch.distributed as dist
 from . import __version__, report
 from .detect import SCORE_KINDS, check_options, detect, open_output
 from .errors import InputError, OutputError, StanError
+from .fileio import shown
 from .inference import resolve_device
 from .video import is_clip, is_frame_folder, natural_key
 from .weights import Stan, find_default_weights, load_weights
@@ -304,7 +305,7 @@ class _Index:
         writer.writerow(INDEX_COLUMNS)
         for e in entries:
             row = {**e.to_dict(), "peak_score": _num(e.peak_score, 6), "threshold": _num(e.threshold, 6)}
-            writer.writerow(["" if row[c] is None else row[c] for c in INDEX_COLUMNS])
+            writer.writerow(["" if row[c] is None else shown(str(row[c])) for c in INDEX_COLUMNS])
         report.atomic_write_bytes(self.out / "index.csv", buf.getvalue().encode("utf-8"))
 
     def _write_html(self, entries: list[BatchEntry], counts: dict[str, int]) -> None:

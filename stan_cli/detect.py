@@ -265,6 +265,7 @@ def detect(
     when they carry none); "clip" for the per-clip rule, median + 3 x 1.4826 x MAD of the clip.
     """
     video = Path(video)
+    check_name(video)
     threshold = parse_threshold(threshold)
     check_options(score=score, batch_size=batch_size, precision=precision, fps=fps, merge_gap=merge_gap,
                   min_length=min_length)
@@ -373,6 +374,16 @@ def _check_scored(video: Path, result: DetectResult, model: Stan, precision: str
         "The report is marked incomplete."
     )
     result.summary["complete"] = False
+
+
+def check_name(path: Path) -> None:
+    """Refuse, before any work, an input whose name is not valid UTF-8 (a byte such as 0xff from
+    a Latin-1 system): the report's JSON, HTML and plot, and the console, must name it."""
+    if not is_utf8(path):
+        raise InputError(
+            f"{shown(path)}: the name is not valid UTF-8 (\\x.. marks the bytes that are not), and the report must "
+            "name its input. Rename it to UTF-8, e.g. convmv -f latin1 -t utf-8 --notest NAME, and run again."
+        )
 
 
 def check_options(*, score: str = "gd", batch_size: int = 8, precision: str = "fp32", fps: float | None = None,

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import overlay, report, scoring
-from .detect import calibration_label, check_fps, check_options, open_output, parse_threshold
+from .detect import calibration_label, check_fps, check_name, check_options, open_output, parse_threshold
 from .errors import InputError, StanError, WeightsError
 from .fileio import shown
 from .inference import guided_backprop, resolve_device, score_windows
@@ -66,6 +66,7 @@ def explain(
     """Explain one frame. score and threshold as in detect (the verdict uses them), except that
     "clip" needs the whole clip's scores and is refused: use `stan detect --threshold clip`."""
     video = Path(video)
+    check_name(video)
     check_fps(fps)
     check_options(score=score, threshold=threshold)
     threshold = parse_threshold(threshold, rules=("calibrated",))

@@ -28,6 +28,7 @@ from .fileio import (  # noqa: F401  (the writers' helpers, also used through th
     finish_temporary,
     output_error,
     remove_quietly,
+    shown,
     staged,
 )
 from .scoring import Segment
@@ -141,8 +142,8 @@ def sanitize_json(value: Any) -> Any:
         return int(value)
     if isinstance(value, (float, np.floating)):
         return float(value) if math.isfinite(value) else None
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
+    if isinstance(value, (str, os.PathLike)):
+        return shown(value)  # a name that is not UTF-8 as \xff: valid JSON text
     return value
 
 
@@ -243,7 +244,7 @@ def plot_scores(
         ax.set_xlim(np.nanmin(t), max(np.nanmax(t), np.nanmin(t) + 1e-3))
     ax.set_xlabel("time (s)")
     ax.set_ylabel("raw score")
-    ax.set_title(title, loc="left")
+    ax.set_title(shown(title), loc="left")
     ax.grid(True, alpha=0.25)
     if ax.get_legend_handles_labels()[0]:
         # Above the axes, beside the title, so it never hides a peak.
@@ -290,7 +291,7 @@ _FACTS: tuple[tuple[str, str], ...] = (
 
 
 def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape(shown(str(value)), quote=True)
 
 
 def _fmt(value: Any) -> str:

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from conftest import make_clip
 from stan_cli import detect as detect_module
-from stan_cli import heatmaps, report
+from stan_cli import fileio, heatmaps, report
 from stan_cli.cli import app
 from stan_cli.detect import OVERLAY_GUIDED, OVERLAY_PIXEL, REPORT_FILES, detect
 from stan_cli.errors import InputError, OutputError
@@ -471,7 +471,7 @@ def test_write_refused_although_the_folder_looked_writable(tmp_path, clip16, tin
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(file))
         return open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(report, "open", read_only, raising=False)
+    monkeypatch.setattr(fileio, "open", read_only, raising=False)  # where the atomic writes are
     monkeypatch.setattr(heatmaps, "open", read_only, raising=False)
     out = tmp_path / "new-report"
     for extra in ((), ("--no-video",)):

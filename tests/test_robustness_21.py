@@ -340,3 +340,61 @@ def test_without_concealment_to_compare_the_damage_is_bounded_by_keyframes(tmp_p
     (first, last), = errors["frames"]
     keys = video_module.keyframes(damaged)
     assert keys[:3] == [0, 12, 24] and last + 1 in [*keys, 60] and first <= 24 <= last
+
+
+# ---------------------------------------------------------------- 5. names that are not UTF-8
+
+LATIN1 = os.fsdecode(b"caf\xe9 \xff")  # how Python holds a name whose bytes are not UTF-8
+
+
+def test_an_input_whose_name_is_not_utf8_is_refused_before_any_work(tmp_path, tiny_weights, monkeypatch):
+    video = h264(tmp_path / f"{LATIN1}.mp4", make_clip(n=16))
+    scored = []
+    monkeypatch.setattr(detect_module, "StreamScorer", lambda *a, **k: scored.append(1))
+    out = tmp_path / "r"
+    line = assert_one_error(run("detect", video, "--out", out, "--weights", tiny_weights),
+                            "caf\\xe9 \\xff.mp4", "not valid UTF-8", "Rename")
+    assert "\udcff" not in line and not scored and not out.exists()
+    assert_one_error(run("explain", video, "--frame", "7", "--out", tmp_path / "ex", "--weights", tiny_weights),
+                     "caf\\xe9 \\xff.mp4", "not valid UTF-8")
+
+
+def test_an_out_or_weights_name_that_is_not_utf8_is_refused(tmp_path, clip16, tiny_weights):
+    import shutil
+
+    out = tmp_path / LATIN1
+    assert_one_error(run("detect", clip16, "--out", out, "--weights", tiny_weights), "\\xff", "--out", "UTF-8")
+    assert not out.exists()
+    weights = tmp_path / f"{LATIN1}.safetensors"
+    shutil.copy(tiny_weights, weights)
+    assert_one_error(run("detect", clip16, "--out", tmp_path / "r", "--weights", weights), "\\xff.safetensors", "UTF-8")
+
+
+def test_among_many_inputs_one_not_utf8_is_an_error_row_and_the_index_stays_valid(tmp_path, clip16, tiny_weights):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    h264(folder / "a.mp4", make_clip(n=16))
+    h264(folder / f"{LATIN1}.mp4", make_clip(n=16))
+    h264(folder / "z.mp4", make_clip(n=16))
+    out = tmp_path / "r"
+    result = subprocess.run([sys.executable, "-m", "stan_cli.cli", "detect", folder, "--out", out, "--weights", tiny_weights,
+                             "--no-video"], capture_output=True, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+    assert result.returncode == 1, result.stderr.decode(errors="replace")
+    assert b"Traceback" not in result.stderr
+    summary = json.loads((out / "summary.json").read_bytes().decode("utf-8"))
+    assert [e["status"] for e in summary["entries"]] == ["ok", "error", "ok"]
+    assert "not valid UTF-8" in summary["entries"][1]["error"]
+    (out / "index.csv").read_bytes().decode("utf-8")
+    assert "caf\\xe9 \\xff.mp4" in (out / "index.html").read_bytes().decode("utf-8")
+
+
+def test_frame_images_whose_names_are_not_utf8_are_read(tmp_path, tiny_weights):
+    """The names of a folder's images appear in no report: they are read as they are."""
+    from test_robustness import image
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t, frame in enumerate(make_clip(n=12)):
+        image(folder / f"{t} {LATIN1}.png", frame, "rgb24")
+    result = detect(folder, out=tmp_path / "r", weights=tiny_weights, device="cpu", write_video=False)
+    assert result.n_frames == 12
