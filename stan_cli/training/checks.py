@@ -1,0 +1,119 @@
+"""Refusals before any work: every option, and the files a run would replace.
+
+Both raise one of stan's own errors with one line that names what and says what to do; nothing is
+locked, deleted or decoded before `check_options` has passed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .. import pseudo
+from ..errors import InputError, OutputError, TrainingError
+from ..inference import PRECISIONS
+from ..model import PRESETS
+from ..video import is_frame_folder
+from .options import PIXEL_NORMS, TrainOptions, is_recalibration
+
+
+def check_options(opts: TrainOptions) -> None:
+    """Every option checked before anything is locked, deleted or decoded."""
+    _check_names(opts)
+    _check_numbers(opts)
+    _check_recipe(opts)
+    _check_paths(opts)
+
+
+def _check_names(opts: TrainOptions) -> None:
+    if opts.preset not in PRESETS:
+        raise TrainingError(f"--preset {opts.preset}: unknown. Use one of {', '.join(PRESETS)}.")
+    try:
+        pseudo.parse_kinds(opts.pseudo_anomalies)
+    except ValueError as err:
+        raise TrainingError(f"--pseudo-anomalies {opts.pseudo_anomalies}: {err}.") from None
+    if opts.pixel_norm not in PIXEL_NORMS:
+        raise TrainingError(f"--pixel-norm {opts.pixel_norm}: unknown. Use one of {', '.join(PIXEL_NORMS)}.")
+    if opts.precision not in PRECISIONS:
+        raise TrainingError(f"--precision {opts.precision}: unknown. Use one of {', '.join(PRECISIONS)}.")
+
+
+def _check_numbers(opts: TrainOptions) -> None:
+    for name in ("pretrain_epochs", "epochs", "discriminator_epochs", "val_clips", "workers"):
+        value = getattr(opts, name)
+        if value is not None and value < 0:
+            raise TrainingError(f"--{name.replace('_', '-')} must be >= 0.")
+    if opts.batch_size < 1 or opts.checkpoint_every < 1:
+        raise TrainingError("--batch-size and --checkpoint-every must be at least 1.")
+    if not opts.lr > 0 or not opts.lam >= 0:
+        raise TrainingError("--lr must be > 0 and --lambda >= 0.")
+    if not 0 < opts.false_alarm_rate < 1:
+        raise TrainingError(f"--false-alarm-rate {opts.false_alarm_rate}: must be between 0 and 1 (0.01 = 1 %).")
+    if not 0 <= opts.pseudo_share <= 1:
+        raise TrainingError(f"--pseudo-share {opts.pseudo_share}: must be between 0 and 1 (the fraction of the discriminator's fakes).")
+
+
+def _check_recipe(opts: TrainOptions) -> None:
+    """Combinations of epochs and --init that would train nothing, or the wrong thing."""
+    if opts.pretrain_epochs == 0 and opts.epochs == 0 and not opts.discriminator_epochs and opts.init is None and not opts.resume:
+        raise TrainingError(
+            "--pretrain-epochs 0 and --epochs 0 train nothing: the output would be random networks. "
+            "Ask for at least one epoch (or add --init FILE to recalibrate existing weights on this footage)."
+        )
+    if opts.discriminator_epochs and opts.init is None and opts.pretrain_epochs == 0 and opts.epochs == 0 and not opts.resume:
+        raise TrainingError(
+            "--discriminator-epochs trains the discriminator against a trained generator: add --init FILE, "
+            "or ask for generator epochs (--pretrain-epochs, --epochs) first."
+        )
+    if opts.reset_discriminator and is_recalibration(opts):
+        raise TrainingError(
+            "--reset-discriminator with no epoch to train would calibrate and write a random discriminator. "
+            "Ask for --discriminator-epochs N (or drop --reset-discriminator to recalibrate)."
+        )
+    if opts.reset_discriminator and opts.init is None:
+        raise TrainingError("--reset-discriminator only makes sense with --init FILE (a new run starts from random networks anyway).")
+
+
+def _check_paths(opts: TrainOptions) -> None:
+    if opts.init is not None and not Path(opts.init).is_file():
+        raise InputError(f"{opts.init}: no such weights file. Give --init an existing .safetensors file (or drop --init).")
+    if opts.out.is_dir():
+        raise OutputError(f"{opts.out}: is a folder. --out must be a file name such as model.safetensors.")
+    if not opts.out.parent.is_dir():
+        raise OutputError(f"{opts.out.parent}: folder does not exist. Create it or choose another --out.")
+    if not os.access(opts.out.parent, os.W_OK):
+        raise OutputError(f"{opts.out.parent}: folder is not writable. Choose another --out.")
+    data = Path(opts.data)
+    if data.is_dir() and is_frame_folder(data) and opts.out.parent.resolve() == data.resolve():
+        raise OutputError(
+            f"{opts.out}: --out lies in the frame folder {data}, where the loss plot written beside it "
+            f"({opts.plot_path.name}) would be read as a frame next time. Choose --out outside {data}."
+        )
+
+
+def check_outputs(opts: TrainOptions) -> None:
+    """Refuse, touching nothing, a run that would replace files the user did not ask to replace
+    (called with the run's locks held, so that a live run's files are never judged)."""
+    ckpt = opts.ckpt_dir / "last.safetensors"
+    if opts.resume:
+        if not ckpt.exists():
+            raise TrainingError(f"{ckpt}: no checkpoint to resume. Run without --resume to start training.")
+        return
+    if opts.overwrite:
+        return
+    if opts.out.exists():
+        raise OutputError(
+            f"{opts.out}: already exists. Choose another --out, add --resume to continue its run, "
+            "or --overwrite to replace it."
+        )
+    if ckpt.exists():
+        raise TrainingError(
+            f"{ckpt}: a run's checkpoint is already there. Add --resume to continue it, "
+            "or --overwrite to start over."
+        )
+    for path in (opts.log_path, opts.val_log_path, opts.plot_path):
+        if path.exists():
+            raise OutputError(
+                f"{path}: already exists, and this run would write its own there. "
+                "Choose another --out, or add --overwrite to replace it."
+            )

@@ -1,0 +1,66 @@
+"""Scoring held-out normal windows: what model selection and calibration read. No test labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import pseudo
+from ..dataset import Clip, WindowSet
+from ..inference import score_windows
+from ..model import d_loss_map, with_middle
+from ..windows import to_tensor
+
+VAL_PSEUDO_SEED = 20180415  # the validation pseudo-anomalies are the same for every run and epoch
+
+
+def validate(generator, discriminator, clips: list[Clip], device, batch_size: int = 8, generated: bool = False):
+    """Per-window pixel loss and -log D(S_t) on the given clips: two float64 arrays; with
+    `generated`, a third: -log(1 - D(S^_t)), the discriminator's loss on the generated window.
+
+    Always fp32, whatever the training precision: calibration must match `stan detect`'s default.
+    """
+    generator.eval()
+    discriminator.eval()
+    columns: list[list[np.ndarray]] = [[], [], []]
+    loader = torch.utils.data.DataLoader(WindowSet(clips), batch_size=batch_size, shuffle=False)
+    with torch.no_grad():
+        for batch in loader:
+            x = to_tensor(batch).to(device)
+            scores = score_windows(generator, discriminator, x, "fp32")
+            columns[0].append(scores.pixel.cpu().double().numpy())
+            columns[1].append(scores.d.cpu().double().numpy())
+            if generated:
+                logits = discriminator(with_middle(x, scores.prediction.to(x.dtype)))
+                columns[2].append(d_loss_map(logits, real=False).cpu().double().numpy())
+    generator.train()
+    discriminator.train()
+    arrays = tuple(np.concatenate(c) if c else np.zeros(0) for c in columns)
+    return arrays if generated else arrays[:2]
+
+
+@torch.no_grad()
+def validate_pseudo(discriminator, clips: list[Clip], kinds: tuple[str, ...], device, batch_size: int = 8):
+    """One pseudo-anomaly per held-out normal window, the kinds in turn, made by a fixed generator:
+    per window -log(1 - D) (the loss that labels it fake) and -log D (its d score). Two float64 arrays."""
+    windows = WindowSet(clips)
+    rng = np.random.default_rng(VAL_PSEUDO_SEED)
+    made = [pseudo.make(kinds[i % len(kinds)], clips, *windows.index[i], rng) for i in range(len(windows))]
+    discriminator.eval()
+    fake_loss, score = [], []
+    for i in range(0, len(made), batch_size):
+        x = to_tensor(torch.from_numpy(np.stack(made[i : i + batch_size]))).to(device)  # (b, 11, 1, S, S)
+        logits = discriminator(x)
+        fake_loss.append(d_loss_map(logits, real=False).cpu().double().numpy())
+        score.append(d_loss_map(logits, real=True).cpu().double().numpy())
+    discriminator.train()
+    return tuple(np.concatenate(c) if c else np.zeros(0) for c in (fake_loss, score))
+
+
+def ranking_auc(normal: np.ndarray, abnormal: np.ndarray) -> float:
+    """P(an abnormal score > a normal one), ties counted half: the AUC of two score samples."""
+    if not len(normal) or not len(abnormal):
+        return float("nan")
+    greater = (abnormal[:, None] > normal[None, :]).mean()
+    ties = (abnormal[:, None] == normal[None, :]).mean()
+    return float(greater + 0.5 * ties)
