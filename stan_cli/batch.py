@@ -36,7 +36,7 @@ from . import __version__, report
 from .detect import SCORE_KINDS, check_options, detect, open_output
 from .errors import InputError, OutputError, StanError
 from .fileio import shown
-from .inference import resolve_device
+from .inference import check_batch_size, resolve_device
 from .video import is_clip, is_frame_folder, natural_key
 from .weights import Stan, find_default_weights, load_weights
 
@@ -99,8 +99,22 @@ class World:
 
     @classmethod
     def from_env(cls) -> World:
-        env = os.environ
-        return cls(int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0")))
+        """From torchrun's RANK, WORLD_SIZE and LOCAL_RANK, checked: whole numbers, 0 <= RANK < WORLD_SIZE."""
+        values = {}
+        for name, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+            text = os.environ.get(name, default).strip() or default
+            try:
+                values[name] = int(text)
+            except ValueError:
+                values[name] = -1
+            if values[name] < 0 or values[name] > 1_000_000:
+                raise StanError(f"${name}={text}: not a process number. It is set by torchrun; unset it to run one process.")
+        if values["WORLD_SIZE"] < 1 or values["RANK"] >= values["WORLD_SIZE"]:
+            raise StanError(
+                f"$RANK={values['RANK']} and $WORLD_SIZE={values['WORLD_SIZE']}: the rank must be below the number of "
+                "processes. They are set by torchrun; unset both to run one process."
+            )
+        return cls(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
 
 
 InputEvent = Callable[[str, BatchEntry, int], None]  # ("start" | "done", entry, number of inputs)
@@ -196,6 +210,7 @@ def detect_many(
     world = World.from_env()
     model = weights if isinstance(weights, Stan) else load_weights(Path(weights) if weights else find_default_weights())
     dev = resolve_device(device)
+    check_batch_size(detect_kwargs.get("batch_size", 8), model.config, dev)
     if world.size > 1 and dev.type == "cuda":
         if world.local_rank >= torch.cuda.device_count():
             raise StanError(

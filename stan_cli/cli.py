@@ -269,6 +269,7 @@ def detect(
     merge_gap: Annotated[int, typer.Option(help="Merge flagged runs separated by at most this many frames.", rich_help_panel="Flagging")] = 10,
     min_length: Annotated[int, typer.Option(help="Drop segments shorter than this many frames.", rich_help_panel="Flagging")] = 5,
     no_video: Annotated[bool, typer.Option("--no-video", metavar=FLAG, help="Skip the overlay videos (faster, for batch scoring).", rich_help_panel="Output")] = False,
+    overlay_max_size: Annotated[int, typer.Option(help="Longest side of the overlay videos in pixels (64-4096); larger inputs are drawn scaled down.", rich_help_panel="Output")] = 1920,
     overwrite: OverwriteOption = False,
     fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder \\[default: 25] (or override a video's).", rich_help_panel="Output")] = None,
     device: DeviceOption = "auto",
@@ -279,12 +280,15 @@ def detect(
     from .batch import World, is_batch
     from .detect import detect as run_detect
 
-    world = World.from_env()
+    try:
+        world = World.from_env()
+    except StanError as e:  # torchrun's variables, set by hand to something else
+        fail(str(e))
     if world.rank == 0:
         warn_precision(device, precision)
     options = dict(
         score=score, threshold=threshold, batch_size=batch_size, precision=precision, fps=fps,
-        write_video=not no_video, merge_gap=merge_gap, min_length=min_length,
+        write_video=not no_video, merge_gap=merge_gap, min_length=min_length, overlay_max_size=overlay_max_size,
     )
     if is_batch(videos):
         _detect_batch(videos, out_dir, weights, device, overwrite, world.rank == 0, options)

@@ -28,7 +28,7 @@ from . import __version__, overlay, report, scoring
 from .errors import InputError, OutputError, StanError, WeightsError
 from .fileio import LOCK_NAME, FolderLock, is_scratch, is_utf8, remove_quietly, scratch_path, shown, written_by_stan
 from .heatmaps import MapReader, MapStore
-from .inference import PRECISIONS, StreamScorer, guided_backprop, resolve_device
+from .inference import MAX_BATCH_SIZE, PRECISIONS, StreamScorer, check_batch_size, guided_backprop, resolve_device
 from .model import CONTEXT, WINDOW
 from .video import VideoInfo, VideoWriter, frame_times, read_frames
 from .weights import Stan, find_default_weights, load_weights
@@ -47,6 +47,8 @@ ALL_FILES = (*REPORT_FILES, *(name for name, _, _ in OVERLAYS))
 # what --overwrite may replace: index.csv is a many-input run's index, stale once a single report replaces its index.html
 OWN_FILES = (*ALL_FILES, "index.csv")
 Progress = Callable[[str, int, int | None], None]
+OVERLAY_MAX_SIZE = 1920  # the overlay videos' longer side, at most (--overlay-max-size)
+OVERLAY_SIZES = (64, 4096)  # what --overlay-max-size accepts: 4096 is what hardware H.264 decoders play
 GUIDED_CHUNK = 2  # windows per guided-backprop pass: at 224, about 70 MB of activations per window
 
 
@@ -257,20 +259,23 @@ def detect(
     overwrite: bool = False,
     merge_gap: int = scoring.DEFAULT_MERGE_GAP,
     min_length: int = scoring.DEFAULT_MIN_LENGTH,
+    overlay_max_size: int = OVERLAY_MAX_SIZE,
     on_progress: Progress = lambda stage, done, total: None,
 ) -> DetectResult:
     """Score every frame of `video`; with `out`, write the report folder (see README).
 
     threshold: a number; "calibrated" or None for the weights' calibration (or the per-clip rule
     when they carry none); "clip" for the per-clip rule, median + 3 x 1.4826 x MAD of the clip.
+    overlay_max_size: the overlay videos' longer side at most (larger inputs are drawn scaled down).
     """
     video = Path(video)
     check_name(video)
     threshold = parse_threshold(threshold)
     check_options(score=score, batch_size=batch_size, precision=precision, fps=fps, merge_gap=merge_gap,
-                  min_length=min_length)
+                  min_length=min_length, overlay_max_size=overlay_max_size)
     model = weights if isinstance(weights, Stan) else load_weights(Path(weights) if weights else find_default_weights())
     dev = resolve_device(device)
+    check_batch_size(batch_size, model.config, dev)
     model.to(dev).eval()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -288,11 +293,11 @@ def detect(
                 for kind, stem in (("pixel", "pixel_loss_maps"), ("guided", "guided_backprop_maps")):
                     stores[kind] = MapStore(scratch_path(out, stem, ".u8"))
         return _run(video, out, model, dev, fps, score, threshold, batch_size, precision, write_video,
-                    merge_gap, min_length, stores, timings, t0, on_progress)
+                    merge_gap, min_length, stores, timings, t0, on_progress, overlay_max_size)
 
 
 def _run(video, out, model, dev, fps, score, threshold, batch_size, precision, write_video, merge_gap, min_length,
-         stores, timings, t0, on_progress) -> DetectResult:
+         stores, timings, t0, on_progress, overlay_max_size=None) -> DetectResult:
     """detect's work once its output folder is ready: score, decide, write (staged) files."""
     info, pixel, d, complete, damage = _score_pass(video, fps, model, dev, batch_size, precision, stores, on_progress)
     timings["scoring_s"] = time.perf_counter() - t0
@@ -320,7 +325,7 @@ def _run(video, out, model, dev, fps, score, threshold, batch_size, precision, w
     result.out = out
     if write_video:
         t1 = time.perf_counter()
-        _write_overlays(video, fps, result, stores, out, on_progress)
+        _write_overlays(video, fps, result, stores, out, on_progress, overlay_max_size)
         timings["overlay_s"] = time.perf_counter() - t1
         result.files.extend(name for name, _, _ in OVERLAYS)
     timings["total_s"] = time.perf_counter() - t0
@@ -386,29 +391,46 @@ def check_name(path: Path) -> None:
         )
 
 
+FPS_RANGE = (0.001, 10000.0)  # --fps: a time-lapse of a frame every 1000 s to a high-speed camera
+FRAMES_MAX = 10**9  # --merge-gap and --min-length: more frames than any clip holds
+
+
 def check_options(*, score: str = "gd", batch_size: int = 8, precision: str = "fp32", fps: float | None = None,
                   merge_gap: int = scoring.DEFAULT_MERGE_GAP, min_length: int = scoring.DEFAULT_MIN_LENGTH,
-                  threshold: float | str | None = None, **_others) -> None:
-    """Refuse detect's bad options (a StanError naming the option) before anything is read or written.
+                  threshold: float | str | None = None, overlay_max_size: int = OVERLAY_MAX_SIZE, **_others) -> None:
+    """Refuse detect's bad options (a StanError naming the option) before anything is read or written:
+    each number finite and in its range, each name one of the known ones.
 
     Takes detect's keyword arguments; those with nothing to check (write_video,
     on_progress, ...) are ignored, so detect_many can check its `detect_kwargs` once, up front.
+    Whether memory holds --batch-size is checked once the device is known (inference.check_batch_size).
     """
     if score not in SCORE_KINDS:
         raise StanError(f"--score {score}: unknown. Use g (generator), d (discriminator) or gd (both).")
-    if batch_size < 1:
-        raise StanError("--batch-size must be at least 1.")
-    if merge_gap < 0 or min_length < 1:
-        raise StanError("--merge-gap must be >= 0 and --min-length >= 1.")
+    check_whole("--batch-size", batch_size, 1, MAX_BATCH_SIZE, "windows per forward pass; 8 to 64 is plenty")
+    check_whole("--merge-gap", merge_gap, 0, FRAMES_MAX, "frames")
+    check_whole("--min-length", min_length, 1, FRAMES_MAX, "frames")
+    check_whole("--overlay-max-size", overlay_max_size, *OVERLAY_SIZES, "pixels on the overlay videos' longer side")
     check_fps(fps)
     if precision not in PRECISIONS:
         raise StanError(f"--precision {precision}: unknown. Use one of {', '.join(PRECISIONS)}.")
     parse_threshold(threshold)
 
 
+def check_whole(option: str, value, low: int, high: int, what: str) -> None:
+    """A whole number in [low, high], or a StanError naming the option and its range."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise StanError(f"{option} {value}: give a whole number from {low} to {high:,} ({what}).")
+
+
 def check_fps(fps: float | None) -> None:
-    if fps is not None and not (fps > 0 and np.isfinite(fps)):
+    low, high = FPS_RANGE
+    if fps is None:
+        return
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.floating)) or not math.isfinite(fps) or fps <= 0:
         raise StanError(f"--fps {fps}: must be a positive number of frames per second.")
+    if not low <= fps <= high:
+        raise StanError(f"--fps {fps}: give a frame rate from {low:g} to {high:g} frames per second.")
 
 
 class ScoreStream:
@@ -426,6 +448,8 @@ class ScoreStream:
                  guided: bool = False) -> None:
         self.video = Path(video)
         self.guided = guided
+        check_whole("--batch-size", batch_size, 1, MAX_BATCH_SIZE, "windows per forward pass; 8 to 64 is plenty")
+        check_batch_size(batch_size, model.config, torch.device(device))
         self.info, self._frames = read_frames(self.video, fps=fps)
         self.model, self.device, self.batch_size, self.precision = model, torch.device(device), batch_size, precision
         self.on_progress = on_progress
@@ -630,8 +654,11 @@ def _display_scales(stores: dict[str, MapStore]) -> dict[str, float]:
     return scales
 
 
-def _write_overlays(video, fps, result: DetectResult, stores: dict[str, MapStore], out: Path, on_progress) -> None:
-    """Decode again and write both overlay videos in one pass.
+def _write_overlays(video, fps, result: DetectResult, stores: dict[str, MapStore], out: Path, on_progress,
+                    max_size: int | None = OVERLAY_MAX_SIZE) -> None:
+    """Decode again and write both overlay videos in one pass, at most `max_size` pixels on the
+    longer side: larger frames come from ffmpeg scaled down (an 8000 x 6000 frame would make an
+    H.264 video players refuse, and each encoder would hold gigabytes).
 
     Every resource is entered into one ExitStack as soon as it exists, so each is released on
     every way out, whichever step fails: the map readers' files, the decoder, and each writer
@@ -651,7 +678,7 @@ def _write_overlays(video, fps, result: DetectResult, stores: dict[str, MapStore
         for name, store in stores.items():
             readers[name] = store.reader()
             stack.callback(readers[name].close)
-        info, frames = read_frames(video, fps=fps)
+        info, frames = read_frames(video, fps=fps, max_side=max_size)
         stack.callback(frames.close)
         strip_h = max(24, info.height // 8)
         writers = {

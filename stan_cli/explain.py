@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from . import overlay, report, scoring
-from .detect import calibration_label, check_fps, check_name, check_options, open_output, parse_threshold
+from .detect import (
+    FRAMES_MAX, calibration_label, check_fps, check_name, check_options, check_whole, open_output, parse_threshold,
+)
 from .errors import InputError, StanError, WeightsError
 from .fileio import shown
 from .inference import guided_backprop, resolve_device, score_windows
@@ -67,6 +69,7 @@ def explain(
     "clip" needs the whole clip's scores and is refused: use `stan detect --threshold clip`."""
     video = Path(video)
     check_name(video)
+    check_whole("--frame", frame, 0, FRAMES_MAX, "0-based, with 5 frames on each side")
     check_fps(fps)
     check_options(score=score, threshold=threshold)
     threshold = parse_threshold(threshold, rules=("calibrated",))
@@ -77,7 +80,7 @@ def explain(
     model.to(dev).eval()
     if out is not None:
         out = Path(out)
-    info, window = _window_around(video, frame, fps)
+    info, window = _window_around(video, frame, fps, model.config.image_size)
     if out is None:
         return _explain(model, dev, video, info, window, frame, fps, score, threshold)
     # locked for the run (a folder made here is removed on failure); earlier files are replaced
@@ -89,20 +92,17 @@ def explain(
     return result
 
 
-def _explain(model: Stan, dev, video: Path, info, window: list[np.ndarray], frame: int, fps: float | None,
+def _explain(model: Stan, dev, video: Path, info, window: tuple[np.ndarray, np.ndarray], frame: int, fps: float | None,
              score: str = "gd", threshold: float | str | None = None) -> Explanation:
     """Score the window around `frame`, backpropagate, bring the maps to the input's size."""
-    size = model.config.image_size
-    grey = to_grey_square(np.stack(window), size)  # (11, S, S) uint8
+    grey, real = window  # (11, S, S) uint8, the frame itself (H, W, 3) uint8
     batch = to_tensor(grey[None]).to(dev)  # (1, 11, 1, S, S)
     scores = score_windows(model.generator, model.discriminator, batch, "fp32")
     guided = guided_backprop(model.discriminator, batch)  # (1, S, S)
     h, w = info.height, info.width
-    real = window[CONTEXT]
-    generated = _resize(scores.prediction[:, 0], h, w)  # [-1, 1]
-    generated_u8 = ((generated + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-    pixel_map = _resize(scores.error, h, w).clip(min=0)
-    guided_map = _resize(guided, h, w).clip(min=0)
+    generated = _resize(scores.prediction[:, 0], h, w, to_uint8=True)  # [-1, 1] -> uint8
+    pixel_map = _resize(scores.error, h, w)
+    guided_map = _resize(guided, h, w)
 
     pixel_loss, d_loss = float(scores.pixel[0]), float(scores.d[0])
     if not (np.isfinite(pixel_loss) and np.isfinite(d_loss)):
@@ -114,27 +114,33 @@ def _explain(model: Stan, dev, video: Path, info, window: list[np.ndarray], fram
     values = _values(model, frame, time_s, pixel_loss, d_loss, score, threshold)
     values["input"] = {"path": str(video), "width": w, "height": h, "fps": info.fps, "time_source": time_source}
     values["weights"] = {"file": model.file, "sha256": model.sha256}
-    return Explanation(frame, time_s, real, generated_u8, pixel_map, guided_map, pixel_loss, d_loss, values)
+    return Explanation(frame, time_s, real, generated, pixel_map, guided_map, pixel_loss, d_loss, values)
 
 
-def _window_around(video: Path, frame: int, fps: float | None):
-    """Decode frames 0 to frame + 5 and keep the last 11; a clear error outside the range.
+def _window_around(video: Path, frame: int, fps: float | None, size: int):
+    """Decode frames 0 to frame + 5 and keep the last 11, made grey and S x S as each arrives, and
+    the frame itself as it is; a clear error outside the range.
 
-    The stream is read to its end (read_frames stops it at frame + 5), never left early: only
-    then does video.py check that no image of a folder was skipped, which would shift every
-    later frame by one and explain a frame other than detect's frame `frame`.
+    Only one full-size frame is kept (the one explained): eleven 8000 x 6000 frames would be 1.6 GB
+    as they come and 6 GB as float. The stream is read to its end (read_frames stops it at
+    frame + 5), never left early: only then does video.py check that no image of a folder was
+    skipped, which would shift every later frame by one and explain a frame other than detect's
+    frame `frame`.
     """
     last = frame + CONTEXT + 1 if frame >= CONTEXT else None  # a frame before 5: count the clip for the error
     info, frames = read_frames(video, fps=fps, first=last)
     window: deque[np.ndarray] = deque(maxlen=WINDOW)
+    real = None
     try:
-        for image in frames:
-            window.append(image)
+        for k, image in enumerate(frames):
+            window.append(to_grey_square(image[None], size)[0])  # (S, S)
+            if k == frame:
+                real = image
     finally:
         frames.close()
     count = frames.count
     if count == last:
-        return info, list(window)
+        return info, (np.stack(window), real)
     # the frame is out of range: `count` is now the number of frames that decode
     if not frames.complete:  # a video cut short: say so, and which frames it still has
         ended = f"{video}: decoding ended after {count} of about {info.n_frames} frames; the file looks truncated or damaged"
@@ -162,10 +168,13 @@ def _frame_time(info, frame: int, fps: float | None) -> tuple[float, str]:
     return float(times[frame]), source
 
 
-def _resize(maps: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """(1, S, S) -> (height, width) float32 numpy, bilinear."""
-    x = F.interpolate(maps[:, None].float().cpu(), size=(height, width), mode="bilinear", align_corners=False)
-    return x[0, 0].numpy().astype(np.float32)
+def _resize(maps: torch.Tensor, height: int, width: int, to_uint8: bool = False) -> np.ndarray:
+    """(1, S, S) -> (height, width) float32 numpy, bilinear, at least 0; or, with to_uint8, a
+    [-1, 1] image as uint8. In place where it can be: at 8000 x 6000 each float copy is 192 MB."""
+    x = F.interpolate(maps[:, None].float().cpu(), size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    if to_uint8:
+        return x.add_(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).numpy()
+    return x.clamp_(min=0).numpy()
 
 
 def _values(model: Stan, frame: int, time_s: float, pixel_loss: float, d_loss: float, score: str = "gd",
@@ -196,27 +205,37 @@ def _values(model: Stan, frame: int, time_s: float, pixel_loss: float, d_loss: f
     return values
 
 
+PANEL_SIDE = 1200  # the panel draws each image at most this big (about 420 pixels wide on the page)
+HEAT_SIDE = 1024  # the heat maps over real.png are drawn from a copy of the map at most this big
+
+
 def _write(out: Path, r: Explanation) -> None:
+    """real.png, generated.png and the maps (.npy) at the input's size; the heat-map PNGs at the
+    input's size too, drawn band by band from a small copy of each map (a map holds no more detail
+    than the network's 224 x 224); the panel from small copies of everything."""
     from matplotlib.image import imsave
 
-    heat_pixel = np.minimum(r.pixel_loss_map / max(float(r.pixel_loss_map.max()), 1e-12), 1.0)
-    heat_guided = np.minimum(r.guided_backprop_map / max(float(r.guided_backprop_map.max()), 1e-12), 1.0)
     images = {
-        "real.png": r.real,
-        "generated.png": np.repeat(r.generated[..., None], 3, axis=2),
-        "pixel_loss.png": overlay.heat_overlay(r.real, heat_pixel),
-        "guided_backprop.png": overlay.heat_overlay(r.real, heat_guided),
+        "real.png": lambda: r.real,
+        "generated.png": lambda: np.repeat(r.generated[..., None], 3, axis=2),
+        "pixel_loss.png": lambda: overlay.heat_overlay(r.real, _heat(r.pixel_loss_map, HEAT_SIDE)),
+        "guided_backprop.png": lambda: overlay.heat_overlay(r.real, _heat(r.guided_backprop_map, HEAT_SIDE)),
     }
-    for name, image in images.items():
+    for name, image in images.items():  # one full-size image alive at a time
         with report.atomic_path(out / name) as tmp:
-            imsave(tmp, image, format="png")
+            imsave(tmp, image(), format="png")
     _panel(out / "panel.png", r)
     for name, array in (("pixel_loss.npy", r.pixel_loss_map), ("guided_backprop.npy", r.guided_backprop_map)):
         with report.atomic_path(out / name) as tmp:
             with open(tmp, "wb") as fh:
-                np.save(fh, array.astype(np.float32))
+                np.save(fh, np.asarray(array, dtype=np.float32))
     report.write_json(out / "explanation.json", r.values)
     r.files = [*PANEL_FILES, *MAP_FILES, "explanation.json"]
+
+
+def _heat(values: np.ndarray, side: int) -> np.ndarray:
+    """A map as [0, 1] heat (its maximum is 1), at most `side` pixels on its longest side."""
+    return np.minimum(overlay.shrink(values, side) / max(float(values.max()), 1e-12), 1.0)
 
 
 def _panel(path: Path, r: Explanation) -> None:
@@ -224,14 +243,15 @@ def _panel(path: Path, r: Explanation) -> None:
     from matplotlib.figure import Figure
 
     h, w = r.real.shape[:2]
+    real = overlay.shrink(r.real, PANEL_SIDE)
     # at least 2.6 in of image height: the colour bars' labels run along them and must fit
     fig = Figure(figsize=(4 * 4.2, max(4.2 * h / w, 2.6) + 0.9), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 4)
-    grey = r.real.mean(axis=2)
-    axes[0].imshow(r.real)
+    grey = real.mean(axis=2)
+    axes[0].imshow(real)
     axes[0].set_title(f"(a) real frame {r.frame}")
-    axes[1].imshow(r.generated, cmap="gray", vmin=0, vmax=255)
+    axes[1].imshow(overlay.shrink(r.generated, PANEL_SIDE), cmap="gray", vmin=0, vmax=255)
     axes[1].set_title("(b) generated frame")
     for ax, data, title, label in (
         (axes[2], r.pixel_loss_map, f"(c) squared error (generated - real)$^2$\nmean {r.pixel_loss:.4g} = pixel loss",
@@ -240,7 +260,8 @@ def _panel(path: Path, r: Explanation) -> None:
          "|guided gradient|\n(summed over 11 frames)"),
     ):
         ax.imshow(grey, cmap="gray", vmin=0, vmax=255)
-        im = ax.imshow(data, cmap="inferno", alpha=0.6)
+        small = overlay.shrink(data, PANEL_SIDE)
+        im = ax.imshow(small, cmap="inferno", alpha=0.6, vmin=float(data.min()), vmax=float(data.max()))  # the whole map's range
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=label)
         ax.set_title(title)
     for ax in axes:

@@ -15,6 +15,11 @@ from .errors import StanError
 from .model import CONTEXT, WINDOW, ConvLSTMCell, Discriminator, Generator, d_patch_losses, split_window
 
 PRECISIONS = ("fp32", "bf16")
+MAX_BATCH_SIZE = 4096  # windows per pass: far past where a larger batch is any faster
+# Scoring memory per window of a batch (StreamScorer.push, fp32): 12.1 MB measured at 224 x 224
+# with the paper's widths (peak RSS, batch 40 minus batch 8, one thread); other configs scaled.
+_WINDOW_BYTES = 12.5e6
+_MEMORY_SHARE = 0.8  # of what is free, what a batch may take
 
 
 def resolve_device(name: str) -> torch.device:
@@ -32,6 +37,64 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise StanError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s).")
     return device
+
+
+def _width(config) -> int:
+    return sum(config.encoder_channels) + 4 * config.lstm_channels + sum(config.decoder_channels) + sum(config.disc_channels)
+
+
+def batch_bytes(config, batch_size: int) -> float:
+    """About how much memory scoring `batch_size` windows at once takes (activations, fp32)."""
+    from .model import PAPER
+
+    scale = (config.image_size / PAPER.image_size) ** 2 * _width(config) / _width(PAPER)
+    return _WINDOW_BYTES * scale * batch_size
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for this process on `device`: the GPU's free memory; on the CPU the kernel's
+    MemAvailable, or a container's memory limit less its use when that is lower. None when unknown."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    free = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+        used = int(open("/sys/fs/cgroup/memory.current").read().strip())
+        if limit != "max":
+            free = min(free if free is not None else 1 << 62, max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def check_batch_size(batch_size: int, config, device: torch.device) -> None:
+    """Refuse a --batch-size whose activations would not fit in the memory free on `device`,
+    naming the largest that would (an estimate, scaled from a measurement: see _WINDOW_BYTES)."""
+    free = free_memory(device)
+    need = batch_bytes(config, batch_size)
+    if free is None or need <= _MEMORY_SHARE * free:
+        return
+    fits = int(_MEMORY_SHARE * free // batch_bytes(config, 1))
+    where = "the GPU" if device.type == "cuda" else "this machine"
+    advice = f"Use --batch-size {fits} or less" if fits >= 1 else "Free some memory (or use another device)"
+    raise StanError(
+        f"--batch-size {batch_size}: scoring that many windows at once needs about {_size(need)}, and "
+        f"{where} has {_size(free)} free. {advice}."
+    )
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

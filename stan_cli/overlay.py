@@ -126,6 +126,26 @@ def resize_bilinear(a: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
+def shrink(image: np.ndarray, max_side: int) -> np.ndarray:
+    """An (H, W) or (H, W, C) image made at most `max_side` on its longest side by averaging
+    k x k blocks (the smallest whole k that fits; the last rows and columns that make no whole
+    block are dropped); the image itself when it fits already. uint8 stays uint8, anything else
+    becomes float32. Works a band of rows at a time, so an 8000 x 6000 frame needs no float copy."""
+    height, width = image.shape[:2]
+    k = -(-max(height, width) // max(1, max_side))
+    if k <= 1:
+        return image
+    rows, cols = height // k, width // k
+    rest = image.shape[2:]
+    out = np.empty((rows, cols, *rest), dtype=np.uint8 if image.dtype == np.uint8 else np.float32)
+    for top in range(0, rows, _BAND):
+        n = min(_BAND, rows - top)
+        block = image[top * k : (top + n) * k, : cols * k].astype(np.float32)  # (n k, cols k, ...)
+        means = block.reshape(n, k, cols, k, *rest).mean(axis=(1, 3))  # (n, cols, ...)
+        out[top : top + n] = np.rint(means) if out.dtype == np.uint8 else means
+    return out
+
+
 def _check_frame(frame: np.ndarray) -> None:
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
         raise ValueError(

@@ -464,7 +464,17 @@ def _info(source: _Source, meta: dict, fps: float | None) -> VideoInfo:
     return VideoInfo(source.path, source.kind, width, height, rate, assumed, n_frames, duration)
 
 
-def read_frames(path: Path, fps: float | None = None, *, first: int | None = None) -> tuple[VideoInfo, "FrameStream"]:
+def fitted_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled to at most `max_side` on the longer side, aspect kept, both even (as
+    H.264 in yuv420p needs); unchanged when it fits already or max_side is None."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(2, 2 * int(width * scale / 2)), max(2, 2 * int(height * scale / 2))  # rounded down: never past max_side
+
+
+def read_frames(path: Path, fps: float | None = None, *, first: int | None = None,
+                max_side: int | None = None) -> tuple[VideoInfo, "FrameStream"]:
     """Open `path` and return its info and a stream of (H, W, 3) uint8 RGB frames.
 
     Every frame has the size of the first one (ffmpeg scales a folder's odd-sized images to it).
@@ -476,16 +486,22 @@ def read_frames(path: Path, fps: float | None = None, *, first: int | None = Non
     so the check that no image was skipped (which would shift every later frame's index) covers
     exactly the frames read, and runs when the stream ends: read it to the end, not just `first`
     frames, to have that check. `info` still describes the whole clip.
+
+    `max_side`: frames larger than that on their longer side come scaled down by ffmpeg (area
+    averaging; `fitted_size`), and `info` gives that size: for pictures drawn for people (the
+    overlay videos), never for scoring.
     """
     if first is not None and first < 1:
         raise ValueError(f"first={first}: read at least one frame")
     source = _Source(path, first)
     try:
         gen, meta = _open(source)
-        if source.kind == "frames":  # force one size across the folder's images
+        w, h = meta["size"]
+        size = fitted_size(w, h, max_side)
+        if source.kind == "frames" or size != (w, h):  # one size across a folder's images; or smaller
             gen.close()
-            w, h = meta["size"]
-            gen, meta = _open(source, output_params=["-vf", f"scale={w}:{h}"])
+            flags = ":flags=area" if size != (w, h) else ""
+            gen, meta = _open(source, output_params=["-vf", f"scale={size[0]}:{size[1]}{flags}"])
     except BaseException:
         source.close()
         raise
@@ -775,11 +791,13 @@ class FrameStream:
         said = f"; ffmpeg: {self._gen.errors[0][1]}" if self._gen.errors else ""
         if self.count != given:
             decoded = _decoded_images(files)
-            bad = [f for k, f in enumerate(files) if k not in decoded] if decoded is not None else _not_images(files)
-            which = f" ({', '.join(shown(f.name) for f in bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else ""
+            not_images = set(_not_images(files))
+            bad = [f for k, f in enumerate(files) if k not in decoded] if decoded is not None else sorted(not_images)
+            named = [f"{shown(f.name)} {'not an image' if f in not_images else 'damaged'}" for f in bad[:3]]
+            which = f" ({', '.join(named)}{', ...' if len(bad) > 3 else ''})" if bad else ""
             raise InputError(
-                f"{shown(self._source.path)}: decoded {self.count} of {of} images; at least one is unreadable or "
-                f"damaged{which}{said}. Remove or replace the corrupt image."
+                f"{shown(self._source.path)}: decoded {self.count} of {of} images; at least one is unreadable"
+                f"{which}{said}. Remove or replace the corrupt image."
             )
         near = sorted({min(position, given - 1) for position, _ in self._gen.errors})
         which = ", ".join(shown(files[k].name) for k in near[:3]) + (", ..." if len(near) > 3 else "")

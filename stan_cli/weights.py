@@ -253,6 +253,8 @@ def load_weights(path: Path, option: str = "--weights") -> Stan:
         training = json.loads(metadata.get("training", "{}"))
     except (KeyError, ValueError, TypeError) as err:
         raise WeightsError(f"{path}: metadata is damaged ({err}). Use a file written by `stan train`.") from None
+    if not isinstance(config.image_size, int) or not 32 <= config.image_size <= 1024:  # the paper's is 224
+        raise WeightsError(f"{path}: metadata is damaged (image_size {config.image_size} is not from 32 to 1024). Use a file written by `stan train`.")
     if not isinstance(training, dict):
         raise WeightsError(f"{path}: metadata is damaged (training is not a JSON object). Use a file written by `stan train`.")
     check_calibration(calibration, path)

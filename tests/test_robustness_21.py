@@ -398,3 +398,122 @@ def test_frame_images_whose_names_are_not_utf8_are_read(tmp_path, tiny_weights):
         image(folder / f"{t} {LATIN1}.png", frame, "rgb24")
     result = detect(folder, out=tmp_path / "r", weights=tiny_weights, device="cpu", write_video=False)
     assert result.n_frames == 12
+
+
+# ---------------------------------------------------------------------- 7. very large frames
+
+
+def test_overlays_of_large_frames_are_capped_with_even_sides(tmp_path, tiny_weights):
+    from test_robustness import image
+
+    from stan_cli.video import probe
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t, frame in enumerate(make_clip(n=12, height=600, width=1001)):
+        image(folder / f"{t}.png", frame, "rgb24")
+    out = tmp_path / "r"
+    result = run("detect", folder, "--out", out, "--weights", tiny_weights, "--overlay-max-size", "321")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["input"]["width"], summary["input"]["height"]) == (1001, 600)  # the input is described as it is
+    for name in (OVERLAY_PIXEL, "overlay_guided_backprop.mp4"):
+        info = probe(out / name)
+        assert (info.width, info.height) == (320, 192 + 24), name  # 321 x 192.4 -> even, not past 321; strip 24
+
+
+@pytest.mark.parametrize("size", ["10", "100000", "-5"])
+def test_overlay_max_size_out_of_range_is_refused(tmp_path, clip16, tiny_weights, size):
+    assert_one_error(run("detect", clip16, "--out", tmp_path / "r", "--weights", tiny_weights, "--overlay-max-size", size),
+                     "--overlay-max-size", "64 to 4,096")
+    assert not (tmp_path / "r").exists()
+
+
+_EXPLAIN_MEMORY = """
+import json, resource, sys
+from stan_cli.explain import explain
+from stan_cli.weights import load_weights
+model = load_weights(sys.argv[2])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+explain(sys.argv[1], 5, out=sys.argv[3], weights=model, device="cpu")
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"growth": after - before}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units differ by platform")
+def test_explain_of_8000_by_6000_frames_keeps_one_full_size_frame(tmp_path, tiny_weights):
+    """11 JPEGs of 8000 x 6000: explain kept all 11 full-size frames and stacked them as float
+    (11.7 GB); now the window is made 224 x 224 as it is decoded and only the frame explained is
+    kept at full size, with its maps (float32, the .npy contract) and one PNG at a time."""
+    from test_robustness import ffmpeg
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=8000x6000:rate=10", "-frames:v", "11", "-q:v", "5", folder / "%02d.jpg")
+    proc = subprocess.run([sys.executable, "-c", _EXPLAIN_MEMORY, str(folder), str(tiny_weights), str(tmp_path / "ex")],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    growth = json.loads(proc.stdout.strip().splitlines()[-1])["growth"]
+    assert growth < 2.0e9, growth  # about 1.1 GB: the frame, its two float maps, one PNG being written
+    assert np.load(tmp_path / "ex" / "pixel_loss.npy").shape == (6000, 8000)
+
+
+# ------------------------------------------------------- numeric options, checked before any work
+
+
+@pytest.mark.parametrize("option,value", [
+    ("--fps", "inf"), ("--fps", "nan"), ("--fps", "1e300"), ("--fps", "1e-9"), ("--fps", "-25"),
+    ("--batch-size", "0"), ("--batch-size", "1000000000000"),
+    ("--merge-gap", "-1"), ("--merge-gap", "100000000000000"),
+    ("--min-length", "0"), ("--min-length", "100000000000000"),
+    ("--threshold", "inf"), ("--threshold", "nan"), ("--threshold", "1e400"), ("--threshold", "-1"),
+])
+def test_detect_refuses_an_out_of_range_number_before_any_work(tmp_path, clip16, tiny_weights, monkeypatch, option, value):
+    decoded = []
+    monkeypatch.setattr(detect_module, "read_frames", lambda *a, **k: decoded.append(1))
+    for inputs in ([clip16], [clip16, clip16]):  # one input, and many
+        out = tmp_path / "r"
+        assert_one_error(run("detect", *inputs, "--out", out, "--weights", tiny_weights, f"{option}={value}"), option)
+        assert not out.exists() and not decoded
+
+
+@pytest.mark.parametrize("option,value", [("--frame", "-1"), ("--fps", "inf"), ("--threshold", "nan"), ("--fps", "0")])
+def test_explain_refuses_an_out_of_range_number_before_any_work(tmp_path, clip16, tiny_weights, option, value):
+    args = ["--frame", "7"] if option != "--frame" else []
+    out = tmp_path / "ex"
+    assert_one_error(run("explain", clip16, *args, f"{option}={value}", "--out", out, "--weights", tiny_weights), option)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "1000000"])
+def test_eval_refuses_a_batch_size_out_of_range(tmp_path, tiny_weights, value):
+    from conftest import write_frame_folder
+
+    test_dir = tmp_path / "testing"
+    for name in ("01", "02"):
+        write_frame_folder(test_dir / "frames" / name, make_clip(n=12))
+    (test_dir / "labels.json").write_text(json.dumps({"01": [[5, 6]], "02": []}))
+    out = tmp_path / "res"
+    assert_one_error(run("eval", test_dir, "--out", out, "--weights", tiny_weights, "--batch-size", value), "--batch-size")
+    assert not out.exists()
+
+
+def test_a_batch_size_memory_cannot_hold_is_refused_naming_one_that_fits(tmp_path, clip16, tiny_weights, monkeypatch):
+    from stan_cli import inference
+
+    per_window = inference.batch_bytes(__import__("stan_cli.model", fromlist=["TINY"]).TINY, 1)
+    monkeypatch.setattr(inference, "free_memory", lambda device: int(100 * per_window) + 1)
+    out = tmp_path / "r"
+    line = assert_one_error(run("detect", clip16, "--out", out, "--weights", tiny_weights, "--batch-size", "500"),
+                            "--batch-size 500", "MB free", "Use --batch-size 80 or less")
+    assert not out.exists(), line
+    assert run("detect", clip16, "--out", out, "--weights", tiny_weights, "--batch-size", "80").exit_code == 0
+
+
+@pytest.mark.parametrize("env", [{"RANK": "abc"}, {"WORLD_SIZE": "0"}, {"RANK": "3", "WORLD_SIZE": "2"}, {"LOCAL_RANK": "-1"}])
+def test_torchrun_variables_that_are_not_process_numbers_are_one_error_line(tmp_path, clip16, tiny_weights, monkeypatch, env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert_one_error(run("detect", clip16, "--out", tmp_path / "r", "--weights", tiny_weights), "torchrun")
+    assert not (tmp_path / "r").exists()
