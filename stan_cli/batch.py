@@ -37,7 +37,7 @@ from .detect import SCORE_KINDS, check_options, detect, open_output
 from .errors import InputError, OutputError, StanError
 from .fileio import shown
 from .inference import check_batch_size, resolve_device
-from .video import is_clip, is_frame_folder, natural_key
+from .video import VIDEO_EXTENSIONS, is_clip, is_frame_folder, natural_key
 from .weights import Stan, find_default_weights, load_weights
 
 INDEX_FILES = ("index.html", "index.csv", "summary.json")
@@ -138,11 +138,17 @@ def _clips_in(path: Path) -> list[Path]:
     clips = []
     for child in children:
         try:
-            if is_clip(child):
+            if is_clip(child) or _named_like_a_video(child):
                 clips.append(child)
         except OSError:  # unreadable: detect says so for this input alone
             clips.append(child)
     return clips
+
+
+def _named_like_a_video(path: Path) -> bool:
+    """A visible entry with a video's extension that is not a readable file (a link to a missing
+    file, a named pipe): an input of its own, for which detect says what is wrong, never skipped."""
+    return not path.name.startswith(".") and path.suffix.lower() in VIDEO_EXTENSIONS and not path.is_dir()
 
 
 def is_batch(paths: Sequence[str | Path]) -> bool:
@@ -169,8 +175,13 @@ def report_names(inputs: Sequence[Path]) -> list[str]:
     taken = set(INDEX_FILES)
     names = []
     for path in inputs:
-        resolved = Path(path).resolve()
-        base = resolved.name if resolved.is_dir() else resolved.stem
+        resolved = Path(os.path.abspath(path))
+        try:
+            resolved = resolved.resolve()
+            folder = resolved.is_dir()
+        except OSError:  # a name too long, a loop of links: detect says so for this input alone
+            folder = False
+        base = resolved.name if folder else resolved.stem
         if base.startswith(".") or not base:
             base = f"_{base.lstrip('.')}" if base.lstrip(".") else "input"
         name, k = base, 1
@@ -222,7 +233,11 @@ def detect_many(
     entries = [BatchEntry(i, path, name) for i, (path, name) in enumerate(zip(paths, report_names(paths)))]
     for entry in entries:  # `frames/01 frames/02 --out frames`: a report would land inside each input
         report_dir = out / entry.name
-        if report_dir.is_dir() and entry.input.is_dir() and os.path.samefile(report_dir, entry.input):
+        try:
+            inside = report_dir.is_dir() and entry.input.is_dir() and os.path.samefile(report_dir, entry.input)
+        except OSError:  # an input that cannot be looked at is not OUT's subfolder: its own row says why
+            inside = False
+        if inside:
             raise OutputError(f"{out}: {entry.input}'s report would go into {entry.input} itself. Choose another --out.")
     own_group = world.size > 1 and not dist.is_initialized()
     if own_group:
@@ -275,6 +290,9 @@ def _detect_one(entry: BatchEntry, out: Path, model: Stan, dev: torch.device, ov
         result = detect(entry.input, out=out / entry.name, weights=model, device=str(dev), overwrite=overwrite, **kwargs)
     except (InputError, OutputError) as err:
         entry.status, entry.error = "error", str(err)
+        return
+    except OSError as err:  # anything else the system refused for this input (a name too long ...): its row, not the run
+        entry.status, entry.error = "error", f"{shown(entry.input)}: {err.strerror or err}. Check the path."
         return
     s = result.summary
     entry.status = "ok" if s["complete"] else "incomplete"

@@ -147,10 +147,21 @@ def _check_target(out: Path, inputs: Iterable[Path]) -> None:
             f"{shown(out)}: the name is not valid UTF-8, and the report's JSON and HTML files name their folder. "
             "Choose an --out whose name is UTF-8."
         )
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: is a file, not a folder. Choose a folder name for --out.")
-    if out.is_dir() and any(Path(src).is_dir() and os.path.samefile(src, out) for src in inputs):
+    try:
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"{out}: is a file, not a folder. Choose a folder name for --out.")
+        folder = out.is_dir()
+    except OSError as err:  # a name too long, a loop of links
+        raise OutputError(f"{shown(out)}: cannot use it as the output folder ({err.strerror or err}). Choose another --out.") from None
+    if folder and any(_same_folder(src, out) for src in inputs):
         raise OutputError(f"{out}: is the input folder itself; the report would mix with your files there. Choose another --out.")
+
+
+def _same_folder(src: Path, out: Path) -> bool:
+    try:
+        return Path(src).is_dir() and os.path.samefile(src, out)
+    except OSError:  # an input that cannot be looked at: the reader says why
+        return False
 
 
 def _check_contents(out: Path, overwrite: bool, own: tuple[str, ...]) -> list[Path]:

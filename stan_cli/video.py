@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import stat
 import subprocess
 import tempfile
 import threading
@@ -181,7 +182,7 @@ def images_beside_clips(folder: Path) -> str | None:
     except OSError:  # unreadable: whoever reads it says so
         return None
     return (
-        f"{folder}: {n} image{'s' if n != 1 else ''} lying beside its videos or clip folders "
+        f"{shown(folder)}: {n} image{'s' if n != 1 else ''} lying beside its videos or clip folders "
         f"{'are' if n != 1 else 'is'} not read. To use them as a clip, move them into a subfolder of their own."
     )
 
@@ -202,16 +203,22 @@ def _concat_list(files: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_BANNER = re.compile(r"^(ffmpeg version|built with|configuration:|Copyright|lib\w+\s+\d+\.\s*\d+\.)")
+
+
 def _ffmpeg_message(err: BaseException) -> str:
-    """The most useful line of an imageio-ffmpeg error (ffmpeg's own words, or the OS error)."""
+    """The most useful line of an ffmpeg error (ffmpeg's own words, or the OS error); never a line
+    of its version banner, which says nothing about the cause."""
     lines = [
         ln.strip() for ln in str(err).splitlines()
-        if ln.strip() and not ln.strip().startswith(("FFMPEG COMMAND", "FFMPEG STDERR OUTPUT", "/", "ffmpeg "))
+        if ln.strip() and not ln.strip().startswith(("FFMPEG COMMAND", "FFMPEG STDERR OUTPUT", "/", "ffmpeg ", "=== stderr",
+                                                     "Could not load meta information"))
+        and not _BANNER.match(ln.strip())
     ]
     for ln in reversed(lines):
         if any(k in ln for k in ("Error", "Invalid", "No such", "does not contain", "Errno", "Broken pipe")):
             return ln
-    return lines[-1] if lines else type(err).__name__
+    return lines[-1] if lines else "ffmpeg gave no reason"
 
 
 def _starts_like_mp4(path: Path) -> bool:
@@ -235,24 +242,36 @@ class _Source:
         self.list_file: str | None = None
         try:
             if not self.path.exists():
-                raise InputError(f"{self.path}: no such file or folder. Check the path.")
+                if self.path.is_symlink():
+                    raise InputError(
+                        f"{shown(self.path)}: a link to {shown(os.readlink(self.path))}, which does not exist. "
+                        "Point to the file itself, or restore it."
+                    )
+                raise InputError(f"{shown(self.path)}: no such file or folder. Check the path.")
+            mode = self.path.stat().st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                kind = "a named pipe" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
+                raise InputError(
+                    f"{shown(self.path)}: {kind}, not a file: stan reads video files and folders of images (a stream "
+                    "would be waited on forever). Record it to a file first."
+                )
             is_dir = self.path.is_dir()
             self.files = list_frames(self.path) if is_dir else []
             self.n_images = len(self.files)
         except OSError as err:  # a folder we may not list (or a path we may not look at): no traceback
             raise InputError(
-                f"{self.path}: cannot read it ({err.strerror or err}). Check that it exists and that you may read it."
+                f"{shown(self.path)}: cannot read it ({err.strerror or err}). Check that it exists and that you may read it."
             ) from None
         if is_dir:
             if not self.files:
                 raise InputError(
-                    f"{self.path}: folder holds no frames (.jpg .png .tif .bmp). "
+                    f"{shown(self.path)}: folder holds no frames (.jpg .png .tif .bmp). "
                     "Point to a video file or a folder of images."
                 )
             kinds = sorted({_IMAGE_KIND[f.suffix.lower()] for f in self.files})
             if len(kinds) > 1:  # ffmpeg's concat reader cannot switch image decoders mid-stream
                 raise InputError(
-                    f"{self.path}: folder mixes image formats ({', '.join(kinds)}). "
+                    f"{shown(self.path)}: folder mixes image formats ({', '.join(kinds)}). "
                     "Convert the frames to one format."
                 )
             if first is not None:  # after the whole folder's format check: refused whatever `first` is
@@ -301,7 +320,7 @@ class _Decoder:
     a frame.
     """
 
-    HEADER_TIMEOUT = 60.0  # seconds for ffmpeg to open the input and decode its first frame
+    HEADER_TIMEOUT = 300.0  # seconds for ffmpeg to open the input and decode its first frame (a slow mount)
 
     def __init__(self, target: str, input_params: list[str], output_params: list[str]) -> None:
         cmd = [
@@ -314,6 +333,7 @@ class _Decoder:
         self.frame_bytes = 0
         self._header: list[str] = []
         self._tail: list[str] = []
+        self._failures: list[str] = []  # what ffmpeg logged as errors: the reason when it fails
         self._header_done = threading.Event()
         self._demuxer: str | None = None
         session = {"start_new_session": True} if os.name == "posix" else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
@@ -329,6 +349,8 @@ class _Decoder:
             context, level, text = (match["context"], match["level"], match["text"]) if match else ("", "info", line)
             plain = context + text
             self._tail = [*self._tail[-40:], plain]
+            if level in ("panic", "fatal", "error") and len(self._failures) < 40:
+                self._failures.append(plain)
             if not self._header_done.is_set():
                 self._header.append(plain)
                 if text.startswith("Input #0, ") and self._demuxer is None:
@@ -354,11 +376,13 @@ class _Decoder:
     def meta(self) -> dict:
         """What imageio_ffmpeg.read_frames yields first (size, fps, duration, ...), once ffmpeg has
         opened the input; OSError with ffmpeg's log when it could not."""
-        self._header_done.wait(self.HEADER_TIMEOUT)
-        if not self._header_done.is_set() or not any(ln.lstrip().startswith("Output ") for ln in self._header):
+        if not self._header_done.wait(self.HEADER_TIMEOUT):
+            self.close()
+            raise OSError(f"Error: no frame decoded within {self.HEADER_TIMEOUT:.0f} s")
+        if not any(ln.lstrip().startswith("Output ") for ln in self._header):
             self.close()
             self._log.join(2.0)
-            raise OSError("Could not load meta information\n=== stderr ===\n" + "\n".join(self._tail))
+            raise OSError("Could not load meta information\n=== stderr ===\n" + "\n".join(self._failures or self._tail))
         meta = parse_ffmpeg_header("\n".join(self._header))
         width, height = meta["size"]
         self.frame_bytes = width * height * 3
@@ -371,8 +395,10 @@ class _Decoder:
             if not data:
                 return
             if len(data) < self.frame_bytes:
+                self._log.join(2.0)
                 raise RuntimeError(
-                    "End of file reached before full frame could be read.\n=== stderr ===\n" + "\n".join(self._tail)
+                    "End of file reached before full frame could be read.\n=== stderr ===\n"
+                    + "\n".join(self._failures or self._tail)
                 )
             self.count += 1
             yield data
@@ -894,7 +920,7 @@ class VideoWriter:
     def __init__(self, path: Path, width: int, height: int, fps: float) -> None:
         self.path = Path(path)
         if not self.path.parent.is_dir() or not os.access(self.path.parent, os.W_OK):
-            raise OutputError(f"{self.path}: its folder does not exist or is not writable. Choose a writable location.")
+            raise OutputError(f"{shown(self.path)}: its folder does not exist or is not writable. Choose a writable location.")
         self.width, self.height = width + width % 2, height + height % 2
         self.tmp = self.path.with_name(f".{self.path.name}.tmp.mp4")
         self.frames_written = 0
@@ -912,7 +938,7 @@ class VideoWriter:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log, **session)
         except OSError as err:
             self._log.close()
-            raise OutputError(f"{self.path}: cannot start ffmpeg to write the video ({err.strerror or err}).") from None
+            raise OutputError(f"{shown(self.path)}: cannot start ffmpeg to write the video ({err.strerror or err}).") from None
 
     def write(self, frame: np.ndarray) -> None:
         h, w = frame.shape[:2]
@@ -960,7 +986,7 @@ class VideoWriter:
             advice = "The disk is full: free some space (or choose --out on another disk) and run again."
         else:
             advice = "Check that the disk has free space and the folder is writable."
-        return OutputError(f"{self.path}: {what} ({reason}). {advice}")
+        return OutputError(f"{shown(self.path)}: {what} ({reason}). {advice}")
 
     def close(self, ok: bool = True) -> None:
         """Finish the video (ok) or abandon it; safe to call twice.

@@ -517,3 +517,49 @@ def test_torchrun_variables_that_are_not_process_numbers_are_one_error_line(tmp_
         monkeypatch.setenv(name, value)
     assert_one_error(run("detect", clip16, "--out", tmp_path / "r", "--weights", tiny_weights), "torchrun")
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------- many inputs: whatever makes one unreadable, it is its row
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_every_unreadable_input_is_an_error_row_and_the_rest_run(tmp_path, clip16, tiny_weights):
+    """A link to a missing file, a named pipe (which ffmpeg would wait on forever) and a name too
+    long for the file system, given by name or lying in a folder of videos."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    h264(folder / "a.mp4", make_clip(n=16))
+    (folder / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")
+    os.mkfifo(folder / "pipe.mp4")
+    too_long = tmp_path / ("x" * 300 + ".mp4")
+    out = tmp_path / "r"
+    proc = subprocess.run([sys.executable, "-m", "stan_cli.cli", "detect", folder, too_long, clip16, "--out", out,
+                           "--weights", tiny_weights, "--no-video"], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    entries = json.loads((out / "summary.json").read_text())["entries"]
+    got = {Path(e["input"]).name[:12]: (e["status"], e["error"]) for e in entries}
+    assert got["a.mp4"][0] == got["clip16.mp4"][0] == "ok"
+    assert got["dangling.mp4"][0] == "error" and "a link to" in got["dangling.mp4"][1]
+    assert got["pipe.mp4"][0] == "error" and "named pipe" in got["pipe.mp4"][1]
+    assert got["x" * 12][0] == "error" and "File name too long" in got["x" * 12][1]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 3, proc.stderr
+
+
+def test_a_named_pipe_alone_is_refused_not_waited_on(tmp_path, tiny_weights):
+    os.mkfifo(tmp_path / "live.mp4")
+    assert_one_error(run("detect", tmp_path / "live.mp4", "--out", tmp_path / "r", "--weights", tiny_weights),
+                     "live.mp4", "named pipe")
+
+
+def test_ffmpegs_version_banner_is_never_given_as_the_reason():
+    from stan_cli.video import _ffmpeg_message
+
+    banner = "\n".join([
+        "Could not load meta information", "=== stderr ===", "ffmpeg version n9.0.2 Copyright (c) 2000-2026",
+        "  built with gcc 14", "  configuration: --enable-gpl", "  libavutil      60.  8.100 / 60.  8.100",
+        "  libpostproc    59.  1.100 / 59.  1.100",
+    ])
+    assert _ffmpeg_message(OSError(banner)) == "ffmpeg gave no reason"
+    assert _ffmpeg_message(OSError(banner + "\n[in#0 @ 0x1] Error opening input: Invalid data")) == \
+        "[in#0 @ 0x1] Error opening input: Invalid data"
