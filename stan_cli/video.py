@@ -1,8 +1,10 @@
-"""The only place that decodes or encodes media. Everything goes through imageio-ffmpeg.
+"""The only place that decodes or encodes media, with the ffmpeg binary imageio-ffmpeg ships.
 
 Frames are streamed one at a time as (H, W, 3) uint8 RGB; a video is never held in memory.
 A folder of images is decoded by ONE ffmpeg process through the concat demuxer, in natural
 order (2.jpg before 10.jpg), so folders and videos share one code path and one error style.
+ffmpeg's log is read as it decodes (`_Decoder`): a damaged image refuses its folder, and a
+video decoded from damaged data says which frames (`FrameStream.decode_errors`).
 
 What a frame is, for inputs that are not plain 8-bit RGB (README, "When something is wrong"):
 - rotation metadata (phone videos): frames come out rotated as a player shows them (ffmpeg's
@@ -12,7 +14,8 @@ What a frame is, for inputs that are not plain 8-bit RGB (README, "When somethin
 - only the first real video stream is read (`-map 0:V:0`); cover art and thumbnails do not count,
   so a file with audio only is refused as "holds no video stream";
 - paths go to ffmpeg as absolute paths in an argument list, never through a shell, so names with
-  spaces, non-ASCII letters, a leading dash or a colon are read as names, never as options.
+  spaces, non-ASCII letters, a leading dash or a colon are read as names, never as options;
+- a named pipe, a device or a socket is refused: ffmpeg would wait on a pipe forever.
 """
 
 from __future__ import annotations
