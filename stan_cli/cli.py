@@ -741,6 +741,8 @@ def explain(
         if v["score_raw"] is not None:
             table.add_row(f"score ({v['score_kind']})", f"{v['score_raw']:.5g}")
         table.add_row("verdict", escape(v["note"]))
+    for message in v.get("warnings", []):
+        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
     out.print(table)
     out.print(f"Results written to [bold]{escape(str(out_dir))}[/] (panel.png, maps as .npy)", highlight=False)
 

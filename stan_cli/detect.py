@@ -130,7 +130,7 @@ def open_output(out: Path, overwrite: bool, inputs: Iterable[Path] = (), own: It
     lock = FolderLock(out)
     try:
         lock.acquire()
-        for leftover in _check_contents(out, overwrite, own):
+        for leftover in _check_contents(out, overwrite, own, locked=True):
             remove_quietly(leftover)
         yield created
     except BaseException:
@@ -164,10 +164,13 @@ def _same_folder(src: Path, out: Path) -> bool:
         return False
 
 
-def _check_contents(out: Path, overwrite: bool, own: tuple[str, ...]) -> list[Path]:
+def _check_contents(out: Path, overwrite: bool, own: tuple[str, ...], locked: bool = False) -> list[Path]:
     """What is in `out` may be written over: without overwrite only an empty folder; with it,
     each file this run would replace (a name in `own`) must be one stan wrote. Returns the
     scratch files an interrupted run left (fileio.is_scratch), which overwrite may remove."""
+    holder = None if locked else FolderLock(out).holder()
+    if holder is not None:  # a live run's temporaries are not an interrupted run's leftovers
+        raise FolderLock(out).refusal(holder)
     try:
         entries = [p for p in out.iterdir() if p.name != LOCK_NAME]
     except OSError as err:

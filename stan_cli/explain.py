@@ -80,20 +80,20 @@ def explain(
     model.to(dev).eval()
     if out is not None:
         out = Path(out)
-    info, window = _window_around(video, frame, fps, model.config.image_size)
+    info, window, complaints = _window_around(video, frame, fps, model.config.image_size)
     if out is None:
-        return _explain(model, dev, video, info, window, frame, fps, score, threshold)
+        return _explain(model, dev, video, info, window, frame, fps, score, threshold, complaints)
     # locked for the run (a folder made here is removed on failure); earlier files are replaced
     # only when this run succeeds, all together
     with open_output(out, overwrite, inputs=(video,), own=OWN_FILES), report.staged(out, own=OWN_FILES):
-        result = _explain(model, dev, video, info, window, frame, fps, score, threshold)
+        result = _explain(model, dev, video, info, window, frame, fps, score, threshold, complaints)
         result.out = out
         _write(out, result)
     return result
 
 
 def _explain(model: Stan, dev, video: Path, info, window: tuple[np.ndarray, np.ndarray], frame: int, fps: float | None,
-             score: str = "gd", threshold: float | str | None = None) -> Explanation:
+             score: str = "gd", threshold: float | str | None = None, complaints: list[str] = ()) -> Explanation:
     """Score the window around `frame`, backpropagate, bring the maps to the input's size."""
     grey, real = window  # (11, S, S) uint8, the frame itself (H, W, 3) uint8
     batch = to_tensor(grey[None]).to(dev)  # (1, 11, 1, S, S)
@@ -114,6 +114,10 @@ def _explain(model: Stan, dev, video: Path, info, window: tuple[np.ndarray, np.n
     values = _values(model, frame, time_s, pixel_loss, d_loss, score, threshold)
     values["input"] = {"path": str(video), "width": w, "height": h, "fps": info.fps, "time_source": time_source}
     values["weights"] = {"file": model.file, "sha256": model.sha256}
+    values["warnings"] = [] if not complaints else [
+        f"{shown(video)}: ffmpeg reported damaged data while decoding frames 0 to {frame + CONTEXT} (\"{complaints[0]}\"); "
+        f"the window of frame {frame} may show it, and its scores be high for that alone. stan detect says which frames."
+    ]
     return Explanation(frame, time_s, real, generated, pixel_map, guided_map, pixel_loss, d_loss, values)
 
 
@@ -140,7 +144,7 @@ def _window_around(video: Path, frame: int, fps: float | None, size: int):
         frames.close()
     count = frames.count
     if count == last:
-        return info, (np.stack(window), real)
+        return info, (np.stack(window), real), frames.complaints
     # the frame is out of range: `count` is now the number of frames that decode
     if not frames.complete:  # a video cut short: say so, and which frames it still has
         ended = f"{video}: decoding ended after {count} of about {info.n_frames} frames; the file looks truncated or damaged"
@@ -245,7 +249,7 @@ def _panel(path: Path, r: Explanation) -> None:
     h, w = r.real.shape[:2]
     real = overlay.shrink(r.real, PANEL_SIDE)
     # at least 2.6 in of image height: the colour bars' labels run along them and must fit
-    fig = Figure(figsize=(4 * 4.2, max(4.2 * h / w, 2.6) + 0.9), dpi=100)
+    fig = Figure(figsize=(4 * 4.2, min(max(4.2 * h / w, 2.6), 12.0) + 0.9), dpi=100)  # a very tall frame: not a 40 m figure
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 4)
     grey = real.mean(axis=2)

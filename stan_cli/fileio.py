@@ -253,10 +253,7 @@ class FolderLock:
             except BlockingIOError:
                 holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
                 os.close(fd)
-                raise OutputError(
-                    f"{shown(self.folder)}: another stan run is writing this folder ({holder}). Wait for it to "
-                    f"finish, or choose another {self.option}."
-                ) from None
+                raise self.refusal(holder) from None
             except OSError:  # a file system without flock (some network mounts): run unlocked
                 os.close(fd)
                 return
@@ -277,6 +274,30 @@ class FolderLock:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
+    def holder(self) -> str | None:
+        """Who holds the lock now ("host pid N"), without taking it; None when nobody does."""
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:  # no lock file: nobody
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        except OSError:
+            return None
+        finally:
+            os.close(fd)  # a shared lock taken here goes with it
+        return None
+
+    def refusal(self, holder: str) -> OutputError:
+        return OutputError(
+            f"{shown(self.folder)}: another stan run is writing this folder ({holder}). Wait for it to "
+            f"finish, or choose another {self.option}."
+        )
+
 
 def scratch_path(folder: Path, stem: str, suffix: str) -> Path:
     """A hidden scratch file's name, unique to this run (pid and a random part): `.STEM.PID-HEX.SUFFIX`."""
@@ -284,20 +305,25 @@ def scratch_path(folder: Path, stem: str, suffix: str) -> Path:
 
 
 _SCRATCH = re.compile(r"^\.(?:pixel_loss|guided_backprop)_maps(?:\.\d+-[0-9a-f]+)?\.u8$")
+# The kinds of file stan writes into an output folder: a hidden `.NAME.tmp.EXT` or `.NAME.old` of
+# one of these is a temporary or backup of stan's (fileio._temp_path, _backup_path), whichever command
+# left it (an explain killed in a folder detect is now given, too).
+_OUTPUT_KINDS = frozenset({".csv", ".json", ".png", ".html", ".mp4", ".npy"})
 
 
 def is_scratch(name: str, own: Iterable[str] = ()) -> bool:
     """Is `name` (in an output folder) one of stan's own scratch files: the run lock, a heat-map
-    store, or the temporary or backup of one of `own` (the files the command writes)?"""
+    store, or the temporary or backup of a file stan writes (one of `own`, or of a kind stan writes)?"""
     if name == LOCK_NAME or _SCRATCH.match(name):
         return True
     if not name.startswith("."):
         return False
     body = name[1:]
     if body.endswith(".old"):
-        return body[: -len(".old")] in own
+        base = body[: -len(".old")]
+        return base in own or Path(base).suffix.lower() in _OUTPUT_KINDS
     base, tmp, rest = body.rpartition(".tmp")
-    return bool(tmp) and base in own and rest in ("", Path(base).suffix)
+    return bool(tmp) and rest in ("", Path(base).suffix) and (base in own or Path(base).suffix.lower() in _OUTPUT_KINDS)
 
 
 def scratch_files(folder: Path, own: Iterable[str] = ()) -> list[Path]:

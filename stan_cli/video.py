@@ -836,6 +836,12 @@ class FrameStream:
         )
 
     @property
+    def complaints(self) -> list[str]:
+        """What the decoder has said about damaged data so far (distinct lines, "corrupt" ones first)."""
+        lines = list(dict.fromkeys(text for _, text in self._gen.errors))
+        return sorted(lines, key=lambda text: "corrupt" not in text)
+
+    @property
     def decode_errors(self) -> dict | None:
         """What ffmpeg's decoder said about damaged data in a video read to its end: None when
         nothing, else {"count": its complaints, "frames": [[first, last], ...] (0-based,

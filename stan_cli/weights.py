@@ -301,8 +301,8 @@ def check_calibration(calibration, path: Path) -> None:
 
     if not isinstance(calibration, dict):
         raise damaged(f"a JSON {type(calibration).__name__}, not an object")
-    if not _number(calibration.get("lambda_s"), 0.0):
-        raise damaged(f"lambda_s is {calibration.get('lambda_s')!r}, not a finite number >= 0")
+    if not _number(calibration.get("lambda_s"), 0.0, 1e6):  # about 0.01 to 1 in practice; far more would overflow scores
+        raise damaged(f"lambda_s is {calibration.get('lambda_s')!r}, not a number from 0 to 1e6")
     if not _number(calibration.get("false_alarm_rate"), 0.0, 1.0, open_low=True) or calibration["false_alarm_rate"] == 1.0:
         raise damaged(f"false_alarm_rate is {calibration.get('false_alarm_rate')!r}, not a number in (0, 1)")
     kinds = calibration.get("kinds")

@@ -42,9 +42,11 @@ def hidden(folder: Path) -> list[str]:
 # ------------------------------------------------------------- 1. two runs into one folder
 
 
-def test_a_second_detect_into_a_folder_being_written_is_refused(tmp_path, clip16, tiny_weights, monkeypatch):
-    """Run B starts while run A draws its overlays into the same folder (both --overwrite): B is
-    refused with one line before it touches anything, and A finishes with its own heat maps."""
+@pytest.mark.parametrize("second_args", [["--overwrite"], [], ["--overwrite", "--no-video"]])
+def test_a_second_detect_into_a_folder_being_written_is_refused(tmp_path, clip16, tiny_weights, monkeypatch, second_args):
+    """Run B starts while run A draws its overlays into the same folder: B is refused with one
+    line before it touches anything (without --overwrite too: A's temporaries are not an
+    interrupted run's leftovers), and A finishes with its own heat maps."""
     other = h264(tmp_path / "other.mp4", make_clip(n=16, seed=3))
     out = tmp_path / "report"
     detect(clip16, out=out, weights=tiny_weights, device="cpu")
@@ -53,7 +55,7 @@ def test_a_second_detect_into_a_folder_being_written_is_refused(tmp_path, clip16
 
     def meanwhile(*args, **kwargs):
         if not second:
-            second.append(run("detect", other, "--out", out, "--weights", tiny_weights, "--overwrite"))
+            second.append(run("detect", other, "--out", out, "--weights", tiny_weights, *second_args))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(detect_module.overlay, "compose_frame", meanwhile)
@@ -138,6 +140,16 @@ def test_leftovers_beside_an_earlier_report_are_counted_and_removed_by_overwrite
                      "already holds files", "5 hidden scratch files an interrupted stan run left")
     assert run("detect", clip16, "--out", out, "--weights", tiny_weights, "--overwrite", "--no-video").exit_code == 0
     assert hidden(out) == [".my-notes.txt.old"]
+
+
+def test_an_explain_killed_in_a_report_folder_leaves_what_detect_recognises(tmp_path, clip16, tiny_weights):
+    out = tmp_path / "report"
+    out.mkdir()
+    for name in (".panel.png.tmp.png", ".explanation.json.tmp.json", ".pixel_loss.npy.tmp.npy", ".index.html.old"):
+        (out / name).write_bytes(b"x")
+    assert_one_error(run("detect", clip16, "--out", out, "--weights", tiny_weights), "interrupted stan run")
+    assert run("detect", clip16, "--out", out, "--weights", tiny_weights, "--overwrite", "--no-video").exit_code == 0
+    assert hidden(out) == []
 
 
 # ---------------------------------------- a file --overwrite would replace is checked to be stan's
@@ -324,6 +336,15 @@ def test_a_video_damaged_in_the_middle_is_scored_warned_and_marked_incomplete_na
     assert batch.exit_code == 0, batch.output
     statuses = {e["name"]: e["status"] for e in json.loads((tmp_path / "b" / "summary.json").read_text())["entries"]}
     assert statuses == {"damaged": "incomplete", "whole": "ok"}
+
+
+def test_explain_on_a_damaged_video_says_so(tmp_path, tiny_weights):
+    _, damaged = _damaged_video(tmp_path)
+    out = tmp_path / "ex"
+    result = run("explain", damaged, "--frame", "30", "--out", out, "--weights", tiny_weights)
+    assert result.exit_code == 0, result.output
+    assert any(ln.startswith("warning:") and "damaged data" in ln for ln in result.stderr.splitlines()), result.stderr
+    assert json.loads((out / "explanation.json").read_text())["warnings"]
 
 
 def test_without_concealment_to_compare_the_damage_is_bounded_by_keyframes(tmp_path, monkeypatch):
