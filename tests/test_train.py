@@ -658,33 +658,46 @@ def test_out_in_a_missing_folder_is_one_clear_error(data3, tmp_path):
         train(options(data3, tmp_path / "nodir" / "m.safetensors"))
 
 
-def test_weights_written_into_a_folder_of_videos_do_not_break_resume(videos, tmp_path):
-    """The loss plot lands beside --out; in a folder of videos it is a stray image, not a clip."""
+def move_run(out: Path, folder: Path) -> Path:
+    """Move a finished run (weights, logs, plot, checkpoint folder) into `folder`, as a stan before
+    0.2.0 wrote them into the footage (or a user puts them there); returns the weights' new path."""
+    for path in (out, out.with_suffix(".log.csv"), out.with_suffix(".val.csv"), out.with_suffix(".losses.png"), ckpt_of(out).parent):
+        shutil.move(path, folder / path.name)
+    return folder / out.name
+
+
+def test_an_earlier_run_inside_a_folder_of_videos_is_refused_not_resumed(videos, tmp_path):
+    """Issue #21 item 6: no output of train lies in its footage, also for a run resumed from there
+    (written by a stan before 0.2.0). Its loss plot there is still a stray image, not a clip."""
+    from stan_cli.dataset import find_sources
+
     data = folder_of(tmp_path, "cam", videos["a"], videos["b"])
-    out = data / "cam.safetensors"
-    train(options(data, out))
-    assert (data / "cam.losses.png").exists()
-    (data / "thumb.jpg").write_bytes((data / "cam.losses.png").read_bytes())
-    train(options(data, out, resume=True, epochs=1))  # a second phase: the clips are listed again
-    assert load_weights(out).training["train_clips"] == [str(data / "a.mp4"), str(data / "b.mp4")]
+    (tmp_path / "runs").mkdir()
+    out = move_run(train(options(data, tmp_path / "runs" / "cam.safetensors")).out, data)
+    assert (data / "cam.losses.png").exists() and find_sources(data) == [data / "a.mp4", data / "b.mp4"]
+    before = files_under(data)
+    with pytest.raises(OutputError, match=f"{re.escape(str(out))}: --out lies in the footage folder .* Choose --out outside"):
+        train(options(data, out, resume=True, epochs=1))
+    assert files_under(data) == before and not lock_of(out).exists()
 
 
 def test_stans_own_outputs_in_the_footage_folder_are_not_clips(videos, tmp_path):
-    """Found by a review: a second run into the footage folder read the first one's checkpoint
-    folder as a clip and its loss plot as a stray image, and detect read both as clips. A
-    detect report and an explain folder written there are not clips either."""
+    """Found by a review: a second run on footage holding the first one's outputs read its
+    checkpoint folder as a clip and its loss plot as a stray image, and detect read both as clips.
+    A detect report and an explain folder written there are not clips either. (Since 0.2.0 train
+    writes nothing into its footage; an earlier stan did, and a user may move a run there.)"""
     from stan_cli.batch import expand_inputs
     from stan_cli.dataset import find_sources
     from stan_cli.video import list_frames
 
     data = folder_of(tmp_path, "cam", videos["a"], videos["b"])
     clips = [data / "a.mp4", data / "b.mp4"]
-    train(options(data, data / "m1.safetensors"))
+    (tmp_path / "runs").mkdir()
+    move_run(train(options(data, tmp_path / "runs" / "m1.safetensors")).out, data)
     assert (data / "m1.safetensors.ckpt").is_dir() and (data / "m1.losses.png").is_file()
     events = Events()
-    train(options(data, data / "m2.safetensors"), events)
+    weights = train(options(data, tmp_path / "runs" / "m2.safetensors"), events).out
     assert events.data_warnings() == []
-    weights = data / "m2.safetensors"
     for args in (["detect", clips[0], "--out", data / "report", "--no-video"],
                  ["explain", clips[0], "--frame", 10, "--out", data / "why"]):
         result = runner.invoke(cli.app, [*(str(a) for a in args), "--weights", str(weights)])
@@ -719,17 +732,47 @@ def test_out_inside_a_frame_folder_is_refused(tmp_path):
     assert not (data / "m.safetensors").exists() and not ckpt_of(data / "m.safetensors").exists()
 
 
-@pytest.mark.parametrize("bad", [{"false_alarm_rate": 1.5}, {"precision": "fp16"}, {"lam": -1.0},
-                                 {"pretrain_epochs": 0, "epochs": 0}, {"discriminator_epochs": -1},
-                                 {"pretrain_epochs": 0, "epochs": 0, "discriminator_epochs": 1}])
-def test_bad_options_are_refused_before_anything_is_touched(data3, tmp_path, bad):
-    out = tmp_path / "model.safetensors"
-    ckpt = ckpt_of(out)
-    ckpt.parent.mkdir()
-    ckpt.write_bytes(b"an earlier run's checkpoint")
-    with pytest.raises(TrainingError):
-        train(options(data3, out, overwrite=True, **bad))
-    assert ckpt.read_bytes() == b"an earlier run's checkpoint" and not lock_of(out).exists()
+INSIDE_THE_FOOTAGE = {
+    # case: (footage under tmp_path, --out under tmp_path, other options, what the line says)
+    "checkpoint-dir is the footage folder": ("cam", "m.safetensors", {"checkpoint_dir": "cam"}, "--checkpoint-dir is the footage folder"),
+    "checkpoint-dir in a clip": ("cam", "m.safetensors", {"checkpoint_dir": "cam/1/ckpt"}, "--checkpoint-dir lies in the clip"),
+    "out in the footage folder": ("cam", "cam/m.safetensors", {}, "--out lies in the footage folder"),
+    "out in a clip": ("cam", "cam/1/m.safetensors", {}, "--out lies in the clip"),
+    "the frame cache is the footage": ("run/frames", "m.safetensors", {"checkpoint_dir": "run"}, "the frame cache in the checkpoint folder is the footage folder"),
+    "out is the video": ("cam/2.mp4", "cam/2.mp4", {"overwrite": True}, "--out is the video"),
+    "checkpoint-dir in a linked clip": ("cam", "m.safetensors", {"checkpoint_dir": "elsewhere/1"}, "--checkpoint-dir is the clip"),
+}
+
+
+@pytest.mark.parametrize("case", INSIDE_THE_FOOTAGE)
+def test_no_output_of_train_lies_in_its_footage(data3, tmp_path, case):
+    """Issue #21 item 6: `stan train F --checkpoint-dir F` wrote checkpoints, the frame cache and
+    the loss plot into the footage. Every output of train (--out and what lies beside it, the
+    checkpoint folder and its frame cache) inside the footage or a clip of it (also one linked from
+    elsewhere, also a video --overwrite would replace) is refused with one line, touching nothing."""
+    footage, out, kw, says = INSIDE_THE_FOOTAGE[case]
+    data, out = tmp_path / footage, tmp_path / out
+    shutil.copytree(data3, data.parent if data.suffix == ".mp4" else data)
+    if case == "checkpoint-dir in a linked clip":
+        (tmp_path / "elsewhere").mkdir()
+        shutil.move(data / "1", tmp_path / "elsewhere" / "1")
+        (data / "1").symlink_to(tmp_path / "elsewhere" / "1")
+    kw = {k: tmp_path / v if k == "checkpoint_dir" else v for k, v in kw.items()}
+    before, events = files_under(tmp_path), Events(at="decode", exc=_Stop)
+    with pytest.raises(OutputError, match=f"{re.escape(says)} .*writes nothing into its footage.* Choose --"):
+        train(options(data, out, **kw), events)
+    assert files_under(tmp_path) == before and events.events == []
+
+
+def test_checkpoint_dir_inside_the_footage_is_one_error_line(tmp_path):
+    """The issue's own case, from the command line: the frame folder is left as it was."""
+    data = write_frame_folder(tmp_path / "frames", make_clip(30, anomaly=NORMAL, seed=0))
+    before = files_under(data)
+    result = run_cli(data, "--checkpoint-dir", data, "--out", tmp_path / "m.safetensors", "--preset", "tiny", "--device", "cpu")
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1, result.output
+    assert f"{data}: --checkpoint-dir is the frame folder {data}" in errors[0] and "Choose --checkpoint-dir outside" in errors[0]
+    assert files_under(data) == before and not (tmp_path / "m.safetensors").exists()
 
 
 # ------------------------------------------------------------------------------- 6. refusals

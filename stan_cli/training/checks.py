@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 from .. import pseudo
-from ..errors import InputError, OutputError, TrainingError
+from ..dataset import find_sources
+from ..errors import InputError, OutputError, StanError, TrainingError
 from ..inference import PRECISIONS
 from ..model import PRESETS
 from ..video import is_frame_folder
@@ -83,12 +84,52 @@ def _check_paths(opts: TrainOptions) -> None:
         raise OutputError(f"{opts.out.parent}: folder does not exist. Create it or choose another --out.")
     if not os.access(opts.out.parent, os.W_OK):
         raise OutputError(f"{opts.out.parent}: folder is not writable. Choose another --out.")
+    _check_outside_footage(opts)
+
+
+def _check_outside_footage(opts: TrainOptions) -> None:
+    """Nothing the run writes lies in its footage: not --out and the logs and plot beside it, not
+    the checkpoint folder and its frame cache, in the footage folder or in a clip (which may be a
+    link to a folder elsewhere). Written there, they change the footage: a loss plot among JPEG
+    frames makes a folder that mixes image formats, a checkpoint folder a clip of its own."""
     data = Path(opts.data)
-    if data.is_dir() and is_frame_folder(data) and opts.out.parent.resolve() == data.resolve():
-        raise OutputError(
-            f"{opts.out}: --out lies in the frame folder {data}, where the loss plot written beside it "
-            f"({opts.plot_path.name}) would be read as a frame next time. Choose --out outside {data}."
-        )
+    footage = {place.resolve(): place for place in _footage(data)}
+    ckpt_flag = "--checkpoint-dir" if opts.checkpoint_dir is not None else "--out"
+    outputs = [
+        (opts.out, "--out", "--out"),
+        (opts.log_path, "the log written beside --out", "--out"),
+        (opts.val_log_path, "the validation log written beside --out", "--out"),
+        (opts.plot_path, "the loss plot written beside --out", "--out"),
+        (opts.ckpt_dir, "--checkpoint-dir" if opts.checkpoint_dir is not None else "the checkpoint folder of --out", ckpt_flag),
+        (opts.ckpt_dir / "frames", "the frame cache in the checkpoint folder", ckpt_flag),
+    ]
+    for path, label, flag in outputs:
+        real = path.resolve() if path.is_dir() else path.parent.resolve() / path.name  # a file is replaced, not its link's target
+        for place_real, place in footage.items():
+            if real == place_real or place_real in real.parents:
+                raise OutputError(
+                    f"{path}: {label} {'is' if real == place_real else 'lies in'} {_place(place, data)}, and stan train writes "
+                    f"nothing into its footage (what it wrote would be read as frames or clips next time). Choose {flag} outside {data}."
+                )
+
+
+def _place(place: Path, data: Path) -> str:
+    if place.is_file():
+        return f"the video {place}"
+    if place != data:
+        return f"the clip {place}"
+    return f"the {'frame' if is_frame_folder(place) else 'footage'} folder {place}"
+
+
+def _footage(data: Path) -> list[Path]:
+    """The clips of the footage, then the footage folder (or video) itself: the innermost place is
+    named first. What cannot be listed is refused when the footage is read, with its own message."""
+    if not data.exists():
+        return []
+    try:
+        return [*find_sources(data), data]
+    except (StanError, OSError):
+        return [data]
 
 
 def check_outputs(opts: TrainOptions) -> None:
