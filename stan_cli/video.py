@@ -366,6 +366,7 @@ class _Decoder:
                 if len(self.errors) < MAX_DECODE_ERRORS:
                     self.errors.append((self.count, re.sub(r"\[[^\]]* @ [^\]]*\]\s*", "", plain).strip()))
         self._header_done.set()
+        self._proc.stderr.close()  # type: ignore[union-attr]
 
     def _from_decoder(self, context: str, level: str, text: str) -> bool:
         if level not in ("panic", "fatal", "error") and not (level == "warning" and "corrupt" in text):
