@@ -775,6 +775,79 @@ def test_checkpoint_dir_inside_the_footage_is_one_error_line(tmp_path):
     assert files_under(data) == before and not (tmp_path / "m.safetensors").exists()
 
 
+NUMERIC_REFUSALS = [
+    ({"lr": math.inf}, "--lr inf: must be greater than 0 and at most 1"),
+    ({"lr": 1e30}, "--lr 1e+30: must be"),
+    ({"lam": math.inf}, "--lambda inf: must be between 0 and 1e6"),
+    ({"lam": 1e300}, "--lambda 1e+300: must be"),
+    ({"false_alarm_rate": 5e-324}, "--false-alarm-rate 5e-324: must be between 0 and 1"),
+    ({"false_alarm_rate": math.nan}, "--false-alarm-rate nan: must be"),
+    ({"pseudo_share": math.inf}, "--pseudo-share inf: must be between 0 and 1"),
+    ({"epochs": 10**12}, "--epochs 1000000000000: must be a whole number from 0 to 100000"),
+    ({"pretrain_epochs": math.inf}, "--pretrain-epochs inf: must be a whole number"),
+    ({"discriminator_epochs": math.nan}, "--discriminator-epochs nan: must be a whole number"),
+    ({"epochs": 2.5}, "--epochs 2.5: must be a whole number"),
+    ({"batch_size": 10**12}, "--batch-size 1000000000000: must be a whole number from 1 to 1000000000"),
+    ({"batch_size": math.inf}, "--batch-size inf: must be a whole number"),
+    ({"checkpoint_every": 10**30}, f"--checkpoint-every {10**30}: must be a whole number from 1 to"),
+    ({"checkpoint_every": math.nan}, "--checkpoint-every nan: must be a whole number"),
+    ({"val_clips": 10**30}, f"--val-clips {10**30}: must be a whole number from 0 to"),
+    ({"workers": 10**6}, "--workers 1000000: must be a whole number from 0 to"),
+    ({"seed": -1}, "--seed -1: must be a whole number from 0 to 4294967295"),
+    ({"seed": 2**70}, f"--seed {2**70}: must be"),
+]
+
+
+@pytest.mark.parametrize("bad, says", NUMERIC_REFUSALS, ids=[repr(b)[1:-1] for b, _ in NUMERIC_REFUSALS])
+def test_numeric_options_are_checked_for_range_and_finiteness_before_any_work(data3, tmp_path, bad, says):
+    """Issue #21: every number is checked before anything is locked, deleted or decoded; inf,
+    NaN and extreme finite values used to be taken and fail late (a NaN loss with advice about
+    --lr, an overflow after the whole run, a fork of a million workers)."""
+    out = tmp_path / "m.safetensors"
+    events = Events(at="decode", exc=_Stop)  # before the fix: stop at the first decode, not hours later
+    with pytest.raises(TrainingError, match=re.escape(says)):
+        train(options(data3, out, **bad), events)
+    assert events.events == [] and not ckpt_of(out).parent.exists() and not lock_of(out).exists()
+
+
+def test_an_inf_lr_on_the_command_line_is_one_error_line(data3, tmp_path):
+    out = tmp_path / "m.safetensors"
+    result = run_cli(data3, "--out", out, "--preset", "tiny", "--device", "cpu", "--lr", "inf")
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and "--lr inf: must be" in errors[0], result.output
+    assert "decoding" not in result.output and not ckpt_of(out).parent.exists()
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"WORLD_SIZE": "0"}, "$WORLD_SIZE='0': must be a whole number from 1 to"),
+    ({"WORLD_SIZE": "two"}, "$WORLD_SIZE='two': must be a whole number"),
+    ({"WORLD_SIZE": "2", "RANK": "5"}, "$RANK='5': must be a whole number from 0 to 1"),
+    ({"LOCAL_RANK": "-1"}, "$LOCAL_RANK='-1': must be a whole number from 0 to 0"),
+])
+def test_torchrun_variables_are_checked_before_any_work(data3, tmp_path, monkeypatch, env, says):
+    """The environment variables that stand for train's numbers (torchrun's) are checked like its options."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "m.safetensors"
+    events = Events(at="decode", exc=_Stop)
+    with pytest.raises(TrainingError, match=re.escape(says)):
+        train(options(data3, out), events)
+    assert events.events == [] and not ckpt_of(out).parent.exists()
+
+
+@pytest.mark.parametrize("bad", [{"false_alarm_rate": 1.5}, {"precision": "fp16"}, {"lam": -1.0},
+                                 {"pretrain_epochs": 0, "epochs": 0}, {"discriminator_epochs": -1},
+                                 {"pretrain_epochs": 0, "epochs": 0, "discriminator_epochs": 1}])
+def test_bad_options_are_refused_before_anything_is_touched(data3, tmp_path, bad):
+    out = tmp_path / "model.safetensors"
+    ckpt = ckpt_of(out)
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"an earlier run's checkpoint")
+    with pytest.raises(TrainingError):
+        train(options(data3, out, overwrite=True, **bad))
+    assert ckpt.read_bytes() == b"an earlier run's checkpoint" and not lock_of(out).exists()
+
+
 # ------------------------------------------------------------------------------- 6. refusals
 
 

@@ -6,6 +6,7 @@ locked, deleted or decoded before `check_options` has passed.
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 
@@ -16,6 +17,27 @@ from ..inference import PRECISIONS
 from ..model import PRESETS
 from ..video import is_frame_folder
 from .options import PIXEL_NORMS, TrainOptions, is_recalibration
+
+MAX_EPOCHS = 100_000  # a phase's epochs: far past any real run, so that a slip of the keyboard is refused, not run for weeks
+MAX_COUNT = 1_000_000_000  # windows, clips, steps: past any run; a value meant for another option is refused
+MIN_FALSE_ALARM_RATE = 1e-6  # a smaller rate would need more than a million held-out normal windows to mean anything
+# Whole-number options: (lowest, highest). --workers: at most the CPUs this process may use.
+WHOLE = {
+    "pretrain_epochs": (0, MAX_EPOCHS), "epochs": (0, MAX_EPOCHS), "discriminator_epochs": (0, MAX_EPOCHS),
+    "batch_size": (1, MAX_COUNT), "val_clips": (0, MAX_COUNT), "checkpoint_every": (1, MAX_COUNT),
+    "seed": (0, 2**32 - 1), "workers": (0, None),
+}
+# Real-number options: the test (False for NaN, whose every comparison is False) and what it asks.
+REAL = {
+    "lr": (lambda v: 0 < v <= 1, "must be greater than 0 and at most 1 (Adam's learning rate; the default is 0.0002)"),
+    "lam": (lambda v: 0 <= v <= 1e6, "must be between 0 and 1e6 (the pixel term's weight in L_G; the paper's is 1)"),
+    "false_alarm_rate": (
+        lambda v: MIN_FALSE_ALARM_RATE <= v < 1,
+        f"must be between 0 and 1 (0.01 = 1 %), and at least {MIN_FALSE_ALARM_RATE:g}: a smaller rate needs more than "
+        "a million held-out normal windows to mean anything",
+    ),
+    "pseudo_share": (lambda v: 0 <= v <= 1, "must be between 0 and 1 (the fraction of the discriminator's fakes)"),
+}
 
 
 def check_options(opts: TrainOptions) -> None:
@@ -40,18 +62,35 @@ def _check_names(opts: TrainOptions) -> None:
 
 
 def _check_numbers(opts: TrainOptions) -> None:
-    for name in ("pretrain_epochs", "epochs", "discriminator_epochs", "val_clips", "workers"):
+    """Each number in its range and finite: an inf, a NaN or a value meant for another option fails
+    here with its own name, not hours later with advice about another (a NaN loss, a full disk)."""
+    for name, (low, high) in WHOLE.items():
         value = getattr(opts, name)
-        if value is not None and value < 0:
-            raise TrainingError(f"--{name.replace('_', '-')} must be >= 0.")
-    if opts.batch_size < 1 or opts.checkpoint_every < 1:
-        raise TrainingError("--batch-size and --checkpoint-every must be at least 1.")
-    if not opts.lr > 0 or not opts.lam >= 0:
-        raise TrainingError("--lr must be > 0 and --lambda >= 0.")
-    if not 0 < opts.false_alarm_rate < 1:
-        raise TrainingError(f"--false-alarm-rate {opts.false_alarm_rate}: must be between 0 and 1 (0.01 = 1 %).")
-    if not 0 <= opts.pseudo_share <= 1:
-        raise TrainingError(f"--pseudo-share {opts.pseudo_share}: must be between 0 and 1 (the fraction of the discriminator's fakes).")
+        if value is None and name.endswith("epochs"):  # None: the default, or a resumed run's own
+            continue
+        high = _cpus() if high is None else high
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+            note = " (this machine's CPUs; each worker is a process)" if name == "workers" else ""
+            raise TrainingError(f"{_flag(name)} {_shown(value)}: must be a whole number from {low} to {high}{note}.")
+    for name, (ok, rule) in REAL.items():
+        value = getattr(opts, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(value):
+            raise TrainingError(f"{_flag(name)} {_shown(value)}: {rule}.")
+
+
+def _flag(name: str) -> str:
+    return "--lambda" if name == "lam" else "--" + name.replace("_", "-")
+
+
+def _shown(value) -> str:
+    try:
+        return str(value)
+    except ValueError:  # an int of more than 4300 digits, which Python refuses to print
+        return "(a number too long to print)"
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _check_recipe(opts: TrainOptions) -> None:
@@ -158,3 +197,4 @@ def check_outputs(opts: TrainOptions) -> None:
                 f"{path}: already exists, and this run would write its own there. "
                 "Choose another --out, or add --overwrite to replace it."
             )
+

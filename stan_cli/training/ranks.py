@@ -9,14 +9,19 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from ..errors import TrainingError
+
+MAX_PROCESSES = 65_536  # a job's processes: more than any cluster lends one run
+
 
 class Rank:
-    """This process's place in a torchrun job (rank 0 of 1 otherwise)."""
+    """This process's place in a torchrun job (rank 0 of 1 otherwise), from the variables torchrun
+    sets; one that is not a whole number in its range is refused before any work."""
 
     def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.world = _env_int("WORLD_SIZE", 1, 1, MAX_PROCESSES)
+        self.rank = _env_int("RANK", 0, 0, self.world - 1)
+        self.local_rank = _env_int("LOCAL_RANK", 0, 0, self.world - 1)
 
     @property
     def main(self) -> bool:
@@ -25,6 +30,22 @@ class Rank:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+
+def _env_int(name: str, default: int, low: int, high: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise TrainingError(
+            f"${name}={raw!r}: must be a whole number from {low} to {high} (torchrun sets it for each process). "
+            "Unset it to train in one process, or start the run with torchrun."
+        )
+    return value
 
 
 def start(rank: Rank, device: torch.device) -> torch.device:
