@@ -46,7 +46,7 @@ from .model import PRESETS, Discriminator, Generator, d_loss_map, pixel_loss, sp
 from .training import ranks
 from .training.calibration import calibrate, calibration_clips, training_record
 from .training.checkpoints import Scratch, StopFlag, run_folder
-from .training.checks import check_options
+from .training.checks import check_batch_memory, check_options
 from .training.data import epoch_batches, prepare_data
 from .training.fakes import fake_windows, pseudo_batch
 from .training.logs import log_step, log_validation, plot_losses, publish_logs
@@ -84,7 +84,9 @@ def train(opts: TrainOptions, on_event: Event = lambda kind, **info: None) -> Tr
     check_options(opts)
     init = load_init(opts)
     rank = Rank()
-    device = ranks.start(rank, resolve_device(opts.device))
+    device = resolve_device(opts.device)
+    check_batch_memory(opts, device, rank.world)
+    device = ranks.start(rank, device)
     emit = on_event if rank.main else (lambda kind, **info: None)
     if message := precision_warning(device, opts.precision):
         emit("warning", message=message)

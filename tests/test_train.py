@@ -818,6 +818,27 @@ def test_an_inf_lr_on_the_command_line_is_one_error_line(data3, tmp_path):
     assert "decoding" not in result.output and not ckpt_of(out).parent.exists()
 
 
+def test_a_batch_that_memory_cannot_hold_is_refused_before_any_work(data3, tmp_path):
+    """Issue #21: a --batch-size whose step cannot fit, by a lower bound of its memory (each
+    convolution's output and its ELU's for one generator and three discriminator passes, from the
+    frame size the networks see), is refused naming the largest batch that may fit."""
+    from stan_cli.model import PAPER
+    from stan_cli.training.checks import _total_memory, check_batch_memory, window_bytes
+
+    per_window = window_bytes(PAPER)
+    assert 140 * 2**20 < per_window < 200 * 2**20  # a step measured on the paper networks: about 195 MiB a window
+    assert window_bytes(TINY) < per_window / 100  # 32 x 32 against 224 x 224, narrower layers
+    total, _ = _total_memory(torch.device("cpu"))
+    most = total // per_window
+    out = tmp_path / "m.safetensors"
+    check_batch_memory(options(data3, out, preset="paper", batch_size=most), torch.device("cpu"), 1)  # fits: no error
+    with pytest.raises(TrainingError, match=f"--batch-size {most + 1}: a training step holds at least .* Choose --batch-size {most} or less"):
+        train(options(data3, out, preset="paper", batch_size=most + 1), Events(at="decode", exc=_Stop))
+    with pytest.raises(TrainingError, match=f"--batch-size {most}: .* 2 processes.* Choose --batch-size {most // 2} or less"):
+        check_batch_memory(options(data3, out, preset="paper", batch_size=most), torch.device("cpu"), 2)  # two on one CPU
+    assert not ckpt_of(out).parent.exists() and not lock_of(out).exists()
+
+
 @pytest.mark.parametrize("env, says", [
     ({"WORLD_SIZE": "0"}, "$WORLD_SIZE='0': must be a whole number from 1 to"),
     ({"WORLD_SIZE": "two"}, "$WORLD_SIZE='two': must be a whole number"),
