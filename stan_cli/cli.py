@@ -466,6 +466,7 @@ def train(
     overwrite: Annotated[bool, typer.Option("--overwrite", metavar=FLAG, help="Replace an existing --out and start a new run.", rich_help_panel="Checkpoints")] = False,
     init: Annotated[Optional[Path], typer.Option(help="Start from this weights file (fine-tune, e.g. the shipped Ped2 weights) instead of random networks.", rich_help_panel="Recipe")] = None,
     reset_discriminator: Annotated[bool, typer.Option("--reset-discriminator", metavar=FLAG, help="With --init: keep the generator, start the discriminator from random weights.", rich_help_panel="Recipe")] = False,
+    name: Annotated[Optional[str], typer.Option(help="Version name stored in the weights (reports and stan --version show it) \\[default: <out file stem>-<date>].", show_default=False)] = None,
     pixel_norm: Annotated[str, typer.Option(help="Pixel term of L_G: l2 (the paper's L2 norm) or mse.", rich_help_panel="Recipe")] = "l2",
     pseudo_anomalies: Annotated[Optional[str], typer.Option(help="Discriminator phase: the abnormal-motion fakes made from normal windows, a comma list of skip, reverse, repeat, patch; none: generated windows only \\[default: all four].", rich_help_panel="Recipe", show_default=False)] = None,
     pseudo_share: Annotated[Optional[float], typer.Option(help="Discriminator phase: the pseudo-anomalies' share of the fakes (0-1); generated windows are the rest \\[default: 0.75].", rich_help_panel="Recipe", show_default=False)] = None,
@@ -478,7 +479,7 @@ def train(
         data=data, out=out_file, pretrain_epochs=pretrain_epochs, epochs=epochs, discriminator_epochs=discriminator_epochs, lr=lr, batch_size=batch_size,
         lam=lam, val_clips=val_clips, false_alarm_rate=false_alarm_rate, device=device, precision=precision,
         seed=seed, workers=workers, checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
-        resume=resume, overwrite=overwrite, preset=preset, init=init, reset_discriminator=reset_discriminator, pixel_norm=pixel_norm,
+        resume=resume, overwrite=overwrite, preset=preset, init=init, reset_discriminator=reset_discriminator, pixel_norm=pixel_norm, name=name,
     )
     if pseudo_anomalies is not None:
         opts.pseudo_anomalies = pseudo_anomalies

@@ -328,7 +328,7 @@ def _run(video, out, model, dev, fps, score, threshold, batch_size, precision, w
         _warn_damage(video, result, damage)
     result.summary["warnings"] = result.warnings
     result.summary.update(
-        weights={"file": model.file, "sha256": model.sha256, "config": model.config.to_dict()},
+        weights={"file": model.file, "name": model.name, "sha256": model.sha256, "config": model.config.to_dict()},
         device=str(dev),
         precision=precision,
     )
@@ -740,6 +740,7 @@ def _write_report(out: Path, result: DetectResult) -> None:
         "fps_assumed": s["input"]["fps_assumed"],
         "width": s["input"]["width"], "height": s["input"]["height"], "duration_s": s["input"]["duration_s"],
         "device": s["device"], "weights": s["weights"]["file"], "weights_sha256": s["weights"]["sha256"],
+        "weights_name": s["weights"].get("name"),
         "threshold": s["threshold"], "threshold_source": s["threshold_source"], "score_kind": SCORE_KINDS[r.score_kind],
         "scored_frames": s["scored_frames"], "abnormal_frames": s["abnormal_frames"], "warnings": s["warnings"],
         "min_length_frames": s["segment_rules"]["min_length_frames"],

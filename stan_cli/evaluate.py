@@ -583,6 +583,7 @@ def _evaluate(test_dir, out, clips, ranges, label_file, layout, with_masks, mode
         "they are left out of every metric (their score cells are empty)",
         "weights": {
             "file": model.file,
+            "name": model.name,
             "sha256": model.sha256,
             "config": model.config.to_dict(),
             "training": model.training,

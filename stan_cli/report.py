@@ -324,7 +324,9 @@ def _fact_values(summary: Mapping[str, Any]) -> dict[str, Any]:
         facts["fps"] = f"{_fmt(facts['fps'])} (assumed: the input states none; times use it; set --fps)"
     sha = facts.get("weights_sha256")
     if "weights" in facts and sha:
-        facts["weights"] = f"{Path(str(facts['weights'])).name} (sha256 {str(sha)[:12]})"
+        name = f"{facts['weights_name']}, " if facts.get("weights_name") else ""
+        facts["weights"] = f"{Path(str(facts['weights'])).name} ({name}sha256 {str(sha)[:12]})"
+    facts.pop("weights_name", None)
     return facts
 
 

@@ -8,6 +8,7 @@ be shared with other work, and tiny convolutions only lose time to thread hand-o
 from __future__ import annotations
 
 import csv
+import json
 import fcntl
 import math
 import os
@@ -190,6 +191,7 @@ def test_short_run_trains_calibrates_and_detect_uses_it(data3, videos, tmp_path)
     assert all(math.isfinite(cal["kinds"][k]["threshold"]) for k in "g d gd".split())
     training = stan.training
     assert training["selection_rule"] == SELECTION_RULE
+    assert re.fullmatch(r"model-\d{4}-\d{2}-\d{2}", training["name"])  # <out stem>-<date>, unless --name
     assert training["selected"]["phase"] == "adversarial" and training["selected"]["epoch"] in (1, 2)
     assert training["steps"] == result.steps and training["wall_s"] > 0
     assert training["train_clips"] == [str(data3 / "1"), str(data3 / "2.mp4")]
@@ -209,11 +211,24 @@ def test_short_run_trains_calibrates_and_detect_uses_it(data3, videos, tmp_path)
 
     report = detect(videos["a"], weights=out, out=tmp_path / "report", write_video=False, device="cpu")
     assert "calibration" in report.threshold_source and "in-sample" not in report.threshold_source
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["weights"]["name"] == training["name"]  # the version name reaches the report
+    assert training["name"] in (tmp_path / "report" / "index.html").read_text()
     assert report.threshold == pytest.approx(cal["kinds"]["gd"]["threshold"])
     # the only warning: this tiny adversarial phase leaves the discriminator at chance, as ours on Ped2 did
     # (and the threshold's, from the few validation windows of such tiny footage)
     assert [w for w in training["warnings"] if "does not tell real" not in w and "the threshold comes from only" not in w] == []
     assert [w for w in events.of("warning") if not any(c in w["message"] for c in ("does not tell real", "the threshold comes from only"))] == []
+
+
+def test_name_sets_the_weights_version_name_and_bad_names_are_refused(data3, tmp_path):
+    out = tmp_path / "m.safetensors"
+    result = run_cli(data3, "--out", out, "--preset", "tiny", "--device", "cpu", "--pretrain-epochs", "1",
+                     "--epochs", "0", "--batch-size", "8", "--name", "mycam-v2")
+    assert result.exit_code == 0, result.output
+    assert load_weights(out).name == "mycam-v2"
+    result = run_cli(data3, "--out", tmp_path / "n.safetensors", "--preset", "tiny", "--name", "a\nb")
+    assert result.exit_code != 0 and "--name" in result.stderr
 
 
 def test_calibrating_on_the_training_windows_is_warned_about(data3, videos, tmp_path):

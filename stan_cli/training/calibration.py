@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,7 @@ def calibrate(
 def training_record(opts: TrainOptions, progress: dict, train_clips: list[Clip], device, warnings: list[str]) -> dict:
     """The weights' `training` metadata: how they were made, what was selected, on what machine."""
     return {
+        "name": opts.name or f"{opts.out.stem}-{datetime.now(timezone.utc):%Y-%m-%d}",
         "stan_version": __version__,
         "command": " ".join(sys.argv),
         "data": str(opts.data),

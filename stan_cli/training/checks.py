@@ -112,6 +112,8 @@ def _check_recipe(opts: TrainOptions) -> None:
             "--reset-discriminator with no epoch to train would calibrate and write a random discriminator. "
             "Ask for --discriminator-epochs N (or drop --reset-discriminator to recalibrate)."
         )
+    if opts.name is not None and not (0 < len(opts.name) <= 100 and opts.name.isprintable()):
+        raise TrainingError(f"--name {opts.name!r}: give 1 to 100 printable characters, e.g. my-camera-2026-12.")
     if opts.reset_discriminator and opts.init is None:
         raise TrainingError("--reset-discriminator only makes sense with --init FILE (a new run starts from random networks anyway).")
 

@@ -52,6 +52,7 @@ class TrainOptions:
     pseudo_share: float = DEFAULT_PSEUDO_SHARE
     init: Path | None = None
     reset_discriminator: bool = False
+    name: str | None = None  # the weights' version name; None: <out stem>-<UTC date of writing>
 
     @property
     def ckpt_dir(self) -> Path:
