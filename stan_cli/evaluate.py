@@ -631,7 +631,7 @@ L2_NORM_TEXT = (
 
 
 def _l2_norm_variant(pixel, d, y, names, image_size: int) -> dict:
-    """g and gd with the paper's L2 norm as the pixel term (the headline uses the MSE; README)."""
+    """g and gd with the paper's L2 norm as the pixel term (the headline uses the MSE; docs/evaluation.md)."""
     norm = [np.sqrt(float(image_size * image_size) * p) for p in pixel]
     lam = scoring.lambda_s(np.concatenate(norm), np.concatenate(d))
     return {

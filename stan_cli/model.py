@@ -207,7 +207,7 @@ def d_loss_map(logits: torch.Tensor, real: bool) -> torch.Tensor:
 
     (B, h, w) logits -> (B,) losses. The mean over the 7x7 map is our choice for the paper's
     unstated reduction: each patch is one local real/fake verdict, weighted equally. (`stan eval`
-    also reports the largest patch's term, a variant; README.)
+    also reports the largest patch's term, a variant; docs/evaluation.md.)
     """
     return d_patch_losses(logits, real).mean(dim=1)
 
@@ -217,7 +217,8 @@ def pixel_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     MSE rather than the L2 norm keeps the number independent of resolution. The norm is
     sqrt(N x MSE), N pixels: the same order of frames within a clip, but not a rescaling, so
-    per-clip min-max and the gd sum differ; `stan eval` also reports the norm's AUCs (README).
+    per-clip min-max and the gd sum differ; `stan eval` also reports the norm's AUCs
+    (docs/evaluation.md).
     """
     return (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
 

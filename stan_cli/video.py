@@ -6,7 +6,8 @@ order (2.jpg before 10.jpg), so folders and videos share one code path and one e
 ffmpeg's log is read as it decodes (`_Decoder`): a damaged image refuses its folder, and a
 video decoded from damaged data says which frames (`FrameStream.decode_errors`).
 
-What a frame is, for inputs that are not plain 8-bit RGB (README, "When something is wrong"):
+What a frame is, for inputs that are not plain 8-bit RGB (docs/troubleshooting.md, "When something
+is wrong"):
 - rotation metadata (phone videos): frames come out rotated as a player shows them (ffmpeg's
   autorotation), and `VideoInfo.width`/`height` are the rotated, displayed size;
 - 10/12/16-bit video or images are converted to 8 bits per channel by ffmpeg;

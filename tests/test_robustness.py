@@ -1,8 +1,9 @@
 """Issue #7: every bad input gets one clear error, and nothing a user has is lost.
 
-Each case of the README's "When something is wrong" table that no other test file covers is
-checked here. Every input is made on the fly with the ffmpeg binary that imageio-ffmpeg ships,
-called with an argument list (never a shell), and kept tiny so the whole file runs in seconds.
+Each case of the "When something is wrong" table (docs/troubleshooting.md) that no other test
+file covers is checked here. Every input is made on the fly with the ffmpeg binary that
+imageio-ffmpeg ships, called with an argument list (never a shell), and kept tiny so the whole
+file runs in seconds.
 A user's mistake must give exit code 1, exactly one `error: ...` line naming the file, no
 traceback, and leave no partial or overwritten output behind.
 """

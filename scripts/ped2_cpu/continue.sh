@@ -1,7 +1,7 @@
 #!/bin/bash
 # CPU continuation of a Ped2 generator on the pixel loss alone (the pretrain phase of L_G; the
 # discriminator is carried over unchanged), clips 15-16 held out, fp32, as run for the shipped
-# weights in sessions 3-4 (see README.md beside this file).
+# weights from 2026-11-29 to 2026-11-30 (see README.md beside this file).
 #   bash scripts/ped2_cpu/continue.sh --pretrain-epochs 2            # start
 #   bash scripts/ped2_cpu/continue.sh --resume --pretrain-epochs 7   # resume or extend
 # RUN: the run folder, kept outside the work tree (checkpoints live beside the output).
