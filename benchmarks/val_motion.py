@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/ped2/training/frames"))
     parser.add_argument("--val-clips", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/stan-val-cache"))
+    parser.add_argument("--kinds", default=",".join(pseudo.KINDS), help="the kinds of the combined AUC (each kind is also given alone)")
     args = parser.parse_args()
     device = torch.device("cpu")
     for path in args.weights:
@@ -38,9 +39,10 @@ def main() -> None:
         _, val = split_validation(clips, args.val_clips)
         _, d = validate(stan.generator, stan.discriminator, val, device)
         line = [f"{path}: {len(d)} normal windows, mean d {d.mean():.4f}"]
-        for kinds in (pseudo.KINDS, *[(k,) for k in pseudo.KINDS]):
+        combined = pseudo.parse_kinds(args.kinds)
+        for kinds in (combined, *[(k,) for k in pseudo.KINDS]):
             fake_loss, score = validate_pseudo(stan.discriminator, val, kinds, device)
-            label = "all kinds" if len(kinds) > 1 else kinds[0]
+            label = ",".join(kinds) if len(kinds) > 1 else kinds[0]
             line.append(f"{label}: AUC {100 * ranking_auc(d, score):.1f} %, -log(1-D) {fake_loss.mean():.4f}")
         print("; ".join(line), flush=True)
 
