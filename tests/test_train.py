@@ -422,7 +422,7 @@ def test_the_discriminator_phase_trains_only_the_discriminator_and_selects_by_it
     assert "discriminator epoch 1: validation discriminator loss" in result.stderr
     assert "chance 1.386" in result.stderr and "val discriminator loss" in result.stdout
     assert "on pseudo-anomalies" in result.stderr
-    assert after.training["options"]["pseudo_anomalies"] == "skip,reverse,repeat,patch"
+    assert after.training["options"]["pseudo_anomalies"] == "skip,repeat,patch"  # reverse only when asked
     assert after.training["options"]["pseudo_share"] == 0.75
 
 
