@@ -28,7 +28,7 @@ from . import __version__, overlay, report, scoring
 from .errors import InputError, OutputError, StanError, WeightsError
 from .fileio import LOCK_NAME, FolderLock, is_scratch, is_utf8, remove_quietly, scratch_path, shown, written_by_stan
 from .heatmaps import MapReader, MapStore
-from .inference import MAX_BATCH_SIZE, PRECISIONS, StreamScorer, check_batch_size, guided_backprop, resolve_device
+from .inference import GUIDED_LAYER, MAX_BATCH_SIZE, PRECISIONS, StreamScorer, check_batch_size, resolve_device
 from .model import CONTEXT, WINDOW
 from .video import VideoInfo, VideoWriter, frame_times, read_frames
 from .weights import Stan, find_default_weights, load_weights
@@ -49,7 +49,7 @@ OWN_FILES = (*ALL_FILES, "index.csv")
 Progress = Callable[[str, int, int | None], None]
 OVERLAY_MAX_SIZE = 1920  # the overlay videos' longer side, at most (--overlay-max-size)
 OVERLAY_SIZES = (64, 4096)  # what --overlay-max-size accepts: 4096 is what hardware H.264 decoders play
-GUIDED_CHUNK = 2  # windows per guided-backprop pass: at 224, about 70 MB of activations per window
+GUIDED_CHUNK = 8  # windows per guided backward pass: about 10 MB each at 224
 
 
 @dataclass
@@ -455,13 +455,16 @@ class ScoreStream:
     Batches hold `batch_size` windows (fewer in the last);
     frames are preprocessed a batch at a time and scored by `inference.StreamScorer`, which computes
     what overlapping windows share once per frame. Memory holds about batch_size + 10 frames.
+    guided: also each window's guided-backprop map (scores.guided), taken back to the input of the
+    discriminator's layer `guided_layer` (inference.guided_from_activations): 0, to the frames, is
+    the map of the paper and of stan explain; detect's overlay stops at inference.GUIDED_LAYER.
     """
 
     def __init__(self, video: Path, model: Stan, device, batch_size: int = 8, precision: str = "fp32",
                  fps: float | None = None, on_progress: Progress = lambda stage, done, total: None,
-                 guided: bool = False) -> None:
+                 guided: bool = False, guided_layer: int = 0) -> None:
         self.video = Path(video)
-        self.guided = guided
+        self.guided, self.guided_layer = guided, guided_layer
         check_whole("--batch-size", batch_size, 1, MAX_BATCH_SIZE, "windows per forward pass; 8 to 64 is plenty")
         check_batch_size(batch_size, model.config, torch.device(device))
         self.info, self._frames = read_frames(self.video, fps=fps)
@@ -491,7 +494,8 @@ class ScoreStream:
             yield np.stack(chunk)
 
     def __iter__(self):
-        scorer = StreamScorer(self.model.generator, self.model.discriminator, self.precision)
+        layer = self.guided_layer if self.guided else None
+        scorer = StreamScorer(self.model.generator, self.model.discriminator, self.precision, guided_layer=layer)
         first = CONTEXT  # middle frame of the next window
         try:
             for grey in self._grey_chunks():
@@ -500,11 +504,9 @@ class ScoreStream:
                 if scores is None:
                     continue
                 count = len(scores.pixel)
-                if self.guided:
-                    windows = scorer.frames.unfold(0, WINDOW, 1)  # (count, 1, S, S, 11)
-                    windows = windows.permute(0, 4, 1, 2, 3).clone()  # (count, 11, 1, S, S), not an inference tensor
-                    # backprop keeps every activation: a few windows at a time bound memory, at no cost in speed
-                    scores.guided = torch.cat([guided_backprop(self.model.discriminator, w) for w in windows.split(GUIDED_CHUNK)])
+                if self.guided:  # a chunk of windows per backward pass bounds its memory at any --batch-size
+                    chunks = [range(i, min(i + GUIDED_CHUNK, count)) for i in range(0, count, GUIDED_CHUNK)]
+                    scores.guided = torch.cat([scorer.guided(chunk) for chunk in chunks])
                 yield list(range(first, first + count)), scores
                 first += count
         finally:
@@ -539,7 +541,8 @@ def per_frame(n: int, values: list[float]) -> np.ndarray:
 
 def _score_pass(video, fps, model: Stan, dev, batch_size, precision, stores: dict[str, MapStore], on_progress):
     """Decode and score; returns info, pixel and d arrays (NaN where unscored); fills the map stores."""
-    stream = ScoreStream(video, model, dev, batch_size, precision, fps, on_progress, guided="guided" in stores)
+    stream = ScoreStream(video, model, dev, batch_size, precision, fps, on_progress, guided="guided" in stores,
+                         guided_layer=GUIDED_LAYER)
     pixel: list[float] = []
     d: list[float] = []
     try:

@@ -205,6 +205,43 @@ def guided_backprop(discriminator: Discriminator, windows: torch.Tensor) -> torc
     return grad.abs().sum(dim=1)[:, 0]  # (B, 11, 1, S, S) -> (B, S, S)
 
 
+GUIDED_LAYER = 2  # detect's guided maps stop at the input of the discriminator's third convolution (stride 4)
+
+
+def guided_from_activations(convs, pre: list[torch.Tensor], frame_size: tuple[int, int]) -> torch.Tensor:
+    """guided_backprop's backward pass by hand, from the activations of a forward pass: (B, S, S).
+
+    pre: the pre-activations (each convolution's output, before its ELU; the last: the logits) of
+    layers first..last over B windows, (B, C, T, h, w) float32. The gradient of mean(sigmoid(logits))
+    goes back through each convolution (its transpose) and each guided ELU, max(grad, 0) * elu'(z)
+    with elu'(z) = exp(min(z, 0)), down to the input of layer `first`; |gradient| is summed over
+    that input's channels and time steps and brought to frame_size (bilinear).
+
+    first = 0 gives guided_backprop's map. detect stops at GUIDED_LAYER: the two first layers'
+    backward passes, at 112 and 56 pixels, are 85 % of the work, and the map they would add to is
+    the same at 8-pixel resolution (docs/speed.md: correlation 0.99 on Ped2 at 28 x 28); what is
+    left out is texture inside 4 x 4-pixel cells.
+    """
+    first = len(convs) - len(pre)
+    sizes = [tuple(frame_size)]  # each layer's input size
+    for conv in convs[:-1]:
+        sizes.append(tuple((n + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1 for n in sizes[-1]))
+    s = torch.sigmoid(pre[-1])
+    grad = s * (1 - s) / s[0].numel()  # d mean(sigmoid(logits)) / d logits: (B, 1, 1, h, w)
+    for layer in range(len(convs) - 1, first - 1, -1):
+        conv = convs[layer]
+        pad = tuple(n - ((m - 1) * conv.stride[1] - 2 * conv.padding[1] + conv.kernel_size[1])
+                    for n, m in zip(sizes[layer], grad.shape[-2:]))  # a stride-2 layer's lost last row
+        grad = F.conv_transpose3d(grad, conv.weight, None, conv.stride, conv.padding, (0, *pad))  # at the layer's input
+        if layer > first:
+            z = pre[layer - 1 - first]
+            grad = grad.clamp(min=0) * torch.exp(z.clamp(max=0))  # through the previous layer's guided ELU
+    heat = grad.abs().sum(dim=(1, 2))  # (B, C, T, h, w) -> (B, h, w)
+    if heat.shape[-2:] != tuple(frame_size):
+        heat = F.interpolate(heat[:, None], size=tuple(frame_size), mode="bilinear", align_corners=False)[:, 0]
+    return heat  # (B, S, S)
+
+
 def _split_gates(cell: ConvLSTMCell, in_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A ConvLSTM's gate convolution over cat([x, h]) as its x half and its h half (weights)."""
     w = cell.gates.weight.detach()  # (4*hid, in + hid, k, k)
@@ -237,7 +274,8 @@ class StreamScorer:
     rearranged copies of the ConvLSTM weights.
     """
 
-    def __init__(self, generator: Generator, discriminator: Discriminator, precision: str = "fp32") -> None:
+    def __init__(self, generator: Generator, discriminator: Discriminator, precision: str = "fp32",
+                 guided_layer: int | None = None) -> None:
         if any(conv.stride[0] != 1 or conv.padding[0] != 0 for conv in discriminator.convs):
             raise ValueError("StreamScorer needs a discriminator with temporal stride 1 and no temporal padding")
         self.generator, self.discriminator, self.precision = generator, discriminator, precision
@@ -255,6 +293,15 @@ class StreamScorer:
         self.frames: torch.Tensor | None = None  # (10 + m, 1, S, S) the last push's windows' frames
         self._gates_x: torch.Tensor | None = None  # (<= 10, 2 * 4*hid, h, w) per frame, kept for the next push
         self._d_tails: list[torch.Tensor | None] = [None] * len(discriminator.convs)
+        # for guided(): the pre-activations (a conv's output, before ELU) of the discriminator's layers from
+        # guided_layer on that the last push's windows span, time first: (m + span - 1, C, h, w)
+        self.guided_layer = guided_layer
+        self._d_pre: list[torch.Tensor | None] = [None] * len(discriminator.convs)
+        self._spans = []  # each layer's steps in one window: 7, 5, 3, 1, 1, 1
+        span = WINDOW
+        for conv in discriminator.convs:
+            span -= conv.kernel_size[0] - 1
+            self._spans.append(span)
 
     @torch.inference_mode()
     def push(self, frames: torch.Tensor) -> WindowScores | None:
@@ -268,6 +315,8 @@ class StreamScorer:
         m = len(self.frames) - keep  # windows completed by this push
         if m <= 0:
             return None
+        if self.guided_layer is not None:
+            self._d_pre = [pre if pre is None else pre[-(m + span - 1) :] for pre, span in zip(self._d_pre, self._spans)]
         with autocast(frames.device, self.precision):
             prediction = self._predict(self._gates_x, m).float()
         return _scores(prediction, self.frames[CONTEXT : CONTEXT + m], logits)
@@ -307,6 +356,24 @@ class StreamScorer:
             if x.shape[2] < k:
                 return x.new_zeros((0, *x.shape[-2:]))  # not yet a full window; shape is unused
             x = conv(x)
+            if self.guided_layer is not None and layer >= self.guided_layer:
+                pre = x[0].transpose(0, 1)  # (1, C, n, h, w) -> (n, C, h, w)
+                kept = self._d_pre[layer]
+                self._d_pre[layer] = pre if kept is None else torch.cat([kept, pre])
             if layer < len(convs) - 1:
                 x = F.elu(x)
         return x[0, 0]  # (1, 1, m, h, w) -> (m, h, w)
+
+    @torch.inference_mode()
+    def guided(self, windows: range) -> torch.Tensor:
+        """The guided-backprop maps of some windows of the last push (0: its first), stopped at the
+        input of layer guided_layer (guided_from_activations): (len, S, S) float32. The forward pass
+        is the push's own, so only the backward pass is left to do, for all of them at once."""
+        if self.guided_layer is None:
+            raise ValueError("StreamScorer.guided needs a scorer made with guided_layer")
+        starts = torch.as_tensor(list(windows), device=self.frames.device)[:, None]  # (B, 1)
+        pre = [
+            buf[starts + torch.arange(span, device=buf.device)].float().transpose(1, 2)  # (B, span, C, h, w) -> (B, C, span, h, w)
+            for buf, span in zip(self._d_pre[self.guided_layer :], self._spans[self.guided_layer :])
+        ]
+        return guided_from_activations(self.discriminator.convs, pre, tuple(self.frames.shape[-2:]))

@@ -1,0 +1,109 @@
+"""detect's guided-backprop maps: the backward pass by hand from the scoring pass's own activations.
+
+The reference is autograd through the discriminator with guided ELUs (inference.guided_backprop
+for the map at the frames; the same graph cut at a layer's input for detect's coarser map).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stan_cli.detect import ScoreStream
+from stan_cli.inference import GUIDED_LAYER, StreamScorer, guided_backprop, guided_elu
+from stan_cli.model import WINDOW
+from stan_cli.weights import load_weights
+
+from conftest import make_clip, write_video
+
+N = 30
+
+
+@pytest.fixture(scope="module")
+def model(tiny_weights):
+    return load_weights(tiny_weights).eval()
+
+
+@pytest.fixture(scope="module")
+def frames(model) -> torch.Tensor:
+    torch.manual_seed(3)
+    return torch.rand(N, 1, model.config.image_size, model.config.image_size) * 2 - 1  # (N, 1, S, S)
+
+
+def windows_of(frames: torch.Tensor) -> torch.Tensor:
+    return frames.unfold(0, WINDOW, 1).permute(0, 4, 1, 2, 3).contiguous()  # (N - 10, 11, 1, S, S)
+
+
+def autograd_map(discriminator, windows: torch.Tensor, layer: int) -> torch.Tensor:
+    """|d mean(sigmoid(D)) / d (input of convs[layer])| through guided ELUs, summed over channels
+    and time, brought to the frame size: (B, S, S)."""
+    size = windows.shape[-2:]
+    with torch.enable_grad():
+        x = windows.transpose(1, 2)  # (B, 1, 11, S, S)
+        for conv in discriminator.convs[:layer]:
+            x = guided_elu(conv(x))
+        cut = x.detach().requires_grad_(True)
+        y = cut
+        for conv in discriminator.convs[layer:-1]:
+            y = guided_elu(conv(y))
+        target = torch.sigmoid(discriminator.convs[-1](y)).flatten(1).mean(dim=1).sum()
+        (grad,) = torch.autograd.grad(target, cut)
+    heat = grad.abs().sum(dim=(1, 2))[:, None]  # (B, 1, h, w)
+    return F.interpolate(heat, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def stream_maps(model, frames: torch.Tensor, layer: int, push: int) -> torch.Tensor:
+    scorer = StreamScorer(model.generator, model.discriminator, guided_layer=layer)
+    maps = []
+    for chunk in frames.split(push):
+        scores = scorer.push(chunk)
+        if scores is not None:
+            maps.append(scorer.guided(range(len(scores.pixel))))
+    return torch.cat(maps)
+
+
+@pytest.mark.parametrize("layer", [0, 1, GUIDED_LAYER, 4])
+def test_maps_at_each_layer_match_autograd(model, frames, layer):
+    expected = autograd_map(model.discriminator, windows_of(frames), layer)
+    torch.testing.assert_close(stream_maps(model, frames, layer, push=13), expected, rtol=1e-4, atol=1e-9)
+
+
+def test_layer_zero_is_guided_backprop(model, frames):
+    """Cut at the frames, the hand-made backward pass is stan explain's map."""
+    expected = guided_backprop(model.discriminator, windows_of(frames))
+    torch.testing.assert_close(stream_maps(model, frames, 0, push=N), expected, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("push", [1, 4, 11, N])
+def test_any_chunking_gives_the_same_maps(model, frames, push):
+    torch.testing.assert_close(stream_maps(model, frames, GUIDED_LAYER, push), stream_maps(model, frames, GUIDED_LAYER, 8))
+
+
+def test_kept_activations_stay_bounded(model, frames):
+    """Only what the last push's windows span is kept, however long the stream."""
+    scorer = StreamScorer(model.generator, model.discriminator, guided_layer=GUIDED_LAYER)
+    for chunk in frames.split(3):
+        scores = scorer.push(chunk)
+    kept = [len(pre) for pre in scorer._d_pre[GUIDED_LAYER:]]
+    assert kept == [len(scores.pixel) + span - 1 for span in scorer._spans[GUIDED_LAYER:]]
+    assert all(pre is None for pre in scorer._d_pre[:GUIDED_LAYER])
+
+
+def test_score_stream_map_any_batch_size(model, tmp_path):
+    video = write_video(tmp_path / "clip.mp4", make_clip(n=25))
+    maps = {
+        b: torch.cat([s.guided for _, s in ScoreStream(video, model, "cpu", b, guided=True, guided_layer=GUIDED_LAYER)])
+        for b in (1, 8)
+    }
+    assert maps[1].shape == (25 - 10, model.config.image_size, model.config.image_size)
+    torch.testing.assert_close(maps[1], maps[8])
+    assert np.isfinite(maps[1].numpy()).all() and maps[1].max() > 0
+
+
+def test_guided_needs_a_layer(model, frames):
+    scorer = StreamScorer(model.generator, model.discriminator)
+    scorer.push(frames[:12])
+    with pytest.raises(ValueError, match="guided_layer"):
+        scorer.guided(range(2))
