@@ -197,9 +197,12 @@ class _LogProgress:
         )
         return task_id
 
-    def update(self, task_id: int, completed: float | None = None, total: float | None = None, info: str | None = None) -> None:
+    def update(
+        self, task_id: int, completed: float | None = None, total: float | None = None, info: str | None = None, left: float | None = None
+    ) -> None:
+        """`left`: the seconds left as the caller measures them (stan train: at the rate of the last minute)."""
         task = self.tasks[task_id]
-        for key, value in (("completed", completed), ("total", total), ("info", info)):
+        for key, value in (("completed", completed), ("total", total), ("info", info), ("left", left)):
             if value is not None:
                 task[key] = value
         if task["total"] and task["completed"] > task["total"]:  # past an estimate (a video's header): unknown now
@@ -220,7 +223,9 @@ class _LogProgress:
         task["said"] = done
         count = f"{_number(done)}/{_number(total)}" if total else _number(done)
         left = ""
-        if total and task["first"] < done < total:  # at the rate of this run (a resumed epoch starts part done)
+        if task.get("left") is not None and (not total or done < total):
+            left = f", about {_clock(task['left'])} left"
+        elif total and task["first"] < done < total:  # at the rate of this run (a resumed epoch starts part done)
             left = f", about {_clock(elapsed * (total - done) / (done - task['first']))} left"
         info = f" {task['info']}" if task["info"] else ""
         clock = time.strftime("%H:%M:%S")
@@ -237,6 +242,25 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+class _TimeLeftColumn(TimeRemainingColumn):
+    """Time left: the task's own `left` field where the caller measures it (stan train), else rich's estimate."""
+
+    def render(self, task):
+        if task.fields.get("left") is None or task.finished:
+            return super().render(task)
+        return super().render(_WithLeft(task, task.fields["left"]))
+
+
+class _WithLeft:
+    """A task whose time_remaining is the given seconds (what TimeRemainingColumn draws)."""
+
+    def __init__(self, task, left: float) -> None:
+        self._task, self.time_remaining = task, left
+
+    def __getattr__(self, name):
+        return getattr(self._task, name)
+
+
 def _progress() -> Progress | _LogProgress:
     if not err.is_terminal:
         return _LogProgress(err)
@@ -246,7 +270,7 @@ def _progress() -> Progress | _LogProgress:
         MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        _TimeLeftColumn(),
         console=err,
         transient=False,
     )
@@ -444,6 +468,7 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
     "stan train ./normal_footage --out mycam.safetensors",
     "stan train ./normal_footage --init weights/stan-ped2.safetensors --pretrain-epochs 0 --epochs 0 --out mycam.safetensors   # calibrate only",
     "stan train ./normal_footage --out mycam.safetensors --resume   # go on after a stop",
+    "stan train ./normal_footage --time 45m --out mycam.safetensors   # fit the epochs to 45 minutes",
 ))
 def train(
     data: Annotated[Path, typer.Argument(metavar="FOOTAGE", help="Normal footage: a frame folder, a folder of clip folders, or of videos.")],
@@ -451,6 +476,8 @@ def train(
     pretrain_epochs: Annotated[Optional[int], typer.Option(help="Epochs of the generator alone on the pixel loss \\[default: 10; on --resume the run's own].", rich_help_panel="Recipe", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Adversarial epochs, generator and discriminator alternately \\[default: 20; on --resume the run's own].", rich_help_panel="Recipe", show_default=False)] = None,
     discriminator_epochs: Annotated[Optional[int], typer.Option(help="Then epochs of the discriminator alone against the frozen, selected generator; not in the paper (README) \\[default: 0; on --resume the run's own].", rich_help_panel="Recipe", show_default=False)] = None,
+    time_budget: Annotated[Optional[str], typer.Option("--time", metavar="TIME", help="Fit the run to this time, e.g. 45m, 1.5h, 90s (reading the footage and calibrating included): times a few steps, plans each phase's epochs, stops at the deadline with the selected model. Instead of the epoch options; on --resume: this much from now \\[default: the run's own budget left].", rich_help_panel="Recipe", show_default=False)] = None,
+    time_shares: Annotated[Optional[str], typer.Option(help="With --time: the shares of the training time for generator-only, adversarial and discriminator epochs \\[default: 3,0,1; with --init 1,0,1].", rich_help_panel="Recipe", show_default=False)] = None,
     lr: Annotated[float, typer.Option(help="Adam learning rate.", rich_help_panel="Recipe")] = 2e-4,
     batch_size: Annotated[int, typer.Option(help="Windows per step (per process).", rich_help_panel="Recipe")] = 3,
     lam: Annotated[float, typer.Option("--lambda", help="Weight of the pixel loss in L_G.", rich_help_panel="Recipe")] = 1.0,
@@ -474,12 +501,18 @@ def train(
 ) -> None:
     """Train both networks on normal footage of one camera, the paper's way; write a weights file."""
     from .train import TrainingInterrupted, TrainOptions, is_recalibration, train as run_train
+    from .training.budget import parse_duration
 
+    try:
+        seconds = parse_duration(time_budget) if time_budget is not None else None
+    except StanError as e:
+        fail(str(e))
     opts = TrainOptions(
         data=data, out=out_file, pretrain_epochs=pretrain_epochs, epochs=epochs, discriminator_epochs=discriminator_epochs, lr=lr, batch_size=batch_size,
         lam=lam, val_clips=val_clips, false_alarm_rate=false_alarm_rate, device=device, precision=precision,
         seed=seed, workers=workers, checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
         resume=resume, overwrite=overwrite, preset=preset, init=init, reset_discriminator=reset_discriminator, pixel_norm=pixel_norm, name=name,
+        time_budget=seconds, time_shares=time_shares,
     )
     if pseudo_anomalies is not None:
         opts.pseudo_anomalies = pseudo_anomalies
@@ -526,14 +559,19 @@ def train(
                 )
             if task["id"] is not None:
                 progress.remove_task(task["id"])
+            of = f"/{info['epochs']}" if info["epochs"] is not None else ""  # --time: until its part of the time ends
             task["id"] = progress.add_task(
-                f"{info['phase']} {info['epoch'] + 1}/{info['epochs']}", total=info["steps"], completed=info["done"], info=""
+                f"{info['phase']} {info['epoch'] + 1}{of}", total=info["steps"], completed=info["done"], info=""
             )
         elif kind == "step":
             text = " ".join(f"{k.removeprefix('loss_')}={v:.4g}" for k, v in info["losses"].items() if v == v)  # NaN: not computed
-            progress.update(task["id"], completed=info["batch"], info=f"{text} {info['samples_per_s']:.1f} samples/s")
+            progress.update(task["id"], completed=info["batch"], info=f"{text} {info['samples_per_s']:.1f} samples/s", left=info["seconds_left"])
+        elif kind == "plan":
+            progress.console.print(escape(info["text"]), highlight=False)
         elif kind == "epoch_end":
             mark = " [green](selected)[/]" if info["selected"] else ""
+            if "epoch_fraction" in info:  # --time ended the phase inside this epoch
+                mark = f" ({100 * info['epoch_fraction']:.0f} % of it, as --time ended the phase){mark}"
             if math.isnan(info["val_pixel"]):  # no held-out clips: nothing measured, the latest epoch is kept
                 verdict = "no validation windows" + (", the latest epoch is kept" if info["selected"] else "")
                 progress.console.print(f"{info['phase']} epoch {info['epoch']}: {verdict}")

@@ -46,12 +46,15 @@ from .model import PRESETS, Discriminator, Generator, d_loss_map, pixel_loss, sp
 from .training import ranks
 from .training.calibration import calibrate, calibration_clips, training_record
 from .training.checkpoints import Scratch, StopFlag, run_folder
+from .training.budget import Costs
 from .training.checks import check_batch_memory, check_options
+from .training.clock import Deadline, Throughput
 from .training.data import epoch_batches, prepare_data
 from .training.fakes import fake_windows, pseudo_batch
 from .training.logs import log_step, log_validation, plot_losses, publish_logs
 from .training.losses import check_finite, grad_norm, pixel_term
-from .training.options import PHASES, Event, TrainOptions, TrainResult, final_phase, is_recalibration, phases, pseudo_plan
+from .training.options import PHASES, Event, TrainOptions, TrainResult, final_phase, is_recalibration, phases, pseudo_plan, set_epochs
+from .training.plan import plan_run
 from .training.ranks import Rank
 from .training.resume import continue_finished, init_record, load_init, run_options, start_progress, start_record
 from .training.selection import D_SELECTION_RULE, SELECTION_RULE, discriminator_at_chance, epoch_record, is_selected, selection_value
@@ -80,6 +83,7 @@ def train(opts: TrainOptions, on_event: Event = lambda kind, **info: None) -> Tr
     Returns the result on rank 0 (None on other ranks of a distributed run). Raises
     TrainingInterrupted after a clean stop on Ctrl-C / SIGTERM (the checkpoint is written).
     """
+    started = time.perf_counter()  # a --time budget counts from here: reading the footage and calibrating are in it
     opts = TrainOptions(**{**asdict(opts), "data": Path(opts.data), "out": Path(opts.out)})
     check_options(opts)
     init = load_init(opts)
@@ -92,7 +96,7 @@ def train(opts: TrainOptions, on_event: Event = lambda kind, **info: None) -> Tr
         emit("warning", message=message)
     try:
         with run_folder(opts, rank) as scratch:
-            return _run(opts, rank, device, emit, init, scratch)
+            return _run(opts, rank, device, emit, init, scratch, started)
     finally:
         ranks.stop(rank)
 
@@ -114,6 +118,9 @@ class _Run:
     warnings: list[str] = field(default_factory=list)
     g_model: torch.nn.Module | None = None  # the networks as the step calls them: DDP-wrapped when distributed
     d_model: torch.nn.Module | None = None
+    costs: Costs | None = None  # what a step and a validation of each phase take here (None: nothing to train)
+    deadline: Deadline | None = None  # a --time run's clock
+    end_s: dict[str, float] = field(default_factory=dict)  # the last epoch end's seconds (validation, checkpoint, plot), per phase
 
     @property
     def last_path(self) -> Path:
@@ -128,13 +135,15 @@ class _Run:
         self.emit("warning", message=message)
 
     def checkpoint(self) -> None:
+        if self.deadline is not None:
+            self.deadline.save(time.perf_counter())
         if self.rank.main:
             save_checkpoint(self.last_path, self.generator, self.discriminator, self.opt_g, self.opt_d, self.progress, PRESETS[self.opts.preset])
             if self.scratch is not None:
                 self.scratch.checkpointed = True
 
 
-def _run(opts: TrainOptions, rank: Rank, device: torch.device, emit: Event, init, scratch: Scratch | None) -> TrainResult | None:
+def _run(opts: TrainOptions, rank: Rank, device: torch.device, emit: Event, init, scratch: Scratch | None, started: float) -> TrainResult | None:
     if rank.main:
         opts.ckpt_dir.mkdir(parents=True, exist_ok=True)
     opts = run_options(opts, rank, emit)
@@ -143,6 +152,9 @@ def _run(opts: TrainOptions, rank: Rank, device: torch.device, emit: Event, init
     finish_only = continue_finished(opts, run.progress)
     windows, train_clips, val_clips = prepare_data(opts, rank, PRESETS[opts.preset].image_size, run.progress, emit, run.warn)
     start_record(opts, rank, run.progress["step"], scratch)
+    if not finish_only:  # timed on copies, before the networks are wrapped for DDP
+        networks, clips = (run.generator, run.discriminator), (train_clips, val_clips)
+        run.costs, run.deadline = plan_run(opts, rank, device, run.progress, networks, windows, clips, started, _step, emit)
     run.g_model, run.d_model = ranks.wrap(run.generator, rank, device), ranks.wrap(run.discriminator, rank, device)
     _train_phases(run, windows, val_clips, finish_only)
     if not rank.main:
@@ -153,6 +165,8 @@ def _run(opts: TrainOptions, rank: Rank, device: torch.device, emit: Event, init
     if not is_recalibration(opts):  # a recalibration trained nothing: there is nothing to continue
         final = final_phase(opts)
         run.progress.update(phase="done", done_phase=final, done_epochs=dict(phases(opts))[final])
+        if "budget" in run.progress:  # more of it goes on by epochs, like any finished run
+            run.progress["budget"]["finished"] = True
         run.checkpoint()
     emit("done", result=result)
     return result
@@ -173,24 +187,57 @@ def _networks(opts: TrainOptions, device: torch.device, init) -> tuple:
 
 
 def _train_phases(run: _Run, windows: WindowSet, val_clips: list[Clip], finish_only: bool) -> None:
-    """Every phase from where the run stands up to the final one, epoch by epoch."""
-    opts, progress = run.opts, run.progress
-    names = [p for p, _ in phases(opts)]
-    first = len(names) if finish_only else names.index(progress["phase"])
+    """Every phase from where the run stands up to the final one, epoch by epoch; under --time each
+    phase until its part of the time ends, and a phase left without time is left out."""
+    progress = run.progress
+    first = len(PHASES) if finish_only else PHASES.index(progress["phase"])
     clock = (time.perf_counter(), progress["wall_s"])  # the run's wall time: training alone, across resumes
     with StopFlag() as stop:
-        # Up to the final phase: the empty ones after it are never entered, so a run stays where it
-        # ended, batch and all.
-        for phase, n_epochs in phases(opts)[first : PHASES.index(final_phase(opts)) + 1]:
-            if progress["phase"] != phase:
-                _enter_phase(run, phase)
-            while progress["epoch"] < n_epochs:
-                _train_epoch(run, windows, phase, n_epochs, stop, clock)
-                progress.update(epoch=progress["epoch"] + 1, batch=0)
-                if run.rank.main:
-                    _end_of_epoch(run, phase, val_clips)
-                run.checkpoint()
-                run.rank.barrier()
+        for phase in PHASES[first:]:
+            # Up to the final phase: the empty ones after it are never entered, so a run stays where
+            # it ended, batch and all.
+            if PHASES.index(phase) > PHASES.index(final_phase(run.opts)):
+                break
+            if run.deadline is None or _phase_begins(run, phase):
+                if progress["phase"] != phase:
+                    _enter_phase(run, phase)
+                _train_phase(run, windows, phase, val_clips, stop, clock)
+            if run.deadline is not None:
+                _end_phase(run, phase, val_clips, len(windows))
+
+
+def _train_phase(run: _Run, windows: WindowSet, phase: str, val_clips: list[Clip], stop: StopFlag, clock: tuple[float, float]) -> None:
+    progress = run.progress
+    n_epochs = dict(phases(run.opts))[phase]
+    while progress["epoch"] < n_epochs:
+        if _train_epoch(run, windows, phase, n_epochs, stop, clock):
+            return  # the clock cut it: _end_phase validates what it trained
+        progress.update(epoch=progress["epoch"] + 1, batch=0)
+        if run.rank.main:
+            _end_of_epoch(run, phase, val_clips)
+        run.checkpoint()
+        run.rank.barrier()
+
+
+def _phase_begins(run: _Run, phase: str) -> bool:
+    """Rank 0's clock gives the phase its part of the time, or none."""
+    begins = run.deadline.begin_phase(phase, time.perf_counter())
+    return not ranks.any_rank(run.rank.main and not begins, run.rank, run.device)
+
+
+def _end_phase(run: _Run, phase: str, val_clips: list[Clip], n_windows: int) -> None:
+    """A --time phase ends where its time did. An epoch it cut short counts as its last, its state
+    validated (and selected or not) like an epoch end's; its epochs become those it trained."""
+    progress = run.progress
+    trained = progress["phase"] == phase
+    if trained and progress["batch"]:
+        fraction = progress["batch"] / len(epoch_batches(n_windows, run.opts, phase, progress["epoch"], run.rank))
+        progress.update(epoch=progress["epoch"] + 1, batch=0)
+        if run.rank.main:
+            _end_of_epoch(run, phase, val_clips, fraction)
+    set_epochs(run.opts, progress, phase, progress["epoch"] if trained else 0)
+    run.checkpoint()
+    run.rank.barrier()
 
 
 def _enter_phase(run: _Run, phase: str) -> None:
@@ -208,27 +255,36 @@ def _enter_phase(run: _Run, phase: str) -> None:
         run.rank.barrier()
 
 
-def _train_epoch(run: _Run, windows: WindowSet, phase: str, n_epochs: int, stop: StopFlag, clock: tuple[float, float]) -> None:
+def _train_epoch(run: _Run, windows: WindowSet, phase: str, n_epochs: int, stop: StopFlag, clock: tuple[float, float]) -> bool:
     """The rest of one epoch, from the batch the run stands at: a checkpoint every
-    --checkpoint-every steps, and one before stopping on a signal."""
+    --checkpoint-every steps, and one before stopping on a signal. True when a --time run's
+    clock ends the phase before the epoch's end."""
     opts, progress, rank = run.opts, run.progress, run.rank
     epoch = progress["epoch"]
     batches = epoch_batches(len(windows), opts, phase, epoch, rank)
-    run.emit("epoch_start", phase=phase, epoch=epoch, epochs=n_epochs, steps=len(batches), done=progress["batch"])
+    meter = Throughput(time.perf_counter())  # since the epoch (or the resumed run) began, over the last minute
+    if _cut(run, phase, meter):  # not even a step fits: nothing of this epoch is begun
+        return True
+    run.emit("epoch_start", phase=phase, epoch=epoch, epochs=None if run.deadline else n_epochs, steps=len(batches), done=progress["batch"])
     loader = torch.utils.data.DataLoader(windows, batch_sampler=batches[progress["batch"] :], num_workers=opts.workers)
-    t_last = time.perf_counter()
+    samples_left = sum(map(len, batches[progress["batch"] :])) * rank.world
     for b, batch in enumerate(loader, start=progress["batch"]):
+        if _cut(run, phase, meter):
+            return True
         x = to_tensor(batch).to(run.device)  # (B, 11, S, S) uint8 -> (B, 11, 1, S, S) in [-1, 1]
         where = f"step {progress['step'] + 1} ({phase} epoch {epoch + 1})"
         fakes = pseudo_batch(windows, batches[b], opts, epoch, b, rank) if phase == "discriminator" else None
         losses = _step(phase, x, run.g_model, run.d_model, run.opt_g, run.opt_d, opts, run.device, where, run.last_path, fakes)
         now = time.perf_counter()
-        rate = len(batches[b]) * rank.world / max(now - t_last, 1e-9)
-        t_last = now
+        meter.add(now, len(batches[b]) * rank.world)
+        samples_left -= len(batches[b]) * rank.world
         progress.update(step=progress["step"] + 1, batch=b + 1, wall_s=clock[1] + (now - clock[0]))
         if rank.main:
-            log_step(opts, progress["step"], phase, epoch, losses, rate)
-        run.emit("step", phase=phase, epoch=epoch, batch=b + 1, steps=len(batches), losses=losses, samples_per_s=rate)
+            log_step(opts, progress["step"], phase, epoch, losses, meter.samples_per_s)
+        run.emit(
+            "step", phase=phase, epoch=epoch, batch=b + 1, steps=len(batches), losses=losses,
+            samples_per_s=meter.samples_per_s, seconds_left=_seconds_left(run, meter, samples_left, now),
+        )
         if progress["step"] % opts.checkpoint_every == 0:
             run.checkpoint()
         if ranks.any_rank(stop.stop, rank, run.device):
@@ -237,6 +293,26 @@ def _train_epoch(run: _Run, windows: WindowSet, phase: str, n_epochs: int, stop:
                 f"stopped at step {progress['step']}; checkpoint written to {run.last_path}. "
                 "Run the same command with --resume to continue."
             )
+    return False
+
+
+def _cut(run: _Run, phase: str, meter: Throughput) -> bool:
+    """Does rank 0's clock end the phase before this step: would the step and the validation
+    after it run past the phase's part of the time?"""
+    if run.deadline is None:
+        return False
+    step_s = meter.step_s or run.costs.step_s[phase]
+    end_s = run.end_s.get(phase, run.costs.end_s[phase])
+    return ranks.any_rank(run.rank.main and run.deadline.cut(time.perf_counter(), step_s, end_s), run.rank, run.device)
+
+
+def _seconds_left(run: _Run, meter: Throughput, samples_left: int, now: float) -> float | None:
+    """The epoch's time left at the rate of the last minute; under --time, at most the phase's."""
+    rate = meter.samples_per_s
+    left = samples_left / rate if rate > 0 else None
+    if run.deadline is not None:
+        left = min(left if left is not None else float("inf"), run.deadline.left_s(now))
+    return left
 
 
 def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt, fakes=None) -> dict[str, float]:
@@ -309,17 +385,23 @@ def _generator_step(fake, pred, target, d_model, opt_g, opts, device, where, ckp
     return loss_adv.item()
 
 
-def _end_of_epoch(run: _Run, phase: str, val_clips: list[Clip]) -> None:
-    """Score the held-out windows; keep this state if the selection rule prefers it; log and plot."""
+def _end_of_epoch(run: _Run, phase: str, val_clips: list[Clip], fraction: float | None = None) -> None:
+    """Score the held-out windows; keep this state if the selection rule prefers it; log and plot.
+    `fraction`: the part of the epoch trained, when --time cut it short."""
     opts, progress = run.opts, run.progress
+    start = time.perf_counter()
     scores = validate(run.generator, run.discriminator, val_clips, run.device, generated=True) if val_clips else None
     record = epoch_record(opts, phase, progress, scores, run.discriminator, val_clips, run.device)
+    if fraction is not None:
+        record["epoch_fraction"] = round(fraction, 4)
     selected = is_selected(opts, record, progress.get("best"), bool(val_clips))
     if selected:
         progress["best"] = record
         save_weights(run.best_path, run.generator, run.discriminator, PRESETS[opts.preset])
     log_validation(opts, record, selected)
     plot_losses(opts.live_log, opts.live_val_log, opts.live_plot)
+    if run.costs is not None:  # what the next epoch end will take, measured (the checkpoint after it estimated)
+        run.end_s[phase] = time.perf_counter() - start + run.costs.checkpoint_s
     run.emit("epoch_end", **record, selected=selected)
 
 

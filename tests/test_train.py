@@ -980,15 +980,25 @@ def test_cli_error_line_is_red(tmp_path, monkeypatch):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data3, tmp_path, monkeypatch):
     import stan_cli.train as train_module
 
-    real = train_module.pixel_term
-    calls = {"n": 0}
+    import stan_cli.training.plan as plan_module
+
+    real, real_measure = train_module.pixel_term, plan_module.measure
+    calls = {"n": 0, "timing": False}
 
     def pixel_term(pred, target, norm):
-        calls["n"] += 1
+        calls["n"] += not calls["timing"]  # the steps timed before training (on copies) are not the run's
         loss = real(pred, target, norm)
         return loss * float("nan") if calls["n"] == 5 else loss
 
+    def measure(*args, **kwargs):
+        calls["timing"] = True
+        try:
+            return real_measure(*args, **kwargs)
+        finally:
+            calls["timing"] = False
+
     monkeypatch.setattr(train_module, "pixel_term", pixel_term)
+    monkeypatch.setattr(plan_module, "measure", measure)
     out = tmp_path / "model.safetensors"
     with pytest.raises(TrainingError, match="step 5") as info:
         train(options(data3, out, checkpoint_every=2))

@@ -23,6 +23,7 @@ from .. import __version__, scoring
 from ..dataset import Clip, WindowSet
 from ..errors import TrainingError
 from ..model import WINDOW
+from .clock import budget_summary
 from .resume import init_record
 from .options import TrainOptions, final_phase, is_recalibration
 from .selection import D_SELECTION_RULE, SELECTION_RULE
@@ -119,6 +120,7 @@ def training_record(opts: TrainOptions, progress: dict, train_clips: list[Clip],
         "generator_selected": progress.get("generator_selected"),
         "init": init_record(progress.get("init")),
         "wall_s": round(progress["wall_s"], 1),
+        "time_budget": budget_summary(progress.get("budget")),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),

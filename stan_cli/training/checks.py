@@ -18,7 +18,8 @@ from ..errors import InputError, OutputError, StanError, TrainingError
 from ..inference import PRECISIONS
 from ..model import PRESETS, WINDOW, Discriminator, Generator, StanConfig
 from ..video import is_frame_folder
-from .options import PIXEL_NORMS, TrainOptions, is_recalibration
+from .budget import check_duration, parse_shares
+from .options import EPOCH_OPTIONS, PIXEL_NORMS, TrainOptions, is_recalibration
 
 MAX_EPOCHS = 100_000  # a phase's epochs: far past any real run, so that a slip of the keyboard is refused, not run for weeks
 MAX_COUNT = 1_000_000_000  # windows, clips, steps: past any run; a value meant for another option is refused
@@ -47,6 +48,7 @@ def check_options(opts: TrainOptions) -> None:
     _check_names(opts)
     _check_numbers(opts)
     _check_recipe(opts)
+    _check_budget(opts)
     _check_paths(opts)
 
 
@@ -116,6 +118,28 @@ def _check_recipe(opts: TrainOptions) -> None:
         raise TrainingError(f"--name {opts.name!r}: give 1 to 100 printable characters, e.g. my-camera-2026-12.")
     if opts.reset_discriminator and opts.init is None:
         raise TrainingError("--reset-discriminator only makes sense with --init FILE (a new run starts from random networks anyway).")
+
+
+def _check_budget(opts: TrainOptions) -> None:
+    """--time plans the epochs itself: it takes no epoch option, and shares that can train something."""
+    if opts.time_budget is None:
+        if opts.time_shares is not None:
+            raise TrainingError("--time-shares splits a --time budget between the phases: add --time (e.g. --time 45m).")
+        return
+    check_duration(opts.time_budget)
+    for flag in EPOCH_OPTIONS.values():
+        if getattr(opts, flag.removeprefix("--").replace("-", "_")) is not None:
+            raise TrainingError(
+                f"{flag} with --time: --time plans every phase's epochs itself (how it shares the time between them: "
+                f"--time-shares). Drop {flag}, or drop --time to train the epochs you ask for."
+            )
+    if opts.time_shares is not None and not opts.resume:
+        shares = parse_shares(opts.time_shares)
+        if opts.init is None and not shares["pretrain"] and not shares["adversarial"]:
+            raise TrainingError(
+                f"--time-shares {opts.time_shares}: only the discriminator phase, which trains against a trained "
+                "generator: give the generator a share (e.g. 3,0,1), or add --init FILE."
+            )
 
 
 def _check_paths(opts: TrainOptions) -> None:

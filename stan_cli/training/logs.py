@@ -13,7 +13,10 @@ import numpy as np
 from .options import TrainOptions, is_recalibration
 
 LOG_FIELDS = ["step", "phase", "epoch", "loss_pixel", "loss_adv", "loss_d", "d_real", "d_fake", "samples_per_s"]
-VAL_FIELDS = ["step", "phase", "epoch", "val_pixel", "val_d", "selected", "val_d_fake", "val_d_pseudo", "val_loss_d", "val_pseudo_auc"]
+VAL_FIELDS = [
+    "step", "phase", "epoch", "val_pixel", "val_d", "selected", "val_d_fake", "val_d_pseudo", "val_loss_d", "val_pseudo_auc",
+    "epoch_fraction",  # the part of the epoch trained, when --time ended the phase inside it (empty: a whole epoch)
+]
 
 
 def adopt_logs(opts: TrainOptions) -> None:

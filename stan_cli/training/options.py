@@ -25,6 +25,7 @@ EPOCH_OPTIONS = {"pretrain": "--pretrain-epochs", "adversarial": "--epochs", "di
 DEFAULT_PSEUDO = "skip,repeat,patch"
 DEFAULT_PSEUDO_SHARE = 0.75
 PIXEL_NORMS = ("l2", "mse")
+BUDGET_EPOCHS = 100_000  # a --time phase's epochs while it trains: it ends when its part of the time does
 
 
 @dataclass
@@ -56,6 +57,10 @@ class TrainOptions:
     init: Path | None = None
     reset_discriminator: bool = False
     name: str | None = None  # the weights' version name; None: <out stem>-<UTC date of writing>
+    # --time: seconds this command may take, reading the footage and calibrating included (None:
+    # the epochs asked for); the phases' shares of it (None: budget.SHARES, or INIT_SHARES with --init)
+    time_budget: float | None = None
+    time_shares: str | None = None
 
     @property
     def ckpt_dir(self) -> Path:
@@ -117,6 +122,13 @@ class TrainResult:
 
 def phases(opts: TrainOptions) -> list[tuple[str, int]]:
     return [("pretrain", opts.pretrain_epochs), ("adversarial", opts.epochs), ("discriminator", opts.discriminator_epochs)]
+
+
+def set_epochs(opts: TrainOptions, progress: dict, phase: str, epochs: int) -> None:
+    """A phase's epochs, in the options and in the progress a checkpoint keeps."""
+    key = EPOCH_OPTIONS[phase].removeprefix("--").replace("-", "_")
+    setattr(opts, key, epochs)
+    progress[key] = epochs
 
 
 def last_phase(epochs: int, discriminator_epochs: int | None) -> str:

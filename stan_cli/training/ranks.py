@@ -75,6 +75,15 @@ def any_rank(flag: bool, rank: Rank, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def from_main(value, rank: Rank):
+    """Rank 0's `value` on every process (a plan made from rank 0's clock, which all must follow)."""
+    if rank.world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def wrap(module: torch.nn.Module, rank: Rank, device: torch.device) -> torch.nn.Module:
     """The module as the training step calls it: DDP-wrapped in a distributed run."""
     if rank.world == 1:

@@ -9,11 +9,13 @@ from pathlib import Path
 from ..errors import TrainingError
 from ..model import PRESETS
 from ..weights import Stan, file_sha256, load_checkpoint, load_weights, read_checkpoint_progress
+from .budget import INIT_SHARES, SHARES, parse_shares
 from .checkpoints import Scratch
+from .clock import new_budget
 from .logs import adopt_logs, restart_logs
 from .options import (
-    DEFAULT_EPOCHS, DEFAULT_PRETRAIN_EPOCHS, EPOCH_OPTIONS, PHASES, Event, TrainOptions, final_phase, is_recalibration,
-    last_phase, phases,
+    BUDGET_EPOCHS, DEFAULT_EPOCHS, DEFAULT_PRETRAIN_EPOCHS, EPOCH_OPTIONS, PHASES, Event, TrainOptions, final_phase,
+    is_recalibration, last_phase, phases,
 )
 from .ranks import Rank
 
@@ -58,6 +60,10 @@ def init_record(init: dict | None) -> dict | None:
 def run_options(opts: TrainOptions, rank: Rank, emit: Event) -> TrainOptions:
     """The options the run trains with: a resumed run's own for what defines it (RUN_KEYS) and for
     the phases it has gone past (`resumed_epochs`); the defaults for epochs a new run leaves out."""
+    if not opts.resume and opts.time_budget is not None:  # the phases with a share train until their part of the time ends
+        for phase, share in time_shares(opts).items():
+            setattr(opts, _key(phase), BUDGET_EPOCHS if share else 0)
+        return opts
     if not opts.resume:
         opts.pretrain_epochs = DEFAULT_PRETRAIN_EPOCHS if opts.pretrain_epochs is None else opts.pretrain_epochs
         opts.epochs = DEFAULT_EPOCHS if opts.epochs is None else opts.epochs
@@ -65,6 +71,9 @@ def run_options(opts: TrainOptions, rank: Rank, emit: Event) -> TrainOptions:
         return opts
     last_path = opts.ckpt_dir / "last.safetensors"
     progress = read_checkpoint_progress(last_path)
+    _check_resumed_budget(opts, progress, last_path)
+    if opts.time_shares is not None and rank.main:
+        emit("warning", message="resuming with the run's own --time-shares (command-line value ignored)")
     stored = progress["options"]
     stored = {k: stored.get(k, TrainOptions.LEGACY.get(k)) for k in TrainOptions.RUN_KEYS}
     changed = [k for k in TrainOptions.RUN_KEYS if stored[k] != getattr(opts, k)]
@@ -79,6 +88,41 @@ def run_options(opts: TrainOptions, rank: Rank, emit: Event) -> TrainOptions:
             f"Resume with the same number of processes (the data order depends on it)."
         )
     return opts
+
+
+def time_shares(opts: TrainOptions) -> dict[str, float]:
+    """A new --time run's shares of the time: --time-shares, or the default (with --init, its own)."""
+    if opts.time_shares is not None:
+        return parse_shares(opts.time_shares)
+    return dict(INIT_SHARES if opts.init is not None else SHARES)
+
+
+def _key(phase: str) -> str:
+    return EPOCH_OPTIONS[phase].removeprefix("--").replace("-", "_")
+
+
+def _check_resumed_budget(opts: TrainOptions, progress: dict, last_path: Path) -> None:
+    """A --time run resumes on time (what is left of its budget, or --time T more), never on epochs;
+    --time resumes only a --time run that has not finished."""
+    timed = "budget" in progress and not progress["budget"].get("finished")  # a finished one goes on by epochs
+    given = [flag for phase, flag in EPOCH_OPTIONS.items() if getattr(opts, _key(phase)) is not None]
+    if timed and given:
+        raise TrainingError(
+            f"{given[0]}: this run plans its epochs by its --time budget. Resume it without {given[0]} "
+            "(it goes on with what is left of its budget; add --time T to give it T from now)."
+        )
+    if opts.time_budget is not None and not timed:
+        if "budget" not in progress:
+            raise TrainingError(
+                f"{last_path}: this run was started without --time and trains the epochs it was given. "
+                "Resume it without --time, or start a new run with --time."
+            )
+        final = done_phase(progress)
+        raise TrainingError(
+            f"{last_path}: this --time run has finished. Continue it with more epochs of its last phase "
+            f"({EPOCH_OPTIONS[final]} N, N > {progress['done_epochs']}), or train on from its weights in a new run: "
+            f"--init {opts.out} --time T --out OTHER."
+        )
 
 
 def resumed_epochs(opts: TrainOptions, progress: dict) -> None:
@@ -113,8 +157,12 @@ def start_progress(opts: TrainOptions, rank: Rank, init: Stan | None, nets_and_o
     if opts.resume:
         progress = load_checkpoint(last_path, *nets_and_optimisers)
         emit("resume", step=progress["step"], phase=progress["phase"], epoch=progress["epoch"], batch=progress["batch"], checkpoint=str(last_path))
+        if opts.time_budget is not None:  # --time T: this command gets T, whatever was left
+            progress["budget"]["seconds"] = progress["budget"]["used_s"] + opts.time_budget
     else:
         progress = {"phase": "pretrain", "epoch": 0, "batch": 0, "step": 0, "wall_s": 0.0, "best": None}
+        if opts.time_budget is not None:
+            progress["budget"] = new_budget(opts.time_budget, time_shares(opts))
         if init is not None:
             # The init file's own history travels with the run: the file itself may be replaced later
             # (as when a continuation becomes the shipped weights), leaving its hash pointing nowhere.
