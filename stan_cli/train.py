@@ -413,7 +413,8 @@ def _finish(run: _Run, train_clips: list[Clip], val_clips: list[Clip]) -> TrainR
         best = load_weights(run.best_path).to(run.device)
         generator, discriminator = best.generator, best.discriminator
     clips, source, trained_on = calibration_clips(opts, progress, train_clips, val_clips, run.warn)
-    if message := discriminator_at_chance(progress.get("best")):
+    timed = "budget" in progress and not progress["budget"].get("finished")  # a finished one goes on by epochs
+    if message := discriminator_at_chance(progress.get("best"), timed=timed):
         run.warn(message)
     run.emit("calibrate", windows=len(WindowSet(clips)), source=source)
     pixel, d = validate(generator, discriminator, clips, run.device)

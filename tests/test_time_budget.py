@@ -123,6 +123,14 @@ def test_time_options_are_checked_before_any_work(data3, tmp_path, kw, says):
     assert not out.with_name(out.name + ".ckpt").exists() and not lock_of(out).exists()
 
 
+def test_a_time_run_with_a_discriminator_at_chance_is_told_to_give_it_time():
+    from stan_cli.training.selection import discriminator_at_chance
+
+    untrained = {"val_d": 0.705, "val_d_fake": 0.681}
+    assert "--time-shares" in discriminator_at_chance(untrained, timed=True)
+    assert "--discriminator-epochs" not in discriminator_at_chance(untrained, timed=True)
+
+
 def test_shares_are_three_numbers():
     assert parse_shares("3,0,1") == {"pretrain": 3.0, "adversarial": 0.0, "discriminator": 1.0}
     assert SHARES["adversarial"] == 0 and INIT_SHARES["pretrain"] == INIT_SHARES["discriminator"]

@@ -76,7 +76,9 @@ def is_selected(opts: TrainOptions, record: dict, best: dict | None, validated: 
     )
 
 
-def discriminator_at_chance(selected: dict | None, chance: float = 2 * np.log(2), margin: float = 0.08) -> str | None:
+def discriminator_at_chance(
+    selected: dict | None, chance: float = 2 * np.log(2), margin: float = 0.08, timed: bool = False
+) -> str | None:
     """The warning for output whose discriminator does not tell real from generated validation
     windows: its loss L_D there within `margin` of chance (2 ln 2), as for an untrained one or
     one at the end of an adversarial phase (ours: 1.386); a discriminator phase takes it far below."""
@@ -88,5 +90,8 @@ def discriminator_at_chance(selected: dict | None, chance: float = 2 * np.log(2)
     return (
         f"the discriminator does not tell real validation windows from fakes (its loss there {loss:.3f}; "
         f"chance {chance:.3f}): its score (--score d) and guided-backpropagation maps carry no information. "
-        "Add --discriminator-epochs N to train it against the generator (README, stan train)."
+        + (
+            "Give the run more --time, or the discriminator phase a larger share (--time-shares), to train it against the generator."
+            if timed else "Add --discriminator-epochs N to train it against the generator (README, stan train)."
+        )
     )
