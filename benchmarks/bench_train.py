@@ -1,5 +1,11 @@
 """Training throughput: samples/s of each phase, fp32 vs bf16, through the real training step.
 
+`stan train` times a few steps of the phases it will run before every run and prints its plan
+(docs/training.md, "A time budget"); this script measures the same steps at more length, on random
+windows, for every phase and precision at once. The discriminator phase is timed with generated
+fakes only (a run's pseudo-anomalies replace the generator's forward pass for --pseudo-share of
+them, so a real run's step is a little faster).
+
     python benchmarks/bench_train.py                 # CPU (and CUDA when present)
     python benchmarks/bench_train.py --steps 10 --devices cpu
 
@@ -64,7 +70,7 @@ def main() -> None:
             continue
         device = torch.device(name)
         label = torch.cuda.get_device_name() if name == "cuda" else "cpu"
-        for phase in ("pretrain", "adversarial"):
+        for phase in ("pretrain", "adversarial", "discriminator"):
             rates = {}
             for precision in ("fp32", "bf16"):
                 rates[precision] = measure(device, precision, phase, args.steps, args.batch)
