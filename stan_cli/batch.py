@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import __version__, report
+from . import __version__, report, report_html
 from .detect import SCORE_KINDS, check_options, detect, open_output
 from .errors import InputError, OutputError, StanError
 from .fileio import shown
@@ -68,6 +68,7 @@ class BatchEntry:
     threshold: float | str | None = None
     warnings: list[str] = field(default_factory=list)
     rank: int | None = None  # the torchrun rank that scored it
+    flagged: list[dict] = field(default_factory=list)  # its segments: number, start_s, end_s, duration_s, peak_score, clip
 
     @property
     def report(self) -> str | None:
@@ -301,6 +302,8 @@ def _detect_one(entry: BatchEntry, out: Path, model: Stan, dev: torch.device, ov
     entry.peak_score = float(np.nanmax(result.score_raw))
     entry.threshold = result.threshold
     entry.warnings = list(result.warnings)
+    keys = ("start_s", "end_s", "duration_s", "peak_score", "clip")
+    entry.flagged = [{"number": k, **{key: seg.get(key) for key in keys}} for k, seg in enumerate(s["segments"], start=1)]
 
 
 def _gather(entries: list[BatchEntry], world: World) -> None:
@@ -343,7 +346,7 @@ class _Index:
 
     def _write_html(self, entries: list[BatchEntry], counts: dict[str, int]) -> None:
         # the per-input pages' own style and escaping, so the index looks and behaves like them
-        esc, weights = report._esc, self.facts["weights"]
+        esc, weights = report_html.esc, self.facts["weights"]
         facts = {
             "Inputs": ", ".join(f"{n} {status}" for status, n in counts.items() if n),
             "Weights": f"{Path(weights['file'] or '-').name} (sha256 {(weights['sha256'] or '-')[:12]})",
@@ -353,7 +356,7 @@ class _Index:
                    "threshold", "status")
         rows = []
         for e in entries:
-            link = f'<a href="{report._href(e.report)}">{esc(e.name)}</a>' if e.report else esc(e.name)
+            link = f'<a href="{report_html.href(e.report)}">{esc(e.name)}</a>' if e.report else esc(e.name)
             notes = "".join(f'<br><span class="why">{esc(text)}</span>' for text in [e.error, *e.warnings] if text)
             numbers = (e.frames, e.duration_s, e.segments, e.abnormal_frames, e.peak_score, e.threshold)
             rows.append(
@@ -367,18 +370,58 @@ class _Index:
             '<table class="facts">\n' + "\n".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in facts.items()) + "\n</table>",
             "<h2>Inputs</h2>",
             '<table class="inputs">\n<tr>' + "".join(f"<th>{c}</th>" for c in columns) + "</tr>\n" + "\n".join(rows) + "\n</table>",
+            *_segments_of_all(entries),
         ]
         page = (
             "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{title}</title>\n<style>\n{report._CSS}\n{_CSS}\n</style>\n"
-            "</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+            f"<title>{title}</title>\n<style>\n{report_html.CSS}\n{_CSS}\n</style>\n"
+            "</head>\n<body>\n" + "\n".join(body) + f"\n<script>\n{_SORT_SCRIPT}\n</script>\n</body>\n</html>\n"
         )
         report.atomic_write_bytes(self.out / "index.html", page.encode("utf-8"))
 
 
+def _segments_of_all(entries: list[BatchEntry]) -> list[str]:
+    """Every input's segments in one table, highest peak score first (a click on "duration" sorts
+    the longest first); each row links to its place in its input's report and to its clip."""
+    esc, href = report_html.esc, report_html.href
+    found = [(e, seg) for e in entries if e.report for seg in e.flagged]
+    if not found:
+        return []
+    found.sort(key=lambda pair: -(pair[1]["peak_score"] if pair[1]["peak_score"] is not None else -np.inf))
+    rows = []
+    for e, seg in found:
+        at = href(f"{e.name}/index.html", fragment=f"segment-{seg['number']}")
+        clip = f'<a href="{href(e.name + "/" + seg["clip"])}">clip</a>' if seg.get("clip") else ""
+        duration, peak = seg["duration_s"] or 0.0, seg["peak_score"] if seg["peak_score"] is not None else 0.0
+        rows.append(
+            f'<tr data-duration="{duration:.6g}" data-peak="{peak:.9g}"><td><a href="{at}">{esc(e.name)} #{seg["number"]}</a></td>'
+            + "".join(f'<td class="num">{_num(v)}</td>' for v in (seg["start_s"], seg["end_s"], seg["duration_s"], seg["peak_score"]))
+            + f"<td>{clip}</td></tr>"
+        )
+    head = ('<thead><tr><th>segment</th><th>start (s)</th><th>end (s)</th><th data-sort="duration" title="sort: longest first">'
+            'duration (s) \u2195</th><th data-sort="peak" title="sort: highest first" class="sorted">peak score \u2195</th>'
+            "<th>clip</th></tr></thead>")
+    return [f"<h2>Segments of all inputs ({len(found)}), highest peak score first</h2>",
+            f'<table class="segments" id="all-segments">\n{head}\n<tbody>\n' + "\n".join(rows) + "\n</tbody>\n</table>"]
+
+
 _CSS = """
 tr.error td{background:#fdecea}tr.incomplete td{background:#fff8e1}tr.pending td{color:#888}
-.why{font-size:.8rem;color:#555}
+.why{font-size:.8rem;color:#555}th[data-sort]{cursor:pointer}th.sorted{background:#e2e8f0}
+""".strip()
+# The index's one script, the same on every index: a click on a column marked data-sort orders
+# the segments by it, largest first.
+_SORT_SCRIPT = """
+(() => {
+  const table = document.getElementById("all-segments");
+  if (!table) return;
+  for (const th of table.querySelectorAll("th[data-sort]")) th.addEventListener("click", () => {
+    const key = th.dataset.sort, body = table.tBodies[0];
+    const rows = [...body.rows].sort((a, b) => Number(b.dataset[key]) - Number(a.dataset[key]));
+    for (const row of rows) body.appendChild(row);
+    for (const other of table.querySelectorAll("th[data-sort]")) other.classList.toggle("sorted", other === th);
+  });
+})();
 """.strip()
 
 

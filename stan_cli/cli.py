@@ -293,7 +293,9 @@ def detect(
     merge_gap: Annotated[int, typer.Option(help="Merge flagged runs separated by at most this many frames.", rich_help_panel="Flagging")] = 10,
     min_length: Annotated[int, typer.Option(help="Drop segments shorter than this many frames.", rich_help_panel="Flagging")] = 5,
     no_video: Annotated[bool, typer.Option("--no-video", metavar=FLAG, help="Skip the overlay videos (faster, for batch scoring).", rich_help_panel="Output")] = False,
-    overlay_max_size: Annotated[int, typer.Option(help="Longest side of the overlay videos in pixels (64-4096); larger inputs are drawn scaled down.", rich_help_panel="Output")] = 1920,
+    overlay_max_size: Annotated[int, typer.Option(help="Longest side of the overlay videos and clips in pixels (64-4096); larger inputs are drawn scaled down.", rich_help_panel="Output")] = 1920,
+    no_clips: Annotated[bool, typer.Option("--no-clips", metavar=FLAG, help="Skip the clips of the flagged segments (segments/segment_001.mp4, ...).", rich_help_panel="Output")] = False,
+    clip_padding: Annotated[float, typer.Option(help="Seconds of input kept before and after each segment in its clip (0-3600).", rich_help_panel="Output")] = 1.0,
     overwrite: OverwriteOption = False,
     fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder \\[default: 25] (or override a video's).", rich_help_panel="Output")] = None,
     device: DeviceOption = "auto",
@@ -313,6 +315,7 @@ def detect(
     options = dict(
         score=score, threshold=threshold, batch_size=batch_size, precision=precision, fps=fps,
         write_video=not no_video, merge_gap=merge_gap, min_length=min_length, overlay_max_size=overlay_max_size,
+        clips=not no_clips, clip_padding=clip_padding,
     )
     if is_batch(videos):
         _detect_batch(videos, out_dir, weights, device, overwrite, world.rank == 0, options)
@@ -367,7 +370,7 @@ class _StageBars:
     def __call__(self, stage: str, done: int, total: int | None) -> None:
         now = time.perf_counter()
         if stage not in self.tasks:
-            label = {"score": "scoring", "overlay": "overlay video"}[stage]
+            label = {"score": "scoring", "overlay": "overlay video", "clips": "segment clips"}[stage]
             self.tasks[stage] = (self.progress.add_task(self.prefix + label, total=total, info=""), now, done)
         task, started, done0 = self.tasks[stage]
         # The first report may already count a whole batch: the rate is measured from it on, and

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, overlay, report, scoring
+from . import __version__, overlay, report, report_html, scoring, segments
 from .errors import InputError, OutputError, StanError, WeightsError
 from .fileio import LOCK_NAME, FolderLock, is_scratch, is_utf8, remove_quietly, scratch_path, shown, written_by_stan
 from .heatmaps import MapReader, MapStore
@@ -274,19 +274,23 @@ def detect(
     merge_gap: int = scoring.DEFAULT_MERGE_GAP,
     min_length: int = scoring.DEFAULT_MIN_LENGTH,
     overlay_max_size: int = OVERLAY_MAX_SIZE,
+    clips: bool = True,
+    clip_padding: float = segments.CLIP_PADDING_S,
     on_progress: Progress = lambda stage, done, total: None,
 ) -> DetectResult:
     """Score every frame of `video`; with `out`, write the report folder (see README).
 
     threshold: a number; "calibrated" or None for the weights' calibration (or the per-clip rule
     when they carry none); "clip" for the per-clip rule, median + 3 x 1.4826 x MAD of the clip.
-    overlay_max_size: the overlay videos' longer side at most (larger inputs are drawn scaled down).
+    overlay_max_size: the overlay videos' and the clips' longer side at most (larger inputs are
+    drawn scaled down). clips: each segment's stretch of the input, clip_padding seconds either
+    side, as segments/segment_001.mp4, ... (segments.py).
     """
     video = Path(video)
     check_name(video)
     threshold = parse_threshold(threshold)
     check_options(score=score, batch_size=batch_size, precision=precision, fps=fps, merge_gap=merge_gap,
-                  min_length=min_length, overlay_max_size=overlay_max_size)
+                  min_length=min_length, overlay_max_size=overlay_max_size, clip_padding=clip_padding)
     model = weights if isinstance(weights, Stan) else load_weights(Path(weights) if weights else find_default_weights())
     dev = resolve_device(device)
     check_batch_size(batch_size, model.config, dev)
@@ -294,12 +298,15 @@ def detect(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     stores: dict[str, MapStore] = {}
+    clip_folder = None
     with contextlib.ExitStack() as stack:
         if out is not None:
             out = Path(out)
             # locked for the run; nothing is removed up front but an interrupted run's scratch files:
             # an earlier report is replaced only when this run succeeds
             stack.enter_context(open_output(out, overwrite, inputs=(video,), own=OWN_FILES))
+            # the clips' folder takes its place after the other files (or goes, when this run writes none)
+            clip_folder = stack.enter_context(segments.staged_clips(out))
             # every report file keeps a temporary name until all are written (fileio.staged)
             stack.enter_context(report.staged(out, own=OWN_FILES))
             if write_video:  # scratch files named for this run alone, removed on every way out
@@ -307,11 +314,13 @@ def detect(
                 for kind, stem in (("pixel", "pixel_loss_maps"), ("guided", "guided_backprop_maps")):
                     stores[kind] = MapStore(scratch_path(out, stem, ".u8"))
         return _run(video, out, model, dev, fps, score, threshold, batch_size, precision, write_video,
-                    merge_gap, min_length, stores, timings, t0, on_progress, overlay_max_size)
+                    merge_gap, min_length, stores, timings, t0, on_progress, overlay_max_size,
+                    clip_folder=clip_folder if clips else None, clip_padding=clip_padding)
 
 
 def _run(video, out, model, dev, fps, score, threshold, batch_size, precision, write_video, merge_gap, min_length,
-         stores, timings, t0, on_progress, overlay_max_size=None) -> DetectResult:
+         stores, timings, t0, on_progress, overlay_max_size=None, clip_folder=None,
+         clip_padding=segments.CLIP_PADDING_S) -> DetectResult:
     """detect's work once its output folder is ready: score, decide, write (staged) files."""
     info, pixel, d, complete, damage = _score_pass(video, fps, model, dev, batch_size, precision, stores, on_progress)
     timings["scoring_s"] = time.perf_counter() - t0
@@ -342,11 +351,28 @@ def _run(video, out, model, dev, fps, score, threshold, batch_size, precision, w
         _write_overlays(video, fps, result, stores, out, on_progress, overlay_max_size)
         timings["overlay_s"] = time.perf_counter() - t1
         result.files.extend(name for name, _, _ in OVERLAYS)
+    result.summary["clips"] = None
+    if clip_folder is not None:
+        t1 = time.perf_counter()
+        _write_clips(result, clip_folder, time_source, fps, overlay_max_size, clip_padding, on_progress)
+        timings["clips_s"] = time.perf_counter() - t1
     timings["total_s"] = time.perf_counter() - t0
     timings["frames_per_s"] = result.n_frames / timings["scoring_s"] if timings["scoring_s"] > 0 else None
     result.summary["timings"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()}
     _write_report(out, result)
     return result
+
+
+def _write_clips(result: DetectResult, folder: Path, time_source: str, fps: float | None, max_side: int | None,
+                 padding: float, on_progress: Progress) -> None:
+    """Each segment's clip (segments.py), named in summary.json beside its segment."""
+    clips = segments.plan(result.segments, result.n_frames, result.info.fps, padding)
+    segments.write(clips, folder, result.info, result.time_s, time_source, fps, max_side, on_progress)
+    for clip, entry in zip(clips, result.summary["segments"]):
+        entry.update(clip=clip.name, clip_start_s=round(float(result.time_s[clip.first]), 3),
+                     clip_end_s=round(float(result.time_s[clip.last]), 3))
+    result.summary["clips"] = {"folder": segments.FOLDER, "padding_s": padding, "count": len(clips)}
+    result.files.extend(clip.name for clip in clips)
 
 
 def _warn_damage(video: Path, result: DetectResult, damage: dict) -> None:
@@ -411,7 +437,8 @@ FRAMES_MAX = 10**9  # --merge-gap and --min-length: more frames than any clip ho
 
 def check_options(*, score: str = "gd", batch_size: int = 8, precision: str = "fp32", fps: float | None = None,
                   merge_gap: int = scoring.DEFAULT_MERGE_GAP, min_length: int = scoring.DEFAULT_MIN_LENGTH,
-                  threshold: float | str | None = None, overlay_max_size: int = OVERLAY_MAX_SIZE, **_others) -> None:
+                  threshold: float | str | None = None, overlay_max_size: int = OVERLAY_MAX_SIZE,
+                  clip_padding: float = segments.CLIP_PADDING_S, **_others) -> None:
     """Refuse detect's bad options (a StanError naming the option) before anything is read or written:
     each number finite and in its range, each name one of the known ones.
 
@@ -426,6 +453,10 @@ def check_options(*, score: str = "gd", batch_size: int = 8, precision: str = "f
     check_whole("--min-length", min_length, 1, FRAMES_MAX, "frames")
     check_whole("--overlay-max-size", overlay_max_size, *OVERLAY_SIZES, "pixels on the overlay videos' longer side")
     check_fps(fps)
+    low, high = segments.PADDING_RANGE
+    if isinstance(clip_padding, bool) or not isinstance(clip_padding, (int, float, np.floating)) or not (
+            math.isfinite(clip_padding) and low <= clip_padding <= high):
+        raise StanError(f"--clip-padding {clip_padding}: give seconds from {low:g} to {high:g} (input kept before and after each segment's clip).")
     if precision not in PRECISIONS:
         raise StanError(f"--precision {precision}: unknown. Use one of {', '.join(PRECISIONS)}.")
     parse_threshold(threshold)
@@ -612,6 +643,7 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
     if time_s is None:
         time_s = np.arange(n) / info.fps
     scored = np.isfinite(raw)
+    period = report.frame_period(time_s)
     summary = {
         "stan_version": __version__,
         "input": {
@@ -640,6 +672,7 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
                 "end_frame": s.end,
                 "start_s": round(float(time_s[s.start]), 3),
                 "end_s": round(float(time_s[s.end]), 3),
+                "duration_s": round(float(time_s[s.end] - time_s[s.start]) + period, 3),  # as segments.csv
                 "peak_frame": s.peak,
                 "peak_time_s": round(float(time_s[s.peak]), 3),
                 "peak_score": s.peak_score,
@@ -749,5 +782,9 @@ def _write_report(out: Path, result: DetectResult) -> None:
         "min_length_frames": s["segment_rules"]["min_length_frames"],
     }
     videos = [(name, caption) for name, _, caption in OVERLAYS if name in r.files]
-    report.write_index_html(out / "index.html", summary=facts, segments=r.segments, plot_name="scores.png", videos=videos, time_s=r.time_s)
+    clips = [entry.get("clip") for entry in s["segments"]] if s.get("clips") else None
+    report_html.write_index_html(
+        out / "index.html", summary=facts, segments=r.segments, plot_name="scores.png", videos=videos, time_s=r.time_s,
+        score_raw=r.score_raw, threshold=r.threshold if np.isfinite(r.threshold) else None, clips=clips,
+    )
     r.files.extend(["summary.json", "index.html"])

@@ -1,4 +1,5 @@
-"""Writes the report folder: scores and segments as CSV, a summary as JSON, a plot, an HTML page.
+"""Writes the report folder: scores and segments as CSV, a summary as JSON, a plot (the page:
+report_html).
 
 Every file goes through fileio's `atomic_path` (a hidden temporary renamed into place), and
 `detect` and `explain` write inside `fileio.staged(folder)`, so a failure half-way leaves the
@@ -8,7 +9,6 @@ The overlay videos are encoded by video.py, which follows the same rule.
 
 from __future__ import annotations
 
-import html
 import io
 import json
 import math
@@ -16,7 +16,6 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 
@@ -110,7 +109,7 @@ def write_segments_csv(
     frame period, so 5 frames at 25 fps last 0.2 s and a one-frame segment is not 0 s long.
     """
     t = np.asarray(time_s, dtype=np.float64)
-    period = _frame_period(t)
+    period = frame_period(t)
     lines = [SEGMENTS_HEADER]
     for n, seg in enumerate(segments, start=1):
         start_s, end_s, peak_s = float(t[seg.start]), float(t[seg.end]), float(t[seg.peak])
@@ -156,7 +155,7 @@ def write_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------- plot
 
 
-def _frame_period(t: np.ndarray) -> float:
+def frame_period(t: np.ndarray) -> float:
     """Typical time between frames, used to give one-frame segments a visible width."""
     steps = np.diff(t[np.isfinite(t)])
     return float(np.median(steps)) if steps.size else 0.0
@@ -221,7 +220,7 @@ def plot_scores(
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(t, raw, color="#1f5fa8", linewidth=1.2, label="raw score")
 
-    half = _frame_period(t) / 2
+    half = frame_period(t) / 2
     for i, seg in enumerate(segments):
         ax.axvspan(
             t[seg.start] - half,
@@ -257,100 +256,7 @@ def plot_scores(
     atomic_write_bytes(path, buf.getvalue())
 
 
-# --------------------------------------------------------------------------- HTML
-
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1240px;
-padding:0 1rem;color:#222;background:#fafafa}
-h1{font-size:1.4rem;word-break:break-all}h2{font-size:1.1rem;margin-top:2rem}
-table{border-collapse:collapse;font-size:.9rem}
-th,td{border:1px solid #ddd;padding:.3rem .6rem;text-align:left}
-th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums}
-img,video{max-width:100%;height:auto;border:1px solid #ddd;background:#fff}
-figure{margin:1rem 0}figcaption{font-size:.9rem;color:#555}
-.none{color:#555;font-style:italic}
-.warn{border:1px solid #d9a400;background:#fff8e1;padding:.5rem 1rem;margin:1rem 0;font-size:.9rem}
-.warn ul{margin:.3rem 0;padding-left:1.2rem}
-""".strip()
-
-# (summary key, row label); keys the summary lacks are left out of the table.
-_FACTS: tuple[tuple[str, str], ...] = (
-    ("input", "Input"),
-    ("frames", "Frames"),
-    ("fps", "Frame rate (fps)"),
-    ("size", "Size"),
-    ("duration_s", "Duration (s)"),
-    ("device", "Device"),
-    ("weights", "Weights"),
-    ("threshold", "Threshold"),
-    ("threshold_source", "Threshold source"),
-    ("score_kind", "Score kind"),
-    ("scored_frames", "Scored frames"),
-    ("abnormal_frames", "Abnormal frames"),
-)
-
-
-def _esc(value: Any) -> str:
-    return html.escape(shown(str(value)), quote=True)
-
-
-def _fmt(value: Any) -> str:
-    """A summary value as short text: floats to 4 significant digits, None/NaN as a dash."""
-    if value is None or (isinstance(value, (float, np.floating)) and not math.isfinite(value)):
-        return "\u2014"
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _href(name: str) -> str:
-    """A relative, percent-encoded, attribute-escaped link to a file in the report folder.
-
-    Names like "a#b.mp4" or "x:y.png" would otherwise turn into a fragment or a URL scheme.
-    """
-    if name.startswith(("/", "\\")) or ".." in Path(name).parts:
-        raise ValueError(f"report links must stay inside the report folder, got {name!r}")
-    return _esc(quote(name, safe="/"))
-
-
-def _fact_values(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """Summary values as shown: size from width/height, weights with a short sha256."""
-    facts = dict(summary)
-    if "input" in facts:
-        facts["input"] = Path(str(facts["input"])).name  # the page may be shared; paths not
-    if "size" not in facts and "width" in facts and "height" in facts:
-        facts["size"] = f"{facts['width']}\u00d7{facts['height']}"
-    if facts.get("fps_assumed") and "fps" in facts:  # a frame folder (or a video) that states no rate
-        facts["fps"] = f"{_fmt(facts['fps'])} (assumed: the input states none; times use it; set --fps)"
-    sha = facts.get("weights_sha256")
-    if "weights" in facts and sha:
-        name = f"{facts['weights_name']}, " if facts.get("weights_name") else ""
-        facts["weights"] = f"{Path(str(facts['weights'])).name} ({name}sha256 {str(sha)[:12]})"
-    facts.pop("weights_name", None)
-    return facts
-
-
-def _facts_table(summary: Mapping[str, Any]) -> str:
-    facts = _fact_values(summary)
-    rows = [
-        f"<tr><th>{_esc(label)}</th><td>{_esc(_fmt(facts[key]))}</td></tr>"
-        for key, label in _FACTS
-        if key in facts
-    ]
-    return "<table class=\"facts\">\n" + "\n".join(rows) + "\n</table>"
-
-
-def _segment_times(
-    segments: Sequence[Segment], summary: Mapping[str, Any], time_s: np.ndarray | None
-) -> np.ndarray | None:
-    """Seconds per frame index: the real timestamps if given, else frame / fps, else None."""
-    if time_s is not None:
-        return np.asarray(time_s, dtype=np.float64)
-    fps = summary.get("fps")
-    if isinstance(fps, (int, float, np.number)) and fps > 0 and segments:
-        last = max(seg.end for seg in segments)
-        return np.arange(last + 1, dtype=np.float64) / float(fps)
-    return None
+# --------------------------------------------------------------------------- words
 
 
 def flagged_but_short(abnormal_frames: Any, min_length: Any) -> str | None:
@@ -361,77 +267,3 @@ def flagged_but_short(abnormal_frames: Any, min_length: Any) -> str | None:
     frames = "1 flagged frame" if abnormal_frames == 1 else f"{abnormal_frames} flagged frames"
     shorter = f"shorter than --min-length {min_length}" if min_length else "too short to keep"
     return f"{frames}, in runs {shorter} (see scores.csv)"
-
-
-def _segments_table(segments: Sequence[Segment], times: np.ndarray | None, summary: Mapping[str, Any]) -> str:
-    if not segments:
-        why = flagged_but_short(summary.get("abnormal_frames"), summary.get("min_length_frames"))
-        return f'<p class="none">No abnormal segments{": " + html.escape(why) if why else " found"}.</p>'
-
-    def at(frame: int) -> str:
-        return _t(float(times[frame])) if times is not None else "\u2014"
-
-    head = (
-        "<tr><th>#</th><th>start (s)</th><th>end (s)</th><th>peak (s)</th>"
-        "<th>start frame</th><th>end frame</th><th>peak frame</th><th>frames</th>"
-        "<th>peak score</th></tr>"
-    )
-    rows = [
-        f'<tr><td class="num">{n}</td><td class="num">{at(s.start)}</td>'
-        f'<td class="num">{at(s.end)}</td><td class="num">{at(s.peak)}</td>'
-        f'<td class="num">{s.start}</td><td class="num">{s.end}</td>'
-        f'<td class="num">{s.peak}</td><td class="num">{s.length}</td>'
-        f'<td class="num">{_esc(_g(float(s.peak_score)))}</td></tr>'
-        for n, s in enumerate(segments, start=1)
-    ]
-    return '<table class="segments">\n' + head + "\n" + "\n".join(rows) + "\n</table>"
-
-
-def _videos(videos: Sequence[tuple[str, str]]) -> str:
-    return "\n".join(
-        f'<figure><video controls muted preload="metadata" src="{_href(name)}"></video>'
-        f"<figcaption>{_esc(caption)}</figcaption></figure>"
-        for name, caption in videos
-    )
-
-
-def _warnings(messages: Sequence[str]) -> list[str]:
-    items = "".join(f"<li>{_esc(m)}</li>" for m in messages)
-    return [f'<div class="warn"><strong>Warnings</strong><ul>{items}</ul></div>'] if messages else []
-
-
-def write_index_html(
-    path: str | os.PathLike[str],
-    *,
-    summary: Mapping[str, Any],
-    segments: Sequence[Segment],
-    plot_name: str,
-    videos: Sequence[tuple[str, str]] = (),
-    time_s: np.ndarray | None = None,
-) -> None:
-    """One self-contained page (inline CSS, no scripts, no external URLs) to open in a browser.
-
-    summary keys used when present: input, frames, fps, size (or width + height), duration_s,
-    device, weights, weights_sha256, threshold, threshold_source, score_kind, scored_frames,
-    abnormal_frames, warnings (a list of strings, shown above the facts). Segment times come
-    from `time_s` if given, else frame / fps. Every string
-    is HTML-escaped, since file names are the user's and may contain anything.
-    """
-    name = Path(str(summary.get("input", "video"))).name
-    body = [
-        f"<h1>STAN report \u2014 {_esc(name)}</h1>",
-        *_warnings(summary.get("warnings") or ()),
-        _facts_table(summary),
-        "<h2>Scores</h2>",
-        f'<img src="{_href(plot_name)}" alt="anomaly score over time" width="1200" height="400">',
-        "<h2>Abnormal segments</h2>",
-        _segments_table(segments, _segment_times(segments, summary, time_s), summary),
-    ]
-    if videos:
-        body += ["<h2>Videos</h2>", _videos(videos)]
-    page = (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>STAN report \u2014 {_esc(name)}</title>\n<style>\n{_CSS}\n</style>\n"
-        "</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
-    )
-    _atomic_write_text(path, page)

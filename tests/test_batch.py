@@ -94,7 +94,30 @@ def test_several_inputs_give_a_report_each_and_an_index(videos, tiny_weights, tm
     html = (out / "index.html").read_text()
     for name in ("2", "10", "11"):
         assert f'href="{name}/index.html"' in html
-    assert "http" not in html and "<script" not in html
+    assert "http" not in html and html.count("<script") == 1  # the index's own sorter, nothing fetched
+
+
+def test_the_index_lists_every_segment_highest_first_and_links_into_each_report(tiny_weights, tmp_path):
+    """Two clips with a bright square racing across (conftest.make_clip): a segment each, in one
+    table ordered by peak score, each row linking to its place in its report and to its clip."""
+    (tmp_path / "in").mkdir()
+    for name, seed in (("a", 0), ("b", 1)):
+        write_video(tmp_path / "in" / f"{name}.mp4", make_clip(seed=seed))
+    out = tmp_path / "out"
+    result = detect_many(tmp_path / "in", out, weights=tiny_weights, device="cpu", write_video=False)
+    found = [(e.name, seg) for e in result.entries for seg in e.flagged]
+    assert {name for name, _ in found} == {"a", "b"}
+    for name, seg in found:
+        assert seg["clip"] == f"segments/segment_{seg['number']:03d}.mp4" and (out / name / seg["clip"]).is_file()
+    html = (out / "index.html").read_text()
+    table = html.split('id="all-segments"')[1]
+    order = sorted(found, key=lambda pair: -pair[1]["peak_score"])
+    positions = [table.index(f'href="{name}/index.html#segment-{seg["number"]}"') for name, seg in order]
+    assert positions == sorted(positions)  # highest peak first
+    assert f'href="{order[0][0]}/segments/segment_001.mp4"' in table
+    assert 'data-sort="duration"' in table and 'data-sort="peak"' in table
+    entries = json.loads((out / "summary.json").read_text())["entries"]
+    assert all(e["flagged"] for e in entries)
 
 
 def test_folder_of_videos_from_the_cli(videos, tiny_weights, tmp_path):

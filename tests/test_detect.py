@@ -24,7 +24,10 @@ def test_report_folder_contract(clip_video, tiny_weights, tmp_path):
     out = tmp_path / "report"
     result = detect(clip_video, out=out, weights=tiny_weights, device="cpu")
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted([*REPORT_FILES, OVERLAY_PIXEL, OVERLAY_GUIDED])  # no temp files left behind
+    assert names == sorted([*REPORT_FILES, OVERLAY_PIXEL, OVERLAY_GUIDED, "segments"])  # no temp files left behind
+    assert result.segments and sorted(p.name for p in (out / "segments").iterdir()) == [
+        f"segment_{k:03d}.mp4" for k in range(1, len(result.segments) + 1)
+    ]
 
     rows = _rows(out / "scores.csv")
     assert list(rows[0]) == ["frame", "time_s", "pixel_loss", "d_loss", "score_raw", "score", "abnormal"]
@@ -50,10 +53,14 @@ def test_report_folder_contract(clip_video, tiny_weights, tmp_path):
     assert summary["unscored_frames"] == [0, 1, 2, 3, 4, 35, 36, 37, 38, 39]
     assert {"scoring_s", "total_s"} <= set(summary["timings"])
     assert len(summary["segments"]) == len(result.segments) == len(_rows(out / "segments.csv"))
+    assert summary["clips"] == {"folder": "segments", "padding_s": 1.0, "count": len(result.segments)}
+    assert summary["segments"][0]["clip"] == "segments/segment_001.mp4"
+    assert "segments/segment_001.mp4" in summary["files"]
 
     assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (out / "index.html").read_text()
     assert "scores.png" in html and OVERLAY_PIXEL in html and OVERLAY_GUIDED in html and "http" not in html
+    assert 'href="segments/segment_001.mp4"' in html and '<svg id="curve"' in html
 
     for name in (OVERLAY_PIXEL, OVERLAY_GUIDED):
         info, frames = read_frames(out / name)
@@ -64,7 +71,7 @@ def test_report_folder_contract(clip_video, tiny_weights, tmp_path):
 
 def test_no_video_skips_overlays(clip_folder, tiny_weights, tmp_path):
     out = tmp_path / "r"
-    detect(clip_folder, out=out, weights=tiny_weights, write_video=False, fps=5)
+    detect(clip_folder, out=out, weights=tiny_weights, write_video=False, clips=False, fps=5)
     assert sorted(p.name for p in out.iterdir()) == sorted(REPORT_FILES)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["input"]["kind"] == "frames" and summary["input"]["fps"] == 5

@@ -18,11 +18,11 @@ from stan_cli.report import (
     atomic_write_bytes,
     staged,
     plot_scores,
-    write_index_html,
     write_json,
     write_scores_csv,
     write_segments_csv,
 )
+from stan_cli.report_html import curve_svg, write_index_html
 from stan_cli.scoring import Segment
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -266,7 +266,7 @@ def test_index_html(tmp_path: Path, segments: list[Segment]) -> None:
     assert page.startswith("<!DOCTYPE html>")
     assert "clip.mp4" in page and "/videos/" not in page  # the name, not the full path
     assert '<img src="scores.png"' in page
-    assert '<video controls muted preload="metadata" src="overlay.mp4">' in page
+    assert '<video class="overlay" controls muted playsinline preload="metadata" src="overlay.mp4">' in page
     assert "Heat-map overlay" in page
     assert "stan.safetensors (sha256 0123456789ab)" in page
     assert "64\u00d748" in page
@@ -274,7 +274,42 @@ def test_index_html(tmp_path: Path, segments: list[Segment]) -> None:
     assert '<td class="num">0.900</td><td class="num">1.100</td><td class="num">1.000</td>' in page
     assert '<td class="num">9</td><td class="num">11</td><td class="num">10</td>' in page
     assert '<td class="num">3.5</td>' in page
-    assert "http" not in page and "<script" not in page
+    assert "http" not in page and page.count("<script") == 1  # the page's own, nothing fetched
+
+
+def test_index_html_draws_the_curve_and_links_the_clips(tmp_path: Path, curves, segments) -> None:
+    path = tmp_path / "index.html"
+    write_index_html(
+        path, summary=_summary(), segments=segments, plot_name="scores.png", videos=[("overlay.mp4", "o")],
+        time_s=curves["time_s"], score_raw=curves["score_raw"], threshold=2.0, clips=["segments/segment_001.mp4"],
+    )
+    page = path.read_text()
+    assert '<svg id="curve"' in page and 'id="playhead"' in page and 'class="threshold"' in page
+    assert '<details><summary>The same as a picture (scores.png)</summary><img src="scores.png"' in page
+    assert '<body data-frames="20" data-fps="10">' in page  # what the script seeks by
+    assert '<tr class="segment" id="segment-1" data-start="9" data-end="11" tabindex="0">' in page
+    assert '<a href="segments/segment_001.mp4">segment_001.mp4</a>' in page
+
+
+def test_curve_svg_keeps_spikes_and_gaps() -> None:
+    """Each column is the highest score of its frames: a one-frame spike in a long clip stays;
+    an unscored stretch starts a new stroke."""
+    n = 20000
+    raw = np.full(n, 1.0)
+    raw[:5] = raw[-5:] = np.nan
+    raw[12345] = 9.0
+    raw[9000:9100] = np.nan
+    svg = curve_svg(raw, np.arange(n) / 25.0, threshold=5.0, segments=[Segment(12345, 12345, 12345, 9.0)])
+    path = svg.split('class="line" d="')[1].split('"')[0]
+    assert path.count("M") == 2 and len(path.split()) <= 1200  # two strokes, at most a point per column
+    ys = [float(p[1:].split(",")[1]) for p in path.split()]
+    assert min(ys) < 25 and sum(y < 100 for y in ys) == 1  # the spike, one column, near the top (5 % headroom)
+    assert ">0 s</text>" in svg and ">100 s</text>" in svg  # seconds on the axis
+
+
+def test_curve_svg_of_a_clip_without_scores() -> None:
+    svg = curve_svg(np.full(8, np.nan), np.arange(8) / 10.0, threshold=None, segments=[])
+    assert 'class="line" d=""' in svg and 'id="playhead"' in svg
 
 
 def test_index_html_shows_warnings_escaped_and_none_without(tmp_path: Path) -> None:
@@ -314,7 +349,7 @@ def test_index_html_escapes_user_strings(tmp_path: Path) -> None:
         videos=[("a b#1.mp4", evil)],
     )
     page = path.read_text()
-    assert "<script" not in page
+    assert page.count("<script") == 1 and "alert(" not in page.split("<script>")[1]  # only the page's own script
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;.mp4" in page
     assert 'src="a%20b%231.mp4"' in page
 

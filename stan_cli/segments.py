@@ -1,0 +1,202 @@
+"""The flagged moments as clips: `segments/segment_001.mp4`, ... in a report folder.
+
+Each clip is the input itself (not an overlay) from `padding` seconds before its segment's
+first frame to `padding` seconds after its last, H.264 / yuv420p / faststart with even sides, so
+that it plays in a browser and can be handed on as it is.
+
+Only the clips are decoded again, never the whole input: ffmpeg seeks in a video before
+opening it (`-ss` before `-i`, so it starts decoding at the keyframe before the clip, not at the
+file's start) and encodes straight to the clip, no frame passing through Python; a frame
+folder's clip is encoded from the clip's own images. Times: a video's own timestamps where
+detect used them, else frame index over the video's own rate (which a --fps given for the report
+does not change).
+
+The clips are written into a hidden folder of this run and put in place as `segments/` only
+once the rest of the report is (`staged_clips`): a run that fails leaves an earlier report's
+clips as they were, and a run without clips (none flagged, or --no-clips) removes them, so a
+report folder never holds clips of another run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+
+from .errors import OutputError
+from .fileio import OVERLAY_COMMENT, output_error, remove_quietly, scratch_path, shown, written_by_stan
+from .scoring import Segment
+from .video import VideoInfo, ffmpeg_path, fitted_size, list_frames, probe
+
+FOLDER = "segments"
+CLIP_PADDING_S = 1.0  # --clip-padding: seconds of input kept before and after each segment
+PADDING_RANGE = (0.0, 3600.0)
+_NAME = re.compile(r"^segment_\d{3,}\.mp4$")
+_RUN_FOLDER = re.compile(r"^\.segments\.\d+-[0-9a-f]+\.(?:tmp|old)$")  # scratch_path(out, "segments", ...)
+
+
+def clip_name(number: int) -> str:
+    """The clip of segment `number` (from 1), relative to the report folder."""
+    return f"{FOLDER}/segment_{number:03d}.mp4"
+
+
+@dataclass(frozen=True)
+class Clip:
+    number: int  # its segment's number, from 1
+    first: int  # the input's first frame in the clip
+    last: int  # and its last
+    name: str  # relative to the report folder: segments/segment_001.mp4
+
+
+def plan(segments: Sequence[Segment], n_frames: int, fps: float, padding_s: float) -> list[Clip]:
+    """A clip per segment: its frames and `padding_s` (at `fps`, the report's rate) either side,
+    within the input."""
+    pad = math.ceil(padding_s * fps - 1e-9)
+    return [
+        Clip(k, max(0, s.start - pad), min(n_frames - 1, s.end + pad), clip_name(k))
+        for k, s in enumerate(segments, start=1)
+    ]
+
+
+def write(clips: Sequence[Clip], folder: Path, info: VideoInfo, time_s: np.ndarray, time_source: str,
+          fps_given: float | None, max_side: int | None,
+          on_progress: Callable[[str, int, int | None], None] = lambda stage, done, total: None) -> None:
+    """Encode each clip into `folder` (the run's folder of staged_clips) from info.path.
+
+    time_s / time_source: detect's frame times; a video's clips are cut by its own timestamps
+    where those are them, else by frame index over the video's own rate (fps_given: a --fps that
+    set the report's rate, not the file's). max_side: the longer side at most (detect's
+    --overlay-max-size), scaled down by ffmpeg as the overlay videos are.
+    """
+    if not clips:
+        return
+    folder.mkdir(exist_ok=True)
+    width, height = fitted_size(info.width, info.height, max_side)
+    # even sides for yuv420p: scaled to the first frame's size (a frame folder's other images too), an odd side padded
+    picture = [f"scale={width}:{height}:flags=area", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
+    if info.kind == "video":
+        rate = probe(info.path).fps if fps_given else info.fps
+        seconds = time_s if time_source == "timestamps" else np.arange(len(time_s)) / rate
+        period = 1.0 / rate
+    for done, clip in enumerate(clips):
+        on_progress("clips", done, len(clips))
+        target = folder / Path(clip.name).name
+        if info.kind == "video":
+            start = float(seconds[clip.first])
+            length = float(seconds[clip.last]) - start + period / 2  # ends inside the last frame
+            source = ["-ss", f"{start:.6f}", "-i", ffmpeg_path(info.path), "-t", f"{length:.6f}"]
+            _encode(source, picture, target)
+        else:
+            with _image_list(list_frames(info.path)[clip.first : clip.last + 1], info.fps) as listing:
+                _encode(["-f", "concat", "-safe", "0", "-i", listing], picture, target)
+    on_progress("clips", len(clips), len(clips))
+
+
+@contextlib.contextmanager
+def _image_list(images: list[Path], fps: float) -> Iterator[str]:
+    """A concat-demuxer script of `images`, each shown 1 / fps seconds."""
+    fd, name = tempfile.mkstemp(suffix=".ffconcat", prefix="stan-clip-")
+    try:
+        # surrogateescape: a file name that is not UTF-8 reaches ffmpeg as the bytes it is
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as fh:
+            fh.write("ffconcat version 1.0\n")
+            for image in images:
+                escaped = str(image.resolve()).replace("'", "'\\''")
+                fh.write(f"file '{escaped}'\nduration {1 / fps:.9f}\n")
+        yield name
+    finally:
+        remove_quietly(Path(name))
+
+
+def _encode(source: list[str], picture: list[str], target: Path) -> None:
+    """ffmpeg from `source` (its input options and input) to an H.264 MP4 at `target`, which is
+    written under a temporary name and renamed when ffmpeg succeeded."""
+    tmp = target.with_name(f".{target.name}.tmp.mp4")
+    cmd = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *source,
+        "-map", "0:V:0", "-an", "-sn", "-dn", "-vf", ",".join(picture), "-fps_mode", "passthrough",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "23", "-preset", "veryfast",
+        "-metadata", f"comment={OVERLAY_COMMENT}", "-movflags", "+faststart", ffmpeg_path(tmp),
+    ]
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace")
+    except OSError as err:
+        raise OutputError(f"{shown(target)}: cannot start ffmpeg to write the clip ({err.strerror or err}).") from None
+    try:
+        if proc.returncode != 0 or not tmp.exists() or tmp.stat().st_size == 0:
+            lines = [re.sub(r"^(\[[^]]*\]\s*)+", "", ln).strip() for ln in proc.stderr.splitlines()]
+            reason = next((ln for ln in reversed(lines) if ln), "ffmpeg stopped")
+            raise OutputError(
+                f"{shown(target)}: ffmpeg could not write the clip ({reason}). Check that the disk has free space, "
+                "or leave the clips out with --no-clips."
+            )
+        os.replace(tmp, target)
+    except OSError as err:
+        raise output_error(target, err) from err
+    finally:
+        remove_quietly(tmp)
+
+
+def check_folder(out: Path) -> None:
+    """Refuse, before any work, to replace a `segments` folder in `out` that holds anything stan
+    did not write (only an --overwrite run reaches a folder that holds a report)."""
+    folder = out / FOLDER
+    if not os.path.lexists(folder):
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise OutputError(f"{shown(folder)}: is not stan's folder of clips. Move or rename it, or choose another --out.")
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:
+        raise OutputError(f"{shown(folder)}: cannot list the folder ({err.strerror}). Choose another --out.") from None
+    for entry in entries:
+        if not (_NAME.match(entry.name) and written_by_stan(entry)):
+            raise OutputError(
+                f"{shown(entry)}: --overwrite would replace the folder of clips, but stan did not write this file. "
+                "Move or rename it, or choose another --out."
+            )
+
+
+@contextlib.contextmanager
+def staged_clips(out: Path) -> Iterator[Path]:
+    """A hidden folder of this run in `out` to write the clips into; on success it becomes
+    `out/segments` (an earlier one replaced, or removed when this run wrote none); on failure it
+    is removed. Enter it before fileio.staged, so it ends after the other files are in place.
+    Runs holding `out`'s lock: folders an interrupted run left are removed first."""
+    check_folder(out)
+    for leftover in out.iterdir():
+        if _RUN_FOLDER.match(leftover.name) and leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+    run = scratch_path(out, "segments", ".tmp")
+    try:
+        yield run
+    except BaseException:
+        shutil.rmtree(run, ignore_errors=True)
+        raise
+    final = out / FOLDER
+    old = run.with_suffix(".old")
+    try:
+        if final.is_dir():
+            os.replace(final, old)
+        if run.is_dir():
+            os.replace(run, final)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            if old.is_dir() and not final.exists():
+                os.replace(old, final)  # the earlier clips back
+        shutil.rmtree(run, ignore_errors=True)
+        raise OutputError(
+            f"{shown(final)}: the report is written but its clips could not be put in place ({err.strerror or err}); "
+            "run again with --overwrite."
+        ) from None
+    shutil.rmtree(old, ignore_errors=True)
