@@ -395,7 +395,8 @@ def _segments_of_all(entries: list[BatchEntry]) -> list[str]:
         duration, peak = seg["duration_s"] or 0.0, seg["peak_score"] if seg["peak_score"] is not None else 0.0
         rows.append(
             f'<tr data-duration="{duration:.6g}" data-peak="{peak:.9g}"><td><a href="{at}">{esc(e.name)} #{seg["number"]}</a></td>'
-            + "".join(f'<td class="num">{_num(v)}</td>' for v in (seg["start_s"], seg["end_s"], seg["duration_s"], seg["peak_score"]))
+            + "".join(f'<td class="num">{report._t(v) if v is not None else ""}</td>' for v in (seg["start_s"], seg["end_s"], seg["duration_s"]))
+            + f'<td class="num">{_num(seg["peak_score"])}</td>'
             + f"<td>{clip}</td></tr>"
         )
     head = ('<thead><tr><th>segment</th><th>start (s)</th><th>end (s)</th><th data-sort="duration" title="sort: longest first">'
