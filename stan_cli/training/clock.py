@@ -57,7 +57,8 @@ def new_budget(seconds: float, shares: dict[str, float]) -> dict:
 
 def budget_summary(record: dict | None) -> dict | None:
     """What the weights' training record keeps of a --time run's budget: the seconds it was given in
-    all, those its training took (calibration not included), its shares and each command's plan."""
+    all, those used by its last checkpoint (reading the footage and timing in, calibrating not), its
+    shares and each command's plan."""
     if record is None:
         return None
     return {k: record.get(k) for k in ("seconds", "used_s", "shares", "plans")}
