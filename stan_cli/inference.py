@@ -212,7 +212,8 @@ def guided_from_activations(convs, pre: list[torch.Tensor], frame_size: tuple[in
     """guided_backprop's backward pass by hand, from the activations of a forward pass: (B, S, S).
 
     pre: the pre-activations (each convolution's output, before its ELU; the last: the logits) of
-    layers first..last over B windows, (B, C, T, h, w) float32. The gradient of mean(sigmoid(logits))
+    layers first..last over B windows, (B, C, T, h, w) float32, best channels-last (the memory
+    format the transposed convolutions work in here). The gradient of mean(sigmoid(logits))
     goes back through each convolution (its transpose) and each guided ELU, max(grad, 0) * elu'(z)
     with elu'(z) = exp(min(z, 0)), down to the input of layer `first`; |gradient| is summed over
     that input's channels and time steps and brought to frame_size (bilinear).
@@ -226,17 +227,19 @@ def guided_from_activations(convs, pre: list[torch.Tensor], frame_size: tuple[in
     sizes = [tuple(frame_size)]  # each layer's input size
     for conv in convs[:-1]:
         sizes.append(tuple((n + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1 for n in sizes[-1]))
+    # channels-last takes oneDNN's path for the transposed convolutions: 2x faster on a CPU (measured, layer 2)
+    cl = torch.channels_last_3d
     s = torch.sigmoid(pre[-1])
     grad = s * (1 - s) / s[0].numel()  # d mean(sigmoid(logits)) / d logits: (B, 1, 1, h, w)
     for layer in range(len(convs) - 1, first - 1, -1):
         conv = convs[layer]
         pad = tuple(n - ((m - 1) * conv.stride[1] - 2 * conv.padding[1] + conv.kernel_size[1])
                     for n, m in zip(sizes[layer], grad.shape[-2:]))  # a stride-2 layer's lost last row
-        grad = F.conv_transpose3d(grad, conv.weight, None, conv.stride, conv.padding, (0, *pad))  # at the layer's input
-        if layer > first:
-            z = pre[layer - 1 - first]
-            grad = grad.clamp(min=0) * torch.exp(z.clamp(max=0))  # through the previous layer's guided ELU
-    heat = grad.abs().sum(dim=(1, 2))  # (B, C, T, h, w) -> (B, h, w)
+        grad = F.conv_transpose3d(grad.contiguous(memory_format=cl), conv.weight.contiguous(memory_format=cl), None,
+                                  conv.stride, conv.padding, (0, *pad))  # at the layer's input
+        if layer > first:  # through the previous layer's guided ELU
+            grad.clamp_(min=0).mul_(pre[layer - 1 - first].clamp(max=0).exp_())
+    heat = grad.abs_().sum(dim=(1, 2))  # (B, C, T, h, w) -> (B, h, w)
     if heat.shape[-2:] != tuple(frame_size):
         heat = F.interpolate(heat[:, None], size=tuple(frame_size), mode="bilinear", align_corners=False)[:, 0]
     return heat  # (B, S, S)
@@ -294,7 +297,7 @@ class StreamScorer:
         self._gates_x: torch.Tensor | None = None  # (<= 10, 2 * 4*hid, h, w) per frame, kept for the next push
         self._d_tails: list[torch.Tensor | None] = [None] * len(discriminator.convs)
         # for guided(): the pre-activations (a conv's output, before ELU) of the discriminator's layers from
-        # guided_layer on that the last push's windows span, time first: (m + span - 1, C, h, w)
+        # guided_layer on that the last push's windows span, time first, channels last: (m + span - 1, h, w, C)
         self.guided_layer = guided_layer
         self._d_pre: list[torch.Tensor | None] = [None] * len(discriminator.convs)
         self._spans = []  # each layer's steps in one window: 7, 5, 3, 1, 1, 1
@@ -357,7 +360,7 @@ class StreamScorer:
                 return x.new_zeros((0, *x.shape[-2:]))  # not yet a full window; shape is unused
             x = conv(x)
             if self.guided_layer is not None and layer >= self.guided_layer:
-                pre = x[0].transpose(0, 1)  # (1, C, n, h, w) -> (n, C, h, w)
+                pre = x[0].permute(1, 2, 3, 0)  # (1, C, n, h, w) -> (n, h, w, C): channels last, as guided() uses it
                 kept = self._d_pre[layer]
                 self._d_pre[layer] = pre if kept is None else torch.cat([kept, pre])
             if layer < len(convs) - 1:
@@ -372,8 +375,8 @@ class StreamScorer:
         if self.guided_layer is None:
             raise ValueError("StreamScorer.guided needs a scorer made with guided_layer")
         starts = torch.as_tensor(list(windows), device=self.frames.device)[:, None]  # (B, 1)
-        pre = [
-            buf[starts + torch.arange(span, device=buf.device)].float().transpose(1, 2)  # (B, span, C, h, w) -> (B, C, span, h, w)
+        pre = [  # (B, span, h, w, C) -> (B, C, span, h, w), in memory channels-last
+            buf[starts + torch.arange(span, device=buf.device)].float().permute(0, 4, 1, 2, 3)
             for buf, span in zip(self._d_pre[self.guided_layer :], self._spans[self.guided_layer :])
         ]
         return guided_from_activations(self.discriminator.convs, pre, tuple(self.frames.shape[-2:]))
