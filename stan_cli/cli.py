@@ -522,90 +522,7 @@ def train(
     if pseudo_share is not None:
         opts.pseudo_share = pseudo_share
     progress = _progress()
-    task = {"id": None}
-
-    recalibration = is_recalibration(opts)
-
-    def on_event(kind: str, **info) -> None:
-        if kind == "warning":
-            progress.console.print(f"[yellow]warning:[/] {escape(info['message'])}", highlight=False)
-        elif kind == "decode":
-            if task["id"] is None:
-                task["id"] = progress.add_task("decoding footage", total=info["total"], info="")
-                task["decode_total"] = info["total"]
-            progress.update(task["id"], completed=info["done"], info=f"at {escape(Path(info['name']).name)}")
-        elif kind == "data":
-            if task["id"] is not None:
-                progress.update(task["id"], completed=task["decode_total"], info="")  # every clip is read
-                progress.remove_task(task["id"])
-                task["id"] = None
-            skipped = f", {info['skipped']} skipped" if info["skipped"] else ""
-            if recalibration:  # nothing is trained: every window is scored for the calibration
-                progress.console.print(f"{_count(info['clips'], 'clip')}: {_count(info['train_windows'], 'window')} to calibrate on{skipped}")
-            elif info["clips"] == 1 and info["val_windows"]:  # a lone clip: its tail is held out
-                progress.console.print(
-                    f"1 clip: {_count(info['train_windows'], 'training window')}, "
-                    f"{_count(info['val_windows'], 'validation window')} from its end{skipped}"
-                )
-            else:
-                progress.console.print(
-                    f"{_count(info['clips'], 'clip')}: {_count(info['train_windows'], 'training window')} "
-                    f"from {_count(info['train_clips'], 'clip')}, {_count(info['val_windows'], 'validation window')} "
-                    f"from {_count(info['val_clips'], 'clip')}{skipped}"
-                )
-        elif kind == "epoch_start":
-            if resumed := task.pop("resume", None):
-                progress.console.print(
-                    f"resuming at step {resumed['step']} from {escape(resumed['checkpoint'])}: {info['phase']} epoch "
-                    f"{info['epoch'] + 1} of {info['epochs']}, batch {info['done']} of {info['steps']} done",
-                    highlight=False,
-                )
-            if task["id"] is not None:
-                progress.remove_task(task["id"])
-            of = f"/{info['epochs']}" if info["epochs"] is not None else ""  # --time: until its part of the time ends
-            task["id"] = progress.add_task(
-                f"{info['phase']} {info['epoch'] + 1}{of}", total=info["steps"], completed=info["done"], info=""
-            )
-        elif kind == "step":
-            text = " ".join(f"{k.removeprefix('loss_')}={v:.4g}" for k, v in info["losses"].items() if v == v)  # NaN: not computed
-            progress.update(task["id"], completed=info["batch"], info=f"{text} {info['samples_per_s']:.1f} samples/s", left=info["seconds_left"])
-        elif kind == "plan":
-            progress.console.print(escape(info["text"]), highlight=False)
-        elif kind == "epoch_end":
-            mark = " [green](selected)[/]" if info["selected"] else ""
-            if "epoch_fraction" in info:  # --time ended the phase inside this epoch: its bar ends here
-                mark = f" ({100 * info['epoch_fraction']:.0f} % of it, as --time ended the phase){mark}"
-                if task["id"] is not None:
-                    progress.remove_task(task["id"])
-                    task["id"] = None
-            if math.isnan(info["val_pixel"]):  # no held-out clips: nothing measured, the latest epoch is kept
-                verdict = "no validation windows" + (", the latest epoch is kept" if info["selected"] else "")
-                progress.console.print(f"{info['phase']} epoch {info['epoch']}: {verdict}")
-            elif info["phase"] == "discriminator":  # what its selection rule minimises
-                motion = (
-                    f", {info['val_d_pseudo']:.4g} on pseudo-anomalies; d score ranks them above normal windows "
-                    f"in {100 * info['val_pseudo_auc']:.1f} % of pairs" if "val_d_pseudo" in info else ""
-                )
-                progress.console.print(
-                    f"discriminator epoch {info['epoch']}: validation discriminator loss "
-                    f"{info.get('val_loss_d', info['val_d'] + info['val_d_fake']):.4g} ({info['val_d']:.4g} on real, "
-                    f"{info['val_d_fake']:.4g} on generated windows{motion}; chance 1.386){mark}"
-                )
-            else:
-                progress.console.print(
-                    f"{info['phase']} epoch {info['epoch']}: validation pixel loss {info['val_pixel']:.5g}, "
-                    f"-log D {info['val_d']:.4g}{mark}"
-                )
-        elif kind == "resume":  # said where the run goes on from: the first epoch, or the calibration
-            task["resume"] = info
-        elif kind == "calibrate":
-            if resumed := task.pop("resume", None):
-                progress.console.print(
-                    f"resumed at step {resumed['step']} from {escape(resumed['checkpoint'])}: no epoch left to train, "
-                    "the run is finished as it stands", highlight=False,
-                )
-            progress.console.print(f"calibrating on {info['windows']} windows ({escape(info['source'])})", highlight=False)
-
+    on_event = _TrainDisplay(progress, is_recalibration(opts))
     try:
         with progress:
             result = run_train(opts, on_event)
@@ -624,6 +541,115 @@ def train(
         raise typer.Exit(130)
     if result is None:  # a non-zero rank of a distributed run
         return
+    _print_train_result(result)
+
+
+class _TrainDisplay:
+    """stan train's on_event: progress bars and one line per event (the Python API's events, drawn)."""
+
+    def __init__(self, progress, recalibration: bool) -> None:
+        self.progress, self.recalibration = progress, recalibration
+        self.task: dict = {"id": None}
+
+    def __call__(self, kind: str, **info) -> None:
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is not None:
+            handler(info)
+
+    def _say(self, text: str, **kw) -> None:
+        self.progress.console.print(text, **kw)
+
+    def _close_bar(self) -> None:
+        if self.task["id"] is not None:
+            self.progress.remove_task(self.task["id"])
+            self.task["id"] = None
+
+    def _on_warning(self, info: dict) -> None:
+        self._say(f"[yellow]warning:[/] {escape(info['message'])}", highlight=False)
+
+    def _on_decode(self, info: dict) -> None:
+        task = self.task
+        if task["id"] is None:
+            task["id"] = self.progress.add_task("decoding footage", total=info["total"], info="")
+            task["decode_total"] = info["total"]
+        self.progress.update(task["id"], completed=info["done"], info=f"at {escape(Path(info['name']).name)}")
+
+    def _on_data(self, info: dict) -> None:
+        if self.task["id"] is not None:
+            self.progress.update(self.task["id"], completed=self.task["decode_total"], info="")  # every clip is read
+            self._close_bar()
+        skipped = f", {info['skipped']} skipped" if info["skipped"] else ""
+        if self.recalibration:  # nothing is trained: every window is scored for the calibration
+            self._say(f"{_count(info['clips'], 'clip')}: {_count(info['train_windows'], 'window')} to calibrate on{skipped}")
+        elif info["clips"] == 1 and info["val_windows"]:  # a lone clip: its tail is held out
+            self._say(
+                f"1 clip: {_count(info['train_windows'], 'training window')}, "
+                f"{_count(info['val_windows'], 'validation window')} from its end{skipped}"
+            )
+        else:
+            self._say(
+                f"{_count(info['clips'], 'clip')}: {_count(info['train_windows'], 'training window')} "
+                f"from {_count(info['train_clips'], 'clip')}, {_count(info['val_windows'], 'validation window')} "
+                f"from {_count(info['val_clips'], 'clip')}{skipped}"
+            )
+
+    def _on_epoch_start(self, info: dict) -> None:
+        if resumed := self.task.pop("resume", None):
+            self._say(
+                f"resuming at step {resumed['step']} from {escape(resumed['checkpoint'])}: {info['phase']} epoch "
+                f"{info['epoch'] + 1} of {info['epochs']}, batch {info['done']} of {info['steps']} done",
+                highlight=False,
+            )
+        self._close_bar()
+        of = f"/{info['epochs']}" if info["epochs"] is not None else ""  # --time: until its part of the time ends
+        self.task["id"] = self.progress.add_task(
+            f"{info['phase']} {info['epoch'] + 1}{of}", total=info["steps"], completed=info["done"], info=""
+        )
+
+    def _on_step(self, info: dict) -> None:
+        text = " ".join(f"{k.removeprefix('loss_')}={v:.4g}" for k, v in info["losses"].items() if v == v)  # NaN: not computed
+        self.progress.update(
+            self.task["id"], completed=info["batch"], info=f"{text} {info['samples_per_s']:.1f} samples/s", left=info["seconds_left"]
+        )
+
+    def _on_plan(self, info: dict) -> None:
+        self._say(escape(info["text"]), highlight=False)
+
+    def _on_epoch_end(self, info: dict) -> None:
+        mark = " [green](selected)[/]" if info["selected"] else ""
+        if "epoch_fraction" in info:  # --time ended the phase inside this epoch: its bar ends here
+            mark = f" ({100 * info['epoch_fraction']:.0f} % of it, as --time ended the phase){mark}"
+            self._close_bar()
+        if math.isnan(info["val_pixel"]):  # no held-out clips: nothing measured, the latest epoch is kept
+            verdict = "no validation windows" + (", the latest epoch is kept" if info["selected"] else "")
+            self._say(f"{info['phase']} epoch {info['epoch']}: {verdict}")
+        elif info["phase"] == "discriminator":  # what its selection rule minimises
+            motion = (
+                f", {info['val_d_pseudo']:.4g} on pseudo-anomalies; d score ranks them above normal windows "
+                f"in {100 * info['val_pseudo_auc']:.1f} % of pairs" if "val_d_pseudo" in info else ""
+            )
+            self._say(
+                f"discriminator epoch {info['epoch']}: validation discriminator loss "
+                f"{info.get('val_loss_d', info['val_d'] + info['val_d_fake']):.4g} ({info['val_d']:.4g} on real, "
+                f"{info['val_d_fake']:.4g} on generated windows{motion}; chance 1.386){mark}"
+            )
+        else:
+            self._say(f"{info['phase']} epoch {info['epoch']}: validation pixel loss {info['val_pixel']:.5g}, -log D {info['val_d']:.4g}{mark}")
+
+    def _on_resume(self, info: dict) -> None:  # said where the run goes on from: the first epoch, or the calibration
+        self.task["resume"] = info
+
+    def _on_calibrate(self, info: dict) -> None:
+        if resumed := self.task.pop("resume", None):
+            self._say(
+                f"resumed at step {resumed['step']} from {escape(resumed['checkpoint'])}: no epoch left to train, "
+                "the run is finished as it stands", highlight=False,
+            )
+        self._say(f"calibrating on {info['windows']} windows ({escape(info['source'])})", highlight=False)
+
+
+def _print_train_result(result) -> None:
+    """The closing table of a finished run, and where the weights are."""
     table = Table(title="stan train", show_header=False)
     table.add_row("weights", str(result.out))
     sel = result.selected
