@@ -726,9 +726,19 @@ def eval_(
         err.print("[yellow]interrupted[/]")
         raise typer.Exit(130)
 
-    def pct(x) -> str:
-        return "-" if x is None or x != x else f"{100 * x:.1f} %"
+    table = _eval_table(r)
+    out.print(table)
+    for message in r.get("warnings", []):
+        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+    out.print(f"Results written to [bold]{escape(str(out_dir))}[/] (results.json, roc.png, per_clip.csv, scores/)", highlight=False)
 
+
+def _pct(x) -> str:
+    return "-" if x is None or x != x else f"{100 * x:.1f} %"
+
+
+def _eval_table(r: dict) -> Table:
+    """stan eval's console table from results.json's content: the headline, the reference, the variants."""
     paper = r["paper_ped2"]
     fl = r["frame_level"]
     table = Table(title=f"stan eval: {_count(r['clips'], 'clip')}, {r['scored_frames']} of {r['frames']} frames scored, {r['abnormal_frames']} labelled abnormal")
@@ -736,37 +746,34 @@ def eval_(
     table.add_column("ours", justify="right")
     table.add_column("paper (Ped2)", justify="right")
     for kind, name in (("g", "generator"), ("d", "discriminator"), ("gd", "both")):
-        table.add_row(f"frame AUC, pooled, {kind} ({name})", pct(fl[kind]["pooled"]["auc"]), pct(paper["frame_auc"][kind]))
-    table.add_row("frame AUC, pooled, frame difference (no learning)", pct(fl["frame_difference"]["pooled"]["auc"]), "")
+        table.add_row(f"frame AUC, pooled, {kind} ({name})", _pct(fl[kind]["pooled"]["auc"]), _pct(paper["frame_auc"][kind]))
+    table.add_row("frame AUC, pooled, frame difference (no learning)", _pct(fl["frame_difference"]["pooled"]["auc"]), "")
     for kind in ("g", "d", "gd"):
         skipped = len(fl[kind]["macro"]["skipped_clips"])
-        table.add_row(f"frame AUC, macro, {kind}", pct(fl[kind]["macro"]["auc"]) + (f" ({skipped} clip{'s' if skipped != 1 else ''} skipped)" if skipped else ""), "")
-    table.add_row("frame EER, pooled, gd", pct(fl["gd"]["pooled"]["eer"]), "")
+        table.add_row(f"frame AUC, macro, {kind}", _pct(fl[kind]["macro"]["auc"]) + (f" ({skipped} clip{'s' if skipped != 1 else ''} skipped)" if skipped else ""), "")
+    table.add_row("frame EER, pooled, gd", _pct(fl["gd"]["pooled"]["eer"]), "")
     if "gd_calibration_lambda" in fl:
-        table.add_row("frame AUC, pooled, gd, calibration lambda_s", pct(fl["gd_calibration_lambda"]["pooled"]["auc"]), "")
+        table.add_row("frame AUC, pooled, gd, calibration lambda_s", _pct(fl["gd_calibration_lambda"]["pooled"]["auc"]), "")
     for kind in ("g", "gd"):
-        table.add_row(f"frame AUC, pooled, {kind}, L2-norm pixel term (Eq. 5 literally)", pct(fl[f"{kind}_l2_norm"]["pooled"]["auc"]), "")
+        table.add_row(f"frame AUC, pooled, {kind}, L2-norm pixel term (Eq. 5 literally)", _pct(fl[f"{kind}_l2_norm"]["pooled"]["auc"]), "")
     for kind in ("d", "gd"):
-        table.add_row(f"frame AUC, pooled, {kind}, largest patch's -log D (variant)", pct(fl[f"{kind}_patch_max"]["pooled"]["auc"]), "")
+        table.add_row(f"frame AUC, pooled, {kind}, largest patch's -log D (variant)", _pct(fl[f"{kind}_patch_max"]["pooled"]["auc"]), "")
     for kind in ("d", "gd"):
-        table.add_row(f"frame AUC, pooled, {kind}, -log D on the generated window (variant)", pct(fl[f"{kind}_generated"]["pooled"]["auc"]), "")
+        table.add_row(f"frame AUC, pooled, {kind}, -log D on the generated window (variant)", _pct(fl[f"{kind}_generated"]["pooled"]["auc"]), "")
     ev, pev = r["event_level"], paper["event_level"]
     table.add_row(
         "events: correct / false alarms (precision)",
-        f"{ev['correct']} / {ev['false_alarms']} ({pct(ev['precision'])})",
-        f"{pev['correct']} / {pev['false_alarms']} ({pct(pev['precision'])})",
+        f"{ev['correct']} / {ev['false_alarms']} ({_pct(ev['precision'])})",
+        f"{pev['correct']} / {pev['false_alarms']} ({_pct(pev['precision'])})",
     )
     table.add_row("events found / ground truth", f"{ev['correct']} / {ev['ground_truth_events']}", f"{pev['correct']} / {pev['ground_truth_events']}")
     table.add_row("detections: finding an event / all", f"{ev['detections_correct']} / {ev['detections_total']}", "")
     px = r["pixel_level"]
     if px.get("available"):
-        table.add_row("pixel level (40 % rule): AUC / EDR", f"{pct(px['auc'])} / {pct(px['edr'])}", "")
+        table.add_row("pixel level (40 % rule): AUC / EDR", f"{_pct(px['auc'])} / {_pct(px['edr'])}", "")
     table.add_row("lambda_s", f"{r['lambda_s']:.4g} (test set)", "")
     table.add_row("time", f"{r['timings']['wall_s']:.1f} s ({r['timings']['frames_per_s'] or 0:.1f} frames/s)", "")
-    out.print(table)
-    for message in r.get("warnings", []):
-        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
-    out.print(f"Results written to [bold]{escape(str(out_dir))}[/] (results.json, roc.png, per_clip.csv, scores/)", highlight=False)
+    return table
 
 
 # ---------------------------------------------------------------------------------------- explain
