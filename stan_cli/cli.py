@@ -441,18 +441,7 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
         raise typer.Exit(130)
     if result.index is None:  # another rank of a torchrun job: rank 0 reports
         return
-    n = len(result.entries)
-    table = Table(title=f"stan detect: {n} input{'' if n == 1 else 's'}")
-    for column in ("#", "report", "frames", "duration", "segments", "peak / threshold", "status"):
-        table.add_column(column, justify="right" if column in ("#", "frames", "duration", "segments") else "left")
-    for e in result.entries:
-        scored = e.status in ("ok", "incomplete")
-        status = {"ok": "ok", "incomplete": "[yellow]incomplete[/]", "error": "[red]error[/]"}.get(e.status, e.status)
-        table.add_row(
-            str(e.index + 1), escape(e.name) if e.status != "error" else f"[dim]none ({escape(shown(e.input.name))})[/]",
-            str(e.frames) if scored else "", f"{e.duration_s:.1f} s" if scored else "",
-            str(e.segments) if scored else "", f"{e.peak_score:.4g} / {e.threshold:.4g}" if scored else "", status,
-        )
+    table = _batch_table(result.entries, shown)
     out.print(table)
     failed = len(result.failed)
     out.print(
@@ -462,6 +451,23 @@ def _detect_batch(videos: list[Path], out_dir: Path, weights: Path | None, devic
     )
     if failed:
         raise typer.Exit(1)
+
+
+def _batch_table(entries, shown) -> Table:
+    """The many-input detect's closing table: one row per input, an error row for one that failed."""
+    n = len(entries)
+    table = Table(title=f"stan detect: {n} input{'' if n == 1 else 's'}")
+    for column in ("#", "report", "frames", "duration", "segments", "peak / threshold", "status"):
+        table.add_column(column, justify="right" if column in ("#", "frames", "duration", "segments") else "left")
+    for e in entries:
+        scored = e.status in ("ok", "incomplete")
+        status = {"ok": "ok", "incomplete": "[yellow]incomplete[/]", "error": "[red]error[/]"}.get(e.status, e.status)
+        table.add_row(
+            str(e.index + 1), escape(e.name) if e.status != "error" else f"[dim]none ({escape(shown(e.input.name))})[/]",
+            str(e.frames) if scored else "", f"{e.duration_s:.1f} s" if scored else "",
+            str(e.segments) if scored else "", f"{e.peak_score:.4g} / {e.threshold:.4g}" if scored else "", status,
+        )
+    return table
 
 
 # ----------------------------------------------------------------------------------------- train
