@@ -284,6 +284,7 @@ def _progress() -> Progress | _LogProgress:
     "stan detect ./videos/ --out reports/ --no-video    # many inputs, scores only (fastest)",
     "stan detect clip.mp4 --weights mycam.safetensors   # weights from stan train",
 ))
+# Longer than 60 lines only through its signature: one line per option, as Typer declares them.
 def detect(
     videos: Annotated[list[Path], typer.Argument(metavar="VIDEO", help="Video file (any format ffmpeg reads) or a folder of frames. Several, or a folder of videos or of clip folders: a report each, and an index.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder to write (several inputs: a subfolder each, and index.html).")] = Path("report"),
