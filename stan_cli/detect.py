@@ -598,31 +598,20 @@ def _duration(time_s: np.ndarray, fps: float) -> float:
     return float(time_s[-1]) + period
 
 
-def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
-            time_s: np.ndarray | None = None, time_source: str = "frame index / fps") -> DetectResult:
-    """Scores -> raw score, normalised score, threshold, flags, segments; and the summary."""
-    n = len(pixel)
-    calibration = model.calibration
-    if calibration is not None:
-        lam, lam_source = float(calibration["lambda_s"]), "calibration"
-    else:
-        lam, lam_source = scoring.lambda_s(pixel, d), "this clip (max pixel / max -log D / 10)"
-    raw = scoring.raw_score(pixel, d, kind, lam)
-    calibrated = False  # the threshold is the weights' calibration
+def _threshold(raw: np.ndarray, threshold, calibration: dict | None, kind: str) -> tuple[float, str, bool]:
+    """The threshold, where it comes from, and whether it is the weights' calibration."""
     if threshold == "clip":
-        thr = scoring.fallback_threshold(raw)
-        thr_source = "--threshold clip: median + 3 x 1.4826 x MAD of this clip"
-    elif threshold not in (None, "calibrated"):
-        thr, thr_source = float(threshold), "--threshold"
-    elif calibration is not None:
-        thr = float(calibration["kinds"][kind]["threshold"])
-        thr_source = calibration_label(calibration)
-        calibrated = True
-    else:
-        thr = scoring.fallback_threshold(raw)
-        thr_source = "fallback: median + 3 x 1.4826 x MAD of this clip (weights carry no calibration)"
-    abnormal = scoring.flag(raw, thr)
-    segments = scoring.find_segments(abnormal, raw, merge_gap=merge_gap, min_length=min_length)
+        return scoring.fallback_threshold(raw), "--threshold clip: median + 3 x 1.4826 x MAD of this clip", False
+    if threshold not in (None, "calibrated"):
+        return float(threshold), "--threshold", False
+    if calibration is not None:
+        return float(calibration["kinds"][kind]["threshold"]), calibration_label(calibration), True
+    return scoring.fallback_threshold(raw), "fallback: median + 3 x 1.4826 x MAD of this clip (weights carry no calibration)", False
+
+
+def _score_warnings(info, raw: np.ndarray, thr: float, model: Stan, kind: str, calibrated: bool) -> list[str]:
+    """What the scores say about the run: placeholder weights, a calibration that does not transfer."""
+    calibration = model.calibration
     warnings = []
     if model.training.get("untrained"):
         warnings.append(
@@ -640,6 +629,23 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
                 "pass --threshold NUMBER, or recalibrate on normal footage of this camera, which trains nothing (stan train NORMAL "
                 "--init WEIGHTS --pretrain-epochs 0 --epochs 0 --out CAMERA.safetensors; README, \"Calibrate on your camera\")."
             )
+    return warnings
+
+
+def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
+            time_s: np.ndarray | None = None, time_source: str = "frame index / fps") -> DetectResult:
+    """Scores -> raw score, normalised score, threshold, flags, segments; and the summary."""
+    n = len(pixel)
+    calibration = model.calibration
+    if calibration is not None:
+        lam, lam_source = float(calibration["lambda_s"]), "calibration"
+    else:
+        lam, lam_source = scoring.lambda_s(pixel, d), "this clip (max pixel / max -log D / 10)"
+    raw = scoring.raw_score(pixel, d, kind, lam)
+    thr, thr_source, calibrated = _threshold(raw, threshold, calibration, kind)
+    abnormal = scoring.flag(raw, thr)
+    segments = scoring.find_segments(abnormal, raw, merge_gap=merge_gap, min_length=min_length)
+    warnings = _score_warnings(info, raw, thr, model, kind, calibrated)
     if time_s is None:
         time_s = np.arange(n) / info.fps
     scored = np.isfinite(raw)
