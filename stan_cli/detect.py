@@ -234,6 +234,9 @@ def remove_if_empty(out: Path) -> None:
 THRESHOLD_RULES = ("calibrated", "clip")
 
 
+MAX_SCORE = 1e9  # no raw score comes near it (see parse_threshold); larger thresholds are mistakes
+
+
 def parse_threshold(value: float | str | None, rules: tuple[str, ...] = THRESHOLD_RULES) -> float | str | None:
     """--threshold: a finite number or one of `rules` ("calibrated", "clip"); anything else is a user error.
 
@@ -255,6 +258,8 @@ def parse_threshold(value: float | str | None, rules: tuple[str, ...] = THRESHOL
         raise StanError(f"--threshold {value}: not a finite number. Give {words}.")
     if number < 0:  # every raw score (pixel loss, -log D, their sum) is at least 0
         raise StanError(f"--threshold {value}: raw scores are never negative, so it would flag every frame. Give {words}.")
+    if number > MAX_SCORE:  # pixel loss <= 4, -log D about 100 at most, lambda_s <= 1e6: far below
+        raise StanError(f"--threshold {value}: above {MAX_SCORE:g}, which no raw score reaches, so it would flag nothing. Give {words}.")
     return number
 
 

@@ -312,9 +312,9 @@ def check_calibration(calibration, path: Path) -> None:
         stats = kinds.get(kind)
         if not isinstance(stats, dict):
             raise damaged(f"kinds.{kind} is missing or not an object")
-        for key in ("threshold", "median"):
-            if not _number(stats.get(key)):
-                raise damaged(f"kinds.{kind}.{key} is {stats.get(key)!r}, not a finite number")
+        for key in ("threshold", "median"):  # raw scores are >= 0 and far below 1e9 (detect.MAX_SCORE)
+            if not _number(stats.get(key), 0.0, 1e9):
+                raise damaged(f"kinds.{kind}.{key} is {stats.get(key)!r}, not a number from 0 to 1e9")
     n = calibration.get("n_windows")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
         raise damaged(f"n_windows is {n!r}, not a count")

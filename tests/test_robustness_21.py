@@ -233,6 +233,10 @@ def test_weights_holding_nan_or_inf_are_refused_when_loaded(tmp_path, clip16, te
       "kinds": {k: {"threshold": None, "median": 0.1} for k in ("g", "d", "gd")}}, "kinds.g.threshold is None"),
     ({"lambda_s": "0.1", "false_alarm_rate": 0.01}, "lambda_s is '0.1'"),
     ({"lambda_s": 0.1, "false_alarm_rate": 2}, "false_alarm_rate is 2"),
+    ({"lambda_s": 0.1, "false_alarm_rate": 0.01,  # a finite threshold no score reaches: the plot overflowed
+      "kinds": {k: {"threshold": 1e308, "median": 0.1} for k in ("g", "d", "gd")}}, "kinds.g.threshold is 1e+308"),
+    ({"lambda_s": 0.1, "false_alarm_rate": 0.01,  # below every score: every frame flagged, exit 0
+      "kinds": {k: {"threshold": -5, "median": 0.1} for k in ("g", "d", "gd")}}, "kinds.g.threshold is -5"),
     ('[1, 2]', "not an object"),
 ])
 def test_a_damaged_calibration_is_refused_when_loaded_not_after_scoring(tmp_path, clip16, calibration, what):
@@ -489,6 +493,7 @@ def test_explain_of_8000_by_6000_frames_keeps_one_full_size_frame(tmp_path, tiny
     ("--merge-gap", "-1"), ("--merge-gap", "100000000000000"),
     ("--min-length", "0"), ("--min-length", "100000000000000"),
     ("--threshold", "inf"), ("--threshold", "nan"), ("--threshold", "1e400"), ("--threshold", "-1"),
+    ("--threshold", "1e308"),  # finite, but it overflowed the plot after the whole scoring pass
 ])
 def test_detect_refuses_an_out_of_range_number_before_any_work(tmp_path, clip16, tiny_weights, monkeypatch, option, value):
     decoded = []
