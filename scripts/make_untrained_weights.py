@@ -6,6 +6,7 @@ shipped; their scores mean nothing. Stored as float16 (9.5 MB); loading casts to
     python scripts/make_untrained_weights.py
 """
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from stan_cli.weights import save_weights
 SEED = 0
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help prints, writes nothing
     torch.manual_seed(SEED)
     generator, discriminator = Generator(PAPER).half(), Discriminator(PAPER).half()
     out = Path(__file__).resolve().parent.parent / "weights" / "stan-untrained.safetensors"

@@ -53,6 +53,11 @@ def find_default_weights() -> Path:
     else <prefix>/share/stan/weights (pip install .), else ./weights/."""
     env = os.environ.get("STAN_WEIGHTS")
     if env:
+        if Path(env).is_dir():
+            raise WeightsError(
+                f"{env}: is a folder, not a weights file (named by $STAN_WEIGHTS). Point STAN_WEIGHTS at a "
+                ".safetensors file from `stan train`, or unset it to use the shipped weights."
+            )
         if not Path(env).is_file():
             raise WeightsError(
                 f"{env}: weights file not found (named by $STAN_WEIGHTS). Point STAN_WEIGHTS at a "

@@ -74,6 +74,12 @@ def test_version_names_the_default_weights(tmp_path, monkeypatch, tiny_weights):
     assert result.exit_code == 0 and "none found" in result.output
 
 
+def test_stan_weights_naming_a_folder_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("STAN_WEIGHTS", str(tmp_path))
+    result = run("detect", str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "r"))
+    assert result.exit_code != 0 and "is a folder, not a weights file" in result.stderr, result.output
+
+
 def test_no_args_shows_help():
     result = run()
     assert "detect" in result.output and "Usage" in result.output
