@@ -111,15 +111,16 @@ def resize_bilinear(a: np.ndarray, height: int, width: int) -> np.ndarray:
     The explanation maps come out of the network at its input resolution; the overlay needs
     them at the video's, and this keeps torch out of the report path.
     """
-    a = np.asarray(a, dtype=np.float64)
+    a = np.asarray(a, dtype=np.float32)  # float32 as the result: within 1e-6 of float64 on maps in [0, 1]
     if a.ndim != 2 or a.size == 0:
         raise ValueError(f"resize_bilinear expects a non-empty 2-D array, got shape {a.shape}")
     if height < 1 or width < 1:
         raise ValueError(f"resize_bilinear target must be at least 1x1, got {height}x{width}")
     y0, y1, wy = _source_index(a.shape[0], height)
     x0, x1, wx = _source_index(a.shape[1], width)
+    wy, wx = wy.astype(np.float32), wx.astype(np.float32)
     out = np.empty((height, width), dtype=np.float32)
-    for top in range(0, height, _BAND):  # bands keep float64 temporaries small at 4K and above
+    for top in range(0, height, _BAND):  # bands keep temporaries small at 4K and above
         rows_of = slice(top, top + _BAND)
         rows = a[y0[rows_of]] * (1.0 - wy[rows_of])[:, None] + a[y1[rows_of]] * wy[rows_of][:, None]  # (band, w)
         out[rows_of] = rows[:, x0] * (1.0 - wx)[None, :] + rows[:, x1] * wx[None, :]  # (band, width)
@@ -175,15 +176,24 @@ def heat_overlay(
     heat = np.clip(np.where(finite, heat, 0.0), 0.0, 1.0)
     height, width = frame.shape[:2]
     up = np.clip(resize_bilinear(heat, height, width), 0.0, 1.0)  # (H, W)
-    lut = colormap_lut(cmap)
+    keep, tint = _blend_tables(cmap, float(alpha_max))
     out = np.empty_like(frame)
     for top in range(0, height, _BAND):  # a band at a time: a 4K frame as float32 is 100 MB per copy
         rows = slice(top, top + _BAND)
-        colour = lut[np.rint(up[rows] * 255.0).astype(np.uint8)].astype(np.float32)  # (band, W, 3)
-        alpha = (alpha_max * up[rows])[..., None]  # (band, W, 1)
-        base = frame[rows].astype(np.float32)
-        out[rows] = np.clip(np.rint(base + alpha * (colour - base)), 0, 255).astype(np.uint8)
+        level = np.rint(up[rows] * 255.0).astype(np.uint8)  # (band, W)
+        mixed = frame[rows] * keep[level][..., None] + tint[level]  # (band, W, 3): frame x (1 - a) + colour x a
+        out[rows] = np.rint(mixed, out=mixed).astype(np.uint8)  # never past 255: a convex mix of two colours
     return out
+
+
+@lru_cache(maxsize=8)
+def _blend_tables(cmap: str, alpha_max: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per heat level k / 255: the frame's share 1 - a and the colour's part a x colour, a = alpha_max x k / 255,
+    so that a blend is one multiply-add per pixel. Read-only (cached)."""
+    alpha = (alpha_max * np.arange(256) / 255.0).astype(np.float32)  # (256,)
+    keep, tint = 1.0 - alpha, alpha[:, None] * colormap_lut(cmap).astype(np.float32)  # (256,), (256, 3)
+    keep.flags.writeable = tint.flags.writeable = False
+    return keep, tint
 
 
 # --------------------------------------------------------------------------- text and borders
