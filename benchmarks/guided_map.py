@@ -3,7 +3,7 @@
     python benchmarks/guided_map.py ../shared/data/ped2/testing --weights weights/stan-ped2.safetensors
     python benchmarks/guided_map.py ../shared/data/ped2/testing --clips 02 04 --json guided.json
 
-The per-window map at the frames (`stan explain`'s, and `stan detect`'s before 0.3): the guided
+The per-window map at the frames (`stan explain`'s, and `stan detect`'s in 0.2.0): the guided
 gradient of D with respect to the 11 input frames, |.| summed over them, for every window.
 detect's map (inference.GUIDED_LAYER): the same backward pass stopped at the input of the
 discriminator's third convolution (56 x 56 at 224, 4-pixel cells), brought to 224 x 224.
@@ -19,7 +19,7 @@ Printed, over all scored frames of the clips:
                    40 % rule) of each map, as benchmarks/localisation.py measures them
   time             seconds of each pass (scoring included), and milliseconds per window of the
                    backward pass alone on 8 windows of the first clip, interleaved: autograd
-                   (forward and backward, what detect did before 0.3), by hand to the frames, and
+                   (forward and backward, what detect did in 0.2.0), by hand to the frames, and
                    by hand to detect's layer
 """
 
