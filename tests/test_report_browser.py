@@ -28,6 +28,16 @@ CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-st
 
 PROBE = """
 <script>
+// The segment's clip gets a video element while the page is parsed, so that, like the overlay
+// videos, it holds back the load event while it loads: the browser's media pipeline runs in real
+// time, the probe's timers in the virtual time of --virtual-time-budget, and a clip created after
+// load could lose a race against them on a busy machine.
+const clip = document.createElement("video");
+clip.preload = "auto";
+clip.muted = true;
+clip.hidden = true;
+clip.src = document.querySelector("tr.segment a").getAttribute("href");
+document.body.appendChild(clip);
 window.addEventListener("load", async () => {
   const out = {};
   const until = (target, event) => new Promise((done) => {
@@ -35,8 +45,6 @@ window.addEventListener("load", async () => {
     target.addEventListener("error", () => done("error"), {once: true});
   });
   const videos = [...document.querySelectorAll("video.overlay")];
-  const clip = document.createElement("video");
-  clip.src = document.querySelector("tr.segment a").getAttribute("href");
   const waited = [...videos, clip].map((v) => v.readyState >= 1 ? null : until(v, "loadedmetadata"));
   await Promise.race([Promise.all(waited), new Promise((done) => setTimeout(done, 4000))]);
   out.ready = videos.map((v) => v.readyState);
