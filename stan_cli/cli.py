@@ -500,7 +500,7 @@ def train(
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints (also at every epoch end).", rich_help_panel="Checkpoints")] = 200,
     checkpoint_dir: Annotated[Optional[Path], typer.Option(help="Where checkpoints go \\[default: <out>.ckpt/].", rich_help_panel="Checkpoints")] = None,
     resume: Annotated[bool, typer.Option("--resume", metavar=FLAG, help="Continue the run whose checkpoint is in the checkpoint folder.", rich_help_panel="Checkpoints")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", metavar=FLAG, help="Replace an existing --out and start a new run.", rich_help_panel="Checkpoints")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar=FLAG, help="Replace an earlier run's --out (stan weights, its logs and plot; never another file) and start a new run.", rich_help_panel="Checkpoints")] = False,
     init: Annotated[Optional[Path], typer.Option(help="Start from this weights file (fine-tune, e.g. the shipped Ped2 weights) instead of random networks.", rich_help_panel="Recipe")] = None,
     reset_discriminator: Annotated[bool, typer.Option("--reset-discriminator", metavar=FLAG, help="With --init: keep the generator, start the discriminator from random weights.", rich_help_panel="Recipe")] = False,
     name: Annotated[Optional[str], typer.Option(help="Version name stored in the weights (reports and stan --version show it) \\[default: <out file stem>-<date>].", show_default=False)] = None,

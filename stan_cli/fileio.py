@@ -333,7 +333,7 @@ def scratch_files(folder: Path, own: Iterable[str] = ()) -> list[Path]:
 
 
 # What stan's own files start with, by kind, for `written_by_stan`.
-_CSV_HEADS = ("frame,", "segment,", "input,report,status,", "clip,frames,")
+_CSV_HEADS = ("frame,", "segment,", "input,report,status,", "clip,frames,", "step,phase,epoch,")  # the last: stan train's logs
 _EXPLANATION_KEYS = {"frame", "pixel_loss", "d_loss", "score_kind"}
 
 

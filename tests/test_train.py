@@ -1313,6 +1313,19 @@ def test_files_beside_out_are_refused_without_overwrite(data3, tmp_path, name):
     assert files_under(tmp_path) == {mine: b"the user's own file"}
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "notes.txt", "model.log.csv", "model.val.csv", "model.losses.png"])
+def test_overwrite_replaces_only_files_stan_wrote(data3, tmp_path, name):
+    """--overwrite is for an earlier run's files: a file of the user's at --out, or where the
+    logs and the plot go, is refused by name, touching nothing."""
+    mine = tmp_path / name
+    mine.write_bytes(b"the user's own notes")
+    out = mine if name == "notes.txt" else tmp_path / "model.safetensors"
+    with pytest.raises(OutputError, match=rf"{re.escape(str(mine))}: not (a stan weights file|a file stan wrote).*"
+                                          "--overwrite only replaces"):
+        train(options(data3, out, overwrite=True))
+    assert files_under(tmp_path) == {mine: b"the user's own notes"}
+
+
 def test_an_interrupted_overwrite_leaves_the_earlier_run_whole(data3, tmp_path):
     """--overwrite replaces the earlier run's weights, logs and plot together when the new run
     finishes; until then they stay as they were, and the new run's progress is in its checkpoint folder."""

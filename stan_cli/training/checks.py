@@ -15,9 +15,12 @@ import torch
 from .. import pseudo
 from ..dataset import find_sources
 from ..errors import InputError, OutputError, StanError, TrainingError
+from ..fileio import written_by_stan
 from ..inference import PRECISIONS
 from ..model import PRESETS, WINDOW, Discriminator, Generator, StanConfig
 from ..video import is_frame_folder
+from ..weights import CHECKPOINT_FORMAT
+from ..weights import FORMAT as WEIGHTS_FORMAT
 from .budget import check_duration, parse_shares
 from .options import EPOCH_OPTIONS, PIXEL_NORMS, TrainOptions, is_recalibration
 
@@ -208,6 +211,7 @@ def check_outputs(opts: TrainOptions) -> None:
             raise TrainingError(f"{ckpt}: no checkpoint to resume. Run without --resume to start training.")
         return
     if opts.overwrite:
+        _check_replaceable(opts)
         return
     if opts.out.exists():
         raise OutputError(
@@ -225,6 +229,35 @@ def check_outputs(opts: TrainOptions) -> None:
                 f"{path}: already exists, and this run would write its own there. "
                 "Choose another --out, or add --overwrite to replace it."
             )
+
+
+def _check_replaceable(opts: TrainOptions) -> None:
+    """--overwrite replaces an earlier run's files, never a file stan did not write: the weights
+    file must be stan weights (or a checkpoint), the logs and the plot stan's (by content)."""
+    if opts.out.exists() and not _stan_weights(opts.out):
+        raise OutputError(
+            f"{opts.out}: not a stan weights file, and --overwrite only replaces files stan wrote. "
+            "Choose another --out (a .safetensors name), or move the file away."
+        )
+    for path in (opts.log_path, opts.val_log_path, opts.plot_path):
+        if path.exists() and not written_by_stan(path):
+            raise OutputError(
+                f"{path}: not a file stan wrote, and this run would write its own there; --overwrite only replaces "
+                "stan's files. Choose another --out, or move the file away."
+            )
+
+
+def _stan_weights(path: Path) -> bool:
+    """Is `path` a safetensors file with stan's weights or checkpoint format in its header?"""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            return (fh.metadata() or {}).get("format") in (WEIGHTS_FORMAT, CHECKPOINT_FORMAT)
+    except Exception:  # noqa: BLE001 - any file safetensors cannot read is not stan's
+        return False
 
 
 def check_batch_memory(opts: TrainOptions, device: torch.device, world: int) -> None:
