@@ -115,6 +115,7 @@ def test_a_bad_time_on_the_command_line_is_one_error_line(data3, tmp_path):
     (dict(time_budget=600, time_shares="1,x,1"), "three shares"),
     (dict(time_budget=600, time_shares="0,0,0"), "three shares"),
     (dict(time_budget=600, time_shares="1,-1,1"), "three shares"),
+    (dict(time_budget=600, time_shares="1e308,1e308,1"), "three shares"),  # each finite, their sum not
 ])
 def test_time_options_are_checked_before_any_work(data3, tmp_path, kw, says):
     out = tmp_path / "m.safetensors"

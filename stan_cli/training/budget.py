@@ -61,7 +61,7 @@ def parse_shares(text: str) -> dict[str, float]:
         values = [float(v) for v in str(text).split(",")]
     except ValueError:
         values = []
-    if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or not sum(values) > 0:
+    if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or not 0 < sum(values) < math.inf:
         raise TrainingError(
             f"--time-shares {text}: give three shares of the time, generator-only, adversarial and "
             "discriminator epochs, each 0 or more and not all 0: e.g. 3,0,1."
