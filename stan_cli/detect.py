@@ -100,7 +100,8 @@ def calibration_label(calibration: dict) -> str:
     return label
 
 
-def prepare_output(out: Path, overwrite: bool, inputs: Iterable[Path] = (), own: Iterable[str] = ()) -> bool:
+def prepare_output(out: Path, overwrite: bool, inputs: Iterable[Path] = (), own: Iterable[str] = (),
+                   nested: bool = True) -> bool:
     """Refuse a file, an input folder, or a folder that already holds files unless overwrite is asked for.
 
     An input folder (of frames, clips or a test set) is refused even with overwrite: the report
@@ -108,22 +109,26 @@ def prepare_output(out: Path, overwrite: bool, inputs: Iterable[Path] = (), own:
     folder is removed here: each command replaces its own earlier outputs only when its new ones
     are complete (fileio.staged, atomic writes), so a run that fails leaves them. Returns True
     when the folder was created here (the caller removes it again on failure). `own`: the file
-    names the command writes (see _check_contents). `open_output` is this and a lock.
+    names the command writes (see _check_contents). `open_output` is this and a lock. nested=False
+    also refuses a folder inside an input folder (eval's test set, explain's frame folder: the
+    results would land among the footage, where the next run reads them as a clip or a frame).
     """
-    _check_target(out, inputs)
+    inputs = tuple(inputs)
+    _check_target(out, inputs, nested)
     if out.is_dir():
         _check_contents(out, overwrite, tuple(own))
     return _make_folder(out)
 
 
 @contextlib.contextmanager
-def open_output(out: Path, overwrite: bool, inputs: Iterable[Path] = (), own: Iterable[str] = ()) -> Iterator[bool]:
+def open_output(out: Path, overwrite: bool, inputs: Iterable[Path] = (), own: Iterable[str] = (),
+                nested: bool = True) -> Iterator[bool]:
     """prepare_output, with the folder locked for the block (fileio.FolderLock): a second run into it
     is refused, never mixed with this one. Once the lock is held, --overwrite removes what an
     interrupted run left there (fileio.is_scratch: a live run's files are never touched). On an
     exception a folder made here is removed again. Yields whether the folder was made here."""
-    own = tuple(own)
-    _check_target(out, inputs)
+    own, inputs = tuple(own), tuple(inputs)
+    _check_target(out, inputs, nested)
     if out.is_dir() and not overwrite:  # refused before anything is written into it, even the lock
         _check_contents(out, overwrite, own)
     created = _make_folder(out)
@@ -141,7 +146,7 @@ def open_output(out: Path, overwrite: bool, inputs: Iterable[Path] = (), own: It
     lock.release()
 
 
-def _check_target(out: Path, inputs: Iterable[Path]) -> None:
+def _check_target(out: Path, inputs: tuple[Path, ...], nested: bool = True) -> None:
     if not is_utf8(out):
         raise OutputError(
             f"{shown(out)}: the name is not valid UTF-8, and the report's JSON and HTML files name their folder. "
@@ -155,12 +160,24 @@ def _check_target(out: Path, inputs: Iterable[Path]) -> None:
         raise OutputError(f"{shown(out)}: cannot use it as the output folder ({err.strerror or err}). Choose another --out.") from None
     if folder and any(_same_folder(src, out) for src in inputs):
         raise OutputError(f"{out}: is the input folder itself; the report would mix with your files there. Choose another --out.")
+    for src in () if nested else inputs:
+        if _inside(out, src):
+            raise OutputError(f"{out}: is inside the input folder {src}; the results would land among its footage. "
+                              "Choose an --out outside it.")
 
 
 def _same_folder(src: Path, out: Path) -> bool:
     try:
         return Path(src).is_dir() and os.path.samefile(src, out)
     except OSError:  # an input that cannot be looked at: the reader says why
+        return False
+
+
+def _inside(out: Path, src: Path) -> bool:
+    """Is `out` (made or not) below the folder `src`, links followed?"""
+    try:
+        return Path(src).is_dir() and Path(out).resolve().is_relative_to(Path(src).resolve())
+    except (OSError, RuntimeError):  # a loop of links: the reader says why
         return False
 
 

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from . import __version__, baseline, metrics, report, scoring
 from .detect import ScoreStream, per_frame, prepare_output
 from .errors import InputError, StanError
+from .fileio import is_utf8, shown
 from .inference import PRECISIONS, resolve_device
 from .model import WINDOW
 from .video import is_video_file, list_frames, natural_key, read_frames
@@ -98,7 +99,17 @@ class LabelFile:
 
 def find_clips(test_dir: Path) -> tuple[str, list[Clip]]:
     """The clips of a test folder, in natural order: ("frames", ...) or ("videos", ...)."""
-    test_dir = Path(test_dir)
+    layout, clips = _find_clips(Path(test_dir))
+    for clip in clips:  # labels files, results.json and the CSVs name clips: a name must be text
+        if not is_utf8(clip.name):
+            raise InputError(
+                f"{shown(clip.path)}: the clip's name is not valid UTF-8, and the labels and the results name clips "
+                "by it. Rename it."
+            )
+    return layout, clips
+
+
+def _find_clips(test_dir: Path) -> tuple[str, list[Clip]]:
     if not test_dir.is_dir():
         raise InputError(f"{test_dir}: no such folder. Point to a test folder (frames/ and a labels file, or videos).")
     frames_dir = test_dir / "frames"
@@ -525,7 +536,7 @@ def evaluate(
     created = False
     if out is not None:
         out = Path(out)
-        created = prepare_output(out, overwrite, inputs=(Path(test_dir),))
+        created = prepare_output(out, overwrite, inputs=(Path(test_dir),), nested=False)
     try:
         return _evaluate(test_dir, out, clips, ranges, label_file, layout, with_masks, model, dev,
                          batch_size, precision, on_progress, t0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +158,28 @@ def test_the_test_folder_itself_is_refused_as_output(ped2_dir, tiny_weights):
     with pytest.raises(OutputError, match="is the input folder itself"):
         evaluate(ped2_dir, weights=tiny_weights, out=ped2_dir, device="cpu", overwrite=True)
     assert sorted(p.name for p in ped2_dir.iterdir()) == before
+
+
+@pytest.mark.parametrize("where", ["results", "frames/results", "frames/01/results"])
+def test_an_output_inside_the_test_folder_is_refused(ped2_dir, tiny_weights, where):
+    """Results inside the test set would be read as a clip (or sit among a clip's frames) next time."""
+    out = ped2_dir / where
+    if not out.parent.is_dir():
+        pytest.skip(f"{out.parent} is not in this test set's layout")
+    before = sorted(p.relative_to(ped2_dir) for p in ped2_dir.rglob("*"))
+    with pytest.raises(OutputError, match=rf"{re.escape(str(out))}: is inside the input folder .*outside it"):
+        evaluate(ped2_dir, weights=tiny_weights, out=out, device="cpu")
+    assert sorted(p.relative_to(ped2_dir) for p in ped2_dir.rglob("*")) == before
+
+
+def test_a_clip_name_that_is_not_utf8_is_refused_by_name(tmp_path, tiny_weights):
+    root = tmp_path / "testing"
+    name = os.fsdecode(b"c\xff")  # a folder from a Latin-1 system
+    write_frame_folder(root / "frames" / name, make_clip(N, anomaly=ANOMALIES["01"], seed=0), "{:03d}.png")
+    (root / "labels.json").write_text(json.dumps({"c\u00ff": [[12, 19]]}))
+    with pytest.raises(InputError, match=re.escape(f"{root / 'frames'}/c\\xff: the clip's name is not valid UTF-8")):
+        evaluate(root, weights=tiny_weights, out=tmp_path / "results", device="cpu")
+    assert not (tmp_path / "results").exists()
 
 
 def test_videos_with_json_labels_and_calibrated_weights(tmp_path, tiny_weights_calibrated):

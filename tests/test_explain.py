@@ -20,7 +20,7 @@ from stan_cli.inference import _GuidedELU, guided_backprop
 from stan_cli.model import TINY, WINDOW, Discriminator
 from stan_cli.video import read_frames
 
-from conftest import HEIGHT, N_FRAMES, WIDTH, make_clip, write_video
+from conftest import HEIGHT, N_FRAMES, WIDTH, make_clip, write_frame_folder, write_video
 
 
 def test_guided_elu_backward_by_hand():
@@ -43,7 +43,7 @@ def _reference_guided(disc: Discriminator, windows: torch.Tensor) -> torch.Tenso
         return out
 
     x = windows.clone().requires_grad_(True)
-    torch.sigmoid(disc(x, activation=act)).mean(dim=(1, 2)).sum().backward()
+    F.softplus(-disc(x, activation=act)).mean(dim=(1, 2)).sum().backward()  # the d score, -log D
     return x.grad.abs().sum(dim=1)[:, 0]
 
 
@@ -56,7 +56,7 @@ def test_guided_backprop_matches_reference():
     assert torch.allclose(got, _reference_guided(disc, windows), rtol=1e-5, atol=1e-12)
     # differs from the plain gradient: the guidance matters
     x = windows.clone().requires_grad_(True)
-    torch.sigmoid(disc(x)).mean(dim=(1, 2)).sum().backward()
+    F.softplus(-disc(x)).mean(dim=(1, 2)).sum().backward()
     assert not torch.allclose(got, x.grad.abs().sum(dim=1)[:, 0])
 
 
@@ -70,9 +70,10 @@ def test_guided_backprop_leaves_the_model_alone():
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_guided_backprop_hand_built_case(sign):
-    """dD/d logit = D (1 - D) > 0. With the last layer's weights all negative, every gradient
-    arriving at the last ELU is negative: guided backprop stops it and the map is zero, though
-    the plain gradient is not. With them all positive, it passes."""
+    """The target is the d score, -log D: d(-log D)/d logit = -(1 - D) < 0. With the last
+    layer's weights all positive, every gradient arriving at the last ELU is negative: guided
+    backprop stops it and the map is zero, though the plain gradient is not. With them all
+    negative (features that lower D, so raise -log D), it passes."""
     torch.manual_seed(0)
     disc = Discriminator(TINY)
     with torch.no_grad():
@@ -80,9 +81,9 @@ def test_guided_backprop_hand_built_case(sign):
     windows = torch.rand(1, 11, 1, 32, 32) * 2 - 1
     guided = guided_backprop(disc, windows)
     x = windows.clone().requires_grad_(True)
-    torch.sigmoid(disc(x)).mean().backward()
+    F.softplus(-disc(x)).mean().backward()
     assert x.grad.abs().sum() > 0
-    if sign < 0:
+    if sign > 0:
         assert torch.count_nonzero(guided) == 0
     else:
         assert torch.count_nonzero(guided) > 0
@@ -154,6 +155,14 @@ def test_explain_refuses_non_empty_out(clip_video, tiny_weights, tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(OutputError):
         explain(clip_video, 10, out=tmp_path, weights=tiny_weights)
+
+
+def test_explain_refuses_an_out_inside_the_frame_folder(tiny_weights, tmp_path):
+    frames = write_frame_folder(tmp_path / "cam", make_clip(N_FRAMES, seed=0))
+    before = sorted(frames.iterdir())
+    with pytest.raises(OutputError, match=f"{frames / 'explained'}: is inside the input folder {frames}"):
+        explain(frames, 10, out=frames / "explained", weights=tiny_weights)
+    assert sorted(frames.iterdir()) == before
 
 
 @pytest.mark.parametrize("step, failure", [
