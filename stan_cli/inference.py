@@ -184,10 +184,13 @@ def guided_elu(x: torch.Tensor) -> torch.Tensor:
 def guided_backprop(discriminator: Discriminator, windows: torch.Tensor) -> torch.Tensor:
     """Where in the real sequence the discriminator looks: (B, 11, 1, S, S) -> (B, S, S).
 
-    As in the paper (Fig. 3d): the gradient of the activation at the discriminator's output,
-    D(S_t) (the sigmoid map, averaged over its patches), with respect to the real input
-    sequence, through guided ELUs; taken in magnitude and summed over the 11 frames. Runs in
-    fp32 with the discriminator's parameters frozen (no weight gradients).
+    The paper (Fig. 3d) backpropagates the discriminator's output; here the target is the
+    window's `d` score, -log D(S_t) averaged over D's patches, so that the guided pass (which
+    keeps only positive gradients) follows what makes the window abnormal, not what makes it
+    look real (docs/explain.md: the gradient of D pointed away from the anomaly). Its gradient
+    with respect to the real input sequence, through guided ELUs, is taken in magnitude and
+    summed over the 11 frames. Runs in fp32 with the discriminator's parameters frozen (no
+    weight gradients).
     """
     was_training = discriminator.training
     discriminator.eval()
@@ -196,7 +199,7 @@ def guided_backprop(discriminator: Discriminator, windows: torch.Tensor) -> torc
     try:
         with torch.enable_grad():
             x = windows.detach().float().requires_grad_(True)
-            target = torch.sigmoid(discriminator(x, activation=guided_elu).float()).flatten(1).mean(dim=1).sum()
+            target = d_patch_losses(discriminator(x, activation=guided_elu), real=True).mean(dim=1).sum()
             (grad,) = torch.autograd.grad(target, x)
     finally:
         for p, flag in zip(discriminator.parameters(), flags):
@@ -213,8 +216,8 @@ def guided_from_activations(convs, pre: list[torch.Tensor], frame_size: tuple[in
 
     pre: the pre-activations (each convolution's output, before its ELU; the last: the logits) of
     layers first..last over B windows, (B, C, T, h, w) float32, best channels-last (the memory
-    format the transposed convolutions work in here). The gradient of mean(sigmoid(logits))
-    goes back through each convolution (its transpose) and each guided ELU, max(grad, 0) * elu'(z)
+    format the transposed convolutions work in here). The gradient of the d score,
+    mean(-log sigmoid(logits)) = mean(softplus(-logits)), goes back through each convolution (its transpose) and each guided ELU, max(grad, 0) * elu'(z)
     with elu'(z) = exp(min(z, 0)), down to the input of layer `first`; |gradient| is summed over
     that input's channels and time steps and brought to frame_size (bilinear).
 
@@ -229,8 +232,7 @@ def guided_from_activations(convs, pre: list[torch.Tensor], frame_size: tuple[in
         sizes.append(tuple((n + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1 for n in sizes[-1]))
     # channels-last takes oneDNN's path for the transposed convolutions: 2x faster on a CPU (measured, layer 2)
     cl = torch.channels_last_3d
-    s = torch.sigmoid(pre[-1])
-    grad = s * (1 - s) / s[0].numel()  # d mean(sigmoid(logits)) / d logits: (B, 1, 1, h, w)
+    grad = torch.sigmoid(-pre[-1]).div_(-pre[-1][0].numel())  # d mean(softplus(-logits)) / d logits: (B, 1, 1, h, w)
     for layer in range(len(convs) - 1, first - 1, -1):
         conv = convs[layer]
         pad = tuple(n - ((m - 1) * conv.stride[1] - 2 * conv.padding[1] + conv.kernel_size[1])

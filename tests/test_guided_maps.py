@@ -37,7 +37,7 @@ def windows_of(frames: torch.Tensor) -> torch.Tensor:
 
 
 def autograd_map(discriminator, windows: torch.Tensor, layer: int) -> torch.Tensor:
-    """|d mean(sigmoid(D)) / d (input of convs[layer])| through guided ELUs, summed over channels
+    """|d mean(-log D) / d (input of convs[layer])| through guided ELUs, summed over channels
     and time, brought to the frame size: (B, S, S)."""
     size = windows.shape[-2:]
     with torch.enable_grad():
@@ -48,7 +48,7 @@ def autograd_map(discriminator, windows: torch.Tensor, layer: int) -> torch.Tens
         y = cut
         for conv in discriminator.convs[layer:-1]:
             y = guided_elu(conv(y))
-        target = torch.sigmoid(discriminator.convs[-1](y)).flatten(1).mean(dim=1).sum()
+        target = F.softplus(-discriminator.convs[-1](y)).flatten(1).mean(dim=1).sum()  # the d score
         (grad,) = torch.autograd.grad(target, cut)
     heat = grad.abs().sum(dim=(1, 2))[:, None]  # (B, 1, h, w)
     return F.interpolate(heat, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
