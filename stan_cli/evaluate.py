@@ -123,7 +123,7 @@ def _find_clips(test_dir: Path) -> tuple[str, list[Clip]]:
         for p in folders:
             n = len(list_frames(p))
             if n == 0:
-                raise InputError(f"{p}: clip folder holds no frames (.jpg .png .tif .bmp).")
+                raise InputError(f"{shown(p)}: clip folder holds no frames (.jpg .png .tif .bmp).")
             clips.append(Clip(p.name, p, n, masks_dir / p.name if (masks_dir / p.name).is_dir() else None))
         return "frames", clips
     videos = sorted((p for p in test_dir.iterdir() if is_video_file(p) and not p.name.startswith(".")),

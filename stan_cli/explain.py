@@ -85,7 +85,7 @@ def explain(
         return _explain(model, dev, video, info, window, frame, fps, score, threshold, complaints)
     # locked for the run (a folder made here is removed on failure); earlier files are replaced
     # only when this run succeeds, all together
-    with open_output(out, overwrite, inputs=(video,), own=OWN_FILES, nested=False), report.staged(out, own=OWN_FILES):
+    with open_output(out, overwrite, inputs=(video,), own=OWN_FILES), report.staged(out, own=OWN_FILES):
         result = _explain(model, dev, video, info, window, frame, fps, score, threshold, complaints)
         result.out = out
         _write(out, result)

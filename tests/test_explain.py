@@ -18,7 +18,7 @@ from stan_cli import explain as explain_module
 from stan_cli.explain import MAP_FILES, PANEL_FILES, explain
 from stan_cli.inference import _GuidedELU, guided_backprop
 from stan_cli.model import TINY, WINDOW, Discriminator
-from stan_cli.video import read_frames
+from stan_cli.video import is_frame_folder, list_frames, read_frames
 
 from conftest import HEIGHT, N_FRAMES, WIDTH, make_clip, write_frame_folder, write_video
 
@@ -157,12 +157,14 @@ def test_explain_refuses_non_empty_out(clip_video, tiny_weights, tmp_path):
         explain(clip_video, 10, out=tmp_path, weights=tiny_weights)
 
 
-def test_explain_refuses_an_out_inside_the_frame_folder(tiny_weights, tmp_path):
+def test_explain_into_its_frame_folder_leaves_the_frames_readable(tiny_weights, tmp_path):
+    """An explanation inside the frame folder it reads is stan's own output folder there
+    (video.is_stan_output): the folder still holds the same frames, and reads the same."""
     frames = write_frame_folder(tmp_path / "cam", make_clip(N_FRAMES, seed=0))
-    before = sorted(frames.iterdir())
-    with pytest.raises(OutputError, match=f"{frames / 'explained'}: is inside the input folder {frames}"):
-        explain(frames, 10, out=frames / "explained", weights=tiny_weights)
-    assert sorted(frames.iterdir()) == before
+    before = list_frames(frames)
+    explain(frames, 10, out=frames / "explained", weights=tiny_weights)
+    assert (frames / "explained" / "explanation.json").is_file()
+    assert list_frames(frames) == before and is_frame_folder(frames)
 
 
 @pytest.mark.parametrize("step, failure", [

@@ -8,6 +8,7 @@ work takes milliseconds), so every time in here is exact and the tests take seco
 
 from __future__ import annotations
 
+import math
 import re
 import types
 import time
@@ -153,6 +154,15 @@ def plan_for(budget: float, shares: dict, spent: float = 60.0, c: Costs | None =
     c = c or costs()
     deadline = Deadline(new_budget(budget, shares), start=0.0, costs=c)
     return budget_plan(c, deadline.split("pretrain", spent), budget, spent)
+
+
+@pytest.mark.parametrize("shares", ["1e306,0,0", "1e306,0,1e306", "1e-300,0,1e-300"])
+def test_huge_or_tiny_shares_plan_like_their_proportions(shares):
+    """Shares are proportions: 1e306 times a budget overflows, 1e306 / 1e306 does not."""
+    plan = plan_for(1800, parse_shares(shares))
+    expected = plan_for(1800, parse_shares(",".join("1" if float(v) else "0" for v in shares.split(","))))
+    assert plan.seconds == pytest.approx(expected.seconds) and plan.epochs == pytest.approx(expected.epochs)
+    assert all(math.isfinite(v) for v in plan.seconds.values()) and math.isfinite(plan.total_s)
 
 
 @pytest.mark.parametrize("budget", [600, 1800, 2700, 3 * 3600, 20 * 3600])

@@ -1326,6 +1326,19 @@ def test_overwrite_replaces_only_files_stan_wrote(data3, tmp_path, name):
     assert files_under(tmp_path) == {mine: b"the user's own notes"}
 
 
+@pytest.mark.parametrize("name", ["best.safetensors", "log.csv", "val.csv", "losses.png"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_new_run_clears_only_stans_files_in_its_checkpoint_folder(data3, tmp_path, name, overwrite):
+    """--checkpoint-dir may name a folder of the user's: a file there under one of the names a new
+    run clears is refused by name, touching nothing."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / name).write_bytes(b"the user's own file")
+    with pytest.raises(OutputError, match=rf"{re.escape(str(folder / name))}: not a file stan wrote.*--checkpoint-dir"):
+        train(options(data3, tmp_path / "model.safetensors", checkpoint_dir=str(folder), overwrite=overwrite))
+    assert files_under(tmp_path) == {folder / name: b"the user's own file"}
+
+
 def test_an_interrupted_overwrite_leaves_the_earlier_run_whole(data3, tmp_path):
     """--overwrite replaces the earlier run's weights, logs and plot together when the new run
     finishes; until then they stay as they were, and the new run's progress is in its checkpoint folder."""

@@ -134,7 +134,7 @@ def split(weights: dict[str, float], available: float, least: dict[str, float]) 
     kept = [p for p in weights if weights[p] > 0]
     while kept:
         total = sum(weights[p] for p in kept)
-        seconds = {p: available * weights[p] / total for p in kept}
+        seconds = {p: available * (weights[p] / total) for p in kept}  # the share first: 1e306 * 600 overflows
         if all(seconds[p] >= least[p] for p in kept):
             return seconds
         kept.pop()

@@ -210,6 +210,7 @@ def check_outputs(opts: TrainOptions) -> None:
         if not ckpt.exists():
             raise TrainingError(f"{ckpt}: no checkpoint to resume. Run without --resume to start training.")
         return
+    _check_run_folder(opts)
     if opts.overwrite:
         _check_replaceable(opts)
         return
@@ -244,6 +245,18 @@ def _check_replaceable(opts: TrainOptions) -> None:
             raise OutputError(
                 f"{path}: not a file stan wrote, and this run would write its own there; --overwrite only replaces "
                 "stan's files. Choose another --out, or move the file away."
+            )
+
+
+def _check_run_folder(opts: TrainOptions) -> None:
+    """A new run clears its checkpoint folder's record (resume.start_record): only files stan wrote,
+    since --checkpoint-dir may name a folder of the user's."""
+    for path in (opts.ckpt_dir / "last.safetensors", *opts.run_record):
+        ours = _stan_weights(path) if path.suffix == ".safetensors" else written_by_stan(path)
+        if path.exists() and not ours:
+            raise OutputError(
+                f"{path}: not a file stan wrote, and a new run clears this name in its checkpoint folder. "
+                "Choose another --checkpoint-dir, or move the file away."
             )
 
 
