@@ -4,7 +4,8 @@
     python benchmarks/guided_map.py ../shared/data/ped2/testing --clips 02 04 --json guided.json
 
 The per-window map at the frames (`stan explain`'s, and `stan detect`'s in 0.2.0): the guided
-gradient of D with respect to the 11 input frames, |.| summed over them, for every window.
+gradient of the d score -log D (of D itself before 0.3.0) with respect to the 11 input frames,
+|.| summed over them, for every window.
 detect's map (inference.GUIDED_LAYER): the same backward pass stopped at the input of the
 discriminator's third convolution (56 x 56 at 224, 4-pixel cells), brought to 224 x 224.
 Both come from one ScoreStream each over the same frames and weights, so what differs is the cut.

@@ -5,7 +5,9 @@
 
 Maps compared, each brought to the mask's resolution (bilinear):
   pixel_loss       the generator's per-pixel squared error (the overlay in `stan detect`)
-  guided_backprop  the discriminator's guided-backprop map (`stan explain`, panel d)
+  guided_backprop  the discriminator's guided-backprop map: by default as `stan detect`'s overlay
+                   video draws it (the backward pass cut at the discriminator's layer
+                   GUIDED_LAYER); --guided-layer 0 gives `stan explain`'s panel d, to the frames
   frame_diff       baseline without any model: |X_t - X_{t-1}| of the grey 224 x 224 frames
   window_diff      baseline without any model: |X_t - mean of its 10 window neighbours|, the map
                    whose mean is `stan eval`'s frame-difference row (stan_cli.baseline)
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 
 from stan_cli import baseline, metrics
 from stan_cli.detect import ScoreStream
-from stan_cli.inference import resolve_device
+from stan_cli.inference import GUIDED_LAYER, resolve_device
 from stan_cli.video import list_frames, read_frames
 from stan_cli.weights import find_default_weights, load_weights
 from stan_cli.windows import scored_range, to_grey_square
@@ -42,7 +44,8 @@ def _up(m: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
     return F.interpolate(m[None, None].float(), size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def clip_measures(frames_dir: Path, masks_dir: Path, model, device, batch_size: int) -> dict[str, dict[str, list]]:
+def clip_measures(frames_dir: Path, masks_dir: Path, model, device, batch_size: int,
+                  guided_layer: int = GUIDED_LAYER) -> dict[str, dict[str, list]]:
     """Per map: hit flags (abnormal frames) and critical values + labels (all scored frames)."""
     size = model.config.image_size
     _, masks = read_frames(masks_dir)
@@ -54,7 +57,7 @@ def clip_measures(frames_dir: Path, masks_dir: Path, model, device, batch_size: 
         raise SystemExit(f"{masks_dir}: {len(mask_list)} masks for {n} frames")
     shape = mask_list[0].shape
     out = {name: {"hit": [], "critical": [], "label": []} for name in MAPS}
-    stream = ScoreStream(frames_dir, model, device, batch_size, guided=True)
+    stream = ScoreStream(frames_dir, model, device, batch_size, guided=True, guided_layer=guided_layer)
     for middles, scores in stream:
         for k, t in enumerate(middles):
             mask = mask_list[t]
@@ -82,6 +85,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--guided-layer", type=int, default=GUIDED_LAYER,
+                        help=f"where the guided backward pass stops (default {GUIDED_LAYER}: detect's overlay; 0: explain's map)")
     args = parser.parse_args()
 
     weights = args.weights or find_default_weights()
@@ -92,14 +97,15 @@ def main() -> None:
     totals = {name: {"hit": [], "critical": [], "label": []} for name in MAPS}
     started = time.perf_counter()
     for clip in clips:
-        res = clip_measures(args.test_dir / "frames" / clip, args.test_dir / "masks" / clip, model, device, args.batch_size)
+        res = clip_measures(args.test_dir / "frames" / clip, args.test_dir / "masks" / clip, model, device, args.batch_size,
+                            args.guided_layer)
         for name in MAPS:
             for key in totals[name]:
                 totals[name][key].extend(res[name][key])
         hits = {name: np.mean(res[name]["hit"]) if res[name]["hit"] else float("nan") for name in MAPS}
         print(f"clip {clip}: hit rate " + ", ".join(f"{k} {v:.1%}" for k, v in hits.items()), flush=True)
 
-    figures = {"weights": str(weights), "sha256": model.sha256, "clips": clips, "maps": {}}
+    figures = {"weights": str(weights), "sha256": model.sha256, "clips": clips, "guided_layer": args.guided_layer, "maps": {}}
     print(f"\n{'map':<16} {'abnormal frames':>15} {'hit rate':>9} {'pixel AUC (40 % rule)':>22} {'pixel EER':>10}")
     for name in MAPS:
         t = totals[name]

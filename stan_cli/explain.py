@@ -1,8 +1,9 @@
 """`explain(...)`: the paper's Fig. 3 for one frame.
 
 (a) the real frame, (b) the generated frame, (c) the generator's pixel-loss map, (d) the
-guided-backpropagation map of the discriminator with respect to the real input sequence
-(inference.guided_backprop says how guided backprop is done with ELU). Maps are brought to the
+guided-backpropagation map of the discriminator's score -log D with respect to the real input
+sequence (the paper's panel backpropagates D itself; inference.guided_backprop says why, and how
+guided backprop is done with ELU). Maps are brought to the
 input's own resolution; the raw maps are saved as float32 .npy files.
 
 The pixel-loss map here is the squared error (generated - real)^2, so that its mean is the
@@ -45,7 +46,7 @@ class Explanation:
     real: np.ndarray  # (H, W, 3) uint8, the input frame
     generated: np.ndarray  # (H, W) uint8, the generator's prediction at the input's resolution
     pixel_loss_map: np.ndarray  # (H, W) float32, (generated - real)^2 per pixel ([-1, 1] units); mean ~ pixel_loss
-    guided_backprop_map: np.ndarray  # (H, W) float32, |guided dD(S_t)/d input| summed over the window
+    guided_backprop_map: np.ndarray  # (H, W) float32, |guided d(-log D(S_t))/d input| summed over the window
     pixel_loss: float
     d_loss: float
     values: dict  # what explanation.json holds
@@ -260,7 +261,7 @@ def _panel(path: Path, r: Explanation) -> None:
     for ax, data, title, label in (
         (axes[2], r.pixel_loss_map, f"(c) squared error (generated - real)$^2$\nmean {r.pixel_loss:.4g} = pixel loss",
          "squared error\n([-1, 1] units)"),
-        (axes[3], r.guided_backprop_map, f"(d) guided backprop of D\n-log D = {r.d_loss:.3g}",
+        (axes[3], r.guided_backprop_map, f"(d) guided backprop of -log D\n-log D = {r.d_loss:.3g}",
          "|guided gradient|\n(summed over 11 frames)"),
     ):
         ax.imshow(grey, cmap="gray", vmin=0, vmax=255)
