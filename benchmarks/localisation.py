@@ -7,7 +7,8 @@ Maps compared, each brought to the mask's resolution (bilinear):
   pixel_loss       the generator's per-pixel squared error (the overlay in `stan detect`)
   guided_backprop  the discriminator's guided-backprop map: by default as `stan detect`'s overlay
                    video draws it (the backward pass cut at the discriminator's layer
-                   GUIDED_LAYER); --guided-layer 0 gives `stan explain`'s panel d, to the frames
+                   GUIDED_LAYER, then inference.smooth_guided); --guided-layer 0 gives `stan
+                   explain`'s panel d (the backward pass to the frames, smoothed the same way)
   frame_diff       baseline without any model: |X_t - X_{t-1}| of the grey 224 x 224 frames
   window_diff      baseline without any model: |X_t - mean of its 10 window neighbours|, the map
                    whose mean is `stan eval`'s frame-difference row (stan_cli.baseline)

@@ -28,7 +28,7 @@ from . import __version__, overlay, report, report_html, scoring, segments
 from .errors import InputError, OutputError, StanError, WeightsError
 from .fileio import LOCK_NAME, FolderLock, is_scratch, is_utf8, remove_quietly, scratch_path, shown, written_by_stan
 from .heatmaps import MapReader, MapStore
-from .inference import GUIDED_LAYER, MAX_BATCH_SIZE, PRECISIONS, StreamScorer, check_batch_size, resolve_device
+from .inference import GUIDED_LAYER, MAX_BATCH_SIZE, PRECISIONS, StreamScorer, check_batch_size, resolve_device, smooth_guided
 from .model import CONTEXT, WINDOW
 from .video import VideoInfo, VideoWriter, frame_times, read_frames
 from .weights import Stan, find_default_weights, load_weights
@@ -559,7 +559,7 @@ class ScoreStream:
                 count = len(scores.pixel)
                 if self.guided:  # a chunk of windows per backward pass bounds its memory at any --batch-size
                     chunks = [range(i, min(i + GUIDED_CHUNK, count)) for i in range(0, count, GUIDED_CHUNK)]
-                    scores.guided = torch.cat([scorer.guided(chunk) for chunk in chunks])
+                    scores.guided = smooth_guided(torch.cat([scorer.guided(chunk) for chunk in chunks]))
                 yield list(range(first, first + count)), scores
                 first += count
         finally:

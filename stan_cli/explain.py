@@ -28,7 +28,7 @@ from .detect import (
 )
 from .errors import InputError, StanError, WeightsError
 from .fileio import shown
-from .inference import guided_backprop, resolve_device, score_windows
+from .inference import guided_backprop, resolve_device, score_windows, smooth_guided
 from .model import CONTEXT, WINDOW
 from .video import frame_times, read_frames
 from .weights import Stan, find_default_weights, load_weights
@@ -99,7 +99,7 @@ def _explain(model: Stan, dev, video: Path, info, window: tuple[np.ndarray, np.n
     grey, real = window  # (11, S, S) uint8, the frame itself (H, W, 3) uint8
     batch = to_tensor(grey[None]).to(dev)  # (1, 11, 1, S, S)
     scores = score_windows(model.generator, model.discriminator, batch, "fp32")
-    guided = guided_backprop(model.discriminator, batch)  # (1, S, S)
+    guided = smooth_guided(guided_backprop(model.discriminator, batch))  # (1, S, S), as detect's overlay draws it
     h, w = info.height, info.width
     generated = _resize(scores.prediction[:, 0], h, w, to_uint8=True)  # [-1, 1] -> uint8
     pixel_map = _resize(scores.error, h, w)

@@ -247,6 +247,27 @@ def guided_from_activations(convs, pre: list[torch.Tensor], frame_size: tuple[in
     return heat  # (B, S, S)
 
 
+GUIDED_CELL = 4  # pixels of the frame per cell of smooth_guided's map: the cut at GUIDED_LAYER (56 x 56 at 224)
+_BINOMIAL = torch.tensor([1.0, 2.0, 1.0])
+_BINOMIAL = (_BINOMIAL[:, None] * _BINOMIAL[None, :] / 16)[None, None]  # (1, 1, 3, 3), sums to 1
+
+
+def smooth_guided(heat: torch.Tensor) -> torch.Tensor:
+    """The guided map as stan draws it: (B, S, S) -> (B, S, S).
+
+    The transposes of the discriminator's stride-2 convolutions leave a dotted texture (every other
+    cell of the 56 x 56 cut cold, 8 pixels a period at 224), and under it a single hot cell, not the
+    region around it, decides where the map's maximum is. The map is averaged in cells of
+    GUIDED_CELL pixels, filtered by a 3 x 3 binomial kernel there (which removes that period and
+    keeps the heat where it is) and brought back to the frame size (bilinear). Measured on the 12
+    Ped2 test clips (docs/discriminator.md): pixel-level AUC 4.1 % -> 17.1 %, hit rate 15.0 % -> 16.5 %.
+    """
+    size = tuple(heat.shape[-2:])
+    cells = F.avg_pool2d(heat[:, None].float(), GUIDED_CELL)
+    smooth = F.conv2d(F.pad(cells, (1, 1, 1, 1), mode="replicate"), _BINOMIAL.to(cells.device))
+    return F.interpolate(smooth, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
 def _split_gates(cell: ConvLSTMCell, in_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A ConvLSTM's gate convolution over cat([x, h]) as its x half and its h half (weights)."""
     w = cell.gates.weight.detach()  # (4*hid, in + hid, k, k)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from stan_cli.detect import ScoreStream
-from stan_cli.inference import GUIDED_LAYER, StreamScorer, guided_backprop, guided_elu
+from stan_cli.inference import GUIDED_CELL, GUIDED_LAYER, StreamScorer, guided_backprop, guided_elu, smooth_guided
 from stan_cli.model import WINDOW
 from stan_cli.weights import load_weights
 
@@ -107,3 +107,25 @@ def test_guided_needs_a_layer(model, frames):
     scorer.push(frames[:12])
     with pytest.raises(ValueError, match="guided_layer"):
         scorer.guided(range(2))
+
+
+# ------------------------------------------------------------------- the map as stan draws it
+
+
+def test_smoothing_removes_the_dotted_texture_and_keeps_the_heat_in_place():
+    """smooth_guided: every other cell hot (the stride-2 transposes' texture) comes out flat inside
+    the frame; a constant map stays what it is; one hot cell keeps the maximum where it was."""
+    side = 16 * GUIDED_CELL
+    cells = torch.zeros(16, 16)
+    cells[::2, ::2] = 1.0
+    dotted = cells.repeat_interleave(GUIDED_CELL, 0).repeat_interleave(GUIDED_CELL, 1)[None]
+    inner = smooth_guided(dotted)[0, 3 * GUIDED_CELL : -3 * GUIDED_CELL, 3 * GUIDED_CELL : -3 * GUIDED_CELL]
+    torch.testing.assert_close(inner, torch.full_like(inner, 0.25))  # the dots' mean, no texture left
+    assert dotted[0].std() > 0.4
+    flat = torch.full((2, side, side), 3.0)
+    torch.testing.assert_close(smooth_guided(flat), flat)
+    one = torch.zeros(1, side, side)
+    one[0, 5 * GUIDED_CELL : 6 * GUIDED_CELL, 9 * GUIDED_CELL : 10 * GUIDED_CELL] = 1.0
+    row, col = divmod(int(smooth_guided(one)[0].argmax()), side)
+    assert (row // GUIDED_CELL, col // GUIDED_CELL) == (5, 9)
+

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from stan_cli.detect import ScoreStream, detect
-from stan_cli.inference import StreamScorer, _scores, guided_backprop
+from stan_cli.inference import StreamScorer, _scores, guided_backprop, smooth_guided
 from stan_cli.model import CONTEXT, WINDOW, d_loss_map, pixel_loss, split_window
 from stan_cli.video import read_frames
 from stan_cli.weights import load_weights
@@ -120,7 +120,7 @@ def test_patch_terms_by_hand_on_a_patch_map():
 
 def test_guided_maps_match_guided_backprop(clip, model):
     windows = reference_windows(clip, model.config.image_size)
-    expected = guided_backprop(model.discriminator, windows)
+    expected = smooth_guided(guided_backprop(model.discriminator, windows))  # as detect draws it
     got = torch.cat([s.guided for _, s in ScoreStream(clip, model, "cpu", batch_size=8, guided=True)])
     assert_close(got, expected)
 
