@@ -343,7 +343,8 @@ def written_by_stan(path: Path) -> bool:
     By content, not by name: a report's JSON holds stan_version (explain's its own keys), its
     CSV starts with one of stan's headers, its HTML page has stan's title, its PNGs and .npy maps
     were written by matplotlib and numpy, its overlay videos carry stan's comment (or, from an
-    earlier version, are listed by the stan summary.json beside them).
+    earlier version, are listed by the stan summary.json beside them); `stan train`'s logs start
+    with its header, its weights and checkpoints name stan's format in their safetensors header.
     """
     path = Path(path)
     if path.is_symlink() or not path.is_file():
@@ -368,12 +369,32 @@ def written_by_stan(path: Path) -> bool:
         return head.startswith(b"\x89PNG") and b"Matplotlib" in head[:4096]
     if kind == ".npy":
         return head.startswith(b"\x93NUMPY")
+    if kind == ".safetensors":
+        return is_stan_safetensors(path)
     if kind == ".mp4":  # faststart puts the index, and the comment in it, near the start
         return _holds(path, OVERLAY_COMMENT.encode(), 1 << 24) or _listed_by_summary(path)
     return False
 
 
 OVERLAY_COMMENT = "stan overlay video"  # the overlay videos' comment tag (VideoWriter)
+_STAN_FORMATS = ("stan-weights", "stan-checkpoint")  # weights.FORMAT, weights.CHECKPOINT_FORMAT
+
+
+def is_stan_safetensors(path: Path) -> bool:
+    """Is `path`, whatever its name, stan weights or a checkpoint? By the `format` in the safetensors
+    metadata: an 8-byte little-endian length, then that much JSON whose __metadata__ holds it."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as fh:
+            length = int.from_bytes(fh.read(8), "little")
+            if not 2 <= length <= 100 << 20:
+                return False
+            header = json.loads(fh.read(length))
+    except (OSError, ValueError):
+        return False
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(meta, dict) and meta.get("format") in _STAN_FORMATS
 
 
 def _holds(path: Path, marker: bytes, limit: int) -> bool:

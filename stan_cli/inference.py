@@ -217,9 +217,10 @@ def guided_from_activations(convs, pre: list[torch.Tensor], frame_size: tuple[in
     pre: the pre-activations (each convolution's output, before its ELU; the last: the logits) of
     layers first..last over B windows, (B, C, T, h, w) float32, best channels-last (the memory
     format the transposed convolutions work in here). The gradient of the d score,
-    mean(-log sigmoid(logits)) = mean(softplus(-logits)), goes back through each convolution (its transpose) and each guided ELU, max(grad, 0) * elu'(z)
-    with elu'(z) = exp(min(z, 0)), down to the input of layer `first`; |gradient| is summed over
-    that input's channels and time steps and brought to frame_size (bilinear).
+    mean(-log sigmoid(logits)) = mean(softplus(-logits)), goes back through each convolution (its
+    transpose) and each guided ELU, max(grad, 0) * elu'(z) with elu'(z) = exp(min(z, 0)), down to
+    the input of layer `first`; |gradient| is summed over that input's channels and time steps and
+    brought to frame_size (bilinear).
 
     first = 0 gives guided_backprop's map. detect stops at GUIDED_LAYER: the two first layers'
     backward passes, at 112 and 56 pixels, are 85 % of the work, and the map they would add to is

@@ -471,3 +471,18 @@ def test_reports_name_weights_relative_to_the_working_folder(tiny_weights, tmp_p
     assert stan.file == str(tiny_weights)
     stan.path = None
     assert stan.file is None
+
+
+def test_written_by_stan_knows_weights_and_checkpoints_by_their_header(tiny_weights, tmp_path):
+    """--overwrite's test for a weights file (fileio.is_stan_safetensors) reads the format that
+    save_weights and save_checkpoint write, whatever the file is called."""
+    from stan_cli import fileio
+
+    assert set(fileio._STAN_FORMATS) == {weights_module.FORMAT, weights_module.CHECKPOINT_FORMAT}
+    renamed = tmp_path / "model.bin"
+    renamed.write_bytes(tiny_weights.read_bytes())
+    assert fileio.written_by_stan(tiny_weights) and fileio.is_stan_safetensors(renamed)
+    other = tmp_path / "other.safetensors"
+    save_file({"x": torch.zeros(2)}, str(other), metadata={"format": "someone-else"})
+    (tmp_path / "text.safetensors").write_text("not a safetensors file")
+    assert not fileio.written_by_stan(other) and not fileio.written_by_stan(tmp_path / "text.safetensors")

@@ -15,12 +15,10 @@ import torch
 from .. import pseudo
 from ..dataset import find_sources
 from ..errors import InputError, OutputError, StanError, TrainingError
-from ..fileio import written_by_stan
+from ..fileio import is_stan_safetensors, written_by_stan
 from ..inference import PRECISIONS
 from ..model import PRESETS, WINDOW, Discriminator, Generator, StanConfig
 from ..video import is_frame_folder
-from ..weights import CHECKPOINT_FORMAT
-from ..weights import FORMAT as WEIGHTS_FORMAT
 from .budget import check_duration, parse_shares
 from .options import EPOCH_OPTIONS, PIXEL_NORMS, TrainOptions, is_recalibration
 
@@ -235,7 +233,7 @@ def check_outputs(opts: TrainOptions) -> None:
 def _check_replaceable(opts: TrainOptions) -> None:
     """--overwrite replaces an earlier run's files, never a file stan did not write: the weights
     file must be stan weights (or a checkpoint), the logs and the plot stan's (by content)."""
-    if opts.out.exists() and not _stan_weights(opts.out):
+    if opts.out.exists() and not is_stan_safetensors(opts.out):
         raise OutputError(
             f"{opts.out}: not a stan weights file, and --overwrite only replaces files stan wrote. "
             "Choose another --out (a .safetensors name), or move the file away."
@@ -252,25 +250,11 @@ def _check_run_folder(opts: TrainOptions) -> None:
     """A new run clears its checkpoint folder's record (resume.start_record): only files stan wrote,
     since --checkpoint-dir may name a folder of the user's."""
     for path in (opts.ckpt_dir / "last.safetensors", *opts.run_record):
-        ours = _stan_weights(path) if path.suffix == ".safetensors" else written_by_stan(path)
-        if path.exists() and not ours:
+        if path.exists() and not written_by_stan(path):
             raise OutputError(
                 f"{path}: not a file stan wrote, and a new run clears this name in its checkpoint folder. "
                 "Choose another --checkpoint-dir, or move the file away."
             )
-
-
-def _stan_weights(path: Path) -> bool:
-    """Is `path` a safetensors file with stan's weights or checkpoint format in its header?"""
-    if path.is_symlink() or not path.is_file():
-        return False
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:
-            return (fh.metadata() or {}).get("format") in (WEIGHTS_FORMAT, CHECKPOINT_FORMAT)
-    except Exception:  # noqa: BLE001 - any file safetensors cannot read is not stan's
-        return False
 
 
 def check_batch_memory(opts: TrainOptions, device: torch.device, world: int) -> None:
