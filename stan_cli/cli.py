@@ -505,7 +505,7 @@ def train(
     reset_discriminator: Annotated[bool, typer.Option("--reset-discriminator", metavar=FLAG, help="With --init: keep the generator, start the discriminator from random weights.", rich_help_panel="Recipe")] = False,
     name: Annotated[Optional[str], typer.Option(help="Version name stored in the weights (reports and stan --version show it) \\[default: <out file stem>-<date>].", show_default=False)] = None,
     pixel_norm: Annotated[str, typer.Option(help="Pixel term of L_G: l2 (the paper's L2 norm) or mse.", rich_help_panel="Recipe")] = "l2",
-    pseudo_anomalies: Annotated[Optional[str], typer.Option(help="Discriminator phase: the abnormal-motion fakes made from normal windows, a comma list of skip, reverse, repeat, patch; none: generated windows only \\[default: skip,repeat,patch].", rich_help_panel="Recipe", show_default=False)] = None,
+    pseudo_anomalies: Annotated[Optional[str], typer.Option(help="Discriminator phase: the abnormal-motion fakes made from normal windows, a comma list of skip, reverse, repeat, patch, fast-region; none: generated windows only \\[default: skip,repeat,patch].", rich_help_panel="Recipe", show_default=False)] = None,
     pseudo_share: Annotated[Optional[float], typer.Option(help="Discriminator phase: the pseudo-anomalies' share of the fakes (0-1); generated windows are the rest \\[default: 0.75].", rich_help_panel="Recipe", show_default=False)] = None,
     preset: Annotated[str, typer.Option(hidden=True, help="Network size: paper (Table 1) or tiny (tests).")] = "paper",
 ) -> None:

@@ -11,7 +11,11 @@ moving pasted patch). Each kind keeps the window's content and breaks its motion
 - `reverse`: the 11 frames in reverse order: motion runs backwards;
 - `repeat`:  a run of 3-6 consecutive frames frozen on its first frame: motion stalls, then jumps;
 - `patch`:   a square patch from another place and time of the footage pasted into every frame
-             with a soft border, moving 4-12 pixels a frame (at 224 x 224) in a straight line.
+             with a soft border, moving 4-12 pixels a frame (at 224 x 224) in a straight line;
+- `fast-region`: `skip` inside one square region only (1/6 to 1/3 of the side, soft border, placed
+             where the skipped window moves most), the rest of the window as it was: one thing
+             moves k times faster than the normal motion around it (a local anomaly, as a cyclist
+             among walkers is, where `skip` speeds up the whole scene).
 
 All functions take and return uint8 (11, S, S) arrays (the training frame cache's layout) and
 draw from an explicit `numpy.random.Generator`, so a resumed run makes the same windows again.
@@ -23,7 +27,7 @@ import numpy as np
 
 from .model import CONTEXT, WINDOW
 
-KINDS = ("skip", "reverse", "repeat", "patch")
+KINDS = ("skip", "reverse", "repeat", "patch", "fast-region")
 STRIDES = (2, 3, 4, 5)
 
 
@@ -87,6 +91,32 @@ def patch_window(window: np.ndarray, donor: np.ndarray, rng: np.random.Generator
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+def fast_region_window(window: np.ndarray, fast: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`window` (11, S, S) with one square region taken from `fast`, the skipped window around the
+    same centre frame, blended in with a feathered border. The region is drawn with a probability
+    that grows with the skipped window's motion inside it (squared), so it holds a moving thing
+    rather than still background; where nothing moves, anywhere."""
+    size = window.shape[-1]
+    side = int(rng.integers(size // 6, size // 3 + 1))
+    motion = np.abs(fast.astype(np.float32) - fast[CONTEXT].astype(np.float32)).mean(axis=0)
+    box = _box_sums(motion, side)  # (S - side + 1, S - side + 1)
+    weight = box.ravel().astype(np.float64) ** 2
+    total = weight.sum()
+    at = int(rng.choice(weight.size, p=weight / total)) if total > 0 else int(rng.integers(weight.size))
+    y, x = divmod(at, box.shape[1])
+    mask = _feather(side)
+    out = window.astype(np.float32)
+    region = (slice(None), slice(y, y + side), slice(x, x + side))
+    out[region] = mask * fast[region].astype(np.float32) + (1 - mask) * out[region]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _box_sums(image: np.ndarray, side: int) -> np.ndarray:
+    """The sum of `image` over every side x side square inside it (an integral image)."""
+    cum = np.pad(image.astype(np.float64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    return cum[side:, side:] - cum[:-side, side:] - cum[side:, :-side] + cum[:-side, :-side]
+
+
 def _feather(side: int, border: float = 0.2) -> np.ndarray:
     """(side, side) weights: 1 inside, falling linearly to 0 over the outer `border` of the side."""
     ramp = np.minimum(np.arange(side) + 0.5, side - np.arange(side) - 0.5) / max(border * side, 1.0)
@@ -96,14 +126,16 @@ def _feather(side: int, border: float = 0.2) -> np.ndarray:
 
 def make(kind: str, clips: list, clip: int, t: int, rng: np.random.Generator) -> np.ndarray:
     """One pseudo-anomaly of `kind` from the window centred on frame t of clips[clip] (each clip
-    has `.frames`, (N, S, S) uint8). A skip that no stride fits around t is reversed instead."""
+    has `.frames`, (N, S, S) uint8). A skip or fast region that no stride fits around t is
+    reversed instead."""
     frames = clips[clip].frames
     window = np.array(frames[t - CONTEXT : t + CONTEXT + 1])  # (11, S, S)
-    if kind == "skip":
+    if kind in ("skip", "fast-region"):
         strides = fitting_strides(len(frames), t)
-        if strides:
-            return skip_window(frames, t, int(rng.choice(strides)))
-        kind = "reverse"
+        if not strides:
+            return reverse_window(window)
+        fast = skip_window(frames, t, int(rng.choice(strides)))
+        return fast if kind == "skip" else fast_region_window(window, fast, rng)
     if kind == "reverse":
         return reverse_window(window)
     if kind == "repeat":

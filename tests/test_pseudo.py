@@ -99,6 +99,48 @@ def test_the_patch_border_is_soft():
     assert len(values) > 5 and values.max() == 200  # a ramp from 0 up to the donor's value
 
 
+def moving_square_clip(n: int = 60, size: int = 96, side: int = 8, at: tuple[int, int] = (60, 10)) -> np.ndarray:
+    """A still grey background with one bright square moving 1 px a frame to the right."""
+    frames = np.full((n, size, size), 50, np.uint8)
+    for i in range(n):
+        frames[i, at[0] : at[0] + side, at[1] + i : at[1] + i + side] = 220
+    return frames
+
+
+def test_a_fast_region_speeds_up_the_moving_thing_and_leaves_the_rest_as_it_was():
+    frames = moving_square_clip()
+    t = 30
+    window = frames[t - 5 : t + 6]
+    for seed in range(8):
+        made = pseudo.make("fast-region", [Clip("a", "a", frames)], 0, t, rng(seed))
+        assert made.shape == window.shape and made.dtype == np.uint8
+        assert np.array_equal(made[5], window[5])  # the centre frame is the same in both windows
+        changed = np.nonzero((made != window).any(axis=0))
+        assert len(changed[0]), "the region holds the moving square, so something changed"
+        # only inside one square of at most a third of the side, around the square's path
+        rows, cols = changed
+        assert rows.max() - rows.min() < 96 // 3 + 1 and cols.max() - cols.min() < 96 // 3 + 1
+        assert 60 - 96 // 3 < rows.mean() < 68 + 96 // 3
+        # each pixel a blend of the normal window and the window skipped with one stride k, and
+        # equal to the skipped one in the region's core: there the square moves k px a frame
+        def blend_of(fast):
+            lo, hi = np.minimum(window, fast), np.maximum(window, fast)
+            return ((made >= lo) & (made <= hi)).all() and ((made == fast) & (made != window)).any()
+        assert any(blend_of(pseudo.skip_window(frames, t, k)) for k in pseudo.fitting_strides(len(frames), t))
+
+
+def test_a_fast_region_lands_where_the_skipped_window_moves():
+    window = np.full((11, 64, 64), 50, np.uint8)
+    fast = window.copy()
+    fast[:, 40:48, 40:48] = np.arange(11, dtype=np.uint8)[:, None, None] * 20  # only here it changes
+    for seed in range(5):
+        made = pseudo.fast_region_window(window, fast, rng(seed))
+        rows, cols = np.nonzero((made != window).any(axis=0))
+        assert rows.min() <= 47 and rows.max() >= 40 and cols.min() <= 47 and cols.max() >= 40
+    # where nothing moves the region goes anywhere, and the window is unchanged
+    assert np.array_equal(pseudo.fast_region_window(window, window.copy(), rng()), window)
+
+
 def test_kinds_parse_and_refuse_unknown_ones():
     assert pseudo.parse_kinds("skip, reverse,skip") == ("skip", "reverse")
     assert pseudo.parse_kinds("none") == () == pseudo.parse_kinds("")
