@@ -141,6 +141,15 @@ def test_a_fast_region_lands_where_the_skipped_window_moves():
     assert np.array_equal(pseudo.fast_region_window(window, window.copy(), rng()), window)
 
 
+def test_the_fast_region_border_is_soft():
+    window = np.zeros((11, 64, 64), np.uint8)
+    fast = np.full((11, 64, 64), 200, np.uint8)
+    fast[5] = 0  # the same centre frame, as in a skipped window
+    made = pseudo.fast_region_window(window, fast, rng(2))
+    values = np.unique(made[0])
+    assert len(values) > 3 and values.max() == 200  # a ramp from the window's 0 to the fast 200
+
+
 def test_kinds_parse_and_refuse_unknown_ones():
     assert pseudo.parse_kinds("skip, reverse,skip") == ("skip", "reverse")
     assert pseudo.parse_kinds("none") == () == pseudo.parse_kinds("")
