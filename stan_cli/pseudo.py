@@ -126,14 +126,15 @@ def _feather(side: int, border: float = 0.2) -> np.ndarray:
 
 def make(kind: str, clips: list, clip: int, t: int, rng: np.random.Generator) -> np.ndarray:
     """One pseudo-anomaly of `kind` from the window centred on frame t of clips[clip] (each clip
-    has `.frames`, (N, S, S) uint8). A skip or fast region that no stride fits around t is
-    reversed instead."""
+    has `.frames`, (N, S, S) uint8). Where no stride fits around t (a clip's first and last
+    frames), a skip or fast region becomes a repeat: frozen frames, abnormal in any footage, where
+    a reversed window is normal motion wherever things move both ways."""
     frames = clips[clip].frames
     window = np.array(frames[t - CONTEXT : t + CONTEXT + 1])  # (11, S, S)
     if kind in ("skip", "fast-region"):
         strides = fitting_strides(len(frames), t)
         if not strides:
-            return reverse_window(window)
+            return repeat_window(window, rng)
         fast = skip_window(frames, t, int(rng.choice(strides)))
         return fast if kind == "skip" else fast_region_window(window, fast, rng)
     if kind == "reverse":

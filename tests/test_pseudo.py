@@ -45,13 +45,14 @@ def test_a_skip_that_leaves_the_clip_is_refused_and_strides_fit_the_clip():
     assert pseudo.fitting_strides(11, 5) == []
 
 
-def test_make_skip_uses_a_stride_that_fits_and_falls_back_to_reverse_where_none_does():
+def test_make_skip_uses_a_stride_that_fits_and_freezes_frames_where_none_does():
     clips = [Clip("a", "a", counting_clip(60)), Clip("b", "b", counting_clip(11))]
     for seed in range(10):
         numbers = frame_numbers(pseudo.make("skip", clips, 0, 20, rng(seed)))
         step = numbers[1] - numbers[0]
         assert step in (2, 3, 4) and numbers == list(range(20 - 5 * step, 20 + 5 * step + 1, step))
-    assert frame_numbers(pseudo.make("skip", clips, 1, 5, rng())) == list(range(10, -1, -1))
+    for kind in ("skip", "fast-region"):  # no stride fits an 11-frame clip: a repeat, not a reverse
+        assert frame_numbers(pseudo.make(kind, clips, 1, 5, rng())) == frame_numbers(pseudo.repeat_window(clips[1].frames, rng()))
 
 
 def test_a_reversed_window_is_reversed():
