@@ -8,8 +8,9 @@ adversarial phase ended with the discriminator at chance (2 ln 2, the GAN's own 
 leaves its score and guided-backpropagation maps without information. Its fakes are windows with
 the generated middle frame and, for --pseudo-share of them, temporal pseudo-anomalies made from the
 normal training windows (`pseudo.py`: skipped frames, reversed order, frozen frames, a moving
-pasted patch, one region with skipped frames), so that it learns what normal motion looks like, not only "is the middle frame
-generated?" (`--pseudo-anomalies none`: generated windows only, as before 0.2.0).
+pasted patch, one region with skipped frames), so that it learns what normal motion looks like,
+not only "is the middle frame generated?" (`--pseudo-anomalies none`: generated windows only, as
+before 0.2.0).
 
 The pixel term of L_G is the L2 norm ||G(neighbours) - X_t||_2 of the paper (`--pixel-norm l2`),
 not the mean squared error that the score uses: the two differ by far more than a constant, and
