@@ -19,7 +19,8 @@ against the budget, with the table), and prints the table as Markdown.
 Resumable: run the same command again. A cell whose eval/results.json exists is not run again;
 one whose training was interrupted goes on with `stan train --resume` (what is left of its budget,
 stan train's own rule), one whose evaluation was interrupted is evaluated again. The table is
-written from whatever cells are finished, so it can be looked at while the rest run.
+written from every finished cell in DIR, whatever --budgets and --starts this command names, so it
+can be looked at while the rest run; --dry-run writes nothing.
 
 How long: the sum of the budgets for each start, plus a few minutes per cell to read the footage
 and calibrate past the budget's margin, plus an evaluation per cell (the 16 Ped1 test clips,
@@ -39,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+from stan_cli.errors import StanError
 from stan_cli.training.budget import parse_duration
 
 STARTS = ("scratch", "init")
@@ -65,9 +67,25 @@ def main() -> None:
         if not _train(args, folder, start, budget):
             continue
         _evaluate(args, folder, folder / "weights.safetensors")
-    rows = [row for start, budget in cells if (row := _row(args.out, start, budget))]
+    if args.dry_run:
+        return  # the table stays as the finished cells left it
+    rows = [row for start, budget in _finished(args.out) if (row := _row(args.out, start, budget))]
     if rows or (args.out / "as-is" / "eval" / "results.json").exists():
         _write(args.out, rows, _results(args.out / "as-is"))
+
+
+def _finished(out: Path) -> list[tuple[str, str]]:
+    """Every evaluated cell in the folder, by start and budget: the table keeps the cells that
+    earlier commands (with other --budgets or --starts) finished."""
+    cells = []
+    for folder in out.iterdir():
+        start, _, budget = folder.name.partition("-")
+        if start in STARTS and (folder / "eval" / "results.json").exists():
+            try:
+                cells.append((STARTS.index(start), parse_duration(budget), start, budget))
+            except StanError:  # a folder of the user's that only looks like a cell
+                continue
+    return [(start, budget) for *_, start, budget in sorted(cells)]
 
 
 def _parse() -> argparse.Namespace:

@@ -507,6 +507,8 @@ def train(
     pixel_norm: Annotated[str, typer.Option(help="Pixel term of L_G: l2 (the paper's L2 norm) or mse.", rich_help_panel="Recipe")] = "l2",
     pseudo_anomalies: Annotated[Optional[str], typer.Option(help="Discriminator phase: the abnormal-motion fakes made from normal windows, a comma list of skip, reverse, repeat, patch, fast-region; none: generated windows only \\[default: skip,repeat,patch].", rich_help_panel="Recipe", show_default=False)] = None,
     pseudo_share: Annotated[Optional[float], typer.Option(help="Discriminator phase: the pseudo-anomalies' share of the fakes (0-1); generated windows are the rest \\[default: 0.75].", rich_help_panel="Recipe", show_default=False)] = None,
+    old_generator: Annotated[Optional[Path], typer.Option(help="Discriminator phase (OGNet, beyond the paper): the generated fakes take their middle frame from this weights file's generator, an early, weaker one, not from the current generator.", rich_help_panel="Recipe", show_default=False)] = None,
+    generated_as_real: Annotated[bool, typer.Option("--generated-as-real", metavar=FLAG, help="Discriminator phase, with --old-generator: half of the real windows carry the current generator's middle frame, labelled real (a good prediction is normal).", rich_help_panel="Recipe")] = False,
     preset: Annotated[str, typer.Option(hidden=True, help="Network size: paper (Table 1) or tiny (tests).")] = "paper",
 ) -> None:
     """Train both networks on normal footage of one camera, the paper's way; write a weights file."""
@@ -523,6 +525,7 @@ def train(
         seed=seed, workers=workers, checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
         resume=resume, overwrite=overwrite, preset=preset, init=init, reset_discriminator=reset_discriminator, pixel_norm=pixel_norm, name=name,
         time_budget=seconds, time_shares=time_shares,
+        old_generator=str(old_generator) if old_generator is not None else None, generated_as_real=generated_as_real,
     )
     if pseudo_anomalies is not None:
         opts.pseudo_anomalies = pseudo_anomalies

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -51,7 +52,7 @@ from .training.budget import Costs
 from .training.checks import check_batch_memory, check_options
 from .training.clock import Deadline, Throughput
 from .training.data import epoch_batches, prepare_data
-from .training.fakes import fake_windows, pseudo_batch
+from .training.fakes import fake_windows, generated_real_rows, load_old_generator, pseudo_batch, real_windows
 from .training.logs import log_step, log_validation, plot_losses, publish_logs
 from .training.losses import check_finite, grad_norm, pixel_term
 from .training.options import PHASES, Event, TrainOptions, TrainResult, final_phase, is_recalibration, phases, pseudo_plan, set_epochs
@@ -122,6 +123,7 @@ class _Run:
     costs: Costs | None = None  # what a step and a validation of each phase take here (None: nothing to train)
     deadline: Deadline | None = None  # a --time run's clock
     end_s: dict[str, float] = field(default_factory=dict)  # the last epoch end's seconds (validation, checkpoint, plot), per phase
+    old_generator: Generator | None = None  # --old-generator's, frozen: the discriminator phase's generated fakes
 
     @property
     def last_path(self) -> Path:
@@ -151,11 +153,13 @@ def _run(opts: TrainOptions, rank: Rank, device: torch.device, emit: Event, init
     run = _Run(opts, rank, device, emit, *_networks(opts, device, init), scratch=scratch)
     run.progress = start_progress(opts, rank, init, (run.generator, run.discriminator, run.opt_g, run.opt_d), emit)
     finish_only = continue_finished(opts, run.progress)
+    run.old_generator = load_old_generator(opts, run.progress, PRESETS[opts.preset], device)
     windows, train_clips, val_clips = prepare_data(opts, rank, PRESETS[opts.preset].image_size, run.progress, emit, run.warn)
     start_record(opts, rank, run.progress["step"], scratch)
     if not finish_only:  # timed on copies, before the networks are wrapped for DDP
         networks, clips = (run.generator, run.discriminator), (train_clips, val_clips)
-        run.costs, run.deadline = plan_run(opts, rank, device, run.progress, networks, windows, clips, started, _step, emit)
+        step = partial(_step, old_generator=run.old_generator, real_rows=generated_real_rows(opts.batch_size, opts, 0, 0, rank))
+        run.costs, run.deadline = plan_run(opts, rank, device, run.progress, networks, windows, clips, started, step, emit)
     run.g_model, run.d_model = ranks.wrap(run.generator, rank, device), ranks.wrap(run.discriminator, rank, device)
     _train_phases(run, windows, val_clips, finish_only)
     if not rank.main:
@@ -274,8 +278,14 @@ def _train_epoch(run: _Run, windows: WindowSet, phase: str, n_epochs: int, stop:
             return True
         x = to_tensor(batch).to(run.device)  # (B, 11, S, S) uint8 -> (B, 11, 1, S, S) in [-1, 1]
         where = f"step {progress['step'] + 1} ({phase} epoch {epoch + 1})"
-        fakes = pseudo_batch(windows, batches[b], opts, epoch, b, rank) if phase == "discriminator" else None
-        losses = _step(phase, x, run.g_model, run.d_model, run.opt_g, run.opt_d, opts, run.device, where, run.last_path, fakes)
+        fakes, real_rows = None, None
+        if phase == "discriminator":
+            fakes = pseudo_batch(windows, batches[b], opts, epoch, b, rank)
+            real_rows = generated_real_rows(len(batches[b]), opts, epoch, b, rank)
+        losses = _step(
+            phase, x, run.g_model, run.d_model, run.opt_g, run.opt_d, opts, run.device, where, run.last_path, fakes,
+            old_generator=run.old_generator, real_rows=real_rows,
+        )
         now = time.perf_counter()
         meter.add(now, len(batches[b]) * rank.world)
         samples_left -= len(batches[b]) * rank.world
@@ -316,14 +326,17 @@ def _seconds_left(run: _Run, meter: Throughput, samples_left: int, now: float) -
     return left
 
 
-def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt, fakes=None) -> dict[str, float]:
-    """One training step of `phase` on the real windows x (B, 11, 1, S, S); `fakes` (discriminator
-    phase only): `pseudo_batch`'s pseudo-anomalies, which take their places among the fakes."""
+def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt, fakes=None, old_generator=None, real_rows=None) -> dict[str, float]:
+    """One training step of `phase` on the real windows x (B, 11, 1, S, S). Discriminator phase only:
+    `fakes`, `pseudo_batch`'s pseudo-anomalies, take their places among the fakes; `old_generator`
+    makes the generated ones; `real_rows` (`generated_real_rows`) are shown with the current
+    generator's middle frame among the real windows."""
     neighbours, target = split_window(x)
     if phase == "pretrain":
         return _pretrain_step(neighbours, target, g_model, opt_g, opts, device, where, ckpt)
-    fake, pred, rows = fake_windows(x, neighbours, g_model, fakes, phase, opts, device)  # (B, 11, 1, S, S)
-    d_losses = _discriminator_step(x, fake, d_model, opt_d, opts, device, where, ckpt)
+    fake, pred, rows = fake_windows(x, neighbours, g_model, fakes, phase, opts, device, old_generator)  # (B, 11, 1, S, S)
+    real = real_windows(x, neighbours, g_model, real_rows, opts, device) if phase == "discriminator" else x
+    d_losses = _discriminator_step(real, fake, d_model, opt_d, opts, device, where, ckpt)
     losses = {
         "loss_pixel": pixel_loss(pred.detach(), target[rows]).mean().item() if pred is not None else float("nan"),
         **d_losses,
@@ -392,7 +405,8 @@ def _end_of_epoch(run: _Run, phase: str, val_clips: list[Clip], fraction: float 
     opts, progress = run.opts, run.progress
     start = time.perf_counter()
     scores = validate(run.generator, run.discriminator, val_clips, run.device, generated=True) if val_clips else None
-    record = epoch_record(opts, phase, progress, scores, run.discriminator, val_clips, run.device)
+    generators = (run.generator, run.old_generator)
+    record = epoch_record(opts, phase, progress, scores, run.discriminator, val_clips, run.device, generators)
     if fraction is not None:
         record["epoch_fraction"] = round(fraction, 4)
     selected = is_selected(opts, record, progress.get("best"), bool(val_clips))

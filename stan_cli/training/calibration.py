@@ -119,6 +119,7 @@ def training_record(opts: TrainOptions, progress: dict, train_clips: list[Clip],
         "selected": progress.get("best"),
         "generator_selected": progress.get("generator_selected"),
         "init": init_record(progress.get("init")),
+        "old_generator": progress.get("old_generator"),  # --old-generator's file and sha256
         "wall_s": round(progress["wall_s"], 1),
         "time_budget": budget_summary(progress.get("budget")),
         "machine": {

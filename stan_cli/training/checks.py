@@ -100,6 +100,7 @@ def _cpus() -> int:
 
 def _check_recipe(opts: TrainOptions) -> None:
     """Combinations of epochs and --init that would train nothing, or the wrong thing."""
+    _check_ognet(opts)
     if opts.pretrain_epochs == 0 and opts.epochs == 0 and not opts.discriminator_epochs and opts.init is None and not opts.resume:
         raise TrainingError(
             "--pretrain-epochs 0 and --epochs 0 train nothing: the output would be random networks. "
@@ -119,6 +120,21 @@ def _check_recipe(opts: TrainOptions) -> None:
         raise TrainingError(f"--name {opts.name!r}: give 1 to 100 printable characters, e.g. my-camera-2026-12.")
     if opts.reset_discriminator and opts.init is None:
         raise TrainingError("--reset-discriminator only makes sense with --init FILE (a new run starts from random networks anyway).")
+
+
+def _check_ognet(opts: TrainOptions) -> None:
+    """--old-generator and --generated-as-real act in the discriminator phase only."""
+    if opts.generated_as_real and opts.old_generator is None:
+        raise TrainingError(
+            "--generated-as-real labels the current generator's windows real, so the generated fakes must come from "
+            "another generator: add --old-generator FILE (an early checkpoint of the same networks)."
+        )
+    if opts.old_generator is None or opts.resume:
+        return
+    if not opts.discriminator_epochs and opts.time_budget is None:
+        raise TrainingError("--old-generator acts in the discriminator phase only: add --discriminator-epochs N.")
+    if not Path(opts.old_generator).is_file():
+        raise TrainingError(f"{opts.old_generator}: no such weights file (--old-generator). Give an early checkpoint's .safetensors.")
 
 
 def _check_budget(opts: TrainOptions) -> None:

@@ -16,6 +16,8 @@ LOG_FIELDS = ["step", "phase", "epoch", "loss_pixel", "loss_adv", "loss_d", "d_r
 VAL_FIELDS = [
     "step", "phase", "epoch", "val_pixel", "val_d", "selected", "val_d_fake", "val_d_pseudo", "val_loss_d", "val_pseudo_auc",
     "epoch_fraction",  # the part of the epoch trained, when --time ended the phase inside it (empty: a whole epoch)
+    "val_d_old",  # -log(1 - D) on windows with --old-generator's middle frame
+    "val_d_generated_real",  # -log D on windows with the current generator's middle frame (--generated-as-real)
 ]
 
 

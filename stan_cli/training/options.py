@@ -54,6 +54,12 @@ class TrainOptions:
     # the phase as it was before 0.2.0) make up `pseudo_share` of them, generated windows the rest
     pseudo_anomalies: str = DEFAULT_PSEUDO
     pseudo_share: float = DEFAULT_PSEUDO_SHARE
+    # the discriminator phase's generated fakes take their middle frame from this weights file's
+    # generator (an early, weaker one: OGNet's "old is gold"), not from the frozen current one
+    old_generator: str | None = None
+    # the discriminator phase shows half of its real windows with the current generator's middle
+    # frame, labelled real (OGNet: a good prediction is normal); only with old_generator
+    generated_as_real: bool = False
     init: Path | None = None
     reset_discriminator: bool = False
     name: str | None = None  # the weights' version name; None: <out stem>-<UTC date of writing>
@@ -103,10 +109,10 @@ class TrainOptions:
     # Options that define a run; a resumed run keeps the checkpoint's values for these.
     RUN_KEYS = (
         "lr", "batch_size", "lam", "val_clips", "seed", "preset", "false_alarm_rate", "pixel_norm",
-        "pseudo_anomalies", "pseudo_share",
+        "pseudo_anomalies", "pseudo_share", "old_generator", "generated_as_real",
     )
     # What a checkpoint written before a key existed was trained with.
-    LEGACY = {"pixel_norm": "mse", "pseudo_anomalies": "none", "pseudo_share": 0.0}
+    LEGACY = {"pixel_norm": "mse", "pseudo_anomalies": "none", "pseudo_share": 0.0, "old_generator": None, "generated_as_real": False}
 
 
 @dataclass

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .options import TrainOptions, final_phase, generator_phase, pseudo_plan
-from .validation import ranking_auc, validate_pseudo
+from .validation import ranking_auc, validate_generated, validate_pseudo
 
 SELECTION_RULE = (
     "lowest mean generator pixel loss (MSE) on the held-out normal validation windows, "
@@ -22,7 +22,9 @@ SELECTION_RULE = (
 D_SELECTION_RULE = (
     "lowest mean discriminator loss L_D on the held-out normal validation windows (-log D on real windows; "
     "-log(1 - D) on fakes in the training mix: pseudo-anomalies made from those windows by a fixed generator "
-    "for --pseudo-share of them, windows with the generated middle frame for the rest), over the epoch ends of "
+    "for --pseudo-share of them, windows with the generated middle frame for the rest, --old-generator's when given; "
+    "with --generated-as-real the real term is the mean of -log D on real windows and on those with the current "
+    "generator's middle frame), over the epoch ends of "
     "the discriminator phase, against the generator that the pixel-loss rule chose from the phase before "
     "(or --init's); the final state when there is no validation data"
 )
@@ -36,9 +38,10 @@ def selection_value(phase: str, record: dict) -> float:
     return record["val_pixel"]
 
 
-def epoch_record(opts: TrainOptions, phase: str, progress: dict, scores, discriminator, val_clips, device) -> dict:
+def epoch_record(opts: TrainOptions, phase: str, progress: dict, scores, discriminator, val_clips, device, generators=(None, None)) -> dict:
     """An epoch end's validation record from `validate(..., generated=True)`'s three arrays
-    (None without validation windows: every value NaN)."""
+    (None without validation windows: every value NaN). `generators`: the current one and
+    --old-generator's (None without it), for the discriminator phase's OGNet terms."""
     nan = float("nan")
     record = {"phase": phase, "epoch": progress["epoch"], "step": progress["step"], "val_pixel": nan, "val_d": nan, "val_d_fake": nan}
     if scores is None:
@@ -46,21 +49,29 @@ def epoch_record(opts: TrainOptions, phase: str, progress: dict, scores, discrim
     pixel, d, d_fake = scores
     record.update(val_pixel=float(pixel.mean()), val_d=float(d.mean()), val_d_fake=float(d_fake.mean()))
     if phase == "discriminator":
-        record.update(_d_validation(opts, discriminator, val_clips, d, d_fake, device))
+        record.update(_d_validation(opts, discriminator, val_clips, d, d_fake, device, generators))
     return record
 
 
-def _d_validation(opts: TrainOptions, discriminator, val_clips, d: np.ndarray, d_fake: np.ndarray, device) -> dict:
-    """The discriminator phase's validation: L_D with the training mix of fakes (real windows, then
-    pseudo-anomalies for `share` of the fakes and generated windows for the rest), and the AUC of
-    its d score between the normal windows and their pseudo-anomalies."""
+def _d_validation(opts: TrainOptions, discriminator, val_clips, d: np.ndarray, d_fake: np.ndarray, device, generators) -> dict:
+    """The discriminator phase's validation: L_D with the training mix (real windows, and with
+    --generated-as-real those with the current generator's middle frame, half each; then
+    pseudo-anomalies for `share` of the fakes and generated windows, --old-generator's when given,
+    for the rest), and the AUC of its d score between the normal windows and their pseudo-anomalies."""
     kinds, share = pseudo_plan(opts)
+    current, old = generators
+    record, real, generated = {}, float(d.mean()), float(d_fake.mean())
+    if old is not None:
+        generated = record["val_d_old"] = float(validate_generated(old, discriminator, val_clips, device)[0].mean())
+    if opts.generated_as_real and current is not None:
+        record["val_d_generated_real"] = float(validate_generated(current, discriminator, val_clips, device)[1].mean())
+        real = (real + record["val_d_generated_real"]) / 2
     if not kinds:
-        return {"val_loss_d": float(d.mean() + d_fake.mean())}
+        return record | {"val_loss_d": real + generated}
     pseudo_loss, pseudo_score = validate_pseudo(discriminator, val_clips, kinds, device)
-    return {
+    return record | {
         "val_d_pseudo": float(pseudo_loss.mean()),
-        "val_loss_d": float(d.mean() + share * pseudo_loss.mean() + (1 - share) * d_fake.mean()),
+        "val_loss_d": float(real + share * pseudo_loss.mean() + (1 - share) * generated),
         "val_pseudo_auc": ranking_auc(d, pseudo_score),
     }
 

@@ -8,7 +8,7 @@ import torch
 from .. import pseudo
 from ..dataset import Clip, WindowSet
 from ..inference import score_windows
-from ..model import d_loss_map, with_middle
+from ..model import d_loss_map, split_window, with_middle
 from ..windows import to_tensor
 
 VAL_PSEUDO_SEED = 20180415  # the validation pseudo-anomalies are the same for every run and epoch
@@ -37,6 +37,24 @@ def validate(generator, discriminator, clips: list[Clip], device, batch_size: in
     discriminator.train()
     arrays = tuple(np.concatenate(c) if c else np.zeros(0) for c in columns)
     return arrays if generated else arrays[:2]
+
+
+@torch.no_grad()
+def validate_generated(generator, discriminator, clips: list[Clip], device, batch_size: int = 8):
+    """Windows with `generator`'s middle frame: per window -log(1 - D) (the loss that labels them
+    fake) and -log D (the loss that labels them real). Two float64 arrays; always fp32."""
+    modes = generator.training, discriminator.training
+    generator.eval()
+    discriminator.eval()
+    fake_loss, real_loss = [], []
+    for batch in torch.utils.data.DataLoader(WindowSet(clips), batch_size=batch_size, shuffle=False):
+        x = to_tensor(batch).to(device)
+        logits = discriminator(with_middle(x, generator(split_window(x)[0]).to(x.dtype)))
+        fake_loss.append(d_loss_map(logits, real=False).cpu().double().numpy())
+        real_loss.append(d_loss_map(logits, real=True).cpu().double().numpy())
+    generator.train(modes[0])
+    discriminator.train(modes[1])
+    return tuple(np.concatenate(c) if c else np.zeros(0) for c in (fake_loss, real_loss))
 
 
 @torch.no_grad()
