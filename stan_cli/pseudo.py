@@ -15,7 +15,11 @@ moving pasted patch). Each kind keeps the window's content and breaks its motion
 - `fast-region`: `skip` inside one square region only (1/6 to 1/3 of the side, soft border, placed
              where the skipped window moves most), the rest of the window as it was: one thing
              moves k times faster than the normal motion around it (a local anomaly, as a cyclist
-             among walkers is, where `skip` speeds up the whole scene).
+             among walkers is, where `skip` speeds up the whole scene);
+- `fast-tube`: a moving square from another clip and time, its frames taken with stride k in 2..5
+             (so what moves in it moves k times faster), pasted with a soft border at another
+             place of the window: something that looks unlike what moves there, and faster (the
+             cyclist's appearance and speed together).
 
 All functions take and return uint8 (11, S, S) arrays (the training frame cache's layout) and
 draw from an explicit `numpy.random.Generator`, so a resumed run makes the same windows again.
@@ -27,7 +31,7 @@ import numpy as np
 
 from .model import CONTEXT, WINDOW
 
-KINDS = ("skip", "reverse", "repeat", "patch", "fast-region")
+KINDS = ("skip", "reverse", "repeat", "patch", "fast-region", "fast-tube")
 STRIDES = (2, 3, 4, 5)
 
 
@@ -98,16 +102,39 @@ def fast_region_window(window: np.ndarray, fast: np.ndarray, rng: np.random.Gene
     rather than still background; where nothing moves, anywhere."""
     size = window.shape[-1]
     side = int(rng.integers(size // 6, size // 3 + 1))
+    y, x = _moving_square(fast, side, rng)
+    return _paste(window, fast[:, y : y + side, x : x + side], y, x)
+
+
+def fast_tube_window(window: np.ndarray, fast: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`window` (11, S, S) with a square tube of `fast` (a skipped window of another clip or time),
+    drawn where it moves like `fast_region_window`'s region, pasted at a uniformly drawn place."""
+    size = window.shape[-1]
+    side = int(rng.integers(size // 6, size // 3 + 1))
+    y, x = _moving_square(fast, side, rng)
+    to_y, to_x = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+    return _paste(window, fast[:, y : y + side, x : x + side], to_y, to_x)
+
+
+def _moving_square(fast: np.ndarray, side: int, rng: np.random.Generator) -> tuple[int, int]:
+    """The top-left corner of a side x side square of `fast` (11, S, S), drawn with a probability
+    that grows with the motion inside it (squared); where nothing moves, anywhere."""
     motion = np.abs(fast.astype(np.float32) - fast[CONTEXT].astype(np.float32)).mean(axis=0)
     box = _box_sums(motion, side)  # (S - side + 1, S - side + 1)
     weight = box.ravel().astype(np.float64) ** 2
     total = weight.sum()
     at = int(rng.choice(weight.size, p=weight / total)) if total > 0 else int(rng.integers(weight.size))
     y, x = divmod(at, box.shape[1])
+    return y, x
+
+
+def _paste(window: np.ndarray, tube: np.ndarray, y: int, x: int) -> np.ndarray:
+    """`tube` (11, side, side) blended into every frame of `window` at (y, x), feathered border."""
+    side = tube.shape[-1]
     mask = _feather(side)
     out = window.astype(np.float32)
     region = (slice(None), slice(y, y + side), slice(x, x + side))
-    out[region] = mask * fast[region].astype(np.float32) + (1 - mask) * out[region]
+    out[region] = mask * tube.astype(np.float32) + (1 - mask) * out[region]
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
@@ -141,8 +168,22 @@ def make(kind: str, clips: list, clip: int, t: int, rng: np.random.Generator) ->
         return reverse_window(window)
     if kind == "repeat":
         return repeat_window(window, rng)
+    if kind == "fast-tube":
+        return _fast_tube(window, clips, rng)
     if kind == "patch":
         other = int(rng.integers(len(clips)))
         donor = clips[other].frames[int(rng.integers(len(clips[other].frames)))]
         return patch_window(window, np.asarray(donor), rng)
     raise ValueError(f"unknown pseudo-anomaly {kind!r}")
+
+
+def _fast_tube(window: np.ndarray, clips: list, rng: np.random.Generator) -> np.ndarray:
+    """A `fast_tube_window` whose tube comes from a skipped window of a random clip and time (one
+    long enough for stride 2 at least; with none, the window's frames frozen instead)."""
+    long_enough = [i for i, c in enumerate(clips) if len(c.frames) > 2 * CONTEXT * STRIDES[0]]
+    if not long_enough:
+        return repeat_window(window, rng)
+    frames = clips[long_enough[int(rng.integers(len(long_enough)))]].frames
+    t = int(rng.integers(CONTEXT * STRIDES[0], len(frames) - CONTEXT * STRIDES[0]))
+    fast = skip_window(frames, t, int(rng.choice(fitting_strides(len(frames), t))))
+    return fast_tube_window(window, fast, rng)

@@ -151,6 +151,42 @@ def test_the_fast_region_border_is_soft():
     assert len(values) > 3 and values.max() == 200  # a ramp from the window's 0 to the fast 200
 
 
+def test_a_fast_tube_pastes_the_moving_thing_of_another_clip_faster_at_another_place():
+    """The donor clip holds a bright square moving 1 px a frame; the tube carries it at k px a
+    frame into a still window of another clip, with the tube's own background around it."""
+    still = np.full((30, 96, 96), 90, np.uint8)
+    donor = moving_square_clip()
+    clips = [Clip("still", "still", still), Clip("donor", "donor", donor)]
+    window = still[10:21]
+    places = set()
+    for seed in range(12):
+        made = pseudo.make("fast-tube", clips, 0, 15, rng(seed))
+        assert made.shape == window.shape and made.dtype == np.uint8
+        rows, cols = np.nonzero((made != window).any(axis=0))
+        if not len(rows):
+            continue  # a tube drawn from the still clip changes nothing
+        assert rows.max() - rows.min() < 96 // 3 + 1 and cols.max() - cols.min() < 96 // 3 + 1
+        places.add((rows.min() // 8, cols.min() // 8))
+        bright = [np.nonzero((f == 220).any(axis=0))[0] for f in made]
+        lefts = [int(b.min()) for b in bright if len(b)]
+        if len(lefts) == 11:  # the whole path inside the tube's core: it moves k px a frame, k in 2..5
+            steps = set(np.diff(lefts).tolist())
+            assert len(steps) == 1 and steps.pop() in pseudo.STRIDES
+    assert len(places) > 2  # pasted at different places, not where the donor's square was
+
+
+def test_a_fast_tube_lands_on_the_donor_motion_and_needs_a_long_enough_clip():
+    window = np.full((11, 64, 64), 50, np.uint8)
+    fast = window.copy()
+    fast[:, 40:48, 40:48] = np.arange(11, dtype=np.uint8)[:, None, None] * 20
+    for seed in range(5):
+        made = pseudo.fast_tube_window(window, fast, rng(seed))
+        assert (made != 50).any()  # the moving square's tube, wherever it is pasted
+    short = [Clip("short", "short", np.full((15, 32, 32), 7, np.uint8))]  # no stride-2 window fits
+    made = pseudo.make("fast-tube", short, 0, 7, rng())
+    assert (made == 7).all() and made.shape == (11, 32, 32)  # frozen frames instead
+
+
 def test_kinds_parse_and_refuse_unknown_ones():
     assert pseudo.parse_kinds("skip, reverse,skip") == ("skip", "reverse")
     assert pseudo.parse_kinds("none") == () == pseudo.parse_kinds("")
