@@ -53,7 +53,8 @@ FIELDS = [
 
 def main() -> None:
     args = _parse()
-    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.dry_run:
+        args.out.mkdir(parents=True, exist_ok=True)
     cells = [(start, budget) for start in args.starts for budget in args.budgets]
     if "init" in args.starts and args.init is None:
         sys.exit("--starts init needs --init WEIGHTS (the weights to fine-tune, e.g. weights/stan-ped2.safetensors)")

@@ -525,7 +525,8 @@ def train(
         seed=seed, workers=workers, checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
         resume=resume, overwrite=overwrite, preset=preset, init=init, reset_discriminator=reset_discriminator, pixel_norm=pixel_norm, name=name,
         time_budget=seconds, time_shares=time_shares,
-        old_generator=str(old_generator) if old_generator is not None else None, generated_as_real=generated_as_real,
+        # absolute: a resumed run finds it from any folder, and the weights record says which file it was
+        old_generator=str(old_generator.resolve()) if old_generator is not None else None, generated_as_real=generated_as_real,
     )
     if pseudo_anomalies is not None:
         opts.pseudo_anomalies = pseudo_anomalies

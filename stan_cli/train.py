@@ -153,12 +153,13 @@ def _run(opts: TrainOptions, rank: Rank, device: torch.device, emit: Event, init
     run = _Run(opts, rank, device, emit, *_networks(opts, device, init), scratch=scratch)
     run.progress = start_progress(opts, rank, init, (run.generator, run.discriminator, run.opt_g, run.opt_d), emit)
     finish_only = continue_finished(opts, run.progress)
-    run.old_generator = load_old_generator(opts, run.progress, PRESETS[opts.preset], device)
+    if not finish_only:  # only the discriminator phase uses it: a run left only to write its weights does not
+        run.old_generator = load_old_generator(opts, run.progress, PRESETS[opts.preset], device)
     windows, train_clips, val_clips = prepare_data(opts, rank, PRESETS[opts.preset].image_size, run.progress, emit, run.warn)
     start_record(opts, rank, run.progress["step"], scratch)
     if not finish_only:  # timed on copies, before the networks are wrapped for DDP
         networks, clips = (run.generator, run.discriminator), (train_clips, val_clips)
-        step = partial(_step, old_generator=run.old_generator, real_rows=generated_real_rows(opts.batch_size, opts, 0, 0, rank))
+        step = partial(_step, old_generator=run.old_generator)
         run.costs, run.deadline = plan_run(opts, rank, device, run.progress, networks, windows, clips, started, step, emit)
     run.g_model, run.d_model = ranks.wrap(run.generator, rank, device), ranks.wrap(run.discriminator, rank, device)
     _train_phases(run, windows, val_clips, finish_only)

@@ -125,17 +125,53 @@ def test_an_old_generator_run_resumes_exactly_and_refuses_a_changed_old_file(dat
 @pytest.mark.parametrize("extra, message", [
     (["--generated-as-real", "--discriminator-epochs", "1"], "add --old-generator FILE"),
     (["--old-generator", "{missing}", "--discriminator-epochs", "1"], "no such weights file (--old-generator)"),
-    (["--old-generator", "{paper}"], "acts in the discriminator phase only"),
-    (["--old-generator", "{paper}", "--discriminator-epochs", "1", "--init", "{tiny}"], "another size than this run's"),
+    (["--old-generator", "{paper}", "--pretrain-epochs", "0", "--epochs", "0"], "add --discriminator-epochs N"),
+    (["--old-generator", "{paper}", "--time", "10m", "--time-shares", "1,0,0"], "give it a share of the time"),
+    (["--old-generator", "{paper}", "--discriminator-epochs", "1"], "another size than this run's"),
 ])
 def test_old_generator_options_are_checked_with_one_clear_line(data3, tmp_path, extra, message):
     tiny = tmp_path / "tiny.safetensors"
-    if "{tiny}" in extra:
-        train(options(data3, tiny, pretrain_epochs=1, batch_size=8))
-    paths = {"{missing}": str(tmp_path / "nope.safetensors"), "{paper}": str(PAPER_WEIGHTS), "{tiny}": str(tiny)}
+    train(options(data3, tiny, pretrain_epochs=1, batch_size=8))
+    paths = {"{missing}": str(tmp_path / "nope.safetensors"), "{paper}": str(PAPER_WEIGHTS)}
     out = tmp_path / "m.safetensors"
-    result = run_cli(data3, "--out", out, "--preset", "tiny", "--device", "cpu", "--pretrain-epochs", "0", "--epochs", "0",
-                     *(paths.get(a, a) for a in extra))
+    if "--time" not in extra and "--pretrain-epochs" not in extra:
+        extra = [*extra, "--pretrain-epochs", "0", "--epochs", "0"]
+    result = run_cli(data3, "--out", out, "--preset", "tiny", "--device", "cpu", "--init", tiny, *(paths.get(a, a) for a in extra))
     assert result.exit_code != 0 and message in result.stderr, result.output
     assert len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_timed_run_with_generated_as_real_plans_on_uneven_batches(data3, tmp_path, pretrained):
+    """Timing steps cycle through the epoch's batches, its short last one too: the real windows'
+    mask follows each batch's size (40 windows in batches of 32: 32 and 8)."""
+    old, new = pretrained
+    result = train(options(data3, tmp_path / "d.safetensors", init=new, pretrain_epochs=0, discriminator_epochs=1,
+                           batch_size=32, val_clips=1, old_generator=str(old), generated_as_real=True))
+    assert result.steps >= 1
+
+
+def test_resume_needs_the_old_generator_where_it_was(data3, tmp_path, pretrained):
+    old, new = pretrained
+    kw = dict(init=new, pretrain_epochs=0, discriminator_epochs=1, batch_size=8, val_clips=1, checkpoint_every=2,
+              old_generator=str(old))
+    out = tmp_path / "model.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        train(options(data3, out, **kw), Events(at="step", n=3))
+    moved = tmp_path / "moved.safetensors"
+    old.rename(moved)
+    with pytest.raises(TrainingError, match=f"{old}: this run's --old-generator file is gone. Put it back there"):
+        train(options(data3, out, resume=True, **kw))
+    moved.rename(old)
+    assert train(options(data3, out, resume=True, **kw)).steps == 5
+
+
+def test_the_cli_keeps_the_old_generator_path_absolute(data3, tmp_path, pretrained, monkeypatch):
+    old, new = pretrained
+    monkeypatch.chdir(old.parent)
+    out = tmp_path / "m.safetensors"
+    result = run_cli(data3, "--out", out, "--preset", "tiny", "--device", "cpu", "--init", new, "--pretrain-epochs", "0",
+                     "--epochs", "0", "--discriminator-epochs", "1", "--batch-size", "8", "--val-clips", "1",
+                     "--old-generator", old.name)
+    assert result.exit_code == 0, result.output
+    assert load_weights(out).training["old_generator"]["file"] == str(old.resolve())

@@ -151,28 +151,46 @@ def test_the_fast_region_border_is_soft():
     assert len(values) > 3 and values.max() == 200  # a ramp from the window's 0 to the fast 200
 
 
-def test_a_fast_tube_pastes_the_moving_thing_of_another_clip_faster_at_another_place():
-    """The donor clip holds a bright square moving 1 px a frame; the tube carries it at k px a
-    frame into a still window of another clip, with the tube's own background around it."""
-    still = np.full((30, 96, 96), 90, np.uint8)
-    donor = moving_square_clip()
-    clips = [Clip("still", "still", still), Clip("donor", "donor", donor)]
-    window = still[10:21]
+def test_a_fast_tube_pastes_a_moving_square_of_the_skipped_window_at_another_place():
+    """Inside the pasted square's core every frame equals the skipped window's square at one
+    source place, which holds the moving thing; the paste lands at different places."""
+    window = np.full((11, 96, 96), 90, np.uint8)
+    fast = pseudo.skip_window(moving_square_clip(), 30, 3)  # the square moves 3 px a frame
     places = set()
-    for seed in range(12):
-        made = pseudo.make("fast-tube", clips, 0, 15, rng(seed))
-        assert made.shape == window.shape and made.dtype == np.uint8
+    for seed in range(6):
+        made = pseudo.fast_tube_window(window, fast, rng(seed))
         rows, cols = np.nonzero((made != window).any(axis=0))
-        if not len(rows):
-            continue  # a tube drawn from the still clip changes nothing
-        assert rows.max() - rows.min() < 96 // 3 + 1 and cols.max() - cols.min() < 96 // 3 + 1
-        places.add((rows.min() // 8, cols.min() // 8))
-        bright = [np.nonzero((f == 220).any(axis=0))[0] for f in made]
-        lefts = [int(b.min()) for b in bright if len(b)]
-        if len(lefts) == 11:  # the whole path inside the tube's core: it moves k px a frame, k in 2..5
-            steps = set(np.diff(lefts).tolist())
-            assert len(steps) == 1 and steps.pop() in pseudo.STRIDES
-    assert len(places) > 2  # pasted at different places, not where the donor's square was
+        y, x, side = rows.min(), cols.min(), rows.max() - rows.min() + 1
+        assert cols.max() - cols.min() + 1 == side and 96 // 6 <= side <= 96 // 3  # one square
+        places.add((y, x))
+        core = slice(side // 4, side - side // 4)  # the feathered border is the outer fifth
+        pasted = made[:, y : y + side, x : x + side][:, core, core]
+        sources = [
+            (sy, sx) for sy in range(96 - side + 1) for sx in range(96 - side + 1)
+            if np.array_equal(fast[:, sy : sy + side, sx : sx + side][:, core, core], pasted)
+        ]
+        assert sources, "the core is the skipped window's content, frame by frame"
+        sy, sx = sources[0]
+        assert (fast[:, sy : sy + side, sx : sx + side] == 220).any()  # drawn where the square moves
+    assert len(places) > 2
+
+
+def test_a_fast_tube_comes_from_a_clip_sampled_with_stride_k():
+    """Donor frames filled with their frame number: the pasted core's values step by k in 2..5."""
+    still = np.full((30, 64, 64), 250, np.uint8)
+    clips = [Clip("still", "still", still), Clip("count", "count", counting_clip(60)[:, :32, :32].repeat(2, 1).repeat(2, 2))]
+    steps = set()
+    for seed in range(20):
+        made = pseudo.make("fast-tube", clips, 0, 15, rng(seed))
+        changed = (made != 250).any(axis=0)
+        if not changed.any():
+            continue  # the tube came from the still clip
+        ys, xs = np.nonzero(changed)
+        cy, cx = (ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2  # the square's centre: its core
+        values = made[:, cy, cx].astype(int)
+        assert len(set(np.diff(values).tolist())) == 1
+        steps.add(int(values[1] - values[0]))
+    assert steps and steps <= set(pseudo.STRIDES)
 
 
 def test_a_fast_tube_lands_on_the_donor_motion_and_needs_a_long_enough_clip():

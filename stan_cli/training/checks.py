@@ -19,7 +19,7 @@ from ..fileio import is_stan_safetensors, written_by_stan
 from ..inference import PRECISIONS
 from ..model import PRESETS, WINDOW, Discriminator, Generator, StanConfig
 from ..video import is_frame_folder
-from .budget import check_duration, parse_shares
+from .budget import INIT_SHARES, SHARES, check_duration, parse_shares
 from .options import EPOCH_OPTIONS, PIXEL_NORMS, TrainOptions, is_recalibration
 
 MAX_EPOCHS = 100_000  # a phase's epochs: far past any real run, so that a slip of the keyboard is refused, not run for weeks
@@ -50,6 +50,7 @@ def check_options(opts: TrainOptions) -> None:
     _check_numbers(opts)
     _check_recipe(opts)
     _check_budget(opts)
+    _check_ognet(opts)
     _check_paths(opts)
 
 
@@ -100,7 +101,6 @@ def _cpus() -> int:
 
 def _check_recipe(opts: TrainOptions) -> None:
     """Combinations of epochs and --init that would train nothing, or the wrong thing."""
-    _check_ognet(opts)
     if opts.pretrain_epochs == 0 and opts.epochs == 0 and not opts.discriminator_epochs and opts.init is None and not opts.resume:
         raise TrainingError(
             "--pretrain-epochs 0 and --epochs 0 train nothing: the output would be random networks. "
@@ -123,15 +123,22 @@ def _check_recipe(opts: TrainOptions) -> None:
 
 
 def _check_ognet(opts: TrainOptions) -> None:
-    """--old-generator and --generated-as-real act in the discriminator phase only."""
+    """--old-generator and --generated-as-real act in the discriminator phase only (a resumed run
+    keeps its own: they are checked when it begins)."""
+    if opts.resume:
+        return
     if opts.generated_as_real and opts.old_generator is None:
         raise TrainingError(
             "--generated-as-real labels the current generator's windows real, so the generated fakes must come from "
             "another generator: add --old-generator FILE (an early checkpoint of the same networks)."
         )
-    if opts.old_generator is None or opts.resume:
+    if opts.old_generator is None:
         return
-    if not opts.discriminator_epochs and opts.time_budget is None:
+    if opts.time_budget is not None:
+        shares = parse_shares(opts.time_shares) if opts.time_shares is not None else INIT_SHARES if opts.init is not None else SHARES
+        if not shares["discriminator"]:
+            raise TrainingError("--old-generator acts in the discriminator phase only: give it a share of the time (--time-shares).")
+    elif not opts.discriminator_epochs:
         raise TrainingError("--old-generator acts in the discriminator phase only: add --discriminator-epochs N.")
     if not Path(opts.old_generator).is_file():
         raise TrainingError(f"{opts.old_generator}: no such weights file (--old-generator). Give an early checkpoint's .safetensors.")

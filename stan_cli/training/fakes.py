@@ -71,13 +71,18 @@ def load_old_generator(opts: TrainOptions, progress: dict, config, device) -> Ge
     if opts.old_generator is None:
         return None
     path = Path(opts.old_generator)
+    known = progress.get("old_generator")
+    if known is not None and not path.is_file():
+        raise TrainingError(
+            f"{path}: this run's --old-generator file is gone. Put it back there (sha256 {known['sha256'][:12]}) "
+            "and resume, or start a new run."
+        )
     stan = load_weights(path, option="--old-generator")
     if stan.config != config:
         raise TrainingError(
             f"{path}: its networks are another size than this run's; --old-generator takes an early "
             "checkpoint of the same network size (e.g. a weights file written after the first epochs)."
         )
-    known = progress.get("old_generator")
     if known is not None and known["sha256"] != stan.sha256:
         raise TrainingError(
             f"{path}: the --old-generator file changed since this run began (sha256 {stan.sha256[:12]}, "

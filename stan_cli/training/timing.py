@@ -23,7 +23,7 @@ from ..weights import save_checkpoint
 from ..windows import to_tensor
 from .budget import Costs
 from .data import epoch_batches
-from .fakes import pseudo_batch
+from .fakes import generated_real_rows, pseudo_batch
 from .options import TrainOptions, pseudo_plan
 from .ranks import Rank
 from .validation import validate, validate_pseudo
@@ -76,7 +76,8 @@ def _time_phase(phase: str, generator, discriminator, opts, rank, device, window
         start = time.perf_counter()
         x = to_tensor(torch.stack([windows[i] for i in batch])).to(device)  # (B, 11, 1, S, S) in [-1, 1]
         fakes = pseudo_batch(windows, batch, opts, 0, b, rank) if phase == "discriminator" else None
-        step(phase, x, generator, discriminator, opt_g, opt_d, opts, device, f"timing a {phase} step", Path("(timing)"), fakes)
+        real_rows = generated_real_rows(len(batch), opts, 0, b, rank) if phase == "discriminator" else None
+        step(phase, x, generator, discriminator, opt_g, opt_d, opts, device, f"timing a {phase} step", Path("(timing)"), fakes, real_rows=real_rows)
         _sync(device)
         if b >= WARMUP_STEPS:
             times.append(time.perf_counter() - start)
