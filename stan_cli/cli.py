@@ -642,10 +642,18 @@ class _TrainDisplay:
             self._say(
                 f"discriminator epoch {info['epoch']}: validation discriminator loss "
                 f"{info.get('val_loss_d', info['val_d'] + info['val_d_fake']):.4g} ({info['val_d']:.4g} on real, "
-                f"{info['val_d_fake']:.4g} on generated windows{motion}; chance 1.386){mark}"
+                f"{self._generated_terms(info)}{motion}; chance 1.386){mark}"
             )
         else:
             self._say(f"{info['phase']} epoch {info['epoch']}: validation pixel loss {info['val_pixel']:.5g}, -log D {info['val_d']:.4g}{mark}")
+
+    @staticmethod
+    def _generated_terms(info: dict) -> str:
+        """The generated windows' terms of the discriminator's validation loss, as the run mixes them."""
+        if "val_d_old" not in info:
+            return f"{info['val_d_fake']:.4g} on generated windows"
+        real = f", {info['val_d_generated_real']:.4g} on generated windows as real" if "val_d_generated_real" in info else ""
+        return f"{info['val_d_old']:.4g} on the old generator's windows{real}"
 
     def _on_resume(self, info: dict) -> None:  # said where the run goes on from: the first epoch, or the calibration
         self.task["resume"] = info

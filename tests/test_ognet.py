@@ -175,3 +175,4 @@ def test_the_cli_keeps_the_old_generator_path_absolute(data3, tmp_path, pretrain
                      "--old-generator", old.name)
     assert result.exit_code == 0, result.output
     assert load_weights(out).training["old_generator"]["file"] == str(old.resolve())
+    assert "on the old generator's windows" in result.output  # the epoch's validation line names its terms
