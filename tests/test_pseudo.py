@@ -156,7 +156,7 @@ def test_a_fast_tube_pastes_a_moving_square_of_the_skipped_window_at_another_pla
     source place, which holds the moving thing; the paste lands at different places."""
     window = np.full((11, 96, 96), 90, np.uint8)
     fast = pseudo.skip_window(moving_square_clip(), 30, 3)  # the square moves 3 px a frame
-    places = set()
+    places, carried = set(), 0
     for seed in range(6):
         made = pseudo.fast_tube_window(window, fast, rng(seed))
         rows, cols = np.nonzero((made != window).any(axis=0))
@@ -170,9 +170,11 @@ def test_a_fast_tube_pastes_a_moving_square_of_the_skipped_window_at_another_pla
             if np.array_equal(fast[:, sy : sy + side, sx : sx + side][:, core, core], pasted)
         ]
         assert sources, "the core is the skipped window's content, frame by frame"
-        sy, sx = sources[0]
-        assert (fast[:, sy : sy + side, sx : sx + side] == 220).any()  # drawn where the square moves
+        # drawn where the square moves (a core of plain background matches many places; one of them)
+        assert any((fast[:, sy : sy + side, sx : sx + side] == 220).any() for sy, sx in sources)
+        carried += bool((pasted == 220).any())
     assert len(places) > 2
+    assert carried >= 3  # mostly the moving square itself is carried, not only its surroundings
 
 
 def test_a_fast_tube_comes_from_a_clip_sampled_with_stride_k():
