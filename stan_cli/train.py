@@ -406,8 +406,7 @@ def _end_of_epoch(run: _Run, phase: str, val_clips: list[Clip], fraction: float 
     opts, progress = run.opts, run.progress
     start = time.perf_counter()
     scores = validate(run.generator, run.discriminator, val_clips, run.device, generated=True) if val_clips else None
-    generators = (run.generator, run.old_generator)
-    record = epoch_record(opts, phase, progress, scores, run.discriminator, val_clips, run.device, generators)
+    record = epoch_record(opts, phase, progress, scores, run.discriminator, val_clips, run.device, run.old_generator)
     if fraction is not None:
         record["epoch_fraction"] = round(fraction, 4)
     selected = is_selected(opts, record, progress.get("best"), bool(val_clips))

@@ -38,33 +38,34 @@ def selection_value(phase: str, record: dict) -> float:
     return record["val_pixel"]
 
 
-def epoch_record(opts: TrainOptions, phase: str, progress: dict, scores, discriminator, val_clips, device, generators=(None, None)) -> dict:
-    """An epoch end's validation record from `validate(..., generated=True)`'s three arrays
-    (None without validation windows: every value NaN). `generators`: the current one and
-    --old-generator's (None without it), for the discriminator phase's OGNet terms."""
+def epoch_record(opts: TrainOptions, phase: str, progress: dict, scores, discriminator, val_clips, device, old_generator=None) -> dict:
+    """An epoch end's validation record from `validate(..., generated=True)`'s four arrays
+    (None without validation windows: every value NaN). `old_generator`: --old-generator's (None
+    without it), for the discriminator phase's OGNet term."""
     nan = float("nan")
     record = {"phase": phase, "epoch": progress["epoch"], "step": progress["step"], "val_pixel": nan, "val_d": nan, "val_d_fake": nan}
     if scores is None:
         return record
-    pixel, d, d_fake = scores
+    pixel, d, d_fake, d_generated_real = scores
     record.update(val_pixel=float(pixel.mean()), val_d=float(d.mean()), val_d_fake=float(d_fake.mean()))
     if phase == "discriminator":
-        record.update(_d_validation(opts, discriminator, val_clips, d, d_fake, device, generators))
+        record.update(_d_validation(opts, discriminator, val_clips, d, (d_fake, d_generated_real), device, old_generator))
     return record
 
 
-def _d_validation(opts: TrainOptions, discriminator, val_clips, d: np.ndarray, d_fake: np.ndarray, device, generators) -> dict:
+def _d_validation(opts: TrainOptions, discriminator, val_clips, d: np.ndarray, generated_losses, device, old) -> dict:
     """The discriminator phase's validation: L_D with the training mix (real windows, and with
     --generated-as-real those with the current generator's middle frame, half each; then
     pseudo-anomalies for `share` of the fakes and generated windows, --old-generator's when given,
-    for the rest), and the AUC of its d score between the normal windows and their pseudo-anomalies."""
+    for the rest), and the AUC of its d score between the normal windows and their pseudo-anomalies.
+    `generated_losses`: -log(1 - D) and -log D on the windows with the current generator's middle frame."""
     kinds, share = pseudo_plan(opts)
-    current, old = generators
+    d_fake, d_generated_real = generated_losses
     record, real, generated = {}, float(d.mean()), float(d_fake.mean())
     if old is not None:
         generated = record["val_d_old"] = float(validate_generated(old, discriminator, val_clips, device)[0].mean())
-    if opts.generated_as_real and current is not None:
-        record["val_d_generated_real"] = float(validate_generated(current, discriminator, val_clips, device)[1].mean())
+    if opts.generated_as_real:
+        record["val_d_generated_real"] = float(d_generated_real.mean())
         real = (real + record["val_d_generated_real"]) / 2
     if not kinds:
         return record | {"val_loss_d": real + generated}

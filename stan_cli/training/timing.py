@@ -53,12 +53,9 @@ def measure(
         pseudo = _time_validation(lambda: validate_pseudo(discriminator, [sample], kinds, device), device) if kinds and "discriminator" in phases else 0.0
         checkpoint_s = _time_checkpoint(opts, generator, discriminator) if rank.main else 0.0  # rank 0 writes them
     val_windows = len(WindowSet(val_clips))
-    # the discriminator phase's OGNet terms score the windows again, once each (a generator and a discriminator pass)
-    ognet = (opts.old_generator is not None) + bool(opts.generated_as_real)
-    end_s = {
-        p: val_windows * (per_window + ((pseudo + ognet * per_window) if p == "discriminator" else 0.0)) + PLOT_S + checkpoint_s
-        for p in phases
-    }
+    # --old-generator's term scores the windows once more (a generator and a discriminator pass)
+    old = per_window if opts.old_generator is not None else 0.0
+    end_s = {p: val_windows * (per_window + ((pseudo + old) if p == "discriminator" else 0.0)) + PLOT_S + checkpoint_s for p in phases}
     return Costs(
         device=str(device), step_s={p: t + checkpoint_s / opts.checkpoint_every for p, t in step_s.items()},
         epoch_steps=len(epoch_batches(len(windows), opts, "pretrain", 0, rank)), end_s=end_s,

@@ -16,13 +16,14 @@ VAL_PSEUDO_SEED = 20180415  # the validation pseudo-anomalies are the same for e
 
 def validate(generator, discriminator, clips: list[Clip], device, batch_size: int = 8, generated: bool = False):
     """Per-window pixel loss and -log D(S_t) on the given clips: two float64 arrays; with
-    `generated`, a third: -log(1 - D(S^_t)), the discriminator's loss on the generated window.
+    `generated`, two more from one pass over the generated window S^_t: -log(1 - D(S^_t)), the
+    discriminator's loss labelling it fake, and -log D(S^_t), labelling it real (--generated-as-real).
 
     Always fp32, whatever the training precision: calibration must match `stan detect`'s default.
     """
     generator.eval()
     discriminator.eval()
-    columns: list[list[np.ndarray]] = [[], [], []]
+    columns: list[list[np.ndarray]] = [[], [], [], []]
     loader = torch.utils.data.DataLoader(WindowSet(clips), batch_size=batch_size, shuffle=False)
     with torch.no_grad():
         for batch in loader:
@@ -33,6 +34,7 @@ def validate(generator, discriminator, clips: list[Clip], device, batch_size: in
             if generated:
                 logits = discriminator(with_middle(x, scores.prediction.to(x.dtype)))
                 columns[2].append(d_loss_map(logits, real=False).cpu().double().numpy())
+                columns[3].append(d_loss_map(logits, real=True).cpu().double().numpy())
     generator.train()
     discriminator.train()
     arrays = tuple(np.concatenate(c) if c else np.zeros(0) for c in columns)
