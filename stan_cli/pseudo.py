@@ -95,25 +95,38 @@ def patch_window(window: np.ndarray, donor: np.ndarray, rng: np.random.Generator
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+Box = tuple[int, int, int]  # where a local pseudo-anomaly was pasted: top, left, side (pixels)
+
+
 def fast_region_window(window: np.ndarray, fast: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """`window` (11, S, S) with one square region taken from `fast`, the skipped window around the
     same centre frame, blended in with a feathered border. The region is drawn with a probability
     that grows with the skipped window's motion inside it (squared), so it holds a moving thing
     rather than still background; where nothing moves, anywhere."""
+    return placed_fast_region(window, fast, rng)[0]
+
+
+def placed_fast_region(window: np.ndarray, fast: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, Box]:
+    """fast_region_window's window and the square it replaced (the same draws)."""
     size = window.shape[-1]
     side = int(rng.integers(size // 6, size // 3 + 1))
     y, x = _moving_square(fast, side, rng)
-    return _paste(window, fast[:, y : y + side, x : x + side], y, x)
+    return _paste(window, fast[:, y : y + side, x : x + side], y, x), (y, x, side)
 
 
 def fast_tube_window(window: np.ndarray, fast: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """`window` (11, S, S) with a square tube of `fast` (a skipped window of another clip or time),
     drawn where it moves like `fast_region_window`'s region, pasted at a uniformly drawn place."""
+    return placed_fast_tube(window, fast, rng)[0]
+
+
+def placed_fast_tube(window: np.ndarray, fast: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, Box]:
+    """fast_tube_window's window and the square the tube was pasted into (the same draws)."""
     size = window.shape[-1]
     side = int(rng.integers(size // 6, size // 3 + 1))
     y, x = _moving_square(fast, side, rng)
     to_y, to_x = (int(v) for v in rng.integers(0, size - side + 1, size=2))
-    return _paste(window, fast[:, y : y + side, x : x + side], to_y, to_x)
+    return _paste(window, fast[:, y : y + side, x : x + side], to_y, to_x), (to_y, to_x, side)
 
 
 def _moving_square(fast: np.ndarray, side: int, rng: np.random.Generator) -> tuple[int, int]:
@@ -180,10 +193,35 @@ def make(kind: str, clips: list, clip: int, t: int, rng: np.random.Generator) ->
 def _fast_tube(window: np.ndarray, clips: list, rng: np.random.Generator) -> np.ndarray:
     """A `fast_tube_window` whose tube comes from a skipped window of a random clip and time (one
     long enough for stride 2 at least; with none, the window's frames frozen instead)."""
+    fast = _tube_source(clips, rng)
+    return repeat_window(window, rng) if fast is None else fast_tube_window(window, fast, rng)
+
+
+def _tube_source(clips: list, rng: np.random.Generator) -> np.ndarray | None:
+    """A skipped window of a random clip and time long enough for stride 2 at least; None if no clip is."""
     long_enough = [i for i, c in enumerate(clips) if len(c.frames) > 2 * CONTEXT * STRIDES[0]]
     if not long_enough:
-        return repeat_window(window, rng)
+        return None
     frames = clips[long_enough[int(rng.integers(len(long_enough)))]].frames
     t = int(rng.integers(CONTEXT * STRIDES[0], len(frames) - CONTEXT * STRIDES[0]))
-    fast = skip_window(frames, t, int(rng.choice(fitting_strides(len(frames), t))))
-    return fast_tube_window(window, fast, rng)
+    return skip_window(frames, t, int(rng.choice(fitting_strides(len(frames), t))))
+
+
+LOCAL_KINDS = ("fast-region", "fast-tube")  # the kinds whose anomaly has a place: make_located
+
+
+def make_located(kind: str, clips: list, clip: int, t: int, rng: np.random.Generator) -> tuple[np.ndarray, Box] | None:
+    """A local pseudo-anomaly (LOCAL_KINDS) from the window centred on frame t of clips[clip], and
+    the square that holds it: what a map of the anomaly should point at (benchmarks/val_maps.py).
+    None where the kind cannot be made there (no stride fits around t; no clip long enough)."""
+    frames = clips[clip].frames
+    window = np.array(frames[t - CONTEXT : t + CONTEXT + 1])  # (11, S, S)
+    if kind == "fast-region":
+        strides = fitting_strides(len(frames), t)
+        if not strides:
+            return None
+        return placed_fast_region(window, skip_window(frames, t, int(rng.choice(strides))), rng)
+    if kind == "fast-tube":
+        fast = _tube_source(clips, rng)
+        return None if fast is None else placed_fast_tube(window, fast, rng)
+    raise ValueError(f"{kind!r} has no place; use one of {', '.join(LOCAL_KINDS)}")
