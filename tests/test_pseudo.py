@@ -272,3 +272,30 @@ def test_ranking_auc_by_hand():
     assert ranking_auc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 0.0
     assert ranking_auc(np.array([1.0, 2.0]), np.array([1.0, 3.0])) == 0.625  # (0.5 + 0 + 1 + 1) / 4
     assert np.isnan(ranking_auc(np.zeros(0), np.ones(2)))
+
+
+@pytest.mark.parametrize("kind", pseudo.LOCAL_KINDS)
+def test_a_located_pseudo_anomaly_is_make_s_window_and_its_square_holds_every_change(kind):
+    """make_located draws as make does (training is unchanged by it), and the window differs from
+    the normal one only inside the square it names: what val_maps.py counts a map's hit against."""
+    clips = [Clip("a", "a", moving_square_clip()), Clip("b", "b", moving_square_clip()[::-1].copy())]
+    inside_changed = 0
+    for seed in range(8):
+        made, (y, x, side) = pseudo.make_located(kind, clips, 0, 30, rng(seed))
+        assert np.array_equal(made, pseudo.make(kind, clips, 0, 30, rng(seed)))
+        size = made.shape[-1]
+        assert 0 <= y and 0 <= x and y + side <= size and x + side <= size and size // 6 <= side <= size // 3
+        window = clips[0].frames[25:36]
+        outside = np.ones((size, size), bool)
+        outside[y : y + side, x : x + side] = False
+        assert np.array_equal(made[:, outside], window[:, outside])
+        inside_changed += bool((made != window).any())
+    assert inside_changed >= 4
+
+
+def test_a_located_pseudo_anomaly_is_none_where_it_cannot_be_made():
+    short = [Clip("s", "s", counting_clip(11))]
+    assert pseudo.make_located("fast-region", short, 0, 5, rng()) is None  # no stride fits
+    assert pseudo.make_located("fast-tube", short, 0, 5, rng()) is None  # no clip long enough
+    with pytest.raises(ValueError):
+        pseudo.make_located("skip", short, 0, 5, rng())

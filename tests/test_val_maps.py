@@ -1,0 +1,77 @@
+"""benchmarks/val_maps.py: the map validation on local pseudo-anomalies of held-out clips. Its
+guided variant `mean/L2/sum` must be exactly the map `stan detect` draws, the hit and lift must
+count against the pasted square, and the whole run must go through on tiny weights."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import make_clip, tiny_models, write_video
+from stan_cli.inference import GUIDED_LAYER, guided_backprop, guided_from_activations, smooth_guided
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "val_maps.py"
+
+
+@pytest.fixture(scope="module")
+def val_maps():
+    spec = importlib.util.spec_from_file_location("val_maps", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_stan_variants_are_the_maps_detect_and_explain_draw(val_maps):
+    _, d = tiny_models()
+    x = torch.rand(3, 11, 1, 32, 32) * 2 - 1
+    pre, h = [], x.transpose(1, 2)
+    with torch.no_grad():
+        for conv in d.convs[:-1]:
+            pre.append(conv(h))
+            h = F.elu(pre[-1])
+        pre.append(d.convs[-1](h))
+    detect_map = smooth_guided(guided_from_activations(d.convs, pre[GUIDED_LAYER:], (32, 32)))
+    assert torch.allclose(val_maps.guided_maps(d, x, f"mean/L{GUIDED_LAYER}/sum"), detect_map, rtol=1e-4, atol=1e-9)
+    explain_map = smooth_guided(guided_backprop(d, x))
+    assert torch.allclose(val_maps.guided_maps(d, x, "mean/L0/sum"), explain_map, rtol=1e-4, atol=1e-9)
+    for variant in val_maps.VARIANTS:
+        m = val_maps.guided_maps(d, x, variant)
+        assert m.shape == (3, 32, 32) and torch.isfinite(m).all() and (m >= 0).all()
+
+
+def test_a_hit_is_a_maximum_inside_the_square_and_lift_is_the_square_s_share(val_maps):
+    maps = torch.ones(2, 10, 10)
+    maps[0, 2, 3] = 11.0  # inside the square at (1, 2), side 3
+    maps[1, 8, 8] = 11.0  # outside it
+    hits, lifts = val_maps.measures(maps, [(1, 2, 3), (1, 2, 3)])
+    assert hits == [True, False]
+    mean = (99 + 11) / 100
+    assert lifts[0] == pytest.approx((8 + 11) / 9 / mean) and lifts[1] == pytest.approx(1 / mean)
+
+
+def test_the_benchmark_runs_on_tiny_weights_and_reads_only_the_held_out_clips(val_maps, tiny_weights, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "train"
+    data.mkdir()
+    for k in range(3):
+        write_video(data / f"clip{k}.mp4", make_clip(n=40, seed=k, anomaly=range(0)))
+    out = tmp_path / "maps.json"
+    monkeypatch.setattr(sys, "argv", ["val_maps.py", str(tiny_weights), "--data", str(data), "--val-clips", "1",
+                                      "--every", "3", "--cache", str(tmp_path / "cache"), "--json", str(out)])
+    val_maps.main()
+    (res,) = json.loads(out.read_text())
+    # one held-out clip of 40 frames: 30 windows (middles 5..34), every 3rd -> 10; a fast region
+    # needs stride 2 to fit around the middle (10..29): 7 of them (all 3 clips would give 3x more)
+    assert res["windows"] == {"fast-region": 7, "fast-tube": 10}
+    names = {"pixel_loss", "window_diff", *(f"guided/{v}" for v in val_maps.VARIANTS)}
+    for kind in ("fast-region", "fast-tube"):
+        assert set(res["maps"][kind]) == names
+        for m in res["maps"][kind].values():
+            assert 0 <= m["hit_rate"] <= 1 and np.isfinite(m["lift"])
+    assert "guided/mean/L2/sum" in capsys.readouterr().out
