@@ -25,6 +25,13 @@ Maps, each at the network resolution:
                                  frames (explain's panel d)
                       reduction  how |gradient| becomes one map: `sum` over channels and time
                                  steps (stan's), `mid` the middle frame only (L0 only)
+  d_patches           the discriminator's own verdict per patch: -log D of each of its 7 x 7
+                      patches (at 224), brought to the frame (bilinear); no backward pass
+  gradcam/L3          Grad-CAM (Selvaraju et al., ICCV 2017) of the d score at the input of D's
+                      fourth convolution (28 x 28 at 224): that input's channels weighted by their
+                      mean gradient, summed, negative parts cut, summed over time, upsampled
+  guided*gradcam      guided/mean/L2/sum times gradcam/L3 (each over its own maximum), smoothed:
+                      Grad-CAM's "guided Grad-CAM", the guided map kept where D's verdict is
 No test clip or label is read. The rule that uses it is in docs/discriminator.md.
 """
 
@@ -76,7 +83,7 @@ def _target(losses: torch.Tensor, target: str) -> torch.Tensor:
     raise ValueError(target)
 
 
-def guided_maps(discriminator, x: torch.Tensor, variant: str) -> torch.Tensor:
+def guided_maps(discriminator, x: torch.Tensor, variant: str, smooth: bool = True) -> torch.Tensor:
     """(B, 11, 1, S, S) windows -> (B, S, S) the variant's guided map, smoothed as detect draws it."""
     target, cut, reduction = variant.split("/")
     first = int(cut[1:])
@@ -100,7 +107,35 @@ def guided_maps(discriminator, x: torch.Tensor, variant: str) -> torch.Tensor:
         raise ValueError(reduction)
     if heat.shape[-2:] != size:
         heat = F.interpolate(heat[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return smooth_guided(heat)
+    return smooth_guided(heat) if smooth else heat
+
+
+GRADCAM_LAYER = 3
+
+
+def verdict_maps(discriminator, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(B, 11, 1, S, S) windows -> d_patches and gradcam/L3, each (B, S, S)."""
+    size = tuple(x.shape[-2:])
+    with torch.no_grad():
+        h = x.transpose(1, 2)
+        for conv in discriminator.convs[:GRADCAM_LAYER]:
+            h = F.elu(conv(h))
+    with torch.enable_grad():
+        a = h.detach().requires_grad_(True)  # (B, C, T, h, w): the input of convolution GRADCAM_LAYER
+        z = a
+        for conv in discriminator.convs[GRADCAM_LAYER:-1]:
+            z = F.elu(conv(z))
+        losses = d_patch_losses(discriminator.convs[-1](z)[:, 0, 0], real=True)  # (B, patches)
+        (grad,) = torch.autograd.grad(losses.mean(dim=1).sum(), a)
+    side = int(round(losses.shape[1] ** 0.5))
+    patches = losses.detach().reshape(-1, 1, side, side)
+    cam = (grad.mean(dim=(2, 3, 4), keepdim=True) * a.detach()).sum(dim=1).clamp(min=0).sum(dim=1)  # (B, h, w)
+    up = lambda m: F.interpolate(m, size=size, mode="bilinear", align_corners=False)[:, 0]  # noqa: E731
+    return {"d_patches": up(patches), "gradcam/L3": up(cam[:, None])}
+
+
+def _unit(m: torch.Tensor) -> torch.Tensor:
+    return m / m.flatten(1).amax(dim=1).clamp(min=1e-30)[:, None, None]
 
 
 def measures(maps: torch.Tensor, boxes: list[pseudo.Box]) -> tuple[list[bool], list[float]]:
@@ -121,7 +156,7 @@ def evaluate(path: Path, data: Path, val_clips: int, every: int, cache: Path, ba
     clips = load_clips(data, stan.config.image_size, cache)
     _, val = split_validation(clips, val_clips)
     made = located_windows(val, every)
-    names = ("pixel_loss", "window_diff", *(f"guided/{v}" for v in VARIANTS))
+    names = ("pixel_loss", "window_diff", *(f"guided/{v}" for v in VARIANTS), "d_patches", "gradcam/L3", "guided*gradcam")
     found = {kind: {name: ([], []) for name in names} for kind in pseudo.LOCAL_KINDS}
     for i in range(0, len(made), batch_size):
         chunk = made[i : i + batch_size]
@@ -138,6 +173,9 @@ def evaluate(path: Path, data: Path, val_clips: int, every: int, cache: Path, ba
         }
         for v in VARIANTS:
             maps[f"guided/{v}"] = guided_maps(stan.discriminator, x, v)
+        maps.update(verdict_maps(stan.discriminator, x))
+        raw_guided = guided_maps(stan.discriminator, x, f"mean/L{GUIDED_LAYER}/sum", smooth=False)
+        maps["guided*gradcam"] = smooth_guided(_unit(raw_guided) * _unit(maps["gradcam/L3"]))
         for name, m in maps.items():
             hits, lifts = measures(m, boxes)
             for kind, hit, lift in zip(kinds, hits, lifts):

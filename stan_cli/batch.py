@@ -221,25 +221,10 @@ def detect_many(
         raise InputError("no inputs given. Name video files, frame folders, or a folder of videos.")
     world = World.from_env()
     model = weights if isinstance(weights, Stan) else load_weights(Path(weights) if weights else find_default_weights())
-    dev = resolve_device(device)
+    dev = _rank_device(resolve_device(device), world)
     check_batch_size(detect_kwargs.get("batch_size", 8), model.config, dev)
-    if world.size > 1 and dev.type == "cuda":
-        if world.local_rank >= torch.cuda.device_count():
-            raise StanError(
-                f"torchrun started process {world.local_rank} of this machine, which has {torch.cuda.device_count()} "
-                "CUDA device(s). Use one process per GPU (--nproc_per_node), or --device cpu."
-            )
-        dev = torch.device("cuda", world.local_rank)
-        torch.cuda.set_device(dev)
     entries = [BatchEntry(i, path, name) for i, (path, name) in enumerate(zip(paths, report_names(paths)))]
-    for entry in entries:  # `frames/01 frames/02 --out frames`: a report would land inside each input
-        report_dir = out / entry.name
-        try:
-            inside = report_dir.is_dir() and entry.input.is_dir() and os.path.samefile(report_dir, entry.input)
-        except OSError:  # an input that cannot be looked at is not OUT's subfolder: its own row says why
-            inside = False
-        if inside:
-            raise OutputError(f"{out}: {entry.input}'s report would go into {entry.input} itself. Choose another --out.")
+    _refuse_reports_inside_inputs(out, entries)
     own_group = world.size > 1 and not dist.is_initialized()
     if own_group:
         dist.init_process_group("gloo", timeout=GATHER_TIMEOUT)
@@ -261,6 +246,32 @@ def detect_many(
         if own_group:
             dist.destroy_process_group()
     return BatchResult(out, entries, out / "index.html" if index is not None else None)
+
+
+def _rank_device(dev: torch.device, world: World) -> torch.device:
+    """The device of this process: under torchrun on CUDA, the GPU of its local rank."""
+    if world.size == 1 or dev.type != "cuda":
+        return dev
+    if world.local_rank >= torch.cuda.device_count():
+        raise StanError(
+            f"torchrun started process {world.local_rank} of this machine, which has {torch.cuda.device_count()} "
+            "CUDA device(s). Use one process per GPU (--nproc_per_node), or --device cpu."
+        )
+    dev = torch.device("cuda", world.local_rank)
+    torch.cuda.set_device(dev)
+    return dev
+
+
+def _refuse_reports_inside_inputs(out: Path, entries: list[BatchEntry]) -> None:
+    """`frames/01 frames/02 --out frames`: a report would land inside each input. An OutputError."""
+    for entry in entries:
+        report_dir = out / entry.name
+        try:
+            inside = report_dir.is_dir() and entry.input.is_dir() and os.path.samefile(report_dir, entry.input)
+        except OSError:  # an input that cannot be looked at is not OUT's subfolder: its own row says why
+            inside = False
+        if inside:
+            raise OutputError(f"{out}: {entry.input}'s report would go into {entry.input} itself. Choose another --out.")
 
 
 def _prepare(out: Path, overwrite: bool, world: World, inputs: list[Path], stack: contextlib.ExitStack) -> None:

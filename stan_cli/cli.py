@@ -338,10 +338,16 @@ def detect(
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         raise typer.Exit(130)
-    from .report import flagged_but_short
-
     for message in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+    out.print(_detect_table(video, result))
+    out.print(f"Results written to [bold]{escape(str(out_dir))}[/] (open {escape(str(out_dir / 'index.html'))})", highlight=False)
+
+
+def _detect_table(video: Path, result) -> Table:
+    """The summary of one detect run as the terminal shows it: frames, weights, threshold, segments, time."""
+    from .report import flagged_but_short
+
     s = result.summary
     table = Table(title=escape(f"stan detect: {video.name}"), show_header=False)
     table.add_row("frames", f"{result.n_frames} ({s['scored_frames']} scored), {result.info.fps:g} fps{' (assumed; set --fps)' if result.info.fps_assumed else ''}, {result.info.width}x{result.info.height}")
@@ -357,8 +363,7 @@ def detect(
         table.add_row("segments", f"none: {why}" if why else "none flagged")
     t = s["timings"]
     table.add_row("time", f"{t['total_s']:.1f} s ({t['scoring_s']:.1f} s scoring, {result.n_frames / max(t['scoring_s'], 1e-9):.1f} frames/s)")
-    out.print(table)
-    out.print(f"Results written to [bold]{escape(str(out_dir))}[/] (open {escape(str(out_dir / 'index.html'))})", highlight=False)
+    return table
 
 
 class _StageBars:

@@ -219,22 +219,7 @@ def plot_scores(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(t, raw, color="#1f5fa8", linewidth=1.2, label="raw score")
-
-    half = frame_period(t) / 2
-    for i, seg in enumerate(segments):
-        ax.axvspan(
-            t[seg.start] - half,
-            t[seg.end] + half,
-            color="#d62728",
-            alpha=0.18,
-            linewidth=0,
-            label="abnormal segment" if i == 0 else None,
-        )
-    if threshold is not None and math.isfinite(threshold):
-        ax.axhline(
-            threshold, color="#d62728", linestyle="--", linewidth=1.0,
-            label=f"threshold {threshold:.4g}",
-        )
+    _draw_flagging(ax, t, segments, threshold)
     if not np.isfinite(raw).any():
         ax.text(0.5, 0.5, "no scored frames", transform=ax.transAxes, ha="center", va="center")
 
@@ -254,6 +239,16 @@ def plot_scores(
     fig.savefig(buf, format="png")
     fig.clear()
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _draw_flagging(ax, t: np.ndarray, segments: Sequence[Segment], threshold: float | None) -> None:
+    """The flagged segments shaded (each a frame period wide at least) and the threshold dashed."""
+    half = frame_period(t) / 2
+    for i, seg in enumerate(segments):
+        ax.axvspan(t[seg.start] - half, t[seg.end] + half, color="#d62728", alpha=0.18, linewidth=0,
+                   label="abnormal segment" if i == 0 else None)
+    if threshold is not None and math.isfinite(threshold):
+        ax.axhline(threshold, color="#d62728", linestyle="--", linewidth=1.0, label=f"threshold {threshold:.4g}")
 
 
 # --------------------------------------------------------------------------- words

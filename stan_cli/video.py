@@ -854,8 +854,9 @@ class FrameStream:
         more, with and without error concealment (`concealed_frames`): the frames that differ
         are those the decoder patched up, and those predicted from them up to the next keyframe.
         A decoder that conceals nothing (some codecs) gives no difference; then the run is where
-        the damage can be: from the frame reached when the first complaint was logged (ffmpeg
-        decodes ahead of the pipe) to the keyframe after the last complaint plus that lead."""
+        the damage can be: from the keyframe at or before the frame reached when the first
+        complaint was logged to the keyframe after the last complaint plus the decoder's lead
+        (ffmpeg decodes ahead of the pipe)."""
         errors = self._gen.errors
         if not errors or not self.finished or self.info.kind != "video" or not self.count:
             return None
@@ -867,9 +868,15 @@ class FrameStream:
                 "messages": messages[:3]}
 
     def _damage_estimate(self) -> list[tuple[int, int]]:
+        """From the keyframe at or before the frame reached when the first complaint was read, to
+        the keyframe after the last complaint plus the decoder's lead. The start is a keyframe
+        because the position is read late when our log thread waits for the CPU (a busy machine):
+        the damaged frame can then lie a few frames before it, never before its own keyframe."""
         errors, last_frame = self._gen.errors, self.count - 1
-        first, last = min(errors[0][0], last_frame), errors[-1][0] + DECODE_LEAD
-        end = next((k - 1 for k in keyframes(self.info.path) or [] if k > last), last_frame)
+        keys = keyframes(self.info.path) or []
+        reached, last = min(errors[0][0], last_frame), errors[-1][0] + DECODE_LEAD
+        first = max((k for k in keys if k <= reached), default=reached)
+        end = next((k - 1 for k in keys if k > last), last_frame)
         return [(first, max(first, min(end, last_frame)))]
 
     @property

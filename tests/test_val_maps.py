@@ -69,9 +69,35 @@ def test_the_benchmark_runs_on_tiny_weights_and_reads_only_the_held_out_clips(va
     # one held-out clip of 40 frames: 30 windows (middles 5..34), every 3rd -> 10; a fast region
     # needs stride 2 to fit around the middle (10..29): 7 of them (all 3 clips would give 3x more)
     assert res["windows"] == {"fast-region": 7, "fast-tube": 10}
-    names = {"pixel_loss", "window_diff", *(f"guided/{v}" for v in val_maps.VARIANTS)}
+    names = {"pixel_loss", "window_diff", *(f"guided/{v}" for v in val_maps.VARIANTS), "d_patches", "gradcam/L3", "guided*gradcam"}
     for kind in ("fast-region", "fast-tube"):
         assert set(res["maps"][kind]) == names
         for m in res["maps"][kind].values():
             assert 0 <= m["hit_rate"] <= 1 and np.isfinite(m["lift"])
     assert "guided/mean/L2/sum" in capsys.readouterr().out
+
+
+def test_the_verdict_maps_are_d_s_patch_losses_and_grad_cam_of_the_d_score(val_maps):
+    """d_patches: -log D per patch, brought to the frame; gradcam/L3: Grad-CAM computed here again
+    with a hook on D's fourth convolution and a plain backward pass of the whole network."""
+    from stan_cli.model import d_loss_map, d_patch_losses
+
+    _, d = tiny_models()
+    x = torch.rand(2, 11, 1, 32, 32) * 2 - 1
+    maps = val_maps.verdict_maps(d, x)
+    logits = d(x).detach()
+    patches = d_patch_losses(logits, real=True).reshape(2, 1, *logits.shape[-2:])
+    expected = F.interpolate(patches, size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    assert torch.allclose(maps["d_patches"], expected, rtol=1e-5)
+
+    seen = {}
+    hook = d.convs[val_maps.GRADCAM_LAYER].register_forward_pre_hook(lambda m, args: seen.update(a=args[0]) or None)
+    x.requires_grad_(True)
+    score = d_loss_map(d(x), real=True).sum()
+    hook.remove()
+    (grad,) = torch.autograd.grad(score, seen["a"])
+    a = seen["a"].detach()
+    cam = (grad.mean(dim=(2, 3, 4), keepdim=True) * a).sum(dim=1).clamp(min=0).sum(dim=1)
+    expected = F.interpolate(cam[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    assert torch.allclose(maps["gradcam/L3"], expected, rtol=1e-4, atol=1e-9)
+    assert (maps["gradcam/L3"] >= 0).all()
