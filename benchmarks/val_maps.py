@@ -87,6 +87,8 @@ def guided_maps(discriminator, x: torch.Tensor, variant: str, smooth: bool = Tru
     """(B, 11, 1, S, S) windows -> (B, S, S) the variant's guided map, smoothed as detect draws it."""
     target, cut, reduction = variant.split("/")
     first = int(cut[1:])
+    if reduction == "mid" and first != 0:
+        raise ValueError(f"{variant}: the middle frame is a time step of the input only (L0)")
     size = tuple(x.shape[-2:])
     with torch.no_grad():
         h = x.transpose(1, 2)  # (B, 1, 11, S, S)

@@ -871,7 +871,8 @@ class FrameStream:
         """From the keyframe at or before the frame reached when the first complaint was read, to
         the keyframe after the last complaint plus the decoder's lead. The start is a keyframe
         because the position is read late when our log thread waits for the CPU (a busy machine):
-        the damaged frame can then lie a few frames before it, never before its own keyframe."""
+        the damaged frame can then lie a few frames before it, and damage starts no earlier than
+        its own keyframe. (A log read later than a whole group of pictures can still miss it.)"""
         errors, last_frame = self._gen.errors, self.count - 1
         keys = keyframes(self.info.path) or []
         reached, last = min(errors[0][0], last_frame), errors[-1][0] + DECODE_LEAD

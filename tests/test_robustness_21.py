@@ -354,23 +354,37 @@ def test_explain_on_a_damaged_video_says_so(tmp_path, tiny_weights):
 def test_without_concealment_to_compare_the_damage_is_bounded_by_keyframes(tmp_path, monkeypatch):
     """A decoder that conceals nothing leaves the two decodes alike: the run reported is where the
     damage can be, from the keyframe before the first complaint to the keyframe after the last one
-    (and its lead). A complaint read late (our log thread waiting for a busy CPU: simulated by
-    moving every complaint's position 3 frames on) does not move the start past the damage."""
+    (and its lead)."""
     from stan_cli import video as video_module
 
     _, damaged = _damaged_video(tmp_path)
     monkeypatch.setattr(video_module, "concealed_frames", lambda path: [])
     _, stream = video_module.read_frames(damaged)
     list(stream)
+    errors = stream.decode_errors
+    assert errors is not None and errors["exact"] is False
+    (first, last), = errors["frames"]
     keys = video_module.keyframes(damaged)
-    assert keys[:3] == [0, 12, 24]
-    for late in (0, 3):
-        stream._gen.errors = [(min(at + late, 59), text) for at, text in stream._gen.errors]
-        stream._damage = None
-        errors = stream.decode_errors
-        assert errors is not None and errors["exact"] is False
-        (first, last), = errors["frames"]
-        assert first in keys and last + 1 in [*keys, 60] and first <= 24 <= last, (late, first, last)
+    assert keys[:3] == [0, 12, 24] and first in keys and last + 1 in [*keys, 60] and first <= 24 <= last
+
+
+@pytest.mark.parametrize("read_at, expected", [
+    (27, (24, 59)),  # read 3 frames late, the damage at 24: the start goes back to 24's keyframe
+    (23, (12, 59)),  # read early (ffmpeg decodes ahead): the keyframe before, a group more than needed
+    (36, (36, 71)),  # read on a keyframe (36 + 32 = 68: up to the keyframe 72)
+    (5, (0, 47)),    # the end: the keyframe after the last complaint plus the lead (5 + 32 = 37 -> 48)
+])
+def test_the_estimated_damage_starts_at_the_keyframe_before_the_complaint(monkeypatch, read_at, expected):
+    """The estimate alone, with made-up complaint positions and keyframes every 12 frames of 200."""
+    from types import SimpleNamespace
+
+    from stan_cli import video as video_module
+
+    monkeypatch.setattr(video_module, "keyframes", lambda path: list(range(0, 200, 12)))
+    fake = SimpleNamespace(_gen=SimpleNamespace(errors=[(read_at, "corrupt decoded frame")]), count=200,
+                           info=SimpleNamespace(path=Path("x.mp4")))
+    assert video_module.DECODE_LEAD == 32
+    assert video_module.FrameStream._damage_estimate(fake) == [expected]
 
 
 # ---------------------------------------------------------------- 5. names that are not UTF-8

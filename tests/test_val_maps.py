@@ -44,16 +44,37 @@ def test_the_stan_variants_are_the_maps_detect_and_explain_draw(val_maps):
     for variant in val_maps.VARIANTS:
         m = val_maps.guided_maps(d, x, variant)
         assert m.shape == (3, 32, 32) and torch.isfinite(m).all() and (m >= 0).all()
+    with pytest.raises(ValueError):
+        val_maps.guided_maps(d, x, f"mean/L{GUIDED_LAYER}/mid")
+
+
+def test_the_targets_differ_and_mid_is_the_middle_frame_s_gradient(val_maps):
+    """At 96 x 96 the tiny discriminator has 3 x 3 patches: the most abnormal patch is not their
+    mean. `mid` is the guided gradient of the target at the middle frame, computed here with
+    autograd through the whole network in the window's own layout (B, 11, 1, S, S)."""
+    from stan_cli.inference import guided_elu
+    from stan_cli.model import d_patch_losses
+
+    _, d = tiny_models()
+    x = torch.rand(2, 11, 1, 96, 96) * 2 - 1
+    assert d(x).shape[-2:] == (3, 3)
+    mean, top = (val_maps.guided_maps(d, x, f"{t}/L{GUIDED_LAYER}/sum") for t in ("mean", "max"))
+    assert not torch.allclose(mean / mean.amax(), top / top.amax(), atol=1e-3)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(d_patch_losses(d(xg, activation=guided_elu), real=True).amax(dim=1).sum(), xg)
+    expected = smooth_guided(grad[:, 5, 0].abs())
+    assert torch.allclose(val_maps.guided_maps(d, x, "max/L0/mid"), expected, rtol=1e-4, atol=1e-9)
 
 
 def test_a_hit_is_a_maximum_inside_the_square_and_lift_is_the_square_s_share(val_maps):
-    maps = torch.ones(2, 10, 10)
-    maps[0, 2, 3] = 11.0  # inside the square at (1, 2), side 3
-    maps[1, 8, 8] = 11.0  # outside it
-    hits, lifts = val_maps.measures(maps, [(1, 2, 3), (1, 2, 3)])
-    assert hits == [True, False]
+    maps = torch.ones(3, 10, 10)
+    maps[0, 1, 4] = 11.0  # inside the square at top 1, left 2, side 3 (rows 1-3, columns 2-4)
+    maps[1, 4, 1] = 11.0  # the same place with row and column swapped: outside
+    maps[2, 8, 8] = 11.0  # far outside
+    hits, lifts = val_maps.measures(maps, [(1, 2, 3)] * 3)
+    assert hits == [True, False, False]
     mean = (99 + 11) / 100
-    assert lifts[0] == pytest.approx((8 + 11) / 9 / mean) and lifts[1] == pytest.approx(1 / mean)
+    assert lifts[0] == pytest.approx((8 + 11) / 9 / mean) and lifts[1] == lifts[2] == pytest.approx(1 / mean)
 
 
 def test_the_benchmark_runs_on_tiny_weights_and_reads_only_the_held_out_clips(val_maps, tiny_weights, tmp_path, monkeypatch, capsys):
@@ -78,16 +99,19 @@ def test_the_benchmark_runs_on_tiny_weights_and_reads_only_the_held_out_clips(va
 
 
 def test_the_verdict_maps_are_d_s_patch_losses_and_grad_cam_of_the_d_score(val_maps):
-    """d_patches: -log D per patch, brought to the frame; gradcam/L3: Grad-CAM computed here again
-    with a hook on D's fourth convolution and a plain backward pass of the whole network."""
+    """d_patches: -log D per patch (3 x 3 at 96), brought to the frame; gradcam/L3: the input of D's
+    fourth convolution taken with a hook and its gradient from a plain backward pass of the whole
+    network (the Grad-CAM formula itself is written here as in the benchmark: this checks the cut
+    and the gradient, not the formula)."""
     from stan_cli.model import d_loss_map, d_patch_losses
 
     _, d = tiny_models()
-    x = torch.rand(2, 11, 1, 32, 32) * 2 - 1
+    x = torch.rand(2, 11, 1, 96, 96) * 2 - 1
     maps = val_maps.verdict_maps(d, x)
     logits = d(x).detach()
     patches = d_patch_losses(logits, real=True).reshape(2, 1, *logits.shape[-2:])
-    expected = F.interpolate(patches, size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    assert patches.shape[-2:] == (3, 3) and patches.std() > 0
+    expected = F.interpolate(patches, size=(96, 96), mode="bilinear", align_corners=False)[:, 0]
     assert torch.allclose(maps["d_patches"], expected, rtol=1e-5)
 
     seen = {}
@@ -98,6 +122,6 @@ def test_the_verdict_maps_are_d_s_patch_losses_and_grad_cam_of_the_d_score(val_m
     (grad,) = torch.autograd.grad(score, seen["a"])
     a = seen["a"].detach()
     cam = (grad.mean(dim=(2, 3, 4), keepdim=True) * a).sum(dim=1).clamp(min=0).sum(dim=1)
-    expected = F.interpolate(cam[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    expected = F.interpolate(cam[:, None], size=(96, 96), mode="bilinear", align_corners=False)[:, 0]
     assert torch.allclose(maps["gradcam/L3"], expected, rtol=1e-4, atol=1e-9)
     assert (maps["gradcam/L3"] >= 0).all()
