@@ -144,10 +144,10 @@ def measures(maps: torch.Tensor, boxes: list[pseudo.Box]) -> tuple[list[bool], l
     """Hit flags and lifts of (B, S, S) maps against their boxes."""
     hits, lifts = [], []
     side_px = maps.shape[-1]
-    for m, (y, x, side) in zip(maps.double(), boxes):
+    for m, (y, x, height, width) in zip(maps.double(), boxes):
         at = int(m.argmax())
-        hits.append(y <= at // side_px < y + side and x <= at % side_px < x + side)
-        lifts.append(float(m[y : y + side, x : x + side].mean() / m.mean().clamp(min=1e-30)))
+        hits.append(y <= at // side_px < y + height and x <= at % side_px < x + width)
+        lifts.append(float(m[y : y + height, x : x + width].mean() / m.mean().clamp(min=1e-30)))
     return hits, lifts
 
 

@@ -514,6 +514,7 @@ def train(
     pseudo_share: Annotated[Optional[float], typer.Option(help="Discriminator phase: the pseudo-anomalies' share of the fakes (0-1); generated windows are the rest \\[default: 0.75].", rich_help_panel="Recipe", show_default=False)] = None,
     old_generator: Annotated[Optional[Path], typer.Option(help="Discriminator phase (OGNet, beyond the paper): the generated fakes take their middle frame from this weights file's generator, an early, weaker one, not from the current generator.", rich_help_panel="Recipe", show_default=False)] = None,
     generated_as_real: Annotated[bool, typer.Option("--generated-as-real", metavar=FLAG, help="Discriminator phase, with --old-generator: half of the real windows carry the current generator's middle frame, labelled real (a good prediction is normal).", rich_help_panel="Recipe")] = False,
+    local_labels: Annotated[bool, typer.Option("--local-labels", metavar=FLAG, help="Discriminator phase (beyond the paper): a local pseudo-anomaly (patch, fast-region, fast-tube) is labelled fake only in the discriminator's patches it covers, real in the others, so that D learns where.", rich_help_panel="Recipe")] = False,
     preset: Annotated[str, typer.Option(hidden=True, help="Network size: paper (Table 1) or tiny (tests).")] = "paper",
 ) -> None:
     """Train both networks on normal footage of one camera, the paper's way; write a weights file."""
@@ -532,6 +533,7 @@ def train(
         time_budget=seconds, time_shares=time_shares,
         # absolute: a resumed run finds it from any folder, and the weights record says which file it was
         old_generator=str(old_generator.resolve()) if old_generator is not None else None, generated_as_real=generated_as_real,
+        local_labels=local_labels,
     )
     if pseudo_anomalies is not None:
         opts.pseudo_anomalies = pseudo_anomalies

@@ -212,6 +212,12 @@ def d_loss_map(logits: torch.Tensor, real: bool) -> torch.Tensor:
     return d_patch_losses(logits, real).mean(dim=1)
 
 
+def patch_label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """d_loss_map with a label per patch: -log D where the label is 1 (real), -log(1 - D) where it
+    is 0 (fake), averaged over the map. (B, h, w) logits and labels -> (B,) losses."""
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none").flatten(1).mean(dim=1)
+
+
 def pixel_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The paper's ||G(.) - X_t||_2, taken as the mean squared error per frame: (B,1,H,W) -> (B,).
 

@@ -33,6 +33,7 @@ from .model import CONTEXT, WINDOW
 
 KINDS = ("skip", "reverse", "repeat", "patch", "fast-region", "fast-tube")
 STRIDES = (2, 3, 4, 5)
+Box = tuple[int, int, int, int]  # where a local pseudo-anomaly is: top, left, height, width (pixels)
 
 
 def parse_kinds(text: str) -> tuple[str, ...]:
@@ -75,6 +76,11 @@ def repeat_window(window: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def patch_window(window: np.ndarray, donor: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """`donor` (S, S), a frame from elsewhere in the footage: a square of it (1/8 to 1/4 of the
     side) pasted with a feathered border at a position that moves in a straight line."""
+    return placed_patch(window, donor, rng)[0]
+
+
+def placed_patch(window: np.ndarray, donor: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, tuple[Box, ...]]:
+    """patch_window's window and the square it covers in each of the 11 frames (the same draws)."""
     size = window.shape[-1]
     side = int(rng.integers(size // 8, size // 4 + 1))
     speed = rng.uniform(4, 12) * size / 224  # pixels per frame
@@ -88,14 +94,12 @@ def patch_window(window: np.ndarray, donor: np.ndarray, rng: np.random.Generator
     patch = donor[src[0] : src[0] + side, src[1] : src[1] + side].astype(np.float32)
     mask = _feather(side)
     out = window.astype(np.float32)
-    for f in range(WINDOW):
-        y, x = np.clip(np.round(start + step * f).astype(int), 0, size - side)
+    places = [np.clip(np.round(start + step * f).astype(int), 0, size - side) for f in range(WINDOW)]
+    for f, (y, x) in enumerate(places):
         region = out[f, y : y + side, x : x + side]
         out[f, y : y + side, x : x + side] = mask * patch + (1 - mask) * region
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
-
-
-Box = tuple[int, int, int]  # where a local pseudo-anomaly was pasted: top, left, side (pixels)
+    squares = tuple(dict.fromkeys((int(y), int(x), side, side) for y, x in places))
+    return np.clip(np.round(out), 0, 255).astype(np.uint8), squares
 
 
 def fast_region_window(window: np.ndarray, fast: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -111,7 +115,7 @@ def placed_fast_region(window: np.ndarray, fast: np.ndarray, rng: np.random.Gene
     size = window.shape[-1]
     side = int(rng.integers(size // 6, size // 3 + 1))
     y, x = _moving_square(fast, side, rng)
-    return _paste(window, fast[:, y : y + side, x : x + side], y, x), (y, x, side)
+    return _paste(window, fast[:, y : y + side, x : x + side], y, x), (y, x, side, side)
 
 
 def fast_tube_window(window: np.ndarray, fast: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -126,7 +130,7 @@ def placed_fast_tube(window: np.ndarray, fast: np.ndarray, rng: np.random.Genera
     side = int(rng.integers(size // 6, size // 3 + 1))
     y, x = _moving_square(fast, side, rng)
     to_y, to_x = (int(v) for v in rng.integers(0, size - side + 1, size=2))
-    return _paste(window, fast[:, y : y + side, x : x + side], to_y, to_x), (to_y, to_x, side)
+    return _paste(window, fast[:, y : y + side, x : x + side], to_y, to_x), (to_y, to_x, side, side)
 
 
 def _moving_square(fast: np.ndarray, side: int, rng: np.random.Generator) -> tuple[int, int]:
@@ -169,32 +173,68 @@ def make(kind: str, clips: list, clip: int, t: int, rng: np.random.Generator) ->
     has `.frames`, (N, S, S) uint8). Where no stride fits around t (a clip's first and last
     frames), a skip or fast region becomes a repeat: frozen frames, abnormal in any footage, where
     a reversed window is normal motion wherever things move both ways."""
+    return make_boxed(kind, clips, clip, t, rng)[0]
+
+
+def make_boxed(kind: str, clips: list, clip: int, t: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[Box, ...] | None]:
+    """`make`'s window (the same draws) and, for a local anomaly (LOCAL_LABELLED), the rectangles
+    whose union holds it (one square; a moving patch's square in each frame); None for the kinds
+    that change the whole window, and where a local kind fell back to a repeat."""
     frames = clips[clip].frames
     window = np.array(frames[t - CONTEXT : t + CONTEXT + 1])  # (11, S, S)
     if kind in ("skip", "fast-region"):
         strides = fitting_strides(len(frames), t)
         if not strides:
-            return repeat_window(window, rng)
+            return repeat_window(window, rng), None
         fast = skip_window(frames, t, int(rng.choice(strides)))
-        return fast if kind == "skip" else fast_region_window(window, fast, rng)
+        return (fast, None) if kind == "skip" else _one(placed_fast_region(window, fast, rng))
     if kind == "reverse":
-        return reverse_window(window)
+        return reverse_window(window), None
     if kind == "repeat":
-        return repeat_window(window, rng)
+        return repeat_window(window, rng), None
     if kind == "fast-tube":
-        return _fast_tube(window, clips, rng)
+        fast = _tube_source(clips, rng)
+        return (repeat_window(window, rng), None) if fast is None else _one(placed_fast_tube(window, fast, rng))
     if kind == "patch":
         other = int(rng.integers(len(clips)))
         donor = clips[other].frames[int(rng.integers(len(clips[other].frames)))]
-        return patch_window(window, np.asarray(donor), rng)
+        return placed_patch(window, np.asarray(donor), rng)
     raise ValueError(f"unknown pseudo-anomaly {kind!r}")
 
 
-def _fast_tube(window: np.ndarray, clips: list, rng: np.random.Generator) -> np.ndarray:
-    """A `fast_tube_window` whose tube comes from a skipped window of a random clip and time (one
-    long enough for stride 2 at least; with none, the window's frames frozen instead)."""
-    fast = _tube_source(clips, rng)
-    return repeat_window(window, rng) if fast is None else fast_tube_window(window, fast, rng)
+def _one(placed: tuple[np.ndarray, Box]) -> tuple[np.ndarray, tuple[Box, ...]]:
+    return placed[0], (placed[1],)
+
+
+LOCAL_LABELLED = ("fast-region", "fast-tube", "patch")  # the kinds make_boxed gives rectangles for
+
+
+def patch_labels(regions: list, size: int, grid: tuple[int, int]) -> np.ndarray:
+    """--local-labels: the label of every patch of D's map for fakes with these regions (make_boxed's
+    rectangles; None: the whole window is fake): (n, h, w) float32, 0 (fake) everywhere except, in
+    a local anomaly's window, 1 (real) in the patches that none of its rectangles covers (what is
+    under them is the normal footage, though their receptive field may reach the anomaly)."""
+    labels = np.zeros((len(regions), *grid), np.float32)
+    for k, region in enumerate(regions):
+        if region is not None:
+            labels[k] = ~np.logical_or.reduce([box_cells(box, size, grid) for box in region])
+    return labels
+
+
+def box_cells(box: Box, size: int, grid: tuple[int, int]) -> np.ndarray:
+    """Which cells of a grid over the S x S frame (the discriminator's patches, 7 x 7 at 224) a
+    rectangle covers: (h, w) bool, a cell counted when the rectangle covers a quarter of it or
+    more, and the cell under the rectangle's centre always (so a small one has a cell)."""
+    top, left, height, width = box
+    rows, cols = grid
+    ys, xs = np.arange(rows + 1) * size / rows, np.arange(cols + 1) * size / cols  # cell edges
+    over_y = np.clip(np.minimum(ys[1:], top + height) - np.maximum(ys[:-1], top), 0, None) / (size / rows)
+    over_x = np.clip(np.minimum(xs[1:], left + width) - np.maximum(xs[:-1], left), 0, None) / (size / cols)
+    cells = np.outer(over_y, over_x) >= 0.25
+    cy = min(int((top + height / 2) * rows / size), rows - 1)
+    cx = min(int((left + width / 2) * cols / size), cols - 1)
+    cells[cy, cx] = True
+    return cells
 
 
 def _tube_source(clips: list, rng: np.random.Generator) -> np.ndarray | None:

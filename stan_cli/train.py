@@ -44,7 +44,7 @@ import torch
 from .dataset import Clip, WindowSet
 from .errors import TrainingError
 from .inference import autocast, precision_warning, resolve_device
-from .model import PRESETS, Discriminator, Generator, d_loss_map, pixel_loss, split_window
+from .model import PRESETS, Discriminator, Generator, d_loss_map, patch_label_loss, pixel_loss, split_window
 from .training import ranks
 from .training.calibration import calibrate, calibration_clips, training_record
 from .training.checkpoints import Scratch, StopFlag, run_folder
@@ -52,7 +52,7 @@ from .training.budget import Costs
 from .training.checks import check_batch_memory, check_options
 from .training.clock import Deadline, Throughput
 from .training.data import epoch_batches, prepare_data
-from .training.fakes import fake_windows, generated_real_rows, load_old_generator, pseudo_batch, real_windows
+from .training.fakes import fake_targets, fake_windows, generated_real_rows, load_old_generator, pseudo_batch, real_windows
 from .training.logs import log_step, log_validation, plot_losses, publish_logs
 from .training.losses import check_finite, grad_norm, pixel_term
 from .training.options import PHASES, Event, TrainOptions, TrainResult, final_phase, is_recalibration, phases, pseudo_plan, set_epochs
@@ -337,7 +337,7 @@ def _step(phase, x, g_model, d_model, opt_g, opt_d, opts, device, where, ckpt, f
         return _pretrain_step(neighbours, target, g_model, opt_g, opts, device, where, ckpt)
     fake, pred, rows = fake_windows(x, neighbours, g_model, fakes, phase, opts, device, old_generator)  # (B, 11, 1, S, S)
     real = real_windows(x, neighbours, g_model, real_rows, opts, device) if phase == "discriminator" else x
-    d_losses = _discriminator_step(real, fake, d_model, opt_d, opts, device, where, ckpt)
+    d_losses = _discriminator_step(real, fake, d_model, opt_d, opts, device, where, ckpt, fakes)
     losses = {
         "loss_pixel": pixel_loss(pred.detach(), target[rows]).mean().item() if pred is not None else float("nan"),
         **d_losses,
@@ -359,13 +359,15 @@ def _pretrain_step(neighbours, target, g_model, opt_g, opts, device, where, ckpt
     return {"loss_pixel": pixel_loss(pred.detach(), target).mean().item()}
 
 
-def _discriminator_step(x, fake, d_model, opt_d, opts, device, where, ckpt) -> dict[str, float]:
-    """One step on L_D: real windows x and fakes (B, 11, 1, S, S) in one forward (one DDP reduction)."""
+def _discriminator_step(x, fake, d_model, opt_d, opts, device, where, ckpt, fakes=None) -> dict[str, float]:
+    """One step on L_D: real windows x and fakes (B, 11, 1, S, S) in one forward (one DDP reduction).
+    `fakes` (`pseudo_batch`'s, with --local-labels): the fakes' patch labels come from their boxes."""
     b = x.shape[0]
     with autocast(device, opts.precision):
         logits = d_model(torch.cat([x, fake.detach()]))  # (2B, h, w)
     d_real = d_loss_map(logits[:b], real=True).mean()
-    d_fake = d_loss_map(logits[b:], real=False).mean()
+    targets = fake_targets(fakes, b, tuple(logits.shape[-2:]), x.shape[-1], logits.device)
+    d_fake = d_loss_map(logits[b:], real=False).mean() if targets is None else patch_label_loss(logits[b:], targets).mean()
     loss_d = d_real + d_fake
     check_finite({"discriminator loss": loss_d}, where, ckpt)
     opt_d.zero_grad(set_to_none=True)

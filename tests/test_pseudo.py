@@ -239,7 +239,8 @@ def test_every_fake_is_a_pseudo_anomaly_at_share_1_and_comes_from_its_own_window
     windows = windows_of()
     opts = TrainOptions(data=".", out="x", pseudo_anomalies="reverse", pseudo_share=1.0)
     batch = [0, 7, 40]
-    mask, made = _pseudo_batch(windows, batch, opts, 0, 0, _Rank())
+    mask, made, boxes = _pseudo_batch(windows, batch, opts, 0, 0, _Rank())
+    assert boxes is None  # no --local-labels
     assert mask.all()
     for k, i in enumerate(batch):
         c, t = windows.index[i]
@@ -281,7 +282,8 @@ def test_a_located_pseudo_anomaly_is_make_s_window_and_its_square_holds_every_ch
     clips = [Clip("a", "a", moving_square_clip()), Clip("b", "b", moving_square_clip()[::-1].copy())]
     inside_changed = 0
     for seed in range(8):
-        made, (y, x, side) = pseudo.make_located(kind, clips, 0, 30, rng(seed))
+        made, (y, x, side, width) = pseudo.make_located(kind, clips, 0, 30, rng(seed))
+        assert width == side
         assert np.array_equal(made, pseudo.make(kind, clips, 0, 30, rng(seed)))
         size = made.shape[-1]
         assert 0 <= y and 0 <= x and y + side <= size and x + side <= size and size // 6 <= side <= size // 3

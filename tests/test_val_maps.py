@@ -71,7 +71,7 @@ def test_a_hit_is_a_maximum_inside_the_square_and_lift_is_the_square_s_share(val
     maps[0, 1, 4] = 11.0  # inside the square at top 1, left 2, side 3 (rows 1-3, columns 2-4)
     maps[1, 4, 1] = 11.0  # the same place with row and column swapped: outside
     maps[2, 8, 8] = 11.0  # far outside
-    hits, lifts = val_maps.measures(maps, [(1, 2, 3)] * 3)
+    hits, lifts = val_maps.measures(maps, [(1, 2, 3, 3)] * 3)
     assert hits == [True, False, False]
     mean = (99 + 11) / 100
     assert lifts[0] == pytest.approx((8 + 11) / 9 / mean) and lifts[1] == lifts[2] == pytest.approx(1 / mean)

@@ -20,7 +20,7 @@ from ..inference import PRECISIONS
 from ..model import PRESETS, WINDOW, Discriminator, Generator, StanConfig
 from ..video import is_frame_folder
 from .budget import INIT_SHARES, SHARES, check_duration, parse_shares
-from .options import EPOCH_OPTIONS, PIXEL_NORMS, TrainOptions, is_recalibration
+from .options import EPOCH_OPTIONS, PIXEL_NORMS, TrainOptions, is_recalibration, pseudo_plan
 
 MAX_EPOCHS = 100_000  # a phase's epochs: far past any real run, so that a slip of the keyboard is refused, not run for weeks
 MAX_COUNT = 1_000_000_000  # windows, clips, steps: past any run; a value meant for another option is refused
@@ -51,6 +51,7 @@ def check_options(opts: TrainOptions) -> None:
     _check_recipe(opts)
     _check_budget(opts)
     _check_ognet(opts)
+    _check_local_labels(opts)
     _check_paths(opts)
 
 
@@ -142,6 +143,25 @@ def _check_ognet(opts: TrainOptions) -> None:
         raise TrainingError("--old-generator acts in the discriminator phase only: add --discriminator-epochs N.")
     if not Path(opts.old_generator).is_file():
         raise TrainingError(f"{opts.old_generator}: no such weights file (--old-generator). Give an early checkpoint's .safetensors.")
+
+
+def _check_local_labels(opts: TrainOptions) -> None:
+    """--local-labels needs a local kind among the pseudo-anomalies and a discriminator phase (a
+    resumed run keeps its own options: checked when it began)."""
+    if opts.resume or not opts.local_labels:
+        return
+    kinds, share = pseudo_plan(opts)
+    if not set(kinds) & set(pseudo.LOCAL_LABELLED) or share <= 0:
+        raise TrainingError(
+            f"--local-labels labels where a local pseudo-anomaly is, and --pseudo-anomalies {opts.pseudo_anomalies} "
+            f"(share {share:g}) makes none: add one of {', '.join(pseudo.LOCAL_LABELLED)}."
+        )
+    if opts.time_budget is None and not opts.discriminator_epochs:
+        raise TrainingError("--local-labels acts in the discriminator phase only: add --discriminator-epochs N.")
+    if opts.time_budget is not None:
+        shares = parse_shares(opts.time_shares) if opts.time_shares is not None else INIT_SHARES if opts.init is not None else SHARES
+        if not shares["discriminator"]:
+            raise TrainingError("--local-labels acts in the discriminator phase only: give it a share of the time (--time-shares).")
 
 
 def _check_budget(opts: TrainOptions) -> None:

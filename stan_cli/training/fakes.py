@@ -26,20 +26,33 @@ from .ranks import Rank
 
 
 def pseudo_batch(windows: WindowSet, batch: list[int], opts: TrainOptions, epoch: int, b: int, rank: Rank):
-    """Which fakes of this batch are pseudo-anomalies, and those windows: (mask (B,) bool,
-    (P, 11, 1, S, S) in [-1, 1]); None when the recipe has none. Drawn from a generator seeded by
-    the run's seed, epoch, batch and rank, so a resumed run makes the same batch again."""
+    """Which fakes of this batch are pseudo-anomalies, those windows and, with --local-labels,
+    where each one's anomaly is: (mask (B,) bool, (P, 11, 1, S, S) in [-1, 1], P regions (make_boxed's
+    rectangles; None: the whole window) or None without --local-labels); None when the recipe has none. Drawn from a
+    generator seeded by the run's seed, epoch, batch and rank, so a resumed run makes the same batch again."""
     kinds, share = pseudo_plan(opts)
     if not kinds or share <= 0:
         return None
     rng = np.random.default_rng([opts.seed, epoch, b, rank.rank, 7])
     mask = rng.random(len(batch)) < share
     made = [
-        pseudo.make(kinds[int(rng.integers(len(kinds)))], windows.clips, *windows.index[i], rng)
+        pseudo.make_boxed(kinds[int(rng.integers(len(kinds)))], windows.clips, *windows.index[i], rng)
         for i, is_pseudo in zip(batch, mask) if is_pseudo
     ]
-    stack = to_tensor(torch.from_numpy(np.stack(made))) if made else None  # (P, 11, 1, S, S)
-    return torch.from_numpy(mask), stack
+    stack = to_tensor(torch.from_numpy(np.stack([w for w, _ in made]))) if made else None  # (P, 11, 1, S, S)
+    return torch.from_numpy(mask), stack, [region for _, region in made] if opts.local_labels else None
+
+
+def fake_targets(fakes, n: int, grid: tuple[int, int], size: int, device) -> torch.Tensor | None:
+    """With --local-labels, the label of every patch of D's map for the n fake windows: (n, h, w),
+    0 (fake) everywhere, except in a local pseudo-anomaly's window, where the patches its rectangles do
+    not cover are 1 (real: pseudo.patch_labels). None without --local-labels."""
+    if fakes is None or len(fakes) < 3 or fakes[2] is None:
+        return None
+    regions: list = [None] * n  # the generated fakes: fake everywhere
+    for row, region in zip(torch.nonzero(fakes[0]).flatten().tolist(), fakes[2]):
+        regions[row] = region
+    return torch.from_numpy(pseudo.patch_labels(regions, size, grid)).to(device)
 
 
 def fake_windows(x, neighbours, g_model, fakes, phase, opts, device, old_generator=None):

@@ -60,6 +60,9 @@ class TrainOptions:
     # the discriminator phase shows half of its real windows with the current generator's middle
     # frame, labelled real (OGNet: a good prediction is normal); only with old_generator
     generated_as_real: bool = False
+    # the discriminator phase labels fake only the patches of D's map that a local pseudo-anomaly
+    # (pseudo.LOCAL_LABELLED) covers, real the others, instead of the whole window fake
+    local_labels: bool = False
     init: Path | None = None
     reset_discriminator: bool = False
     name: str | None = None  # the weights' version name; None: <out stem>-<UTC date of writing>
@@ -109,10 +112,11 @@ class TrainOptions:
     # Options that define a run; a resumed run keeps the checkpoint's values for these.
     RUN_KEYS = (
         "lr", "batch_size", "lam", "val_clips", "seed", "preset", "false_alarm_rate", "pixel_norm",
-        "pseudo_anomalies", "pseudo_share", "old_generator", "generated_as_real",
+        "pseudo_anomalies", "pseudo_share", "old_generator", "generated_as_real", "local_labels",
     )
     # What a checkpoint written before a key existed was trained with.
-    LEGACY = {"pixel_norm": "mse", "pseudo_anomalies": "none", "pseudo_share": 0.0, "old_generator": None, "generated_as_real": False}
+    LEGACY = {"pixel_norm": "mse", "pseudo_anomalies": "none", "pseudo_share": 0.0, "old_generator": None, "generated_as_real": False,
+              "local_labels": False}
 
 
 @dataclass

@@ -24,7 +24,8 @@ D_SELECTION_RULE = (
     "-log(1 - D) on fakes in the training mix: pseudo-anomalies made from those windows by a fixed generator "
     "for --pseudo-share of them, windows with the generated middle frame for the rest, --old-generator's when given; "
     "with --generated-as-real the real term is the mean of -log D on real windows and on those with the current "
-    "generator's middle frame), over the epoch ends of "
+    "generator's middle frame; with --local-labels a local pseudo-anomaly's loss labels fake only the patches it covers "
+    "and real the others, as in training), over the epoch ends of "
     "the discriminator phase, against the generator that the pixel-loss rule chose from the phase before "
     "(or --init's); the final state when there is no validation data"
 )
@@ -69,7 +70,7 @@ def _d_validation(opts: TrainOptions, discriminator, val_clips, d: np.ndarray, g
         real = (real + record["val_d_generated_real"]) / 2
     if not kinds:
         return record | {"val_loss_d": real + generated}
-    pseudo_loss, pseudo_score = validate_pseudo(discriminator, val_clips, kinds, device)
+    pseudo_loss, pseudo_score = validate_pseudo(discriminator, val_clips, kinds, device, local_labels=opts.local_labels)
     return record | {
         "val_d_pseudo": float(pseudo_loss.mean()),
         "val_loss_d": float(real + share * pseudo_loss.mean() + (1 - share) * generated),

@@ -8,7 +8,7 @@ import torch
 from .. import pseudo
 from ..dataset import Clip, WindowSet
 from ..inference import score_windows
-from ..model import d_loss_map, split_window, with_middle
+from ..model import d_loss_map, patch_label_loss, split_window, with_middle
 from ..windows import to_tensor
 
 VAL_PSEUDO_SEED = 20180415  # the validation pseudo-anomalies are the same for every run and epoch
@@ -60,18 +60,26 @@ def validate_generated(generator, discriminator, clips: list[Clip], device, batc
 
 
 @torch.no_grad()
-def validate_pseudo(discriminator, clips: list[Clip], kinds: tuple[str, ...], device, batch_size: int = 8):
+def validate_pseudo(discriminator, clips: list[Clip], kinds: tuple[str, ...], device, batch_size: int = 8,
+                    local_labels: bool = False):
     """One pseudo-anomaly per held-out normal window, the kinds in turn, made by a fixed generator:
-    per window -log(1 - D) (the loss that labels it fake) and -log D (its d score). Two float64 arrays."""
+    per window the loss that labels it fake (-log(1 - D); with `local_labels`, as --local-labels
+    trains: fake only in the patches a local anomaly covers, real in the others) and -log D (its d
+    score). Two float64 arrays."""
     windows = WindowSet(clips)
     rng = np.random.default_rng(VAL_PSEUDO_SEED)
-    made = [pseudo.make(kinds[i % len(kinds)], clips, *windows.index[i], rng) for i in range(len(windows))]
+    made = [pseudo.make_boxed(kinds[i % len(kinds)], clips, *windows.index[i], rng) for i in range(len(windows))]
     discriminator.eval()
     fake_loss, score = [], []
     for i in range(0, len(made), batch_size):
-        x = to_tensor(torch.from_numpy(np.stack(made[i : i + batch_size]))).to(device)  # (b, 11, 1, S, S)
+        chunk = made[i : i + batch_size]
+        x = to_tensor(torch.from_numpy(np.stack([w for w, _ in chunk]))).to(device)  # (b, 11, 1, S, S)
         logits = discriminator(x)
-        fake_loss.append(d_loss_map(logits, real=False).cpu().double().numpy())
+        if local_labels:
+            labels = pseudo.patch_labels([box for _, box in chunk], x.shape[-1], tuple(logits.shape[-2:]))
+            fake_loss.append(patch_label_loss(logits, torch.from_numpy(labels).to(logits.device)).cpu().double().numpy())
+        else:
+            fake_loss.append(d_loss_map(logits, real=False).cpu().double().numpy())
         score.append(d_loss_map(logits, real=True).cpu().double().numpy())
     discriminator.train()
     return tuple(np.concatenate(c) if c else np.zeros(0) for c in (fake_loss, score))
