@@ -173,11 +173,10 @@ def evaluate(path: Path, data: Path, val_clips: int, every: int, cache: Path, ba
             "pixel_loss": (prediction - middle)[:, 0] ** 2,
             "window_diff": torch.from_numpy(np.stack([baseline.frame_difference_map(w)[0] for w in raw])),
         }
-        for v in VARIANTS:
-            maps[f"guided/{v}"] = guided_maps(stan.discriminator, x, v)
+        unsmoothed = {v: guided_maps(stan.discriminator, x, v, smooth=False) for v in VARIANTS}
+        maps.update({f"guided/{v}": smooth_guided(m) for v, m in unsmoothed.items()})
         maps.update(verdict_maps(stan.discriminator, x))
-        raw_guided = guided_maps(stan.discriminator, x, f"mean/L{GUIDED_LAYER}/sum", smooth=False)
-        maps["guided*gradcam"] = smooth_guided(_unit(raw_guided) * _unit(maps["gradcam/L3"]))
+        maps["guided*gradcam"] = smooth_guided(_unit(unsmoothed[f"mean/L{GUIDED_LAYER}/sum"]) * _unit(maps["gradcam/L3"]))
         for name, m in maps.items():
             hits, lifts = measures(m, boxes)
             for kind, hit, lift in zip(kinds, hits, lifts):

@@ -253,15 +253,13 @@ LOCAL_KINDS = ("fast-region", "fast-tube")  # the kinds whose anomaly has a plac
 def make_located(kind: str, clips: list, clip: int, t: int, rng: np.random.Generator) -> tuple[np.ndarray, Box] | None:
     """A local pseudo-anomaly (LOCAL_KINDS) from the window centred on frame t of clips[clip], and
     the square that holds it: what a map of the anomaly should point at (benchmarks/val_maps.py).
-    None where the kind cannot be made there (no stride fits around t; no clip long enough)."""
-    frames = clips[clip].frames
-    window = np.array(frames[t - CONTEXT : t + CONTEXT + 1])  # (11, S, S)
-    if kind == "fast-region":
-        strides = fitting_strides(len(frames), t)
-        if not strides:
-            return None
-        return placed_fast_region(window, skip_window(frames, t, int(rng.choice(strides))), rng)
-    if kind == "fast-tube":
-        fast = _tube_source(clips, rng)
-        return None if fast is None else placed_fast_tube(window, fast, rng)
-    raise ValueError(f"{kind!r} has no place; use one of {', '.join(LOCAL_KINDS)}")
+    None, drawing nothing, where the kind cannot be made there (no stride fits around t; no clip
+    long enough), where `make_boxed` would fall back to a repeat."""
+    if kind not in LOCAL_KINDS:
+        raise ValueError(f"{kind!r} has no place; use one of {', '.join(LOCAL_KINDS)}")
+    if kind == "fast-region" and not fitting_strides(len(clips[clip].frames), t):
+        return None
+    if kind == "fast-tube" and not any(len(c.frames) > 2 * CONTEXT * STRIDES[0] for c in clips):
+        return None
+    window, (square,) = make_boxed(kind, clips, clip, t, rng)
+    return window, square

@@ -135,12 +135,7 @@ def _check_ognet(opts: TrainOptions) -> None:
         )
     if opts.old_generator is None:
         return
-    if opts.time_budget is not None:
-        shares = parse_shares(opts.time_shares) if opts.time_shares is not None else INIT_SHARES if opts.init is not None else SHARES
-        if not shares["discriminator"]:
-            raise TrainingError("--old-generator acts in the discriminator phase only: give it a share of the time (--time-shares).")
-    elif not opts.discriminator_epochs:
-        raise TrainingError("--old-generator acts in the discriminator phase only: add --discriminator-epochs N.")
+    _check_discriminator_phase(opts, "--old-generator")
     if not Path(opts.old_generator).is_file():
         raise TrainingError(f"{opts.old_generator}: no such weights file (--old-generator). Give an early checkpoint's .safetensors.")
 
@@ -156,12 +151,17 @@ def _check_local_labels(opts: TrainOptions) -> None:
             f"--local-labels labels where a local pseudo-anomaly is, and --pseudo-anomalies {opts.pseudo_anomalies} "
             f"(share {share:g}) makes none: add one of {', '.join(pseudo.LOCAL_LABELLED)}."
         )
-    if opts.time_budget is None and not opts.discriminator_epochs:
-        raise TrainingError("--local-labels acts in the discriminator phase only: add --discriminator-epochs N.")
+    _check_discriminator_phase(opts, "--local-labels")
+
+
+def _check_discriminator_phase(opts: TrainOptions, option: str) -> None:
+    """`option` acts in the discriminator phase only: the run must have one (epochs, or a share of --time)."""
     if opts.time_budget is not None:
         shares = parse_shares(opts.time_shares) if opts.time_shares is not None else INIT_SHARES if opts.init is not None else SHARES
         if not shares["discriminator"]:
-            raise TrainingError("--local-labels acts in the discriminator phase only: give it a share of the time (--time-shares).")
+            raise TrainingError(f"{option} acts in the discriminator phase only: give it a share of the time (--time-shares).")
+    elif not opts.discriminator_epochs:
+        raise TrainingError(f"{option} acts in the discriminator phase only: add --discriminator-epochs N.")
 
 
 def _check_budget(opts: TrainOptions) -> None:
