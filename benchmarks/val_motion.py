@@ -6,7 +6,8 @@
 For each weights file: the d score (-log D, Eq. 5's discriminator term) of every window of the last
 --val-clips clips (`stan train`'s validation clips), and of one pseudo-anomaly made from each window
 (the kinds in turn, the fixed generator of `stan train`'s validation), with the ranking AUC between
-the two, overall and per kind. This is the validation measure of the discriminator phase's ship rule
+the two, overall and per kind; with --patch-max, the same for the largest patch's -log D (the
+patch-max variant of `stan eval`) instead of the mean over D's patches. This is the validation measure of the discriminator phase's ship rule
 (docs/discriminator.md), computed the same way for weights trained without pseudo-anomalies.
 """
 
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/ped2/training/frames"))
     parser.add_argument("--val-clips", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/stan-val-cache"))
+    parser.add_argument("--patch-max", action="store_true", help="also the AUCs of the largest patch's -log D")
     parser.add_argument("--kinds", default=",".join(pseudo.KINDS), help="the kinds of the combined AUC (each kind is also given alone)")
     args = parser.parse_args()
     device = torch.device("cpu")
@@ -37,14 +39,16 @@ def main() -> None:
         stan = load_weights(path)
         clips = load_clips(args.data, stan.config.image_size, args.cache)
         _, val = split_validation(clips, args.val_clips)
-        _, d = validate(stan.generator, stan.discriminator, val, device)
-        line = [f"{path}: {len(d)} normal windows, mean d {d.mean():.4f}"]
         combined = pseudo.parse_kinds(args.kinds)
-        for kinds in (combined, *[(k,) for k in pseudo.KINDS]):
-            fake_loss, score = validate_pseudo(stan.discriminator, val, kinds, device)
-            label = ",".join(kinds) if len(kinds) > 1 else kinds[0]
-            line.append(f"{label}: AUC {100 * ranking_auc(d, score):.1f} %, -log(1-D) {fake_loss.mean():.4f}")
-        print("; ".join(line), flush=True)
+        for patch_max in (False, True) if args.patch_max else (False,):
+            _, d = validate(stan.generator, stan.discriminator, val, device, patch_max=patch_max)
+            reduction = "largest patch" if patch_max else "mean over patches"
+            line = [f"{path} ({reduction}): {len(d)} normal windows, mean d {d.mean():.4f}"]
+            for kinds in (combined, *[(k,) for k in pseudo.KINDS]):
+                fake_loss, score = validate_pseudo(stan.discriminator, val, kinds, device, patch_max=patch_max)
+                label = ",".join(kinds) if len(kinds) > 1 else kinds[0]
+                line.append(f"{label}: AUC {100 * ranking_auc(d, score):.1f} %, -log(1-D) {fake_loss.mean():.4f}")
+            print("; ".join(line), flush=True)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,17 @@ def test_validation_with_local_labels_scores_the_same_windows_with_their_labels(
     assert not np.allclose(plain_loss[0::2], local_loss[0::2])  # fast-tube: the patches outside its box are real
 
 
+def test_validation_scores_the_largest_patch_when_asked():
+    torch.manual_seed(0)
+    d = Discriminator(TINY).eval()
+    clips = square_clips()
+    kinds = ("fast-tube", "skip")
+    _, mean_score = validate_pseudo(d, clips, kinds, CPU)
+    _, max_score = validate_pseudo(d, clips, kinds, CPU, patch_max=True)
+    assert max_score.shape == mean_score.shape and np.all(max_score >= mean_score - 1e-12)
+    assert np.any(max_score > mean_score + 1e-6)  # the patches differ, so their largest is not their mean
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--local-labels", "--discriminator-epochs", "1", "--pseudo-anomalies", "skip,repeat"], "add one of fast-region, fast-tube, patch"),
     (["--local-labels", "--discriminator-epochs", "1", "--pseudo-share", "0"], "add one of"),

@@ -8,14 +8,16 @@ import torch
 from .. import pseudo
 from ..dataset import Clip, WindowSet
 from ..inference import score_windows
-from ..model import d_loss_map, patch_label_loss, split_window, with_middle
+from ..model import d_loss_map, d_patch_losses, patch_label_loss, split_window, with_middle
 from ..windows import to_tensor
 
 VAL_PSEUDO_SEED = 20180415  # the validation pseudo-anomalies are the same for every run and epoch
 
 
-def validate(generator, discriminator, clips: list[Clip], device, batch_size: int = 8, generated: bool = False):
-    """Per-window pixel loss and -log D(S_t) on the given clips: two float64 arrays; with
+def validate(generator, discriminator, clips: list[Clip], device, batch_size: int = 8, generated: bool = False,
+             patch_max: bool = False):
+    """Per-window pixel loss and -log D(S_t) on the given clips (with `patch_max`, the largest
+    patch's -log D instead of the mean over D's patches): two float64 arrays; with
     `generated`, two more from one pass over the generated window S^_t: -log(1 - D(S^_t)), the
     discriminator's loss labelling it fake, and -log D(S^_t), labelling it real (--generated-as-real).
 
@@ -30,7 +32,7 @@ def validate(generator, discriminator, clips: list[Clip], device, batch_size: in
             x = to_tensor(batch).to(device)
             scores = score_windows(generator, discriminator, x, "fp32")
             columns[0].append(scores.pixel.cpu().double().numpy())
-            columns[1].append(scores.d.cpu().double().numpy())
+            columns[1].append((scores.d_max if patch_max else scores.d).cpu().double().numpy())
             if generated:
                 logits = discriminator(with_middle(x, scores.prediction.to(x.dtype)))
                 columns[2].append(d_loss_map(logits, real=False).cpu().double().numpy())
@@ -61,11 +63,11 @@ def validate_generated(generator, discriminator, clips: list[Clip], device, batc
 
 @torch.no_grad()
 def validate_pseudo(discriminator, clips: list[Clip], kinds: tuple[str, ...], device, batch_size: int = 8,
-                    local_labels: bool = False):
+                    local_labels: bool = False, patch_max: bool = False):
     """One pseudo-anomaly per held-out normal window, the kinds in turn, made by a fixed generator:
     per window the loss that labels it fake (-log(1 - D); with `local_labels`, as --local-labels
     trains: fake only in the patches a local anomaly covers, real in the others) and -log D (its d
-    score). Two float64 arrays."""
+    score; with `patch_max`, the largest patch's -log D instead of the mean). Two float64 arrays."""
     windows = WindowSet(clips)
     rng = np.random.default_rng(VAL_PSEUDO_SEED)
     made = [pseudo.make_boxed(kinds[i % len(kinds)], clips, *windows.index[i], rng) for i in range(len(windows))]
@@ -80,7 +82,8 @@ def validate_pseudo(discriminator, clips: list[Clip], kinds: tuple[str, ...], de
             fake_loss.append(patch_label_loss(logits, torch.from_numpy(labels).to(logits.device)).cpu().double().numpy())
         else:
             fake_loss.append(d_loss_map(logits, real=False).cpu().double().numpy())
-        score.append(d_loss_map(logits, real=True).cpu().double().numpy())
+        terms = d_patch_losses(logits, real=True)
+        score.append((terms.max(dim=1).values if patch_max else terms.mean(dim=1)).cpu().double().numpy())
     discriminator.train()
     return tuple(np.concatenate(c) if c else np.zeros(0) for c in (fake_loss, score))
 
