@@ -73,8 +73,8 @@ def _fingerprint(path: Path) -> dict:
 def _decode(source: Path, size: int, target: Path) -> int:
     """Decode a clip into target (.npy, uint8 (N, S, S)); returns N. Streams in chunks."""
     _, frames = read_frames(source)
-    tmp = target.with_suffix(".partial")
-    out_tmp = target.with_suffix(".npy.tmp")
+    tmp = target.with_suffix(f".{os.getpid()}.partial")  # per process: two programs may fill one cache at once
+    out_tmp = target.with_suffix(f".{os.getpid()}.npy.tmp")
     try:
         _write_grey(frames, size, tmp)
     except BaseException:
@@ -148,7 +148,7 @@ def load_clips(
                 target.unlink(missing_ok=True)
                 continue
             manifest[key] = {"entry": entry}
-            tmp = manifest_path.with_name(".manifest.json.tmp")
+            tmp = manifest_path.with_name(f".manifest.json.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(manifest, indent=1))
             os.replace(tmp, manifest_path)
         if key not in manifest:

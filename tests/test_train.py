@@ -1531,3 +1531,28 @@ def test_a_run_finished_as_it_stands_says_so_when_it_resumes(data3, tmp_path):
     assert result.exit_code == 0, result.output
     said = [ln for ln in result.output.splitlines() if ln.startswith("resum")]
     assert said == [f"resumed at step {step} from {ckpt_of(out)}: no epoch left to train, the run is finished as it stands"], result.output
+
+
+def test_two_programs_filling_one_frame_cache_at_once_both_get_the_clips(data3, tmp_path, monkeypatch):
+    """Two programs decoding the same clip into one cache (two benchmarks sharing their default
+    cache) each write their own temporaries: here the second decodes it whole while the first is
+    mid-write, and the first still finishes with a complete, valid file."""
+    import os
+
+    from stan_cli import dataset
+
+    cache = tmp_path / "cache"
+    real_write, pid = dataset._write_grey, [111]
+    monkeypatch.setattr(os, "getpid", lambda: pid[0])
+
+    def write_then_let_the_other_program_decode(frames, size, path):
+        real_write(frames, size, path)
+        if pid[0] == 111:
+            pid[0] = 222
+            dataset._decode(data3 / "1", size, cache / "0000.npy")  # the other program, start to end
+            pid[0] = 111
+
+    monkeypatch.setattr(dataset, "_write_grey", write_then_let_the_other_program_decode)
+    clips = dataset.load_clips(data3, TINY.image_size, cache)
+    assert [len(c.frames) for c in clips] == [30, 30, 30]
+    assert not [p.name for p in cache.iterdir() if p.suffix in (".partial", ".tmp")]
