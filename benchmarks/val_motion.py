@@ -7,7 +7,9 @@ For each weights file: the d score (-log D, Eq. 5's discriminator term) of every
 --val-clips clips (`stan train`'s validation clips), and of one pseudo-anomaly made from each window
 (the kinds in turn, the fixed generator of `stan train`'s validation), with the ranking AUC between
 the two, overall and per kind; with --patch-max, the same for the largest patch's -log D (the
-patch-max variant of `stan eval`) instead of the mean over D's patches. This is the validation measure of the discriminator phase's ship rule
+patch-max variant of `stan eval`) instead of the mean over D's patches; with --pixel, the same for
+the generator term (g: the mean squared error of the generated middle frame) and for its cell-max
+variant (the largest mean error in a 7 x 7 grid of cells). This is the validation measure of the discriminator phase's ship rule
 (docs/discriminator.md), computed the same way for weights trained without pseudo-anomalies.
 """
 
@@ -22,6 +24,7 @@ import torch
 from stan_cli import pseudo
 from stan_cli.dataset import load_clips, split_validation
 from stan_cli.train import ranking_auc, validate, validate_pseudo
+from stan_cli.training.validation import validate_pixel
 from stan_cli.weights import load_weights
 
 
@@ -32,6 +35,8 @@ def main() -> None:
     parser.add_argument("--val-clips", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/stan-val-cache"))
     parser.add_argument("--patch-max", action="store_true", help="also the AUCs of the largest patch's -log D")
+    parser.add_argument("--pixel", action="store_true", help="also the AUCs of the generator term and its cell max")
+    parser.add_argument("--pixel-only", action="store_true", help="with --pixel: leave the discriminator out")
     parser.add_argument("--kinds", default=",".join(pseudo.KINDS), help="the kinds of the combined AUC (each kind is also given alone)")
     args = parser.parse_args()
     device = torch.device("cpu")
@@ -40,7 +45,7 @@ def main() -> None:
         clips = load_clips(args.data, stan.config.image_size, args.cache)
         _, val = split_validation(clips, args.val_clips)
         combined = pseudo.parse_kinds(args.kinds)
-        for patch_max in (False, True) if args.patch_max else (False,):
+        for patch_max in () if args.pixel_only else (False, True) if args.patch_max else (False,):
             _, d = validate(stan.generator, stan.discriminator, val, device, patch_max=patch_max)
             reduction = "largest patch" if patch_max else "mean over patches"
             line = [f"{path} ({reduction}): {len(d)} normal windows, mean d {d.mean():.4f}"]
@@ -49,6 +54,14 @@ def main() -> None:
                 label = ",".join(kinds) if len(kinds) > 1 else kinds[0]
                 line.append(f"{label}: AUC {100 * ranking_auc(d, score):.1f} %, -log(1-D) {fake_loss.mean():.4f}")
             print("; ".join(line), flush=True)
+        if args.pixel:
+            lines = [[f"{path} (generator term, mean)"], [f"{path} (generator term, largest cell)"]]
+            for kinds in (combined, *[(k,) for k in pseudo.KINDS]):
+                columns = validate_pixel(stan.generator, val, kinds, device)
+                label = ",".join(kinds) if len(kinds) > 1 else kinds[0]
+                for k, line in enumerate(lines):
+                    line.append(f"{label}: AUC {100 * ranking_auc(columns[k], columns[k + 2]):.1f} %")
+            print("\n".join("; ".join(line) for line in lines), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """--local-labels (discriminator phase, beyond the paper): a local pseudo-anomaly is labelled fake
 only in the patches of D's map that its box covers, real in the others. The boxes (drawn as
 `make` draws), the cells a box covers, the labels, the loss of a training step and of validation,
-the checks, and a run that resumes in the middle of the phase."""
+the checks, and a run that resumes in the middle of the phase. Also the other reductions that
+benchmarks/val_motion.py validates: the largest patch's -log D, the generator term's largest cell."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from safetensors.torch import load_file
 
 from stan_cli import pseudo
 from stan_cli.dataset import Clip, WindowSet
-from stan_cli.model import TINY, Discriminator, d_loss_map, patch_label_loss
+from stan_cli.model import TINY, Discriminator, Generator, d_loss_map, patch_label_loss
 from stan_cli.train import TrainOptions, _discriminator_step, _pseudo_batch, _Rank, train
-from stan_cli.training.validation import validate_pseudo
+from stan_cli.training.validation import pixel_reductions, validate, validate_pixel, validate_pseudo
 from stan_cli.weights import load_weights
 from test_pseudo import counting_clip, moving_square_clip
 from test_train import Events, data3, options, run_cli  # noqa: F401 (data3: a fixture)
@@ -145,6 +146,28 @@ def test_validation_scores_the_largest_patch_when_asked():
     _, max_score = validate_pseudo(d, clips, kinds, CPU, patch_max=True)
     assert max_score.shape == mean_score.shape and np.all(max_score >= mean_score - 1e-12)
     assert np.any(max_score > mean_score + 1e-6)  # the patches differ, so their largest is not their mean
+
+
+def test_pixel_reductions_mean_and_largest_cell():
+    error = torch.zeros(2, 28, 28)
+    error[0, 8:12, 12:16] = 1.0  # one 4 x 4 cell of the 7 x 7 grid (28 / 7 = 4 pixels a cell)
+    error[1] = 0.5
+    mean, cell = pixel_reductions(error)
+    assert mean.tolist() == pytest.approx([16 / 784, 0.5]) and cell.tolist() == pytest.approx([1.0, 0.5])
+
+
+def test_pixel_validation_scores_the_normal_windows_as_validate_and_the_same_pseudo_anomalies():
+    torch.manual_seed(0)
+    g, d = Generator(TINY).eval(), Discriminator(TINY).eval()
+    clips = square_clips()
+    kinds = ("fast-tube", "skip")
+    normal_mean, normal_cell, made_mean, made_cell = validate_pixel(g, clips, kinds, CPU)
+    pixel, _ = validate(g, d, clips, CPU)
+    assert np.allclose(normal_mean, pixel, rtol=1e-5)  # the generator term, as selection reads it
+    assert len(made_mean) == len(pixel) and np.all(normal_cell >= normal_mean) and np.all(made_cell >= made_mean)
+    again = validate_pixel(g, clips, kinds, CPU)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (normal_mean, normal_cell, made_mean, made_cell)))
+    assert not np.allclose(made_mean, normal_mean)  # the pseudo-anomalies are not the normal windows
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -68,9 +68,7 @@ def validate_pseudo(discriminator, clips: list[Clip], kinds: tuple[str, ...], de
     per window the loss that labels it fake (-log(1 - D); with `local_labels`, as --local-labels
     trains: fake only in the patches a local anomaly covers, real in the others) and -log D (its d
     score; with `patch_max`, the largest patch's -log D instead of the mean). Two float64 arrays."""
-    windows = WindowSet(clips)
-    rng = np.random.default_rng(VAL_PSEUDO_SEED)
-    made = [pseudo.make_boxed(kinds[i % len(kinds)], clips, *windows.index[i], rng) for i in range(len(windows))]
+    made = _validation_pseudo_windows(clips, kinds)
     discriminator.eval()
     fake_loss, score = [], []
     for i in range(0, len(made), batch_size):
@@ -86,6 +84,45 @@ def validate_pseudo(discriminator, clips: list[Clip], kinds: tuple[str, ...], de
         score.append((terms.max(dim=1).values if patch_max else terms.mean(dim=1)).cpu().double().numpy())
     discriminator.train()
     return tuple(np.concatenate(c) if c else np.zeros(0) for c in (fake_loss, score))
+
+
+def _validation_pseudo_windows(clips: list[Clip], kinds: tuple[str, ...]) -> list:
+    """One pseudo-anomaly per window of `clips`, the kinds in turn, drawn by the fixed validation
+    generator: [(uint8 (11, S, S) window, boxes or None), ...], the same for every caller."""
+    windows = WindowSet(clips)
+    rng = np.random.default_rng(VAL_PSEUDO_SEED)
+    return [pseudo.make_boxed(kinds[i % len(kinds)], clips, *windows.index[i], rng) for i in range(len(windows))]
+
+
+PIXEL_CELLS = 7  # the pixel term's cell-max variant: the error map's mean in a 7 x 7 grid of cells (D's grid)
+
+
+def pixel_reductions(error: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, S, S) squared-error maps -> the mean per window (the generator term, g) and the largest
+    mean over a PIXEL_CELLS x PIXEL_CELLS grid of cells (a local variant: one cell's error)."""
+    cells = torch.nn.functional.adaptive_avg_pool2d(error[:, None], PIXEL_CELLS).flatten(1)
+    return error.flatten(1).mean(dim=1), cells.max(dim=1).values
+
+
+@torch.no_grad()
+def validate_pixel(generator, clips: list[Clip], kinds: tuple[str, ...], device, batch_size: int = 8):
+    """The generator term on held-out normal windows and on one pseudo-anomaly made from each (the
+    windows of validate_pseudo): four float64 arrays, normal mean, normal cell max, pseudo mean,
+    pseudo cell max (pixel_reductions). Always fp32."""
+    modes = generator.training
+    generator.eval()
+    columns: list[list[np.ndarray]] = [[], [], [], []]
+    made = [w for w, _ in _validation_pseudo_windows(clips, kinds)]
+    normal = [WindowSet(clips)[i] for i in range(len(made))]
+    for offset, source in ((0, normal), (2, made)):
+        for i in range(0, len(source), batch_size):
+            x = to_tensor(torch.from_numpy(np.stack([np.asarray(w) for w in source[i : i + batch_size]]))).to(device)
+            neighbours, middle = split_window(x)
+            error = (generator(neighbours).float() - middle.float()).pow(2)[:, 0]
+            for k, values in enumerate(pixel_reductions(error)):
+                columns[offset + k].append(values.cpu().double().numpy())
+    generator.train(modes)
+    return tuple(np.concatenate(c) if c else np.zeros(0) for c in columns)
 
 
 def ranking_auc(normal: np.ndarray, abnormal: np.ndarray) -> float:
