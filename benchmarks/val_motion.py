@@ -36,9 +36,10 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/stan-val-cache"))
     parser.add_argument("--patch-max", action="store_true", help="also the AUCs of the largest patch's -log D")
     parser.add_argument("--pixel", action="store_true", help="also the AUCs of the generator term and its cell max")
-    parser.add_argument("--pixel-only", action="store_true", help="with --pixel: leave the discriminator out")
+    parser.add_argument("--pixel-only", action="store_true", help="--pixel without the discriminator's AUCs")
     parser.add_argument("--kinds", default=",".join(pseudo.KINDS), help="the kinds of the combined AUC (each kind is also given alone)")
     args = parser.parse_args()
+    args.pixel = args.pixel or args.pixel_only
     device = torch.device("cpu")
     for path in args.weights:
         stan = load_weights(path)
