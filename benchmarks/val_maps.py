@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from stan_cli import baseline, pseudo
-from stan_cli.dataset import WindowSet, load_clips, split_validation
+from stan_cli.dataset import WindowSet, default_cache, load_clips, split_validation
 from stan_cli.inference import GUIDED_LAYER, guided_elu, smooth_guided
 from stan_cli.model import CONTEXT, d_patch_losses, split_window
 from stan_cli.weights import load_weights
@@ -196,9 +196,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/ped2/training/frames"))
     parser.add_argument("--val-clips", type=int, default=2)
     parser.add_argument("--every", type=int, default=2, help="take every n-th held-out window")
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/stan-val-cache"))
+    parser.add_argument("--cache", type=Path, default=None, help="the frame cache (default: one per --data folder under /tmp)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
+    args.cache = args.cache or default_cache(args.data)
     results = []
     for path in args.weights:
         started = time.perf_counter()

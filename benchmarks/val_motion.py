@@ -1,7 +1,7 @@
 """The discriminator on held-out normal clips and on pseudo-anomalies made from them (no test labels).
 
     python benchmarks/val_motion.py weights/stan-ped2.safetensors [more weights ...] \
-        [--data ../shared/data/ped2/training/frames] [--val-clips 2] [--cache /tmp/stan-val-cache]
+        [--data ../shared/data/ped2/training/frames] [--val-clips 2] [--cache DIR]
 
 For each weights file: the d score (-log D, Eq. 5's discriminator term) of every window of the last
 --val-clips clips (`stan train`'s validation clips), and of one pseudo-anomaly made from each window
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from stan_cli import pseudo
-from stan_cli.dataset import load_clips, split_validation
+from stan_cli.dataset import default_cache, load_clips, split_validation
 from stan_cli.train import ranking_auc, validate, validate_pseudo
 from stan_cli.training.validation import validate_pixel
 from stan_cli.weights import load_weights
@@ -33,12 +33,13 @@ def main() -> None:
     parser.add_argument("weights", type=Path, nargs="+")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/ped2/training/frames"))
     parser.add_argument("--val-clips", type=int, default=2)
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/stan-val-cache"))
+    parser.add_argument("--cache", type=Path, default=None, help="the frame cache (default: one per --data folder under /tmp)")
     parser.add_argument("--patch-max", action="store_true", help="also the AUCs of the largest patch's -log D")
     parser.add_argument("--pixel", action="store_true", help="also the AUCs of the generator term and its cell max")
     parser.add_argument("--pixel-only", action="store_true", help="--pixel without the discriminator's AUCs")
     parser.add_argument("--kinds", default=",".join(pseudo.KINDS), help="the kinds of the combined AUC (each kind is also given alone)")
     args = parser.parse_args()
+    args.cache = args.cache or default_cache(args.data)
     args.pixel = args.pixel or args.pixel_only
     device = torch.device("cpu")
     for path in args.weights:

@@ -77,16 +77,15 @@ def _decode(source: Path, size: int, target: Path) -> int:
     out_tmp = target.with_suffix(f".{os.getpid()}.npy.tmp")
     try:
         _write_grey(frames, size, tmp)
-    except BaseException:
+        count = tmp.stat().st_size // (size * size)
+        with open(tmp, "rb") as raw, open(out_tmp, "wb") as out:
+            out.write(_npy_header((count, size, size)))
+            while block := raw.read(1 << 24):
+                out.write(block)
+        os.replace(out_tmp, target)
+    finally:  # a failure anywhere (a full disk, Ctrl-C) leaves no temporary behind
         tmp.unlink(missing_ok=True)
-        raise
-    count = tmp.stat().st_size // (size * size)
-    with open(tmp, "rb") as raw, open(out_tmp, "wb") as out:
-        out.write(_npy_header((count, size, size)))
-        while block := raw.read(1 << 24):
-            out.write(block)
-    tmp.unlink()
-    os.replace(out_tmp, target)
+        out_tmp.unlink(missing_ok=True)
     return count
 
 
@@ -108,6 +107,16 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": shape})
     return buf.getvalue()
+
+
+def default_cache(folder: Path) -> Path:
+    """A frame cache of its own for a footage folder, under the system's temporary directory: the
+    benchmarks' default, so that two of them on different footage never share one cache."""
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"stan-val-cache-{digest}"
 
 
 def load_clips(

@@ -17,7 +17,9 @@ from stan_cli.dataset import Clip, WindowSet
 from stan_cli.model import TINY, Discriminator, Generator, d_loss_map, patch_label_loss
 from stan_cli.train import TrainOptions, _discriminator_step, _pseudo_batch, _Rank, train
 from stan_cli.training.validation import pixel_reductions, validate, validate_pixel, validate_pseudo
+from stan_cli.inference import score_windows
 from stan_cli.weights import load_weights
+from stan_cli.windows import to_tensor
 from test_pseudo import counting_clip, moving_square_clip
 from test_train import Events, data3, options, run_cli  # noqa: F401 (data3: a fixture)
 
@@ -146,6 +148,17 @@ def test_validation_scores_the_largest_patch_when_asked():
     _, max_score = validate_pseudo(d, clips, kinds, CPU, patch_max=True)
     assert max_score.shape == mean_score.shape and np.all(max_score >= mean_score - 1e-12)
     assert np.any(max_score > mean_score + 1e-6)  # the patches differ, so their largest is not their mean
+
+
+def test_validation_of_normal_windows_takes_the_largest_patch_as_scoring_does():
+    torch.manual_seed(0)
+    g, d = Generator(TINY).eval(), Discriminator(TINY).eval()
+    clips = square_clips()
+    pixel, largest = validate(g, d, clips, CPU, patch_max=True)
+    _, mean = validate(g, d, clips, CPU)
+    x = to_tensor(torch.stack([WindowSet(clips)[i] for i in range(len(largest))]))
+    want = score_windows(g, d, x).d_max.double().numpy()
+    assert np.allclose(largest, want, rtol=1e-5) and not np.allclose(largest, mean)
 
 
 def test_pixel_reductions_mean_and_largest_cell():

@@ -1556,3 +1556,24 @@ def test_two_programs_filling_one_frame_cache_at_once_both_get_the_clips(data3, 
     clips = dataset.load_clips(data3, TINY.image_size, cache)
     assert [len(c.frames) for c in clips] == [30, 30, 30]
     assert not [p.name for p in cache.iterdir() if p.suffix in (".partial", ".tmp")]
+
+
+def test_a_decode_that_fails_late_leaves_no_temporary_in_the_cache(data3, tmp_path, monkeypatch):
+    from stan_cli import dataset
+
+    def no_header(shape):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(dataset, "_npy_header", no_header)  # fails after the frames were written
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with pytest.raises(OSError):
+        dataset._decode(data3 / "1", TINY.image_size, cache / "0000.npy")
+    assert list(cache.iterdir()) == []
+
+
+def test_each_footage_folder_gets_a_benchmark_cache_of_its_own(tmp_path):
+    from stan_cli.dataset import default_cache
+
+    assert default_cache(tmp_path / "a") != default_cache(tmp_path / "b")
+    assert default_cache(tmp_path / "a") == default_cache(tmp_path / "x" / ".." / "a")

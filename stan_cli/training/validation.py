@@ -16,8 +16,8 @@ VAL_PSEUDO_SEED = 20180415  # the validation pseudo-anomalies are the same for e
 
 def validate(generator, discriminator, clips: list[Clip], device, batch_size: int = 8, generated: bool = False,
              patch_max: bool = False):
-    """Per-window pixel loss and -log D(S_t) on the given clips (with `patch_max`, the largest
-    patch's -log D instead of the mean over D's patches): two float64 arrays; with
+    """Per-window pixel loss and -log D(S_t) on the given clips (with `patch_max`, the second array
+    is the largest patch's -log D instead of the mean over D's patches): two float64 arrays; with
     `generated`, two more from one pass over the generated window S^_t: -log(1 - D(S^_t)), the
     discriminator's loss labelling it fake, and -log D(S^_t), labelling it real (--generated-as-real).
 
@@ -94,7 +94,7 @@ def _validation_pseudo_windows(clips: list[Clip], kinds: tuple[str, ...]) -> lis
     return [pseudo.make_boxed(kinds[i % len(kinds)], clips, *windows.index[i], rng) for i in range(len(windows))]
 
 
-PIXEL_CELLS = 7  # the pixel term's cell-max variant: the error map's mean in a 7 x 7 grid of cells (D's grid)
+PIXEL_CELLS = 7  # the pixel term's cell-max variant: the error map's mean in a 7 x 7 grid of cells (D's grid at 224)
 
 
 def pixel_reductions(error: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +113,8 @@ def validate_pixel(generator, clips: list[Clip], kinds: tuple[str, ...], device,
     generator.eval()
     columns: list[list[np.ndarray]] = [[], [], [], []]
     made = [w for w, _ in _validation_pseudo_windows(clips, kinds)]
-    normal = [WindowSet(clips)[i] for i in range(len(made))]
+    windows = WindowSet(clips)
+    normal = [windows[i] for i in range(len(windows))]
     for offset, source in ((0, normal), (2, made)):
         for i in range(0, len(source), batch_size):
             x = to_tensor(torch.from_numpy(np.stack([np.asarray(w) for w in source[i : i + batch_size]]))).to(device)
