@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from stan_cli import pseudo
-from stan_cli.dataset import default_cache, load_clips, split_validation
+from stan_cli.dataset import WindowSet, default_cache, load_clips, split_validation
 from stan_cli.train import ranking_auc, validate, validate_pseudo
-from stan_cli.training.validation import validate_pixel
+from stan_cli.training.validation import pixel_terms, validation_pseudo_windows
 from stan_cli.weights import load_weights
 
 
@@ -57,12 +57,14 @@ def main() -> None:
                 line.append(f"{label}: AUC {100 * ranking_auc(d, score):.1f} %, -log(1-D) {fake_loss.mean():.4f}")
             print("; ".join(line), flush=True)
         if args.pixel:
+            windows = WindowSet(val)
+            normal = pixel_terms(stan.generator, [windows[i] for i in range(len(windows))], device)  # once, for every kind
             lines = [[f"{path} (generator term, mean)"], [f"{path} (generator term, largest cell)"]]
             for kinds in (combined, *[(k,) for k in pseudo.KINDS]):
-                columns = validate_pixel(stan.generator, val, kinds, device)
+                made = pixel_terms(stan.generator, [w for w, _ in validation_pseudo_windows(val, kinds)], device)
                 label = ",".join(kinds) if len(kinds) > 1 else kinds[0]
-                for k, line in enumerate(lines):
-                    line.append(f"{label}: AUC {100 * ranking_auc(columns[k], columns[k + 2]):.1f} %")
+                for line, n, m in zip(lines, normal, made):
+                    line.append(f"{label}: AUC {100 * ranking_auc(n, m):.1f} %")
             print("\n".join("; ".join(line) for line in lines), flush=True)
 
 

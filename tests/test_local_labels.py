@@ -127,11 +127,18 @@ def test_a_step_with_local_labels_takes_each_patch_s_label():
     assert plain["loss_d"] == pytest.approx(window_level.item(), rel=1e-5) and plain["loss_d"] != pytest.approx(got["loss_d"])
 
 
-def test_validation_with_local_labels_scores_the_same_windows_with_their_labels():
+VAL_KINDS = ("fast-tube", "skip")  # one local kind, one whole-window kind, in turn
+
+
+def tiny_nets() -> tuple[Generator, Discriminator]:
+    """Seeded untrained tiny networks, in eval mode, for the validation measures."""
     torch.manual_seed(0)
-    d = Discriminator(TINY).eval()
-    clips = square_clips()
-    kinds = ("fast-tube", "skip")
+    return Generator(TINY).eval(), Discriminator(TINY).eval()
+
+
+def test_validation_with_local_labels_scores_the_same_windows_with_their_labels():
+    _, d = tiny_nets()
+    clips, kinds = square_clips(), VAL_KINDS
     plain_loss, plain_score = validate_pseudo(d, clips, kinds, CPU)
     local_loss, local_score = validate_pseudo(d, clips, kinds, CPU, local_labels=True)
     assert np.array_equal(plain_score, local_score)  # the same pseudo-anomalies, the same d score
@@ -140,10 +147,8 @@ def test_validation_with_local_labels_scores_the_same_windows_with_their_labels(
 
 
 def test_validation_scores_the_largest_patch_when_asked():
-    torch.manual_seed(0)
-    d = Discriminator(TINY).eval()
-    clips = square_clips()
-    kinds = ("fast-tube", "skip")
+    _, d = tiny_nets()
+    clips, kinds = square_clips(), VAL_KINDS
     _, mean_score = validate_pseudo(d, clips, kinds, CPU)
     _, max_score = validate_pseudo(d, clips, kinds, CPU, patch_max=True)
     assert max_score.shape == mean_score.shape and np.all(max_score >= mean_score - 1e-12)
@@ -151,8 +156,7 @@ def test_validation_scores_the_largest_patch_when_asked():
 
 
 def test_validation_of_normal_windows_takes_the_largest_patch_as_scoring_does():
-    torch.manual_seed(0)
-    g, d = Generator(TINY).eval(), Discriminator(TINY).eval()
+    g, d = tiny_nets()
     clips = square_clips()
     pixel, largest = validate(g, d, clips, CPU, patch_max=True)
     _, mean = validate(g, d, clips, CPU)
@@ -170,10 +174,8 @@ def test_pixel_reductions_mean_and_largest_cell():
 
 
 def test_pixel_validation_scores_the_normal_windows_as_validate_and_the_same_pseudo_anomalies():
-    torch.manual_seed(0)
-    g, d = Generator(TINY).eval(), Discriminator(TINY).eval()
-    clips = square_clips()
-    kinds = ("fast-tube", "skip")
+    g, d = tiny_nets()
+    clips, kinds = square_clips(), VAL_KINDS
     normal_mean, normal_cell, made_mean, made_cell = validate_pixel(g, clips, kinds, CPU)
     pixel, _ = validate(g, d, clips, CPU)
     assert np.allclose(normal_mean, pixel, rtol=1e-5)  # the generator term, as selection reads it

@@ -68,7 +68,7 @@ def validate_pseudo(discriminator, clips: list[Clip], kinds: tuple[str, ...], de
     per window the loss that labels it fake (-log(1 - D); with `local_labels`, as --local-labels
     trains: fake only in the patches a local anomaly covers, real in the others) and -log D (its d
     score; with `patch_max`, the largest patch's -log D instead of the mean). Two float64 arrays."""
-    made = _validation_pseudo_windows(clips, kinds)
+    made = validation_pseudo_windows(clips, kinds)
     discriminator.eval()
     fake_loss, score = [], []
     for i in range(0, len(made), batch_size):
@@ -86,7 +86,7 @@ def validate_pseudo(discriminator, clips: list[Clip], kinds: tuple[str, ...], de
     return tuple(np.concatenate(c) if c else np.zeros(0) for c in (fake_loss, score))
 
 
-def _validation_pseudo_windows(clips: list[Clip], kinds: tuple[str, ...]) -> list:
+def validation_pseudo_windows(clips: list[Clip], kinds: tuple[str, ...]) -> list:
     """One pseudo-anomaly per window of `clips`, the kinds in turn, drawn by the fixed validation
     generator: [(uint8 (11, S, S) window, boxes or None), ...], the same for every caller."""
     windows = WindowSet(clips)
@@ -105,25 +105,30 @@ def pixel_reductions(error: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
+def pixel_terms(generator, windows: list, device, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """The generator term of uint8 (11, S, S) windows, in both pixel_reductions: two float64
+    arrays, the mean and the largest cell. Always fp32; the generator's mode is restored."""
+    modes = generator.training
+    generator.eval()
+    columns: list[list[np.ndarray]] = [[], []]
+    for i in range(0, len(windows), batch_size):
+        x = to_tensor(torch.from_numpy(np.stack([np.asarray(w) for w in windows[i : i + batch_size]]))).to(device)
+        neighbours, middle = split_window(x)
+        error = (generator(neighbours).float() - middle.float()).pow(2)[:, 0]
+        for column, values in zip(columns, pixel_reductions(error)):
+            column.append(values.cpu().double().numpy())
+    generator.train(modes)
+    return tuple(np.concatenate(c) if c else np.zeros(0) for c in columns)
+
+
 def validate_pixel(generator, clips: list[Clip], kinds: tuple[str, ...], device, batch_size: int = 8):
     """The generator term on held-out normal windows and on one pseudo-anomaly made from each (the
     windows of validate_pseudo): four float64 arrays, normal mean, normal cell max, pseudo mean,
-    pseudo cell max (pixel_reductions). Always fp32."""
-    modes = generator.training
-    generator.eval()
-    columns: list[list[np.ndarray]] = [[], [], [], []]
-    made = [w for w, _ in _validation_pseudo_windows(clips, kinds)]
+    pseudo cell max (pixel_terms)."""
     windows = WindowSet(clips)
-    normal = [windows[i] for i in range(len(windows))]
-    for offset, source in ((0, normal), (2, made)):
-        for i in range(0, len(source), batch_size):
-            x = to_tensor(torch.from_numpy(np.stack([np.asarray(w) for w in source[i : i + batch_size]]))).to(device)
-            neighbours, middle = split_window(x)
-            error = (generator(neighbours).float() - middle.float()).pow(2)[:, 0]
-            for k, values in enumerate(pixel_reductions(error)):
-                columns[offset + k].append(values.cpu().double().numpy())
-    generator.train(modes)
-    return tuple(np.concatenate(c) if c else np.zeros(0) for c in columns)
+    normal = pixel_terms(generator, [windows[i] for i in range(len(windows))], device, batch_size)
+    made = pixel_terms(generator, [w for w, _ in validation_pseudo_windows(clips, kinds)], device, batch_size)
+    return (*normal, *made)
 
 
 def ranking_auc(normal: np.ndarray, abnormal: np.ndarray) -> float:
