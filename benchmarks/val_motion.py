@@ -9,7 +9,9 @@ For each weights file: the d score (-log D, Eq. 5's discriminator term) of every
 the two, overall and per kind; with --patch-max, the same for the largest patch's -log D (the
 patch-max variant of `stan eval`) instead of the mean over D's patches; with --pixel, the same for
 the generator term (g: the mean squared error of the generated middle frame) and for its cell-max
-variant (the largest mean error in a 7 x 7 grid of cells). This is the validation measure of the discriminator phase's ship rule
+variant (the largest mean error in a 7 x 7 grid of cells); with --generated, the same for -log D on
+the generated window (each window's middle frame replaced by the generator's prediction from its
+neighbours: `stan eval`'s d_generated variant). This is the validation measure of the discriminator phase's ship rule
 (docs/discriminator.md), computed the same way for weights trained without pseudo-anomalies.
 """
 
@@ -24,7 +26,7 @@ import torch
 from stan_cli import pseudo
 from stan_cli.dataset import WindowSet, default_cache, load_clips, split_validation
 from stan_cli.train import ranking_auc, validate, validate_pseudo
-from stan_cli.training.validation import pixel_terms, validation_pseudo_windows
+from stan_cli.training.validation import generated_scores, pixel_terms, validation_pseudo_windows
 from stan_cli.weights import load_weights
 
 
@@ -36,6 +38,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None, help="the frame cache (default: one per --data folder under /tmp)")
     parser.add_argument("--patch-max", action="store_true", help="also the AUCs of the largest patch's -log D")
     parser.add_argument("--pixel", action="store_true", help="also the AUCs of the generator term and its cell max")
+    parser.add_argument("--generated", action="store_true", help="also the AUCs of -log D on the window with the generated middle frame")
     parser.add_argument("--pixel-only", action="store_true", help="--pixel without the discriminator's AUCs")
     parser.add_argument("--kinds", default=",".join(pseudo.KINDS), help="the kinds of the combined AUC (each kind is also given alone)")
     args = parser.parse_args()
@@ -55,6 +58,15 @@ def main() -> None:
                 fake_loss, score = validate_pseudo(stan.discriminator, val, kinds, device, patch_max=patch_max)
                 label = ",".join(kinds) if len(kinds) > 1 else kinds[0]
                 line.append(f"{label}: AUC {100 * ranking_auc(d, score):.1f} %, -log(1-D) {fake_loss.mean():.4f}")
+            print("; ".join(line), flush=True)
+        if args.generated:
+            windows = WindowSet(val)
+            normal = generated_scores(stan.generator, stan.discriminator, [windows[i] for i in range(len(windows))], device)
+            line = [f"{path} (d on the generated window): {len(normal)} normal windows, mean {normal.mean():.4f}"]
+            for kinds in (combined, *[(k,) for k in pseudo.KINDS]):
+                made = generated_scores(stan.generator, stan.discriminator, [w for w, _ in validation_pseudo_windows(val, kinds)], device)
+                label = ",".join(kinds) if len(kinds) > 1 else kinds[0]
+                line.append(f"{label}: AUC {100 * ranking_auc(normal, made):.1f} %")
             print("; ".join(line), flush=True)
         if args.pixel:
             windows = WindowSet(val)

@@ -16,7 +16,9 @@ from stan_cli import pseudo
 from stan_cli.dataset import Clip, WindowSet
 from stan_cli.model import TINY, Discriminator, Generator, d_loss_map, patch_label_loss
 from stan_cli.train import TrainOptions, _discriminator_step, _pseudo_batch, _Rank, train
-from stan_cli.training.validation import pixel_reductions, validate, validate_pixel, validate_pseudo
+from stan_cli.training.validation import (
+    generated_scores, pixel_reductions, validate, validate_pixel, validate_pseudo, validation_pseudo_windows,
+)
 from stan_cli.inference import score_windows
 from stan_cli.weights import load_weights
 from stan_cli.windows import to_tensor
@@ -183,6 +185,18 @@ def test_pixel_validation_scores_the_normal_windows_as_validate_and_the_same_pse
     again = validate_pixel(g, clips, kinds, CPU)
     assert all(np.array_equal(a, b) for a, b in zip(again, (normal_mean, normal_cell, made_mean, made_cell)))
     assert not np.allclose(made_mean, normal_mean)  # the pseudo-anomalies are not the normal windows
+
+
+def test_generated_scores_match_validate_on_the_normal_windows():
+    g, d = tiny_nets()
+    clips = square_clips()
+    windows = WindowSet(clips)
+    scores = generated_scores(g, d, [windows[i] for i in range(len(windows))], CPU)
+    assert not g.training and not d.training  # their modes as they were
+    _, _, _, as_real = validate(g, d, clips, CPU, generated=True)  # -log D(S^_t), the same windows
+    assert np.allclose(scores, as_real, rtol=1e-5)
+    made = generated_scores(g, d, [w for w, _ in validation_pseudo_windows(clips, VAL_KINDS)], CPU)
+    assert len(made) == len(scores) and not np.allclose(made, scores)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -94,6 +94,24 @@ def validation_pseudo_windows(clips: list[Clip], kinds: tuple[str, ...]) -> list
     return [pseudo.make_boxed(kinds[i % len(kinds)], clips, *windows.index[i], rng) for i in range(len(windows))]
 
 
+@torch.no_grad()
+def generated_scores(generator, discriminator, windows: list, device, batch_size: int = 8) -> np.ndarray:
+    """The d score on the generated window of uint8 (11, S, S) windows: -log D of each window with its
+    middle frame replaced by `generator`'s prediction from its own neighbours (S^_t; the mean over
+    D's patches, as Eq. 5's term). A float64 array; always fp32; the networks' modes are restored."""
+    modes = generator.training, discriminator.training
+    generator.eval()
+    discriminator.eval()
+    scores = []
+    for i in range(0, len(windows), batch_size):
+        x = to_tensor(torch.from_numpy(np.stack([np.asarray(w) for w in windows[i : i + batch_size]]))).to(device)
+        logits = discriminator(with_middle(x, generator(split_window(x)[0]).to(x.dtype)))
+        scores.append(d_loss_map(logits, real=True).cpu().double().numpy())
+    generator.train(modes[0])
+    discriminator.train(modes[1])
+    return np.concatenate(scores) if scores else np.zeros(0)
+
+
 PIXEL_CELLS = 7  # the pixel term's cell-max variant: the error map's mean in a 7 x 7 grid of cells (D's grid at 224)
 
 
