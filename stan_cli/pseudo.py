@@ -19,7 +19,11 @@ moving pasted patch). Each kind keeps the window's content and breaks its motion
 - `fast-tube`: a moving square from another clip and time, its frames taken with stride k in 2..5
              (so what moves in it moves k times faster), pasted with a soft border at another
              place of the window: something that looks unlike what moves there, and faster (the
-             cyclist's appearance and speed together).
+             cyclist's appearance and speed together);
+- `fast-person`: `fast-region` at a person's scale and a cyclist's speed: a square of 1/10 to 1/6
+             of the side (about a walker at 224 x 224 on the UCSD cameras), placed where the
+             skipped window moves, with stride 2 or 3 only: one walker-sized thing moving a little
+             faster along the walkers' paths, the hardest local kind (0.7.0; made for validation).
 
 All functions take and return uint8 (11, S, S) arrays (the training frame cache's layout) and
 draw from an explicit `numpy.random.Generator`, so a resumed run makes the same windows again.
@@ -31,8 +35,9 @@ import numpy as np
 
 from .model import CONTEXT, WINDOW
 
-KINDS = ("skip", "reverse", "repeat", "patch", "fast-region", "fast-tube")
+KINDS = ("skip", "reverse", "repeat", "patch", "fast-region", "fast-tube", "fast-person")
 STRIDES = (2, 3, 4, 5)
+PERSON_STRIDES = (2, 3)  # fast-person: a cyclist among walkers, not a car
 Box = tuple[int, int, int, int]  # where a local pseudo-anomaly is: top, left, height, width (pixels)
 
 
@@ -110,10 +115,12 @@ def fast_region_window(window: np.ndarray, fast: np.ndarray, rng: np.random.Gene
     return placed_fast_region(window, fast, rng)[0]
 
 
-def placed_fast_region(window: np.ndarray, fast: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, Box]:
-    """fast_region_window's window and the square it replaced (the same draws)."""
+def placed_fast_region(window: np.ndarray, fast: np.ndarray, rng: np.random.Generator,
+                       sides: tuple[int, int] = (6, 3)) -> tuple[np.ndarray, Box]:
+    """fast_region_window's window and the square it replaced (the same draws); the square's side
+    is drawn between size // sides[0] and size // sides[1] (fast-person: 1/10 to 1/6)."""
     size = window.shape[-1]
-    side = int(rng.integers(size // 6, size // 3 + 1))
+    side = int(rng.integers(size // sides[0], size // sides[1] + 1))
     y, x = _moving_square(fast, side, rng)
     return _paste(window, fast[:, y : y + side, x : x + side], y, x), (y, x, side, side)
 
@@ -182,12 +189,14 @@ def make_boxed(kind: str, clips: list, clip: int, t: int, rng: np.random.Generat
     that change the whole window, and where a local kind fell back to a repeat."""
     frames = clips[clip].frames
     window = np.array(frames[t - CONTEXT : t + CONTEXT + 1])  # (11, S, S)
-    if kind in ("skip", "fast-region"):
-        strides = fitting_strides(len(frames), t)
+    if kind in ("skip", "fast-region", "fast-person"):
+        strides = _kind_strides(kind, len(frames), t)
         if not strides:
             return repeat_window(window, rng), None
         fast = skip_window(frames, t, int(rng.choice(strides)))
-        return (fast, None) if kind == "skip" else _one(placed_fast_region(window, fast, rng))
+        if kind == "skip":
+            return fast, None
+        return _one(placed_fast_region(window, fast, rng, (10, 6) if kind == "fast-person" else (6, 3)))
     if kind == "reverse":
         return reverse_window(window), None
     if kind == "repeat":
@@ -202,11 +211,17 @@ def make_boxed(kind: str, clips: list, clip: int, t: int, rng: np.random.Generat
     raise ValueError(f"unknown pseudo-anomaly {kind!r}")
 
 
+def _kind_strides(kind: str, n_frames: int, t: int) -> list[int]:
+    """The strides a skipping kind may draw around frame t of a clip of n_frames."""
+    fitting = fitting_strides(n_frames, t)
+    return [k for k in fitting if k in PERSON_STRIDES] if kind == "fast-person" else fitting
+
+
 def _one(placed: tuple[np.ndarray, Box]) -> tuple[np.ndarray, tuple[Box, ...]]:
     return placed[0], (placed[1],)
 
 
-LOCAL_LABELLED = ("fast-region", "fast-tube", "patch")  # the kinds make_boxed gives rectangles for
+LOCAL_LABELLED = ("fast-region", "fast-tube", "patch", "fast-person")  # the kinds make_boxed gives rectangles for
 
 
 def patch_labels(regions: list, size: int, grid: tuple[int, int]) -> np.ndarray:
@@ -247,7 +262,7 @@ def _tube_source(clips: list, rng: np.random.Generator) -> np.ndarray | None:
     return skip_window(frames, t, int(rng.choice(fitting_strides(len(frames), t))))
 
 
-LOCAL_KINDS = ("fast-region", "fast-tube")  # the kinds whose anomaly has a place: make_located
+LOCAL_KINDS = ("fast-region", "fast-tube", "fast-person")  # the kinds whose anomaly has a place: make_located
 
 
 def make_located(kind: str, clips: list, clip: int, t: int, rng: np.random.Generator) -> tuple[np.ndarray, Box] | None:
@@ -257,7 +272,7 @@ def make_located(kind: str, clips: list, clip: int, t: int, rng: np.random.Gener
     long enough), where `make_boxed` would fall back to a repeat."""
     if kind not in LOCAL_KINDS:
         raise ValueError(f"{kind!r} has no place; use one of {', '.join(LOCAL_KINDS)}")
-    if kind == "fast-region" and not fitting_strides(len(clips[clip].frames), t):
+    if kind in ("fast-region", "fast-person") and not _kind_strides(kind, len(clips[clip].frames), t):
         return None
     if kind == "fast-tube" and not any(len(c.frames) > 2 * CONTEXT * STRIDES[0] for c in clips):
         return None

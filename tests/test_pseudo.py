@@ -130,6 +130,24 @@ def test_a_fast_region_speeds_up_the_moving_thing_and_leaves_the_rest_as_it_was(
         assert any(blend_of(pseudo.skip_window(frames, t, k)) for k in pseudo.fitting_strides(len(frames), t))
 
 
+def test_a_fast_person_is_a_walker_sized_region_skipped_with_stride_2_or_3_only():
+    frames = counting_clip(60)  # every stride 2..5 fits around frame 30; a pixel's values are frame numbers
+    window = frames[25:36]
+    strides = set()
+    for seed in range(16):
+        made, (box,) = pseudo.make_boxed("fast-person", [Clip("a", "a", frames)], 0, 30, rng(seed))
+        top, left, side, _ = box
+        assert S // 10 <= side == box[3] <= S // 6  # a walker's size, where fast-region is up to a third
+        rows, cols = np.nonzero((made != window).any(axis=0))
+        assert rows.min() >= top and rows.max() < top + side and cols.min() >= left and cols.max() < left + side
+        centre = made[:, top + side // 2, left + side // 2].astype(int)  # the feather's weight is 1 there
+        stride = centre[6] - centre[5]
+        assert centre.tolist() == list(range(30 - 5 * stride, 31 + 5 * stride, stride))
+        strides.add(int(stride))
+    assert strides == set(pseudo.PERSON_STRIDES)  # both drawn, never 4 or 5
+    assert pseudo.make_boxed("fast-person", [Clip("s", "s", counting_clip(20))], 0, 10, rng())[1] is None  # no stride fits: a repeat
+
+
 def test_a_fast_region_lands_where_the_skipped_window_moves():
     window = np.full((11, 64, 64), 50, np.uint8)
     fast = window.copy()
@@ -286,7 +304,8 @@ def test_a_located_pseudo_anomaly_is_make_s_window_and_its_square_holds_every_ch
         assert width == side
         assert np.array_equal(made, pseudo.make(kind, clips, 0, 30, rng(seed)))
         size = made.shape[-1]
-        assert 0 <= y and 0 <= x and y + side <= size and x + side <= size and size // 6 <= side <= size // 3
+        lo, hi = (10, 6) if kind == "fast-person" else (6, 3)
+        assert 0 <= y and 0 <= x and y + side <= size and x + side <= size and size // lo <= side <= size // hi
         window = clips[0].frames[25:36]
         outside = np.ones((size, size), bool)
         outside[y : y + side, x : x + side] = False
