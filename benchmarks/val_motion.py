@@ -40,7 +40,8 @@ def main() -> None:
     parser.add_argument("--pixel", action="store_true", help="also the AUCs of the generator term and its cell max")
     parser.add_argument("--generated", action="store_true", help="also the AUCs of -log D on the window with the generated middle frame")
     parser.add_argument("--pixel-only", action="store_true", help="--pixel without the discriminator's AUCs")
-    parser.add_argument("--kinds", default=",".join(pseudo.KINDS), help="the kinds of the combined AUC (each kind is also given alone)")
+    parser.add_argument("--kinds", default=",".join(pseudo.KINDS), help="the kinds of the combined AUC")
+    parser.add_argument("--each", default=",".join(pseudo.KINDS), help="the kinds also given alone (default: every kind)")
     args = parser.parse_args()
     args.cache = args.cache or default_cache(args.data)
     args.pixel = args.pixel or args.pixel_only
@@ -50,11 +51,12 @@ def main() -> None:
         clips = load_clips(args.data, stan.config.image_size, args.cache)
         _, val = split_validation(clips, args.val_clips)
         combined = pseudo.parse_kinds(args.kinds)
+        alone = [(k,) for k in pseudo.parse_kinds(args.each)]
         for patch_max in () if args.pixel_only else (False, True) if args.patch_max else (False,):
             _, d = validate(stan.generator, stan.discriminator, val, device, patch_max=patch_max)
             reduction = "largest patch" if patch_max else "mean over patches"
             line = [f"{path} ({reduction}): {len(d)} normal windows, mean d {d.mean():.4f}"]
-            for kinds in (combined, *[(k,) for k in pseudo.KINDS]):
+            for kinds in (combined, *alone):
                 fake_loss, score = validate_pseudo(stan.discriminator, val, kinds, device, patch_max=patch_max)
                 label = ",".join(kinds) if len(kinds) > 1 else kinds[0]
                 line.append(f"{label}: AUC {100 * ranking_auc(d, score):.1f} %, -log(1-D) {fake_loss.mean():.4f}")
@@ -63,7 +65,7 @@ def main() -> None:
             windows = WindowSet(val)
             normal = generated_scores(stan.generator, stan.discriminator, [windows[i] for i in range(len(windows))], device)
             line = [f"{path} (d on the generated window): {len(normal)} normal windows, mean {normal.mean():.4f}"]
-            for kinds in (combined, *[(k,) for k in pseudo.KINDS]):
+            for kinds in (combined, *alone):
                 made = generated_scores(stan.generator, stan.discriminator, [w for w, _ in validation_pseudo_windows(val, kinds)], device)
                 label = ",".join(kinds) if len(kinds) > 1 else kinds[0]
                 line.append(f"{label}: AUC {100 * ranking_auc(normal, made):.1f} %")
@@ -72,7 +74,7 @@ def main() -> None:
             windows = WindowSet(val)
             normal = pixel_terms(stan.generator, [windows[i] for i in range(len(windows))], device)  # once, for every kind
             lines = [[f"{path} (generator term, mean)"], [f"{path} (generator term, largest cell)"]]
-            for kinds in (combined, *[(k,) for k in pseudo.KINDS]):
+            for kinds in (combined, *alone):
                 made = pixel_terms(stan.generator, [w for w, _ in validation_pseudo_windows(val, kinds)], device)
                 label = ",".join(kinds) if len(kinds) > 1 else kinds[0]
                 for line, n, m in zip(lines, normal, made):
