@@ -5,7 +5,7 @@
 
 The validation measure for maps, as benchmarks/val_motion.py is for scores: every --every-th window
 of the last --val-clips clips (`stan train`'s validation clips) gets one local pseudo-anomaly of
-each kind of pseudo.LOCAL_KINDS (`fast-region`: a square of the window sped up 2-5x in place;
+each kind of MAP_KINDS (`fast-region`: a square of the window sped up 2-5x in place;
 `fast-tube`: a square from another clip and time, sped up, pasted elsewhere), made with a fixed
 seed, and we know the square. For each map, over those windows:
   hit rate   share of windows whose map maximum falls inside the square
@@ -54,6 +54,7 @@ from stan_cli.weights import load_weights
 from stan_cli.windows import to_tensor
 
 SEED = 20261206
+MAP_KINDS = ("fast-region", "fast-tube")  # the local kinds measured since 0.5.0, in the order their draws were made
 TARGETS = ("mean", "max", "top5")
 VARIANTS = tuple(f"{t}/L{GUIDED_LAYER}/sum" for t in TARGETS) + ("mean/L0/sum", "mean/L0/mid", "max/L0/mid")
 
@@ -65,7 +66,7 @@ def located_windows(clips, every: int) -> list[tuple[str, np.ndarray, pseudo.Box
     for i, (c, t) in enumerate(WindowSet(clips).index):
         if i % every:
             continue
-        for kind in pseudo.LOCAL_KINDS:
+        for kind in MAP_KINDS:
             made = pseudo.make_located(kind, clips, c, t, rng)
             if made is not None:
                 out.append((kind, *made))
@@ -159,7 +160,7 @@ def evaluate(path: Path, data: Path, val_clips: int, every: int, cache: Path, ba
     _, val = split_validation(clips, val_clips)
     made = located_windows(val, every)
     names = ("pixel_loss", "window_diff", *(f"guided/{v}" for v in VARIANTS), "d_patches", "gradcam/L3", "guided*gradcam")
-    found = {kind: {name: ([], []) for name in names} for kind in pseudo.LOCAL_KINDS}
+    found = {kind: {name: ([], []) for name in names} for kind in MAP_KINDS}
     for i in range(0, len(made), batch_size):
         chunk = made[i : i + batch_size]
         kinds = [k for k, _, _ in chunk]
@@ -184,7 +185,7 @@ def evaluate(path: Path, data: Path, val_clips: int, every: int, cache: Path, ba
                 found[kind][name][1].append(lift)
     return {
         "weights": str(path), "sha256": stan.sha256,
-        "windows": {kind: len(found[kind]["pixel_loss"][0]) for kind in pseudo.LOCAL_KINDS},
+        "windows": {kind: len(found[kind]["pixel_loss"][0]) for kind in MAP_KINDS},
         "maps": {kind: {name: {"hit_rate": float(np.mean(h)), "lift": float(np.median(lf))}
                         for name, (h, lf) in per.items()} for kind, per in found.items()},
     }
@@ -208,10 +209,10 @@ def main() -> None:
         results.append(res)
         counts = ", ".join(f"{k} {n}" for k, n in res["windows"].items())
         print(f"\n{path} (sha256 {res['sha256'][:12]}): windows {counts}; {res['wall_s']} s")
-        print(f"{'map':<22}" + "".join(f"{k + ' hit':>18}{'lift':>7}" for k in pseudo.LOCAL_KINDS))
-        for name in res["maps"][pseudo.LOCAL_KINDS[0]]:
+        print(f"{'map':<22}" + "".join(f"{k + ' hit':>18}{'lift':>7}" for k in MAP_KINDS))
+        for name in res["maps"][MAP_KINDS[0]]:
             row = "".join(f"{res['maps'][k][name]['hit_rate']:>18.1%}{res['maps'][k][name]['lift']:>7.2f}"
-                          for k in pseudo.LOCAL_KINDS)
+                          for k in MAP_KINDS)
             print(f"{name:<22}{row}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
