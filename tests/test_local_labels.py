@@ -189,10 +189,11 @@ def test_pixel_validation_scores_the_normal_windows_as_validate_and_the_same_pse
 
 def test_generated_scores_match_validate_on_the_normal_windows():
     g, d = tiny_nets()
+    g.train(), d.train()
     clips = square_clips()
     windows = WindowSet(clips)
     scores = generated_scores(g, d, [windows[i] for i in range(len(windows))], CPU)
-    assert not g.training and not d.training  # their modes as they were
+    assert g.training and d.training  # their modes as they were
     _, _, _, as_real = validate(g, d, clips, CPU, generated=True)  # -log D(S^_t), the same windows
     assert np.allclose(scores, as_real, rtol=1e-5)
     made = generated_scores(g, d, [w for w, _ in validation_pseudo_windows(clips, VAL_KINDS)], CPU)
