@@ -56,6 +56,10 @@ def main() -> None:
         _, val = split_validation(clips, args.val_clips)
         combined = pseudo.parse_kinds(args.kinds)
         alone = [(k,) for k in pseudo.parse_kinds(args.each)]
+        windows = WindowSet(val)
+        normal_windows = [windows[i] for i in range(len(windows))]  # once, for every variant below
+        made_windows = {kinds: [w for w, _ in validation_pseudo_windows(val, kinds)] for kinds in (combined, *alone)
+                        if args.generated or args.pixel}
         for patch_max in () if args.pixel_only else (False, True) if args.patch_max else (False,):
             _, d = validate(stan.generator, stan.discriminator, val, device, patch_max=patch_max)
             reduction = "largest patch" if patch_max else "mean over patches"
@@ -66,20 +70,18 @@ def main() -> None:
                 line.append(f"{label}: AUC {100 * ranking_auc(d, score):.1f} %, -log(1-D) {fake_loss.mean():.4f}")
             print("; ".join(line), flush=True)
         if args.generated:
-            windows = WindowSet(val)
-            normal = generated_scores(stan.generator, stan.discriminator, [windows[i] for i in range(len(windows))], device)
+            normal = generated_scores(stan.generator, stan.discriminator, normal_windows, device)
             line = [f"{path} (d on the generated window): {len(normal)} normal windows, mean {normal.mean():.4f}"]
             for kinds in (combined, *alone):
-                made = generated_scores(stan.generator, stan.discriminator, [w for w, _ in validation_pseudo_windows(val, kinds)], device)
+                made = generated_scores(stan.generator, stan.discriminator, made_windows[kinds], device)
                 label = ",".join(kinds) if len(kinds) > 1 else kinds[0]
                 line.append(f"{label}: AUC {100 * ranking_auc(normal, made):.1f} %")
             print("; ".join(line), flush=True)
         if args.pixel:
-            windows = WindowSet(val)
-            normal = pixel_terms(stan.generator, [windows[i] for i in range(len(windows))], device)  # once, for every kind
+            normal = pixel_terms(stan.generator, normal_windows, device)  # once, for every kind
             lines = [[f"{path} (generator term, mean)"], [f"{path} (generator term, largest cell)"]]
             for kinds in (combined, *alone):
-                made = pixel_terms(stan.generator, [w for w, _ in validation_pseudo_windows(val, kinds)], device)
+                made = pixel_terms(stan.generator, made_windows[kinds], device)
                 label = ",".join(kinds) if len(kinds) > 1 else kinds[0]
                 for line, n, m in zip(lines, normal, made):
                     line.append(f"{label}: AUC {100 * ranking_auc(n, m):.1f} %")

@@ -38,6 +38,8 @@ from .model import CONTEXT, WINDOW
 KINDS = ("skip", "reverse", "repeat", "patch", "fast-region", "fast-tube", "fast-person")
 STRIDES = (2, 3, 4, 5)
 PERSON_STRIDES = (2, 3)  # fast-person: a cyclist among walkers, not a car
+REGION_SIDES = (6, 3)  # fast-region's square: a side between size // 6 and size // 3
+PERSON_SIDES = (10, 6)  # fast-person's: a walker, between size // 10 and size // 6
 Box = tuple[int, int, int, int]  # where a local pseudo-anomaly is: top, left, height, width (pixels)
 
 
@@ -116,9 +118,9 @@ def fast_region_window(window: np.ndarray, fast: np.ndarray, rng: np.random.Gene
 
 
 def placed_fast_region(window: np.ndarray, fast: np.ndarray, rng: np.random.Generator,
-                       sides: tuple[int, int] = (6, 3)) -> tuple[np.ndarray, Box]:
+                       sides: tuple[int, int] = REGION_SIDES) -> tuple[np.ndarray, Box]:
     """fast_region_window's window and the square it replaced (the same draws); the square's side
-    is drawn between size // sides[0] and size // sides[1] (fast-person: 1/10 to 1/6)."""
+    is drawn between size // sides[0] and size // sides[1]."""
     size = window.shape[-1]
     side = int(rng.integers(size // sides[0], size // sides[1] + 1))
     y, x = _moving_square(fast, side, rng)
@@ -196,7 +198,7 @@ def make_boxed(kind: str, clips: list, clip: int, t: int, rng: np.random.Generat
         fast = skip_window(frames, t, int(rng.choice(strides)))
         if kind == "skip":
             return fast, None
-        return _one(placed_fast_region(window, fast, rng, (10, 6) if kind == "fast-person" else (6, 3)))
+        return _one(placed_fast_region(window, fast, rng, PERSON_SIDES if kind == "fast-person" else REGION_SIDES))
     if kind == "reverse":
         return reverse_window(window), None
     if kind == "repeat":

@@ -94,6 +94,12 @@ def validation_pseudo_windows(clips: list[Clip], kinds: tuple[str, ...]) -> list
     return [pseudo.make_boxed(kinds[i % len(kinds)], clips, *windows.index[i], rng) for i in range(len(windows))]
 
 
+def _window_batches(windows: list, batch_size: int, device):
+    """uint8 (11, S, S) windows as network input, batch_size at a time: (b, 11, 1, S, S) tensors."""
+    for i in range(0, len(windows), batch_size):
+        yield to_tensor(torch.from_numpy(np.stack([np.asarray(w) for w in windows[i : i + batch_size]]))).to(device)
+
+
 @torch.no_grad()
 def generated_scores(generator, discriminator, windows: list, device, batch_size: int = 8) -> np.ndarray:
     """The d score on the generated window of uint8 (11, S, S) windows: -log D of each window with its
@@ -103,8 +109,7 @@ def generated_scores(generator, discriminator, windows: list, device, batch_size
     generator.eval()
     discriminator.eval()
     scores = []
-    for i in range(0, len(windows), batch_size):
-        x = to_tensor(torch.from_numpy(np.stack([np.asarray(w) for w in windows[i : i + batch_size]]))).to(device)
+    for x in _window_batches(windows, batch_size, device):
         logits = discriminator(with_middle(x, generator(split_window(x)[0]).to(x.dtype)))
         scores.append(d_loss_map(logits, real=True).cpu().double().numpy())
     generator.train(modes[0])
@@ -129,8 +134,7 @@ def pixel_terms(generator, windows: list, device, batch_size: int = 8) -> tuple[
     modes = generator.training
     generator.eval()
     columns: list[list[np.ndarray]] = [[], []]
-    for i in range(0, len(windows), batch_size):
-        x = to_tensor(torch.from_numpy(np.stack([np.asarray(w) for w in windows[i : i + batch_size]]))).to(device)
+    for x in _window_batches(windows, batch_size, device):
         neighbours, middle = split_window(x)
         error = (generator(neighbours).float() - middle.float()).pow(2)[:, 0]
         for column, values in zip(columns, pixel_reductions(error)):
