@@ -612,14 +612,16 @@ class _TrainDisplay:
             )
 
     def _on_epoch_start(self, info: dict) -> None:
+        planned = info["epochs"] is not None  # None under --time: the phase runs until its part of the time ends
         if resumed := self.task.pop("resume", None):
+            of_epochs = f" of {info['epochs']}" if planned else ""
             self._say(
                 f"resuming at step {resumed['step']} from {escape(resumed['checkpoint'])}: {info['phase']} epoch "
-                f"{info['epoch'] + 1} of {info['epochs']}, batch {info['done']} of {info['steps']} done",
+                f"{info['epoch'] + 1}{of_epochs}, batch {info['done']} of {info['steps']} done",
                 highlight=False,
             )
         self._close_bar()
-        of = f"/{info['epochs']}" if info["epochs"] is not None else ""  # --time: until its part of the time ends
+        of = f"/{info['epochs']}" if planned else ""
         self.task["id"] = self.progress.add_task(
             f"{info['phase']} {info['epoch'] + 1}{of}", total=info["steps"], completed=info["done"], info=""
         )

@@ -402,3 +402,16 @@ def test_throughput_is_the_rate_over_the_last_minute_of_wall_time():
     for k in range(1, 7):
         meter.add(60 + 10.0 * k, 3)
     assert meter.samples_per_s == pytest.approx(0.3) and meter.step_s == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("epochs, says", [(None, "pretrain epoch 7, batch 158 of 507 done"),
+                                          (10, "pretrain epoch 7 of 10, batch 158 of 507 done")])
+def test_the_resume_line_names_the_planned_epochs_only_when_there_are_some(epochs, says):
+    from rich.console import Console
+
+    console = Console(record=True, width=200, file=open("/dev/null", "w"))
+    display = cli._TrainDisplay(cli._LogProgress(console), recalibration=False)
+    display("resume", step=3200, checkpoint="/runs/w.safetensors.ckpt/last.safetensors")
+    display("epoch_start", phase="pretrain", epoch=6, epochs=epochs, steps=507, done=158)
+    [line] = [ln for ln in console.export_text().splitlines() if ln.startswith("resuming at step 3200 from ")]
+    assert line.endswith(f": {says}") and "None" not in line
