@@ -31,10 +31,12 @@ finish() {  # the log's last lines reach the file before the call returns
 }
 trap finish EXIT
 date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi ($DEVICE)"
-$PY -c "import torch, cv2, stan_cli.cli; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cv2', cv2.__version__)" || exit 1
-# every clip decodes here to the frames encode checked, before any GPU time goes to training
-[ "$PART" = cells ] || $PY scripts/gpu/footage.py check gpu-data/ped2-train || exit 1
-$PY scripts/gpu/footage.py check gpu-data/ped1-train || exit 1
+if [ -z "${DRY:-}" ]; then
+  $PY -c "import torch, cv2, stan_cli.cli; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cv2', cv2.__version__)" || exit 1
+  # every clip decodes here to the frames encode checked, before any GPU time goes to training
+  [ "$PART" = cells ] || $PY scripts/gpu/footage.py check gpu-data/ped2-train || exit 1
+  $PY scripts/gpu/footage.py check gpu-data/ped1-train || exit 1
+fi
 
 # NAME FOOTAGE TIME INIT|- [stan train options]: a fresh run (an earlier try's files removed), the frame
 # cache filled from the H.264 clips, stan train --time, then its weights packed into $OUT
