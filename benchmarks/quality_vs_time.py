@@ -170,12 +170,23 @@ def _row(out: Path, start: str, budget: str) -> dict | None:
     selected = training.get("selected") or {}
     return {
         "start": start, "budget": budget, "budget_s": parse_duration(budget),
-        "train_wall_s": sum(json.loads(timing.read_text())) if timing.exists() else "",
+        "train_wall_s": _train_wall_s(timing, training),
         **{f"auc_{k}": round(100 * frame[k]["pooled"]["auc"], 2) for k in KINDS},
         "eer_gd": round(100 * frame["gd"]["pooled"]["eer"], 2),
         "selected": f"{selected.get('phase', '')} {selected.get('epoch', '')}".strip(),
         "steps": training.get("steps", ""), "weights": str(folder / "weights.safetensors"),
     }
+
+
+def _train_wall_s(timing: Path, training: dict) -> float | str:
+    """The cell's training time: the wall time of the commands that trained it, or more where the
+    run's own record says it used more of its budget: a command stopped from outside (the machine
+    stopped, a kill) cannot note its wall time, but its checkpoints carry the time it used."""
+    noted = sum(json.loads(timing.read_text())) if timing.exists() else None
+    used = (training.get("time_budget") or {}).get("used_s")
+    if used is None:
+        return "" if noted is None else noted
+    return round(max(noted or 0.0, used), 1)
 
 
 def _write(out: Path, rows: list[dict], as_is: dict | None) -> None:

@@ -53,3 +53,15 @@ def test_the_table_keeps_cells_other_commands_finished_and_a_dry_run_writes_noth
     (out / "quality_vs_time.csv").write_text("kept\n")
     run(qvt, monkeypatch, tmp_path, "--budgets", "15m", "--starts", "scratch", "--dry-run")
     assert (out / "quality_vs_time.csv").read_text() == "kept\n"
+
+
+def test_a_cell_whose_commands_were_stopped_from_outside_counts_the_time_its_run_recorded(qvt, tmp_path):
+    out = tmp_path / "qvt"
+    finished_cell(out / "scratch-3h", 0.74)  # noted: one command of 600 s
+    results = out / "scratch-3h" / "eval" / "results.json"
+    data = json.loads(results.read_text())
+    data["weights"]["training"]["time_budget"] = {"seconds": 10800.0, "used_s": 10604.58}  # two earlier commands killed
+    results.write_text(json.dumps(data))
+    assert qvt._row(out, "scratch", "3h")["train_wall_s"] == 10604.6
+    finished_cell(out / "scratch-1h", 0.75)  # no record of the budget (a run without --time): the noted wall time
+    assert qvt._row(out, "scratch", "1h")["train_wall_s"] == 600.0
