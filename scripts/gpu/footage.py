@@ -119,7 +119,7 @@ def _decode(path: Path) -> np.ndarray:
 
 def fill(footage: Path, ckpt_dir: Path) -> None:
     """The run's frame cache (`<ckpt_dir>/frames`), as `dataset.load_clips` writes it, from the H.264 clips."""
-    from stan_cli.dataset import _fingerprint, _npy_header, find_sources
+    from stan_cli.dataset import _fingerprint, find_sources
 
     checks = json.loads((footage / CHECKS).read_text())
     cache = ckpt_dir / "frames"
@@ -128,9 +128,7 @@ def fill(footage: Path, ckpt_dir: Path) -> None:
     for index, source in enumerate(find_sources(footage)):
         key = f"{index:04d}"
         frames = _checked(source, checks)
-        with open(cache / f"{key}.npy", "wb") as fh:
-            fh.write(_npy_header(frames.shape))
-            fh.write(np.ascontiguousarray(frames).tobytes())
+        np.save(cache / f"{key}.npy", np.ascontiguousarray(frames))
         manifest[key] = {"entry": {"source": _fingerprint(source), "size": SIZE}}
     (cache / "manifest.json").write_text(json.dumps(manifest, indent=1))
     print(f"{cache}: {len(manifest)} clips decoded")
