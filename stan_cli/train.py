@@ -204,6 +204,8 @@ def _train_phases(run: _Run, windows: WindowSet, val_clips: list[Clip], finish_o
             # it ended, batch and all.
             if PHASES.index(phase) > PHASES.index(final_phase(run.opts)):
                 break
+            if run.deadline is not None and phase in run.deadline.record.get("ended", []):
+                continue  # ended before a stop: trained to its part of the time, or left out
             if run.deadline is None or _phase_begins(run, phase):
                 if progress["phase"] != phase:
                     _enter_phase(run, phase)
@@ -242,6 +244,9 @@ def _end_phase(run: _Run, phase: str, val_clips: list[Clip], n_windows: int) -> 
         if run.rank.main:
             _end_of_epoch(run, phase, val_clips, fraction)
     set_epochs(run.opts, progress, phase, progress["epoch"] if trained else 0)
+    ended = run.deadline.record.setdefault("ended", [])
+    if phase not in ended:  # a resumed run, even with --time T more, does not reopen it
+        ended.append(phase)
     run.checkpoint()
     run.rank.barrier()
 

@@ -27,6 +27,7 @@ from stan_cli.training.budget import (
     parse_shares,
 )
 from stan_cli.training.clock import Deadline, Throughput, new_budget
+from stan_cli.training.options import PHASES
 from stan_cli.training.ranks import Rank
 from stan_cli.weights import load_weights, read_checkpoint_progress
 from test_train import Events, _Stop, ckpt_of, data3, log_rows, lock_of, options, run_cli  # noqa: F401 (data3: a fixture)
@@ -117,6 +118,8 @@ def test_a_bad_time_on_the_command_line_is_one_error_line(data3, tmp_path):
     (dict(time_budget=600, time_shares="0,0,0"), "three shares"),
     (dict(time_budget=600, time_shares="1,-1,1"), "three shares"),
     (dict(time_budget=600, time_shares="1e308,1e308,1"), "three shares"),  # each finite, their sum not
+    (dict(resume=True, time_shares="1,0,1"), "a resumed run keeps its own shares"),
+    (dict(resume=True, time_budget=600, time_shares="1,0,1"), "a resumed run keeps its own shares"),
 ])
 def test_time_options_are_checked_before_any_work(data3, tmp_path, kw, says):
     out = tmp_path / "m.safetensors"
@@ -177,6 +180,25 @@ def test_the_plan_fits_the_budget_in_the_default_shares(budget):
         used = whole * c.epoch_s(phase) + (epochs - whole) * c.epoch_steps * c.step_s[phase] + (c.end_s[phase] if epochs > whole else 0)
         assert used <= plan.seconds[phase] + 1e-6
         assert used >= plan.seconds[phase] - c.epoch_s(phase)
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0, 1e-3])
+def test_a_resumed_split_does_not_depend_on_the_scale_of_the_shares(scale):
+    """A phase left out keeps its part in seconds (what it would have had), not its raw share, so
+    that a resumed run with more time weighs seconds against seconds."""
+    shares = {p: s * scale for p, s in SHARES.items()}
+    record = new_budget(180, shares)
+    first = Deadline(record, start=0.0, costs=costs())
+    assert first.begin_phase("pretrain", 60.0) and "discriminator" not in first.split("pretrain", 60.0)  # left out
+    first.save(100.0)  # stopped 40 s into the generator's part
+    resumed = Deadline({**record, "seconds": record["used_s"] + 3600}, start=0.0, costs=costs())  # --resume --time 1h
+    seconds = resumed.split("pretrain", 0.0)
+    reference = Deadline({**new_budget(180, dict(SHARES))}, start=0.0, costs=costs())
+    reference.begin_phase("pretrain", 60.0)
+    reference.save(100.0)
+    expected = Deadline({**reference.record, "seconds": reference.record["used_s"] + 3600}, start=0.0, costs=costs()).split("pretrain", 0.0)
+    assert set(seconds) == {"pretrain", "discriminator"} and seconds == pytest.approx(expected)
+    assert all(isinstance(v, float) and v > 0 for v in record["slots_s"].values() if v)
 
 
 def test_a_share_too_small_to_train_leaves_its_phase_out_and_too_little_leaves_none():
@@ -333,7 +355,7 @@ def test_a_time_run_resumes_with_what_is_left_or_with_a_new_time(data3, tmp_path
         train(timed(data3, out, resume=True), events)
     [plan] = events.of("plan")
     assert plan["plan"].budget_s == pytest.approx(200 - record["used_s"])
-    assert "of --time 3.3 min" in plan["text"]
+    assert "(what is left of the run's 3.3 min)" in plan["text"]
 
     events, start = Events(), clock.t
     train(timed(data3, out, resume=True, time_budget=60), events)  # 60 s from now, whatever was left
@@ -347,6 +369,66 @@ def test_a_time_run_resumes_with_what_is_left_or_with_a_new_time(data3, tmp_path
 
     with pytest.raises(TrainingError, match=r"this --time run has finished\. Continue it with more epochs of its last phase \(--[a-z-]+ N, N > \d+\), or train on from its weights in a new run: --init .*m\.safetensors --time T"):
         train(timed(data3, out, resume=True, time_budget=60))
+
+
+class StopAtPhase(Events):
+    """Killed (`_Stop`) as `phase` begins its first epoch."""
+
+    def __init__(self, phase: str) -> None:
+        super().__init__()
+        self.phase = phase
+
+    def __call__(self, kind: str, **info) -> None:
+        super().__call__(kind, **info)
+        if kind == "epoch_start" and info["phase"] == self.phase:
+            raise _Stop
+
+
+def test_a_run_stopped_while_calibrating_writes_its_weights_and_refuses_more_time(data3, tmp_path, clock, monkeypatch):
+    slow(monkeypatch, clock, step_s=1.0, window_s=0.25)
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(KeyboardInterrupt):  # every phase trained, stopped in the calibration
+        train(timed(data3, out, time_budget=150), Events(at="calibrate"))
+    progress = read_checkpoint_progress(ckpt_of(out))
+    assert not out.exists() and set(progress["budget"]["ended"]) == set(PHASES)
+    # more time would train nothing that is still open: refused, saying what to do
+    with pytest.raises(TrainingError, match=r"has trained all its phases and was stopped before its weights were written\. Resume it without --time"):
+        train(timed(data3, out, resume=True, time_budget=600))
+    events = Events()
+    train(timed(data3, out, resume=True), events)  # the plain resume calibrates and writes, training nothing
+    assert out.exists() and not events.of("step") and events.of("calibrate")
+    assert read_checkpoint_progress(ckpt_of(out))["phase"] == "done"
+
+
+def test_more_time_after_a_phase_ended_goes_to_the_phases_still_open(data3, tmp_path, clock, monkeypatch):
+    slow(monkeypatch, clock, step_s=1.0, window_s=0.25)
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(_Stop):  # the generator's part ended, killed as the discriminator phase begins
+        train(timed(data3, out, time_budget=300), StopAtPhase("discriminator"))
+    assert read_checkpoint_progress(ckpt_of(out))["budget"]["ended"] == ["pretrain", "adversarial"]
+    events = Events()
+    train(timed(data3, out, resume=True, time_budget=120), events)
+    [plan] = events.of("plan")
+    assert list(plan["plan"].seconds) == ["discriminator"]  # the generator's phase is not reopened
+    assert {e["phase"] for e in events.of("epoch_start")} == {"discriminator"}
+
+
+def test_a_resume_says_that_another_init_is_ignored(data3, tmp_path, clock, monkeypatch):
+    first, other = tmp_path / "first.safetensors", tmp_path / "other.safetensors"
+    train(options(data3, first))
+    train(options(data3, other, seed=1))
+    slow(monkeypatch, clock, step_s=1.0)
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        train(timed(data3, out, time_budget=300, init=first, checkpoint_every=1), Events(at="step", n=3))
+    same, changed = Events(at="step", exc=_Stop), Events(at="step", exc=_Stop)
+    with pytest.raises(_Stop):
+        train(timed(data3, out, resume=True, init=first), same)  # the same command again with --resume: nothing to say
+    assert not [w for w in same.of("warning") if "--init" in w["message"]]
+    with pytest.raises(_Stop):
+        train(timed(data3, out, resume=True, init=other), changed)
+    [warning] = [w["message"] for w in changed.of("warning") if "--init" in w["message"]]
+    assert f"--init {other} ignored" in warning and str(first) in warning
 
 
 def test_time_resumes_only_a_time_run(data3, tmp_path):

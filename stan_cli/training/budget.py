@@ -185,8 +185,8 @@ def describe(plan: Plan) -> str:
         f"about {human(plan.total_s)} on {plan.device}"
     )
     if plan.budget_s is not None:
-        left = f" (what is left of --time {human(plan.of_s)})" if plan.of_s is not None else ""
-        return f"plan for {human(plan.budget_s)}{left}: {text}"
+        left = f" (what is left of the run's {human(plan.of_s)})" if plan.of_s is not None else ""
+        return f"plan for {human(max(plan.budget_s, 0.0))}{left}: {text}"
     if plan.device == "cpu" and plan.total_s > MANY_HOURS_S:
         text += ". That is many hours on a CPU: --time 1h (or any time) plans the epochs to fit the time you give"
     return f"plan: {text}"

@@ -166,6 +166,11 @@ def _check_discriminator_phase(opts: TrainOptions, option: str) -> None:
 
 def _check_budget(opts: TrainOptions) -> None:
     """--time plans the epochs itself: it takes no epoch option, and shares that can train something."""
+    if opts.resume and opts.time_shares is not None:
+        raise TrainingError(
+            f"--time-shares {opts.time_shares} with --resume: a resumed run keeps its own shares of the time. "
+            "Drop --time-shares (add --time T to give it T from now)."
+        )
     if opts.time_budget is None:
         if opts.time_shares is not None:
             raise TrainingError("--time-shares splits a --time budget between the phases: add --time (e.g. --time 45m).")
@@ -177,7 +182,7 @@ def _check_budget(opts: TrainOptions) -> None:
                 f"{flag} with --time: --time plans every phase's epochs itself (how it shares the time between them: "
                 f"--time-shares). Drop {flag}, or drop --time to train the epochs you ask for."
             )
-    if opts.time_shares is not None and not opts.resume:
+    if opts.time_shares is not None:
         shares = parse_shares(opts.time_shares)
         if opts.init is None and not shares["pretrain"] and not shares["adversarial"]:
             raise TrainingError(

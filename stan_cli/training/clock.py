@@ -66,8 +66,8 @@ def budget_summary(record: dict | None) -> dict | None:
 
 class Deadline:
     """A --time run's clock, over its `progress["budget"]` record: `seconds` it may take in all,
-    `used_s` of them that its checkpointed progress took, each phase's planned part `slots_s`, and
-    `phase_used_s` of the part of the `phase` it was in."""
+    `used_s` of them that its checkpointed progress took, each phase's planned part `slots_s`,
+    `phase_used_s` of the part of the `phase` it was in, and the phases `ended` (trained, or left out)."""
 
     def __init__(self, record: dict, start: float, costs: Costs) -> None:
         self.record, self.start, self.costs = record, start, costs
@@ -76,23 +76,35 @@ class Deadline:
         self.end = start + self.budget_s - margin_s(self.budget_s)  # training, validation and calibration done
         self.phase_start = self.phase_end = start
 
-    def split(self, phase: str, now: float) -> dict[str, float]:
-        """The time left before the calibration, for `phase` and those after it: in proportion to
-        their planned parts (the current one's less what it used before a resume), the last ones
-        left out first when they would get too little to train at all (`budget.split`)."""
+    def _parts(self, phase: str, now: float) -> tuple[dict[str, float], float, dict[str, float]]:
+        """`budget.split`'s arguments: the planned parts of `phase` and the phases after it that have
+        not ended (the current one's less what it used before a resume), the seconds left before
+        the calibration, and the least each needs to train at all."""
         record = self.record
-        weights = {p: record["slots_s"].get(p, 0.0) for p in PHASES[PHASES.index(phase) :] if p in self.costs.step_s}
+        ended = record.get("ended", [])
+        weights = {p: record["slots_s"].get(p, 0.0) for p in PHASES[PHASES.index(phase) :] if p in self.costs.step_s and p not in ended}
         least = {p: self.costs.least_s(p) for p in weights}
         if record["phase"] == phase and phase in weights:  # resumed inside it: what is left of its part, however small
             weights[phase] = max(weights[phase] - record["phase_used_s"], 0.0)
             least[phase] = 0.0
-        return split(weights, self.end - self.costs.calibration_s - now, least)
+        return weights, max(self.end - self.costs.calibration_s - now, 0.0), least
+
+    def split(self, phase: str, now: float) -> dict[str, float]:
+        """The time left before the calibration, for `phase` and those after it: in proportion to
+        their planned parts, the last ones left out first when they would get too little to train
+        at all (`budget.split`)."""
+        return split(*self._parts(phase, now))
 
     def begin_phase(self, phase: str, now: float) -> bool:
         """Start `phase`'s part of the time (`split`); False when it gets none: it is left out, or
         ends as it stands."""
-        seconds = self.split(phase, now)
-        self.record.update(slots_s={**self.record["slots_s"], **seconds}, phase=phase, phase_used_s=0.0)
+        weights, available, least = self._parts(phase, now)
+        seconds = split(weights, available, least)
+        # Every part in seconds from here on, a phase left out too (what it would have had), so that
+        # a resumed split weighs seconds against seconds, not against the shares it started from.
+        total = sum(w for w in weights.values() if w > 0)
+        planned = {p: available * (w / total) for p, w in weights.items() if w > 0} if total > 0 else {}
+        self.record.update(slots_s={**self.record["slots_s"], **planned, **seconds}, phase=phase, phase_used_s=0.0)
         self.phase_start, self.phase_end = now, now + seconds.get(phase, 0.0)
         return phase in seconds
 

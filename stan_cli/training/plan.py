@@ -38,7 +38,8 @@ def plan_run(
         steps = {p: counts[p] * epoch_steps - (progress["epoch"] * epoch_steps + progress["batch"] if p == current else 0) for p in ahead}
         to_time = [p for p in ahead if steps[p] > 0]
     else:
-        to_time = [p for p in ahead if record["slots_s"].get(p, 0) > 0 or (p == current and record["phase"] == current)]
+        ended = record.get("ended", [])
+        to_time = [p for p in ahead if p not in ended and (record["slots_s"].get(p, 0) > 0 or (p == current and record["phase"] == current))]
     if not to_time:
         return None, None
     calibration_windows = len(WindowSet(val_clips)) if len(WindowSet(val_clips)) >= 2 else len(WindowSet(train_clips))

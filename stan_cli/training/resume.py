@@ -72,8 +72,8 @@ def run_options(opts: TrainOptions, rank: Rank, emit: Event) -> TrainOptions:
     last_path = opts.ckpt_dir / "last.safetensors"
     progress = read_checkpoint_progress(last_path)
     _check_resumed_budget(opts, progress, last_path)
-    if opts.time_shares is not None and rank.main:
-        emit("warning", message="resuming with the run's own --time-shares (command-line value ignored)")
+    if rank.main and (message := _init_ignored(opts, progress)):
+        emit("warning", message=message)
     stored = progress["options"]
     stored = {k: stored.get(k, TrainOptions.LEGACY.get(k)) for k in TrainOptions.RUN_KEYS}
     changed = [k for k in TrainOptions.RUN_KEYS if stored[k] != getattr(opts, k)]
@@ -111,6 +111,14 @@ def _check_resumed_budget(opts: TrainOptions, progress: dict, last_path: Path) -
             f"{given[0]}: this run plans its epochs by its --time budget. Resume it without {given[0]} "
             "(it goes on with what is left of its budget; add --time T to give it T from now)."
         )
+    if opts.time_budget is not None and timed:
+        record = progress["budget"]
+        if all(p in record.get("ended", []) for p, share in record["shares"].items() if share):
+            raise TrainingError(
+                f"{last_path}: this --time run has trained all its phases and was stopped before its weights were "
+                f"written. Resume it without --time to calibrate and write them; then train on from them in a new "
+                f"run: --init {opts.out} --time T --out OTHER."
+            )
     if opts.time_budget is not None and not timed:
         if "budget" not in progress:
             raise TrainingError(
@@ -123,6 +131,28 @@ def _check_resumed_budget(opts: TrainOptions, progress: dict, last_path: Path) -
             f"({EPOCH_OPTIONS[final]} N, N > {progress['done_epochs']}), or train on from its weights in a new run: "
             f"--init {opts.out} --time T --out OTHER."
         )
+
+
+def _init_ignored(opts: TrainOptions, progress: dict) -> str | None:
+    """A resumed run starts from its checkpoint: an --init (or --reset-discriminator) other than the
+    run's own changes nothing, and the user is told so."""
+    own = progress.get("init")
+    given = []
+    if opts.init is not None and (own is None or not _same_file(Path(opts.init), own)):
+        given.append(f"--init {opts.init}")
+    if opts.reset_discriminator and not (own or {}).get("reset_discriminator"):
+        given.append("--reset-discriminator")
+    if not given:
+        return None
+    start = f"--init {own['file']}" if own else "random networks"
+    return f"resuming from the run's checkpoint (it started from {start}): {' and '.join(given)} ignored"
+
+
+def _same_file(path: Path, init: dict) -> bool:
+    """Is `path` the run's --init file: the same path, or a file with its sha256?"""
+    if path.resolve() == Path(init["file"]).resolve():
+        return True
+    return path.is_file() and file_sha256(path) == init.get("sha256")
 
 
 def resumed_epochs(opts: TrainOptions, progress: dict) -> None:
