@@ -48,13 +48,13 @@ from .inference import PRECISIONS, resolve_device
 from .model import WINDOW
 from .video import is_video_file, list_frames, natural_key, read_frames
 from .weights import Stan, find_default_weights, load_weights
-from .windows import to_tensor
+from .windows import scored_range, to_tensor
 
 Progress = Callable[[str, int, "int | None"], None]
 RESULTS_FILES = ("results.json", "roc.png", "per_clip.csv")
 SCORES_DIR = "scores"
 SCORES_HEADER = "frame,label,pixel_loss,d_loss,pixel_critical,d_loss_patch_max,d_loss_generated,frame_difference"
-PER_CLIP_HEADER = "clip,frames,abnormal_frames,auc_g,auc_d,auc_gd"
+PER_CLIP_HEADER = "clip,frames,abnormal_frames,auc_g,auc_d,auc_gd,auc_frame_difference"
 KIND_NAMES = {"g": "generator", "d": "discriminator", "gd": "generator + discriminator",
               "frame_difference": "no learning"}
 LAMBDA_SOURCE = "test set: max pixel term / max -log D term / 10 over all scored test frames (the paper's rule)"
@@ -721,8 +721,30 @@ def _frame_level(scored: list[ClipScores], y, raw: dict, model: Stan) -> dict:
     return frame_level
 
 
+def _leave_out_non_finite(scored: list[ClipScores]) -> list[str]:
+    """A frame with a full window where the networks gave a non-finite pixel loss or -log D (weights
+    that overflow, bf16 trouble) is left out of every score, the reference's included, so that g, d,
+    gd and frame difference are measured on the same frames; a warning per clip says so."""
+    warnings = []
+    for s in scored:
+        inside = np.zeros(len(s.pixel), dtype=bool)
+        inside[scored_range(len(s.pixel))] = True
+        bad = inside & ~(np.isfinite(s.pixel) & np.isfinite(s.d))
+        if not bad.any():
+            continue
+        for term in (s.pixel, s.d, s.map_max, s.d_max, s.d_generated, s.frame_diff):
+            term[bad] = np.nan
+        warnings.append(
+            f"{s.clip.name}: {int(bad.sum())} of {int(inside.sum())} windows got a non-finite loss from the networks of "
+            "these weights and are left out of every metric; the figures cover fewer frames than the clip has. "
+            "Use another weights file (or, after --precision bf16, fp32)."
+        )
+    return warnings
+
+
 def _measure(scored: list[ClipScores], y: list[np.ndarray], model: Stan) -> tuple[dict, dict]:
     """Every metric from the per-frame losses and labels; and the pooled ROC inputs per kind."""
+    non_finite = _leave_out_non_finite(scored)
     names = [s.clip.name for s in scored]
     pixel = [s.pixel for s in scored]
     d = [s.d for s in scored]
@@ -739,7 +761,7 @@ def _measure(scored: list[ClipScores], y: list[np.ndarray], model: Stan) -> tupl
          "auc_frame_difference": metrics.clip_auc(scored[k].frame_diff, lab)}
         for k, (n, p, lab) in enumerate(zip(names, pixel, y))
     ]
-    warnings = []
+    warnings = non_finite
     _, labels = metrics.pooled(raw["g"], y)
     if not metrics.has_both_classes(labels):
         missing = "normal" if labels.all() else "abnormal"
@@ -819,7 +841,8 @@ def _write_results(out: Path, results: dict, scored: list[ClipScores], y: list[n
     writer = csv.writer(table, lineterminator="\n")  # quotes a clip name holding a comma or a quote
     writer.writerow(PER_CLIP_HEADER.split(","))
     for r in results["per_clip"]:
-        writer.writerow([r["clip"], r["frames"], r["abnormal_frames"], _cell(r["auc_g"]), _cell(r["auc_d"]), _cell(r["auc_gd"])])
+        writer.writerow([r["clip"], r["frames"], r["abnormal_frames"], _cell(r["auc_g"]), _cell(r["auc_d"]), _cell(r["auc_gd"]),
+                         _cell(r["auc_frame_difference"])])
     report.atomic_write_bytes(out / "per_clip.csv", table.getvalue().encode())
     (out / SCORES_DIR).mkdir(exist_ok=True)
     stale = set((out / SCORES_DIR).glob("*.csv"))  # an earlier run's clips, in a folder given with --overwrite

@@ -5,7 +5,8 @@ Every per-frame array here is 1-D, one value per frame of a clip. Frames without
 stay NaN on the way out, and are never flagged. No function invents a score for them.
 
 Terms (STAN, Eq. 5 and 6):
-- ``pixel``: the generator term || G(neighbours) - X_t ||, per frame.
+- ``pixel``: the generator term, the mean squared error of G(neighbours) against X_t, per frame
+  (Eq. 5 writes the L2 norm; docs/evaluation.md says why the MSE).
 - ``d``: the discriminator term, already -log D(S_t), per frame.
 - raw score ``l_s = pixel + lambda_s * d``; normalised score ``s = (l_s - min) / (max - min)``.
 """
@@ -63,7 +64,8 @@ def raw_score(pixel: np.ndarray, d: np.ndarray, kind: str, lam: float) -> np.nda
 def normalise_per_clip(raw: np.ndarray) -> np.ndarray:
     """Per-clip min-max normalisation (Eq. 6): (raw - min) / (max - min) over finite values.
 
-    NaN stays NaN; an all-NaN clip stays all-NaN. A constant curve (max == min) gives 0.0 at
+    NaN (and +-inf: a non-finite loss is an unscored frame everywhere in stan) stays unscored, as
+    NaN; an all-NaN clip stays all-NaN. A constant curve (max == min) gives 0.0 at
     every scored frame: nothing stands out from the rest of the clip, so no frame is more
     abnormal than another. Returns float64.
     """

@@ -450,3 +450,24 @@ def test_eval_baseline_is_the_no_network_path(evaluated, ped2_dir):
     rows = _rows(out / "scores" / "02.csv")
     got = np.array([float(x["frame_difference"]) if x["frame_difference"] else np.nan for x in rows])
     np.testing.assert_allclose(got, baseline.clip_frame_difference(ped2_dir / "frames" / "02", 32), rtol=1e-7, equal_nan=True)
+
+
+def test_a_non_finite_loss_is_left_out_of_every_score_with_a_warning(ped2_dir, tiny_weights, tmp_path, monkeypatch):
+    # weights that overflow on one window: the frame leaves g, d, gd and the reference alike, and
+    # results.json says so, where before it silently shrank only the d and gd frame sets
+    real = evaluate_module.score_clip
+
+    def one_nan(clip, *args, **kwargs):
+        s = real(clip, *args, **kwargs)
+        if clip.name == "01":
+            s.d[8] = np.nan
+        return s
+
+    monkeypatch.setattr(evaluate_module, "score_clip", one_nan)
+    results = evaluate(ped2_dir, out=tmp_path / "r", weights=tiny_weights, device="cpu")
+    rows = {r["clip"]: r for r in results["per_clip"]}
+    assert rows["01"]["scored_frames"] == len(scored_range(N)) - 1 and rows["02"]["scored_frames"] == len(scored_range(N))
+    scores = _rows(tmp_path / "r" / "scores" / "01.csv")
+    assert all(scores[8][k] == "" for k in ("pixel_loss", "d_loss")), scores[8]
+    (warning,) = results["warnings"]
+    assert warning.startswith("01: 1 of 14 windows got a non-finite loss") and "every metric" in warning
