@@ -37,7 +37,7 @@ from .detect import SCORE_KINDS, check_options, detect, open_output
 from .errors import InputError, OutputError, StanError
 from .fileio import shown
 from .inference import check_batch_size, resolve_device
-from .video import VIDEO_EXTENSIONS, is_clip, is_frame_folder, natural_key
+from .video import VIDEO_EXTENSIONS, is_clip, is_frame_folder, is_stan_overlay, natural_key
 from .weights import Stan, find_default_weights, load_weights
 
 INDEX_FILES = ("index.html", "index.csv", "summary.json")
@@ -139,7 +139,7 @@ def _clips_in(path: Path) -> list[Path]:
     clips = []
     for child in children:
         try:
-            if is_clip(child) or _named_like_a_video(child):
+            if (is_clip(child) or _named_like_a_video(child)) and not is_stan_overlay(child):
                 clips.append(child)
         except OSError:  # unreadable: detect says so for this input alone
             clips.append(child)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -146,6 +147,17 @@ def os_error_message(e: OSError) -> str:
     else:
         hint = "Check the path and try again."
     return f"{where}{reason}. {hint}"
+
+
+def train_os_error(e: OSError, opts) -> str:
+    """os_error_message for `stan train`: a failed write that names no file (a full disk) names the
+    run's places, and a run with a checkpoint says how to go on once the cause is fixed."""
+    message = os_error_message(e)
+    if not e.filename:
+        message = f"writing the run's files (--out {opts.out}, checkpoints in {opts.ckpt_dir}): {message}"
+    if (opts.ckpt_dir / "last.safetensors").exists():
+        message += " The run's checkpoint is kept: then run the same command with --resume."
+    return message
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -550,7 +562,7 @@ def train(
     except StanError as e:
         fail(str(e))
     except OSError as e:  # the system refused a read or write nobody turned into a StanError
-        fail(os_error_message(e))
+        fail(train_os_error(e, opts))
     except KeyboardInterrupt:  # before the run's own Ctrl-C handling began (reading the footage) or after it ended
         if (opts.ckpt_dir / "last.safetensors").exists():
             err.print("[yellow]interrupted[/]: continue from the last checkpoint with --resume")
@@ -868,9 +880,25 @@ def stop_on_termination() -> None:
             signal.signal(sig, _stop_like_ctrl_c)
 
 
+def empty_argument(argv: list[str]) -> str | None:
+    """What is wrong with a command line holding an empty argument ("" or --out=), or None. An unset
+    shell variable ("$CLIP") gives one, and as a path it would name the current folder: `stan detect ""`
+    would score every video there, `--out ""` write into it."""
+    for k, arg in enumerate(argv):
+        if arg == "" or (arg.startswith("--") and arg.endswith("=")):
+            where = f" for {arg[:-1]}" if arg else (f" after {argv[k - 1]}" if k else "")
+            return (f"an empty argument{where}: nothing is read or written for it, since as a path it would name "
+                    "the current folder. Give the path or value (an unset shell variable gives an empty one).")
+    return None
+
+
 def run() -> None:
     """The `stan` console script: `app` with termination signals handled."""
     stop_on_termination()
+    message = empty_argument(sys.argv[1:])
+    if message:
+        err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+        raise SystemExit(2)
     app()
 
 

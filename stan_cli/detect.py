@@ -30,15 +30,14 @@ from .fileio import LOCK_NAME, FolderLock, is_scratch, is_utf8, remove_quietly, 
 from .heatmaps import MapReader, MapStore
 from .inference import GUIDED_LAYER, MAX_BATCH_SIZE, PRECISIONS, StreamScorer, check_batch_size, resolve_device, smooth_guided
 from .model import CONTEXT, WINDOW
-from .video import VideoInfo, VideoWriter, frame_times, read_frames
+from .video import OVERLAY_VIDEOS, VideoInfo, VideoWriter, frame_times, read_frames
 from .weights import Stan, find_default_weights, load_weights
 from .windows import scored_range, to_grey_square, to_tensor
 
 SCORE_KINDS = {"g": "generator", "d": "discriminator", "gd": "generator + discriminator"}
 MAP_SCALE_FLOOR = 0.1  # |difference| in [-1, 1] units below which a heat map stays cold
 REPORT_FILES = ("scores.csv", "segments.csv", "summary.json", "scores.png", "index.html")
-OVERLAY_PIXEL = "overlay_pixel_loss.mp4"
-OVERLAY_GUIDED = "overlay_guided_backprop.mp4"
+OVERLAY_PIXEL, OVERLAY_GUIDED = OVERLAY_VIDEOS
 OVERLAYS = (
     (OVERLAY_PIXEL, "pixel", "Generator pixel-loss map (|generated - real|) over the input"),
     (OVERLAY_GUIDED, "guided", "Guided backpropagation of the discriminator over the input"),

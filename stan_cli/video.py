@@ -38,7 +38,7 @@ import numpy as np
 from imageio_ffmpeg._parsing import parse_ffmpeg_header
 
 from .errors import InputError, OutputError
-from .fileio import OVERLAY_COMMENT, finish_temporary, output_error, remove_quietly, shown
+from .fileio import OVERLAY_COMMENT, finish_temporary, output_error, remove_quietly, shown, written_by_stan
 
 FRAME_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 VIDEO_EXTENSIONS = frozenset(
@@ -124,6 +124,16 @@ _OUTPUT_FOLDERS = (
 )
 
 
+OVERLAY_VIDEOS = ("overlay_pixel_loss.mp4", "overlay_guided_backprop.mp4")  # the report's two, in detect
+
+
+def is_stan_overlay(path: Path) -> bool:
+    """An overlay video `stan detect` wrote (a report given a folder of clips as --out): its name,
+    then stan's comment in it or the report's summary.json beside it. Never footage: scored or
+    trained on, it would teach or flag stan's own heat maps."""
+    return path.name in OVERLAY_VIDEOS and written_by_stan(path)
+
+
 def _is_loss_plot(path: Path) -> bool:
     """NAME.losses.png with NAME.log.csv beside it: the loss plot `stan train` writes beside its
     weights (the two are always written together). The name is checked first: no stat for a frame."""
@@ -139,7 +149,7 @@ def is_stan_output(path: Path) -> bool:
     explanation.json) and no image but the ones stan writes there. A folder of the user's frames
     stays footage whatever else lies in it."""
     if not path.is_dir():
-        return _is_loss_plot(path)
+        return _is_loss_plot(path) or is_stan_overlay(path)
     # the markers first: a footage folder has none, and is not listed a second time
     owns = [own for markers, own in _OUTPUT_FOLDERS if all((path / m).is_file() for m in markers)]
     if not owns:
@@ -154,7 +164,7 @@ def is_clip(path: Path) -> bool:
     if path.name.startswith("."):
         return False
     if is_video_file(path):
-        return True
+        return not is_stan_overlay(path)
     return path.is_dir() and bool(list_frames(path)) and not is_stan_output(path)
 
 

@@ -418,3 +418,25 @@ def test_two_processes_share_the_inputs(videos, tiny_weights, tmp_path):
     assert [e["rank"] for e in entries] == [0, 1, 0, 1]  # inputs[rank::2]
     assert proc.stdout.count("reports written") == 1  # rank 0 alone prints the table
     assert len(error_lines(proc.stderr)) == 1 and "fake.mp4" in error_lines(proc.stderr)[0]
+
+
+def test_a_report_written_into_a_folder_of_videos_is_not_footage(videos, tiny_weights, tmp_path):
+    """Found by a robustness pass: `stan detect a.mp4 --out cam --overwrite` puts the overlay videos
+    into the folder of clips; detect and train on that folder read them as clips, scoring or
+    learning stan's own heat maps. They are stan's output (name and comment), never footage; a
+    user's video of the same name stays one."""
+    from stan_cli.dataset import find_sources
+
+    cam = tmp_path / "cam"
+    cam.mkdir()
+    for name in ("2.mp4", "10.mp4"):
+        shutil.copy(videos / name, cam / name)
+    result = run(cam / "2.mp4", "--out", cam, "--weights", tiny_weights, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert (cam / "overlay_pixel_loss.mp4").is_file() and (cam / "overlay_guided_backprop.mp4").is_file()
+    expected = [cam / "2.mp4", cam / "10.mp4"]
+    assert expand_inputs([cam]) == find_sources(cam) == expected
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(videos / "2.mp4", mine / "overlay_pixel_loss.mp4")  # the user's own footage of that name
+    assert find_sources(mine) == [mine / "overlay_pixel_loss.mp4"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -318,3 +319,41 @@ def test_log_progress_takes_markup_as_the_bars_do():
     task = progress.add_task(escape("[1/2] [bold]x.mp4: ") + "scoring", total=4, info="")
     progress.update(task, completed=4, info=escape("at [/b]"))
     assert buffer.getvalue().startswith("[1/2] [bold]x.mp4: scoring: 4/4 at [/b] (at "), buffer.getvalue()
+
+
+@pytest.mark.parametrize("argv", [["detect", ""], ["detect", "clip.mp4", "--out", ""], ["train", "frames", "--out="],
+                                  ["explain", "", "--frame", "3"]])
+def test_an_empty_argument_is_one_error_line_and_reads_nothing(argv, monkeypatch, capsys, tmp_path):
+    """Found by a robustness pass: "" (an unset "$CLIP") reads as the current folder, so
+    `stan detect ""` scored every video in it. The console script refuses it before any work."""
+    from stan_cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["stan", *argv])
+    with pytest.raises(SystemExit) as stop:
+        cli.run()
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(" ".join(lines).split("error:")) == 2 and lines[0].startswith("error: an empty argument"), lines
+    assert list(tmp_path.iterdir()) == []
+    assert cli.empty_argument(["detect", "clip.mp4", "--out", "r"]) is None
+
+
+def test_a_full_disk_in_train_names_the_run_and_says_resume(tmp_path):
+    """Found by a robustness pass: ENOSPC from a write names no file; the error said only "No space
+    left on device", not where, nor that --resume finishes the run once there is space."""
+    import errno
+
+    from stan_cli.cli import train_os_error
+    from stan_cli.train import TrainOptions
+
+    opts = TrainOptions(data=tmp_path, out=tmp_path / "m.safetensors")
+    full = OSError(errno.ENOSPC, "No space left on device")
+    message = train_os_error(full, opts)
+    assert message.startswith(f"writing the run's files (--out {opts.out}, checkpoints in {opts.ckpt_dir})")
+    assert "Free some space" in message and "--resume" not in message
+    opts.ckpt_dir.mkdir()
+    (opts.ckpt_dir / "last.safetensors").write_bytes(b"x")
+    named = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "w"))
+    message = train_os_error(named, opts)
+    assert message.startswith(f"{tmp_path / 'w'}: No space") and message.endswith("run the same command with --resume.")

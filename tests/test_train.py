@@ -1339,6 +1339,29 @@ def test_a_new_run_clears_only_stans_files_in_its_checkpoint_folder(data3, tmp_p
     assert files_under(tmp_path) == {folder / name: b"the user's own file"}
 
 
+@pytest.mark.parametrize("files", [{"notes.txt": b"mine"}, {"manifest.json": b"my notes", "0001.npy": b"mine"}, {"manifest.json": b"[1, 2]"}])
+def test_a_frames_folder_stan_did_not_make_in_the_checkpoint_folder_is_refused(data3, tmp_path, files):
+    """A new run decodes its footage into frames/ of its checkpoint folder: a folder there holding a
+    name stan's cache does not, or a manifest that is not stan's (even beside cache-like names), is
+    refused by name, touching nothing; stan's own cache is reused."""
+    folder = tmp_path / "mine"
+    (folder / "frames").mkdir(parents=True)
+    for name, data in files.items():
+        (folder / "frames" / name).write_bytes(data)
+    before = files_under(tmp_path)
+    with pytest.raises(OutputError, match=rf"{re.escape(str(folder / 'frames'))}: (holds|not).*--checkpoint-dir"):
+        train(options(data3, tmp_path / "model.safetensors", checkpoint_dir=str(folder)))
+    assert files_under(tmp_path) == before
+
+
+def test_a_frame_cache_stan_made_is_accepted_by_a_new_run(data3, tmp_path):
+    folder = tmp_path / "runs"
+    train(options(data3, tmp_path / "first.safetensors", checkpoint_dir=str(folder)))
+    assert (folder / "frames" / "manifest.json").is_file()
+    train(options(data3, tmp_path / "second.safetensors", checkpoint_dir=str(folder), overwrite=True))
+    assert (tmp_path / "second.safetensors").is_file()
+
+
 def test_an_interrupted_overwrite_leaves_the_earlier_run_whole(data3, tmp_path):
     """--overwrite replaces the earlier run's weights, logs and plot together when the new run
     finishes; until then they stay as they were, and the new run's progress is in its checkpoint folder."""
