@@ -139,7 +139,7 @@ def _clips_in(path: Path) -> list[Path]:
     clips = []
     for child in children:
         try:
-            if (is_clip(child) or _named_like_a_video(child)) and not is_stan_overlay(child):
+            if is_clip(child) or (_named_like_a_video(child) and not is_stan_overlay(child)):  # is_clip skips overlays too
                 clips.append(child)
         except OSError:  # unreadable: detect says so for this input alone
             clips.append(child)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,32 @@ def default_cache(folder: Path) -> Path:
 
     digest = hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:10]
     return Path(tempfile.gettempdir()) / f"stan-val-cache-{digest}"
+
+
+# What a frame cache holds (load_clips): a clip each, the manifest, and their temporary files.
+_CACHE_NAME = re.compile(r"\d{4}\.npy|\d{4}\.\d+\.partial|\d{4}\.\d+\.npy\.tmp|manifest\.json|\.manifest\.json\.\d+\.tmp")
+
+
+def not_a_frame_cache(cache: Path) -> str | None:
+    """Why `cache` is not a frame cache `load_clips` made (a file of another name in it, a manifest
+    that is not its own), or None when it is one or does not exist."""
+    if not cache.exists() and not cache.is_symlink():
+        return None
+    if not cache.is_dir():
+        return "not a folder"
+    foreign = sorted(p.name for p in cache.iterdir() if not _CACHE_NAME.fullmatch(p.name))
+    if foreign:
+        return f"holds {foreign[0]!r}{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}, which stan did not write"
+    manifest = cache / "manifest.json"
+    if manifest.exists():
+        try:
+            entries = json.loads(manifest.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            entries = None
+        if not (isinstance(entries, dict) and all(
+                re.fullmatch(r"\d{4}", k) and isinstance(v, dict) and "entry" in v for k, v in entries.items())):
+            return "holds a manifest.json that is not stan's"
+    return None
 
 
 def load_clips(

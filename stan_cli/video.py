@@ -149,7 +149,7 @@ def is_stan_output(path: Path) -> bool:
     explanation.json) and no image but the ones stan writes there. A folder of the user's frames
     stays footage whatever else lies in it."""
     if not path.is_dir():
-        return _is_loss_plot(path) or is_stan_overlay(path)
+        return _is_loss_plot(path)
     # the markers first: a footage folder has none, and is not listed a second time
     owns = [own for markers, own in _OUTPUT_FOLDERS if all((path / m).is_file() for m in markers)]
     if not owns:

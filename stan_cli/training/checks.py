@@ -6,16 +6,14 @@ locked, deleted or decoded before `check_options` has passed.
 
 from __future__ import annotations
 
-import json
 import numbers
 import os
-import re
 from pathlib import Path
 
 import torch
 
 from .. import pseudo
-from ..dataset import find_sources
+from ..dataset import find_sources, not_a_frame_cache
 from ..errors import InputError, OutputError, StanError, TrainingError
 from ..fileio import is_stan_safetensors, written_by_stan
 from ..inference import PRECISIONS
@@ -308,39 +306,16 @@ def _check_run_folder(opts: TrainOptions) -> None:
     _check_frame_cache(opts.ckpt_dir / "frames")
 
 
-# The names a frame cache holds (dataset.load_clips): a clip each, the manifest, and their temp files.
-_CACHE_NAME = re.compile(r"\d{4}\.npy|\d{4}\.\d+\.partial|\d{4}\.\d+\.npy\.tmp|manifest\.json|\.manifest\.json\.\d+\.tmp")
-
-
 def _check_frame_cache(cache: Path) -> None:
     """A run decodes its footage into `frames/` of its checkpoint folder, replacing what is there:
-    refused unless that folder is a frame cache stan made (its names only, and its manifest when it
-    has one), since --checkpoint-dir may name a folder of the user's."""
-    if not cache.exists() and not cache.is_symlink():
-        return
-    problem = None
-    if not cache.is_dir():
-        problem = "not a folder"
-    else:
-        foreign = sorted(p.name for p in cache.iterdir() if not _CACHE_NAME.fullmatch(p.name))
-        if foreign:
-            problem = f"holds {foreign[0]!r}{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}, which stan did not write"
-        elif (cache / "manifest.json").exists() and not _is_cache_manifest(cache / "manifest.json"):
-            problem = "holds a manifest.json that is not stan's"
+    refused unless that folder is a frame cache stan made, since --checkpoint-dir may name a folder
+    of the user's."""
+    problem = not_a_frame_cache(cache)
     if problem:
         raise OutputError(
             f"{cache}: {problem}; a new run writes its frame cache there. "
             "Choose another --checkpoint-dir, or move the folder away."
         )
-
-
-def _is_cache_manifest(path: Path) -> bool:
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(manifest, dict) and all(
-        _CACHE_NAME.fullmatch(f"{k}.npy") and isinstance(v, dict) and "entry" in v for k, v in manifest.items())
 
 
 def check_batch_memory(opts: TrainOptions, device: torch.device, world: int) -> None:
