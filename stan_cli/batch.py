@@ -33,9 +33,9 @@ import torch
 import torch.distributed as dist
 
 from . import __version__, report, report_html
-from .detect import SCORE_KINDS, check_options, detect, open_output
+from .detect import ALL_FILES, SCORE_KINDS, check_options, detect, open_output
 from .errors import InputError, OutputError, StanError
-from .fileio import shown
+from .fileio import remove_quietly, shown, written_by_stan
 from .inference import check_batch_size, resolve_device
 from .video import VIDEO_EXTENSIONS, is_clip, is_frame_folder, is_stan_overlay, natural_key
 from .weights import Stan, find_default_weights, load_weights
@@ -338,8 +338,21 @@ class _Index:
             "score_kind": score,
             "world_size": world.size,
         }
+        self.written = False
+
+    def _drop_single_report(self) -> None:
+        """A one-input report that --overwrite let this index replace: its files that stan wrote
+        (scores, segments, plot, overlays) would sit beside the index as if they were this run's.
+        Removed when the index is first written (a run that fails before leaves the report whole),
+        before summary.json is replaced, which names an earlier version's overlay videos."""
+        stale = [self.out / name for name in ALL_FILES if name not in INDEX_FILES]
+        for path in [p for p in stale if written_by_stan(p)]:
+            remove_quietly(path)
 
     def write(self, entries: list[BatchEntry]) -> None:
+        if not self.written:
+            self._drop_single_report()
+            self.written = True
         counts = {status: sum(e.status == status for e in entries) for status in ("ok", "incomplete", "error", "pending")}
         report.write_json(self.out / "summary.json", {**self.facts, "inputs": len(entries), "counts": counts,
                                                       "entries": [e.to_dict() for e in entries]})

@@ -565,8 +565,14 @@ class ScoreStream:
             self._frames.close()
         self.on_progress("score", self.n_frames, self.n_frames)
         if self.n_frames < WINDOW:
+            frames = f"{self.n_frames} frame{'s' if self.n_frames != 1 else ''}"
+            if not self.complete:  # cut short: a longer clip is not the advice (explain says the same)
+                raise InputError(
+                    f"{self.video}: decoding ended after {frames} of about {self.info.n_frames}; the file looks "
+                    f"truncated or damaged, and STAN needs at least {WINDOW}. Use an undamaged copy of the file."
+                )
             raise InputError(
-                f"{self.video}: only {self.n_frames} frame{'s' if self.n_frames != 1 else ''}; STAN needs at "
+                f"{self.video}: only {frames}; STAN needs at "
                 f"least {WINDOW} (one window of 5 frames either side). Use a longer clip."
             )
 

@@ -833,7 +833,11 @@ class FrameStream:
         if self.count != given:
             decoded = _decoded_images(files)
             not_images = set(_not_images(files))
-            bad = [f for k, f in enumerate(files) if k not in decoded] if decoded is not None else sorted(not_images)
+            # ffmpeg stops at a file that is no image (an empty one, say): the images after it were
+            # not reached, not found damaged, so only those before it can be called damaged
+            stop = min((k for k, f in enumerate(files) if f in not_images), default=given)
+            bad = sorted(not_images) if decoded is None else [
+                f for k, f in enumerate(files) if f in not_images or (k not in decoded and k < stop)]
             named = [f"{shown(f.name)} {'not an image' if f in not_images else 'damaged'}" for f in bad[:3]]
             which = f" ({', '.join(named)}{', ...' if len(bad) > 3 else ''})" if bad else ""
             raise InputError(

@@ -59,8 +59,9 @@ def find_default_weights() -> Path:
                 ".safetensors file from `stan train`, or unset it to use the shipped weights."
             )
         if not Path(env).is_file():
+            what = "is not a regular file (a pipe or device)" if Path(env).exists() else "weights file not found"
             raise WeightsError(
-                f"{env}: weights file not found (named by $STAN_WEIGHTS). Point STAN_WEIGHTS at a "
+                f"{env}: {what} (named by $STAN_WEIGHTS). Point STAN_WEIGHTS at a "
                 ".safetensors file from `stan train`, or unset it to use the shipped weights."
             )
         return Path(env)
@@ -186,7 +187,8 @@ def _read(path: Path, expected_format: str, option: str = "--weights") -> tuple[
     if path.is_dir():
         raise WeightsError(f"{path}: is a folder, not a weights file. Pass {option} with a .safetensors file from `stan train`.")
     if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found. Pass {option} with a .safetensors file from `stan train`.")
+        what = "is not a regular file (a pipe or device)" if path.exists() else "weights file not found"
+        raise WeightsError(f"{path}: {what}. Pass {option} with a .safetensors file from `stan train`.")
     try:
         from safetensors import safe_open
 

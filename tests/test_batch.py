@@ -224,6 +224,25 @@ def test_non_empty_out_is_refused_unless_overwrite(videos, tiny_weights, tmp_pat
     assert (out / "mine.txt").read_text() == "keep me"
 
 
+def test_many_inputs_over_a_single_report_leave_none_of_its_files(videos, tiny_weights, tmp_path):
+    """Found by a robustness pass: --overwrite let the index replace a one-input report's
+    index.html and summary.json, and its scores.csv and plot stayed beside them as if current.
+    A file of the user's with a report's name stays."""
+    out = tmp_path / "out"
+    single = run(videos / "2.mp4", "--out", out, "--weights", tiny_weights, "--device", "cpu", "--no-video")
+    assert single.exit_code == 0, single.output
+    assert (out / "scores.csv").exists()
+    (out / "scores.png").unlink()
+    (out / "scores.png").write_text("my notes, not a plot")  # the user's file: not stan's, so kept
+    many = run(videos / "2.mp4", videos / "10.mp4", "--out", out, "--weights", tiny_weights, "--device", "cpu",
+               "--no-video", "--overwrite")
+    assert many.exit_code == 0, many.output
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted([*INDEX_FILES, "scores.png"])
+    assert (out / "scores.png").read_text() == "my notes, not a plot"
+    assert_report(out / "2")
+    assert_report(out / "10")
+
+
 def test_an_option_error_stops_the_run_and_leaves_nothing(videos, tiny_weights, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(StanError, match="--score"):

@@ -803,3 +803,31 @@ def test_maps_with_exact_zeros_store_without_a_numpy_warning(tmp_path):
         store.append(maps)
     store.close()
     assert store.maxima[0] > 0 and store.maxima[1] == pytest.approx(1e-30)
+
+
+def test_a_video_cut_to_fewer_than_11_frames_is_called_truncated_not_short(tmp_path, tiny_weights):
+    """Found by a robustness pass: a cut copy that still decodes a few frames was told to use a
+    longer clip; its header says it is longer, so the advice is an undamaged copy (as explain says)."""
+    whole = encode(tmp_path / "whole.mkv", make_clip(n=40), "-c:v", "libx264", "-crf", "12")
+    cut = tmp_path / "cut.mkv"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) * 46 // 100])  # 2 to 9 frames decode from 41 to 50 %
+    _, frames = read_frames(cut)
+    assert 0 < len(list(frames)) < 11  # the case this test is about
+    out = tmp_path / "r"
+    message = assert_one_error(run("detect", cut, "--out", out, "--weights", tiny_weights), "cut.mkv", "truncated",
+                               "undamaged copy")
+    assert "longer clip" not in message and not out.exists()
+
+
+def test_an_empty_image_in_a_folder_is_named_and_the_images_after_it_are_not_called_damaged(clip_folder, tmp_path,
+                                                                                            tiny_weights):
+    """ffmpeg stops at an empty file: the images after it were never reached, and naming them
+    damaged sent the user to replace good images."""
+    import shutil
+
+    folder = shutil.copytree(clip_folder, tmp_path / "clip")
+    (folder / "7.png").write_bytes(b"")
+    message = assert_one_error(run("detect", folder, "--out", tmp_path / "r", "--weights", tiny_weights),
+                               "7.png not an image", "Remove or replace")
+    assert "damaged" not in message

@@ -486,3 +486,14 @@ def test_written_by_stan_knows_weights_and_checkpoints_by_their_header(tiny_weig
     save_file({"x": torch.zeros(2)}, str(other), metadata={"format": "someone-else"})
     (tmp_path / "text.safetensors").write_text("not a safetensors file")
     assert not fileio.written_by_stan(other) and not fileio.written_by_stan(tmp_path / "text.safetensors")
+
+
+def test_a_pipe_as_weights_is_called_what_it_is_not_missing(monkeypatch, tmp_path):
+    """Found by a robustness pass: a FIFO named as the weights was reported "not found"."""
+    fifo = tmp_path / "w.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(WeightsError, match=r"w.safetensors: is not a regular file \(a pipe or device\)\. Pass --weights"):
+        load_weights(fifo)
+    monkeypatch.setenv("STAN_WEIGHTS", str(fifo))
+    with pytest.raises(WeightsError, match=r"is not a regular file .* \(named by \$STAN_WEIGHTS\)"):
+        find_default_weights()
