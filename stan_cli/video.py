@@ -220,6 +220,10 @@ def _concat_list(files: list[Path]) -> str:
 _BANNER = re.compile(r"^(ffmpeg version|built with|configuration:|Copyright|lib\w+\s+\d+\.\s*\d+\.)")
 
 
+# what ffmpeg says when a file declares a video stream but ends before any picture of it decodes
+_NO_PICTURE = ("Cannot determine format of input", "Could not open encoder before EOF")
+
+
 def _ffmpeg_message(err: BaseException) -> str:
     """The most useful line of an ffmpeg error (ffmpeg's own words, or the OS error); never a line
     of its version banner, which says nothing about the cause."""
@@ -463,6 +467,12 @@ def _open(source: _Source, output_params: list[str] | None = None) -> tuple[_Dec
                 f"{shown(source.path)}: its index (the MP4 'moov' atom) is missing, so no frame of it can be read: a "
                 "recording or copy that stopped before the end, or a damaged file. Copy it again from the "
                 "source, or rebuild the index with an MP4 repair tool."
+            ) from None
+        if any(words in str(err) for words in _NO_PICTURE):  # a stream is declared, no picture of it decodes
+            raise InputError(
+                f"{shown(source.path)}: ffmpeg finds its video stream but no picture of it that decodes before the "
+                "end of the file: a recording or copy that stopped early, or a damaged file. Copy it again from the "
+                "source, or use an undamaged copy."
             ) from None
         raise InputError(
             f"{shown(source.path)}: ffmpeg cannot read it ({_ffmpeg_message(err)}). "

@@ -831,3 +831,15 @@ def test_an_empty_image_in_a_folder_is_named_and_the_images_after_it_are_not_cal
     message = assert_one_error(run("detect", folder, "--out", tmp_path / "r", "--weights", tiny_weights),
                                "7.png not an image", "Remove or replace")
     assert "damaged" not in message
+
+
+def test_a_video_cut_before_its_first_picture_is_called_truncated(tmp_path, tiny_weights):
+    """Found by a robustness pass: a copy cut before any picture decodes gave ffmpeg's own thread
+    message ("Terminating thread with return code -22 (Invalid argument)")."""
+    whole = encode(tmp_path / "whole.mkv", make_clip(n=40), "-c:v", "libx264", "-crf", "12")
+    cut = tmp_path / "cut.mkv"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) * 20 // 100])  # the stream is declared; no picture decodes up to 38 %
+    message = assert_one_error(run("detect", cut, "--out", tmp_path / "r", "--weights", tiny_weights), "cut.mkv",
+                               "no picture of it that decodes", "undamaged copy")
+    assert "Terminating thread" not in message and not (tmp_path / "r").exists()
