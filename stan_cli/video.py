@@ -48,6 +48,8 @@ DEFAULT_FOLDER_FPS = 25.0
 _IMAGE_KIND = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp"}
 _FIRST_VIDEO = ["-map", "0:V:0"]  # capital V: video streams that are not cover art or thumbnails
 _NO_VIDEO = ("matches no streams", "does not contain any stream")  # ffmpeg's words for "no video stream"
+# ffmpeg's words for a file that declares a video stream but ends before any picture of it decodes
+_NO_PICTURE = ("Cannot determine format of input", "Could not open encoder before EOF")
 _WRITE_ERRORS = ("No space left on device", "Disk quota exceeded", "Permission denied", "Read-only file system")
 _NOPTS = -(2**63)  # AV_NOPTS_VALUE, how framecrc prints a packet without a timestamp
 
@@ -218,10 +220,6 @@ def _concat_list(files: list[Path]) -> str:
 
 
 _BANNER = re.compile(r"^(ffmpeg version|built with|configuration:|Copyright|lib\w+\s+\d+\.\s*\d+\.)")
-
-
-# what ffmpeg says when a file declares a video stream but ends before any picture of it decodes
-_NO_PICTURE = ("Cannot determine format of input", "Could not open encoder before EOF")
 
 
 def _ffmpeg_message(err: BaseException) -> str:
