@@ -30,7 +30,7 @@ from .fileio import LOCK_NAME, FolderLock, is_scratch, is_utf8, remove_quietly, 
 from .heatmaps import MapReader, MapStore
 from .inference import GUIDED_LAYER, MAX_BATCH_SIZE, PRECISIONS, StreamScorer, check_batch_size, resolve_device, smooth_guided
 from .model import CONTEXT, WINDOW
-from .video import OVERLAY_VIDEOS, VideoInfo, VideoWriter, frame_times, read_frames
+from .video import OVERLAY_VIDEOS, VideoInfo, VideoWriter, cut_short, frame_times, read_frames
 from .weights import Stan, find_default_weights, load_weights
 from .windows import scored_range, to_grey_square, to_tensor
 
@@ -565,14 +565,11 @@ class ScoreStream:
             self._frames.close()
         self.on_progress("score", self.n_frames, self.n_frames)
         if self.n_frames < WINDOW:
-            frames = f"{self.n_frames} frame{'s' if self.n_frames != 1 else ''}"
             if not self.complete:  # cut short: a longer clip is not the advice (explain says the same)
-                raise InputError(
-                    f"{self.video}: decoding ended after {frames} of about {self.info.n_frames}; the file looks "
-                    f"truncated or damaged, and STAN needs at least {WINDOW}. Use an undamaged copy of the file."
-                )
+                raise InputError(f"{cut_short(self.video, self.n_frames, self.info.n_frames)}, and STAN needs at least "
+                                 f"{WINDOW}. Use an undamaged copy of the file.")
             raise InputError(
-                f"{self.video}: only {frames}; STAN needs at "
+                f"{self.video}: only {self.n_frames} frame{'s' if self.n_frames != 1 else ''}; STAN needs at "
                 f"least {WINDOW} (one window of 5 frames either side). Use a longer clip."
             )
 

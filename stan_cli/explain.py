@@ -30,7 +30,7 @@ from .errors import InputError, StanError, WeightsError
 from .fileio import shown
 from .inference import guided_backprop, resolve_device, score_windows, smooth_guided
 from .model import CONTEXT, WINDOW
-from .video import frame_times, read_frames
+from .video import cut_short, frame_times, read_frames
 from .weights import Stan, find_default_weights, load_weights
 from .windows import to_grey_square, to_tensor
 
@@ -148,7 +148,7 @@ def _window_around(video: Path, frame: int, fps: float | None, size: int):
         return info, (np.stack(window), real), frames.complaints
     # the frame is out of range: `count` is now the number of frames that decode
     if not frames.complete:  # a video cut short: say so, and which frames it still has
-        ended = f"{video}: decoding ended after {count} of about {info.n_frames} frames; the file looks truncated or damaged"
+        ended = cut_short(video, count, info.n_frames)
         if count < WINDOW:
             raise InputError(f"{ended}, and STAN needs at least {WINDOW}. Use an undamaged copy of the file.")
         raise InputError(

@@ -129,6 +129,12 @@ _OUTPUT_FOLDERS = (
 OVERLAY_VIDEOS = ("overlay_pixel_loss.mp4", "overlay_guided_backprop.mp4")  # the report's two, in detect
 
 
+def cut_short(path, count: int, expected: int) -> str:
+    """What detect and explain say of a video that decoded well short of its header
+    (`FrameStream.complete` False) when it stops their work."""
+    return f"{path}: decoding ended after {count} of about {expected} frames; the file looks truncated or damaged"
+
+
 def is_stan_overlay(path: Path) -> bool:
     """An overlay video `stan detect` wrote (a report given a folder of clips as --out): its name,
     then stan's comment in it or the report's summary.json beside it. Never footage: scored or

@@ -48,6 +48,11 @@ def weights_name(path: Path) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def _not_a_file(path: Path) -> str:
+    """Why a weights path that is no folder cannot be read as a file: it is missing, or a pipe or device."""
+    return "is not a regular file (a pipe or device)" if path.exists() else "weights file not found"
+
+
 def find_default_weights() -> Path:
     """The shipped weights: $STAN_WEIGHTS, else weights/ of the source tree (editable install),
     else <prefix>/share/stan/weights (pip install .), else ./weights/."""
@@ -59,9 +64,8 @@ def find_default_weights() -> Path:
                 ".safetensors file from `stan train`, or unset it to use the shipped weights."
             )
         if not Path(env).is_file():
-            what = "is not a regular file (a pipe or device)" if Path(env).exists() else "weights file not found"
             raise WeightsError(
-                f"{env}: {what} (named by $STAN_WEIGHTS). Point STAN_WEIGHTS at a "
+                f"{env}: {_not_a_file(Path(env))} (named by $STAN_WEIGHTS). Point STAN_WEIGHTS at a "
                 ".safetensors file from `stan train`, or unset it to use the shipped weights."
             )
         return Path(env)
@@ -187,8 +191,7 @@ def _read(path: Path, expected_format: str, option: str = "--weights") -> tuple[
     if path.is_dir():
         raise WeightsError(f"{path}: is a folder, not a weights file. Pass {option} with a .safetensors file from `stan train`.")
     if not path.is_file():
-        what = "is not a regular file (a pipe or device)" if path.exists() else "weights file not found"
-        raise WeightsError(f"{path}: {what}. Pass {option} with a .safetensors file from `stan train`.")
+        raise WeightsError(f"{path}: {_not_a_file(path)}. Pass {option} with a .safetensors file from `stan train`.")
     try:
         from safetensors import safe_open
 
