@@ -730,6 +730,7 @@ def eval_(
     device: DeviceOption = "auto",
     batch_size: BatchSizeOption = 8,
     precision: PrecisionOption = "fp32",
+    paper: Annotated[str, typer.Option(metavar="[auto|ped1|ped2|avenue|none]", help="Whose numbers of the paper (Tables 2 and 3) stand beside ours; auto: the data set the labels file or TEST_DIR is named after (UCSDped1.m, .../ped2/testing), none when neither names one.")] = "auto",
 ) -> None:
     """Score a labelled test set and report frame-, event- and pixel-level results beside the paper's."""
     from .evaluate import evaluate
@@ -756,7 +757,7 @@ def eval_(
         with progress:
             r = evaluate(
                 test_dir, weights=weights, out=out_dir, labels=labels, device=device, batch_size=batch_size,
-                precision=precision, overwrite=overwrite, on_progress=on_progress,
+                precision=precision, overwrite=overwrite, paper=paper, on_progress=on_progress,
             )
     except StanError as e:
         fail(str(e))
@@ -768,6 +769,8 @@ def eval_(
 
     table = _eval_table(r)
     out.print(table)
+    if r["paper"]:
+        out.print(f"[dim]paper: {r['paper']['dataset']}, chosen by {escape(r['paper']['chosen_by'])}; {r['paper']['note']} (--paper to change)[/]", highlight=False)
     for message in r.get("warnings", []):
         err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
     out.print(f"Results written to [bold]{escape(str(out_dir))}[/] (results.json, roc.png, per_clip.csv, scores/)", highlight=False)
@@ -779,40 +782,44 @@ def _pct(x) -> str:
 
 def _eval_table(r: dict) -> Table:
     """stan eval's console table from results.json's content: the headline, the reference, the variants."""
-    paper = r["paper_ped2"]
+    paper = r["paper"]
     fl = r["frame_level"]
     table = Table(title=f"stan eval: {_count(r['clips'], 'clip')}, {r['scored_frames']} of {r['frames']} frames scored, {r['abnormal_frames']} labelled abnormal")
     table.add_column("metric")
     table.add_column("ours", justify="right")
-    table.add_column("paper (Ped2)", justify="right")
+    if paper:
+        table.add_column(f"paper ({paper['dataset'].removeprefix('UCSD ').removeprefix('CUHK ')})", justify="right")
+
+    def row(metric: str, ours: str, theirs: str = "") -> None:
+        table.add_row(metric, ours, *([theirs] if paper else []))
+
     for kind, name in (("g", "generator"), ("d", "discriminator"), ("gd", "both")):
-        table.add_row(f"frame AUC, pooled, {kind} ({name})", _pct(fl[kind]["pooled"]["auc"]), _pct(paper["frame_auc"][kind]))
-    table.add_row("frame AUC, pooled, frame difference (no learning)", _pct(fl["frame_difference"]["pooled"]["auc"]), "")
+        row(f"frame AUC, pooled, {kind} ({name})", _pct(fl[kind]["pooled"]["auc"]), _pct(paper["frame_auc"][kind]) if paper else "")
+    row("frame AUC, pooled, frame difference (no learning)", _pct(fl["frame_difference"]["pooled"]["auc"]))
     for kind in ("g", "d", "gd"):
         skipped = len(fl[kind]["macro"]["skipped_clips"])
-        table.add_row(f"frame AUC, macro, {kind}", _pct(fl[kind]["macro"]["auc"]) + (f" ({skipped} clip{'s' if skipped != 1 else ''} skipped)" if skipped else ""), "")
-    table.add_row("frame EER, pooled, gd", _pct(fl["gd"]["pooled"]["eer"]), "")
+        row(f"frame AUC, macro, {kind}", _pct(fl[kind]["macro"]["auc"]) + (f" ({skipped} clip{'s' if skipped != 1 else ''} skipped)" if skipped else ""))
+    row("frame EER, pooled, gd", _pct(fl["gd"]["pooled"]["eer"]))
     if "gd_calibration_lambda" in fl:
-        table.add_row("frame AUC, pooled, gd, calibration lambda_s", _pct(fl["gd_calibration_lambda"]["pooled"]["auc"]), "")
+        row("frame AUC, pooled, gd, calibration lambda_s", _pct(fl["gd_calibration_lambda"]["pooled"]["auc"]))
     for kind in ("g", "gd"):
-        table.add_row(f"frame AUC, pooled, {kind}, L2-norm pixel term (Eq. 5 literally)", _pct(fl[f"{kind}_l2_norm"]["pooled"]["auc"]), "")
+        row(f"frame AUC, pooled, {kind}, L2-norm pixel term (Eq. 5 literally)", _pct(fl[f"{kind}_l2_norm"]["pooled"]["auc"]))
     for kind in ("d", "gd"):
-        table.add_row(f"frame AUC, pooled, {kind}, largest patch's -log D (variant)", _pct(fl[f"{kind}_patch_max"]["pooled"]["auc"]), "")
+        row(f"frame AUC, pooled, {kind}, largest patch's -log D (variant)", _pct(fl[f"{kind}_patch_max"]["pooled"]["auc"]))
     for kind in ("d", "gd"):
-        table.add_row(f"frame AUC, pooled, {kind}, -log D on the generated window (variant)", _pct(fl[f"{kind}_generated"]["pooled"]["auc"]), "")
-    ev, pev = r["event_level"], paper["event_level"]
-    table.add_row(
-        "events: correct / false alarms (precision)",
-        f"{ev['correct']} / {ev['false_alarms']} ({_pct(ev['precision'])})",
-        f"{pev['correct']} / {pev['false_alarms']} ({_pct(pev['precision'])})",
-    )
-    table.add_row("events found / ground truth", f"{ev['correct']} / {ev['ground_truth_events']}", f"{pev['correct']} / {pev['ground_truth_events']}")
-    table.add_row("detections: finding an event / all", f"{ev['detections_correct']} / {ev['detections_total']}", "")
+        row(f"frame AUC, pooled, {kind}, -log D on the generated window (variant)", _pct(fl[f"{kind}_generated"]["pooled"]["auc"]))
+    ev = r["event_level"]
+    pev = paper["event_level"] if paper else None
+    row("events: correct / false alarms (precision)", f"{ev['correct']} / {ev['false_alarms']} ({_pct(ev['precision'])})",
+        f"{pev['correct']} / {pev['false_alarms']} ({_pct(pev['precision'])})" if pev else "")
+    row("events found / ground truth", f"{ev['correct']} / {ev['ground_truth_events']}",
+        f"{pev['correct']} / {pev['ground_truth_events']}" if pev else "")
+    row("detections: finding an event / all", f"{ev['detections_correct']} / {ev['detections_total']}")
     px = r["pixel_level"]
     if px.get("available"):
-        table.add_row("pixel level (40 % rule): AUC / EDR", f"{_pct(px['auc'])} / {_pct(px['edr'])}", "")
-    table.add_row("lambda_s", f"{r['lambda_s']:.4g} (test set)", "")
-    table.add_row("time", f"{r['timings']['wall_s']:.1f} s ({r['timings']['frames_per_s'] or 0:.1f} frames/s)", "")
+        row("pixel level (40 % rule): AUC / EDR", f"{_pct(px['auc'])} / {_pct(px['edr'])}")
+    row("lambda_s", f"{r['lambda_s']:.4g} (test set)")
+    row("time", f"{r['timings']['wall_s']:.1f} s ({r['timings']['frames_per_s'] or 0:.1f} frames/s)")
     return table
 
 

@@ -59,14 +59,19 @@ KIND_NAMES = {"g": "generator", "d": "discriminator", "gd": "generator + discrim
               "frame_difference": "no learning"}
 LAMBDA_SOURCE = "test set: max pixel term / max -log D term / 10 over all scored test frames (the paper's rule)"
 
-# STAN.md, Tables 2 and 3, UCSD Ped2 column: the paper's numbers, shown beside ours.
-PAPER_PED2 = {
-    "source": "Lee, Kim, Ro, ICASSP 2018, Table 2 (frame-level AUC) and Table 3 (event level), Ped2 column",
-    "note": "the paper's own numbers, not ours; comparable only when TEST_DIR is the UCSD Ped2 test set",
-    "frame_auc": {"g": 0.959, "d": 0.862, "gd": 0.965},
-    "frame_auc_protocol": "not stated in the paper; pooled is the field's standard",
-    "event_level": {"correct": 12, "false_alarms": 0, "ground_truth_events": 12, "precision": 1.0},
+# STAN.md, Tables 2 and 3: the paper's numbers, shown beside ours for the data set being evaluated.
+_PAPER_SOURCE = "Lee, Kim, Ro, ICASSP 2018, Table 2 (frame-level AUC) and Table 3 (event level)"
+PAPER = {
+    "ped1": {"dataset": "UCSD Ped1", "frame_auc": {"g": 0.816, "d": 0.716, "gd": 0.821},
+             "event_level": {"correct": 37, "false_alarms": 3, "ground_truth_events": 40, "precision": 0.925},
+             "test_set": "all 36 Ped1 test clips; on a part of them the numbers compare only roughly"},
+    "ped2": {"dataset": "UCSD Ped2", "frame_auc": {"g": 0.959, "d": 0.862, "gd": 0.965},
+             "event_level": {"correct": 12, "false_alarms": 0, "ground_truth_events": 12, "precision": 1.0},
+             "test_set": "all 12 Ped2 test clips"},
+    "avenue": {"dataset": "CUHK Avenue", "frame_auc": {"g": 0.866, "d": 0.818, "gd": 0.872},
+               "event_level": None, "test_set": "all 21 Avenue test clips (Table 3 has no Avenue column)"},
 }
+PAPER_CHOICES = ("auto", *PAPER, "none")
 PROTOCOL_TEXT = {
     "pooled": "per-clip min-max normalisation, all clips' scored frames pooled into one ROC, no smoothing (the field's standard)",
     "macro": "mean of per-clip AUCs over the clips whose scored frames hold both classes",
@@ -503,10 +508,14 @@ def evaluate(
     batch_size: int = 8,
     precision: str = "fp32",
     overwrite: bool = False,
+    paper: str = "auto",
     on_progress: Progress = lambda stage, done, total: None,
 ) -> dict:
     """Score every clip of a labelled test folder and measure it; with ``out``, write
     results.json, roc.png, per_clip.csv and scores/<clip>.csv there. Returns what results.json holds.
+
+    paper: whose numbers of the paper stand beside ours: "ped1", "ped2", "avenue", "none", or
+    "auto" (the data set the labels file or the folder is named after; none when neither names one).
 
     on_progress(stage, done, total): stage "clips" counts finished clips; "frames:<clip>"
     counts decoded frames of the clip being scored.
@@ -520,6 +529,7 @@ def evaluate(
     layout, clips = find_clips(test_dir)
     label_file = read_labels(Path(labels) if labels is not None else find_label_file(test_dir))
     ranges = clip_ranges(label_file, clips)
+    paper_numbers = paper_for(paper, test_dir, label_file.path)
     for clip, r in zip(clips, ranges):
         if clip.frames is not None:  # fail before hours of scoring, not after
             label_array(label_file, clip, r, clip.frames)
@@ -539,7 +549,7 @@ def evaluate(
         created = prepare_output(out, overwrite, inputs=(Path(test_dir),), nested=False)
     try:
         return _evaluate(test_dir, out, clips, ranges, label_file, layout, with_masks, model, dev,
-                         batch_size, precision, on_progress, t0)
+                         batch_size, precision, paper_numbers, on_progress, t0)
     except BaseException:
         if created:  # a folder this run made holds only this run's partial files
             shutil.rmtree(out, ignore_errors=True)
@@ -563,8 +573,37 @@ def evaluate_frame_difference(test_dir: Path, *, labels: Path | None = None, ima
     }
 
 
+_DATASET_NAMES = {"ped1": re.compile(r"(?<![a-z])(?:ucsd[ _-]?)?ped[ _-]?1(?!\d)"),
+                  "ped2": re.compile(r"(?<![a-z])(?:ucsd[ _-]?)?ped[ _-]?2(?!\d)"),
+                  "avenue": re.compile(r"(?<![a-z])avenue")}
+
+
+def paper_for(choice: str, test_dir: Path, label_path: Path) -> dict | None:
+    """The paper's numbers to show beside ours (a copy of PAPER's entry, with where the choice came
+    from), or None. "auto" takes the data set that the labels file's name, or else one of the last
+    three folder names of TEST_DIR, names (UCSDped1.m, ped2.mat, .../ped1/testing)."""
+    if choice not in PAPER_CHOICES:
+        raise StanError(f"--paper {choice}: unknown data set. Use one of {', '.join(PAPER_CHOICES)}.")
+    if choice == "none":
+        return None
+    key, chosen = (choice, "--paper") if choice != "auto" else (None, None)
+    if key is None:
+        names = [(label_path.stem, "the labels file's name")]
+        names += [(part, "the folder name") for part in reversed(Path(test_dir).resolve().parts[-3:])]
+        for name, where in names:
+            key = next((k for k, rx in _DATASET_NAMES.items() if rx.search(name.lower())), None)
+            if key is not None:
+                chosen = f"{where} '{name}'"
+                break
+        else:
+            return None
+    return {**PAPER[key], "source": _PAPER_SOURCE, "chosen_by": chosen,
+            "note": f"the paper's own numbers, not ours; comparable only on {PAPER[key]['test_set']}",
+            "frame_auc_protocol": "not stated in the paper; pooled is the field's standard"}
+
+
 def _evaluate(test_dir, out, clips, ranges, label_file, layout, with_masks, model, dev, batch_size, precision,
-              on_progress, t0) -> dict:
+              paper, on_progress, t0) -> dict:
     scored: list[ClipScores] = []
     on_progress("clips", 0, len(clips))
     for k, clip in enumerate(clips):
@@ -574,6 +613,7 @@ def _evaluate(test_dir, out, clips, ranges, label_file, layout, with_masks, mode
     y = [label_array(label_file, s.clip, r, len(s.pixel)) for s, r in zip(scored, ranges)]
 
     measured, curves = _measure(scored, y, model)
+    measured["headline"]["paper"] = paper["frame_auc"]["gd"] if paper else None
     n_frames = sum(len(s.pixel) for s in scored)
     results = {
         "stan_version": __version__,
@@ -604,7 +644,7 @@ def _evaluate(test_dir, out, clips, ranges, label_file, layout, with_masks, mode
         "precision": precision,
         "batch_size": batch_size,
         **measured,
-        "paper_ped2": PAPER_PED2,
+        "paper": paper,
     }
     results["timings"] = {
         "scoring_s": round(scoring_s, 3),
@@ -786,7 +826,6 @@ def _measure(scored: list[ClipScores], y: list[np.ndarray], model: Stan) -> tupl
         "headline": {
             "metric": "frame-level AUC, pooled protocol, score gd",
             "auc": frame_level["gd"]["pooled"]["auc"],
-            "paper_ped2": PAPER_PED2["frame_auc"]["gd"],
         },
         "frame_level": frame_level,
         "event_level": {"score": "gd", **events},

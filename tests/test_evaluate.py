@@ -17,12 +17,13 @@ import torch
 from stan_cli import baseline, evaluate as evaluate_module, metrics
 from stan_cli.cli import app
 from stan_cli.detect import detect
-from stan_cli.errors import InputError, OutputError
+from stan_cli.errors import InputError, OutputError, StanError
 from stan_cli.model import split_window, with_middle
 from stan_cli.video import read_frames
 from stan_cli.weights import load_weights
 from stan_cli.windows import scored_range, to_grey_square, to_tensor
 from stan_cli.evaluate import (
+    paper_for,
     PER_CLIP_HEADER, SCORES_HEADER, evaluate, find_clips, parse_matlab_labels, read_csv_labels,
     read_json_labels, read_labels, read_mat_labels,
 )
@@ -82,15 +83,14 @@ def test_results_folder_contract(evaluated):
     saved = json.loads((out / "results.json").read_text())
     assert saved["warnings"] == []
     for key in ("labels", "weights", "lambda_s", "lambda_s_source", "protocols", "headline", "frame_level",
-                "event_level", "pixel_level", "per_clip", "paper_ped2", "timings", "files"):
+                "event_level", "pixel_level", "per_clip", "paper", "timings", "files"):
         assert key in saved, key
     assert saved["clips"] == 2 and saved["frames"] == 2 * N and saved["scored_frames"] == 2 * (N - 10)
     assert saved["abnormal_frames"] == 8 + 8
     assert saved["labels"]["format"] == "matlab-m" and saved["labels"]["file"].endswith("UCSDmini.m")
     assert "test set" in saved["lambda_s_source"] and saved["lambda_s_calibration"] is None
     assert len(saved["weights"]["sha256"]) == 64 and saved["weights"]["training"] == {"untrained": True}
-    assert saved["paper_ped2"]["frame_auc"] == {"g": 0.959, "d": 0.862, "gd": 0.965}
-    assert saved["paper_ped2"]["event_level"]["correct"] == 12
+    assert saved["paper"] is None and saved["headline"]["paper"] is None  # nothing in its names says which data set
     assert saved["timings"]["wall_s"] > 0
     for kind in ("g", "d", "gd"):
         pooled = saved["frame_level"][kind]["pooled"]
@@ -283,9 +283,12 @@ runner = CliRunner()
 
 def test_cli_eval(ped2_dir, tiny_weights, tmp_path):
     out = tmp_path / "res"
-    result = runner.invoke(app, ["eval", str(ped2_dir), "--weights", str(tiny_weights), "--out", str(out), "--device", "cpu"])
+    result = runner.invoke(app, ["eval", str(ped2_dir), "--weights", str(tiny_weights), "--out", str(out), "--device", "cpu",
+                                 "--paper", "ped2"])
     assert result.exit_code == 0, result.output
-    assert "paper (Ped2)" in result.output and "96.5 %" in result.output
+    assert "paper (Ped2)" in result.output and "96.5 %" in result.output and "12 / 0 (100.0 %)" in result.output
+    assert "chosen by --paper" in " ".join(result.output.split())
+    assert json.loads((out / "results.json").read_text())["headline"]["paper"] == 0.965
     text = " ".join(result.output.split())
     assert "events found" in text and "L2-norm" in text, result.output
     assert "difference (no learning)" in text and "the generated window (variant)" in text, result.output  # rows wrap
@@ -471,3 +474,27 @@ def test_a_non_finite_loss_is_left_out_of_every_score_with_a_warning(ped2_dir, t
     assert all(scores[8][k] == "" for k in ("pixel_loss", "d_loss")), scores[8]
     (warning,) = results["warnings"]
     assert warning.startswith("01: 1 of 14 windows got a non-finite loss") and "every metric" in warning
+
+
+def test_paper_column_follows_the_data_set(tmp_path):
+    ped1 = tmp_path / "UCSD_Anomaly_Dataset" / "UCSDped1" / "Test"
+    chosen = paper_for("auto", ped1, ped1 / "labels.csv")
+    assert chosen["dataset"] == "UCSD Ped1" and chosen["frame_auc"]["gd"] == 0.821
+    assert chosen["event_level"]["ground_truth_events"] == 40 and "'UCSDped1'" in chosen["chosen_by"]
+    assert "36" in chosen["note"]  # a part of Ped1 compares only roughly
+    assert paper_for("auto", tmp_path / "cam", tmp_path / "cam" / "ped2.mat")["dataset"] == "UCSD Ped2"  # the labels' name first
+    assert paper_for("auto", tmp_path / "cuhk_avenue" / "testing", tmp_path / "l.json")["event_level"] is None
+    for unnamed in ("speed2", "ped10", "car-park"):  # no data set of the paper's in these names
+        assert paper_for("auto", tmp_path / unnamed / "testing", tmp_path / unnamed / "labels.json") is None
+    assert paper_for("none", ped1, ped1 / "UCSDped1.m") is None
+    assert paper_for("ped2", tmp_path, tmp_path / "l.csv")["chosen_by"] == "--paper"
+    with pytest.raises(StanError, match="--paper ped3: unknown data set. Use one of auto, ped1, ped2, avenue, none"):
+        paper_for("ped3", tmp_path, tmp_path / "l.csv")
+
+
+def test_cli_eval_without_a_paper_column(ped2_dir, tiny_weights, tmp_path):
+    result = runner.invoke(app, ["eval", str(ped2_dir), "--weights", str(tiny_weights), "--out", str(tmp_path / "res"),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    table = result.output.split("Results written")[0]
+    assert "paper" not in table and "96.5" not in table  # a data set of one's own: ours alone
