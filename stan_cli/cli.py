@@ -769,6 +769,7 @@ def eval_(
 
     table = _eval_table(r)
     out.print(table)
+    out.print(f"[dim]labels: {escape(r['labels']['file'])} ({r['labels']['format']})[/]", highlight=False)
     if r["paper"]:
         out.print(f"[dim]paper: {r['paper']['dataset']}, chosen by {escape(r['paper']['chosen_by'])}; {r['paper']['note']} (--paper to change)[/]", highlight=False)
     for message in r.get("warnings", []):

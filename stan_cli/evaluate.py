@@ -27,9 +27,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import struct
-import shutil
 import time
 import zlib
 from collections.abc import Callable
@@ -41,12 +41,12 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__, baseline, metrics, report, scoring
-from .detect import ScoreStream, per_frame, prepare_output
+from .detect import ScoreStream, open_output, per_frame
 from .errors import InputError, StanError
-from .fileio import is_utf8, shown
+from .fileio import is_utf8, shown, staged_folder
 from .inference import PRECISIONS, resolve_device
 from .model import WINDOW
-from .video import is_video_file, list_frames, natural_key, read_frames
+from .video import is_video_file, list_frames, natural_key, probe, read_frames
 from .weights import Stan, find_default_weights, load_weights
 from .windows import scored_range, to_tensor
 
@@ -64,12 +64,14 @@ _PAPER_SOURCE = "Lee, Kim, Ro, ICASSP 2018, Table 2 (frame-level AUC) and Table 
 PAPER = {
     "ped1": {"dataset": "UCSD Ped1", "frame_auc": {"g": 0.816, "d": 0.716, "gd": 0.821},
              "event_level": {"correct": 37, "false_alarms": 3, "ground_truth_events": 40, "precision": 0.925},
-             "test_set": "all 36 Ped1 test clips; on a part of them the numbers compare only roughly"},
+             "test_set": "all 36 Ped1 test clips; on a part of them the numbers compare only roughly",
+             "frame_size": (238, 158)},
     "ped2": {"dataset": "UCSD Ped2", "frame_auc": {"g": 0.959, "d": 0.862, "gd": 0.965},
              "event_level": {"correct": 12, "false_alarms": 0, "ground_truth_events": 12, "precision": 1.0},
-             "test_set": "all 12 Ped2 test clips"},
+             "test_set": "all 12 Ped2 test clips", "frame_size": (360, 240)},
     "avenue": {"dataset": "CUHK Avenue", "frame_auc": {"g": 0.866, "d": 0.818, "gd": 0.872},
-               "event_level": None, "test_set": "all 21 Avenue test clips (Table 3 has no Avenue column)"},
+               "event_level": None, "test_set": "all 21 Avenue test clips (Table 3 has no Avenue column)",
+               "frame_size": (640, 360)},
 }
 PAPER_CHOICES = ("auto", *PAPER, "none")
 PROTOCOL_TEXT = {
@@ -262,6 +264,8 @@ def read_mat_labels(path: Path) -> list[list[tuple[int, int]]]:
             continue
         if m.ndim != 2 or m.shape[0] != 2:
             raise InputError(f"{path}: gt{{{k}}} has shape {m.shape}; expected 2 x K [start; end] columns.")
+        if not (np.isfinite(m).all() and (m == np.round(m)).all() and np.abs(m).max() < 2**53):
+            raise InputError(f"{path}: gt{{{k}}} holds values that are not whole frame numbers; the file looks damaged.")
         pairs = []
         for a, b in m.T.astype(np.int64).tolist():
             if a < 1 or b < a:
@@ -271,12 +275,24 @@ def read_mat_labels(path: Path) -> list[list[tuple[int, int]]]:
     return out
 
 
-def _pair(path: Path, clip: str, a, b) -> tuple[int, int]:
-    try:
-        s, e = int(a), int(b)
-        if s != float(a) or e != float(b):
+def _whole(v, text: bool) -> int:
+    """A frame number: a CSV cell's text ("20", "20.0"), or a JSON number with no fraction; JSON's
+    true, "20", 20.5 and infinities are not."""
+    if text:
+        if not isinstance(v, str) or not re.fullmatch(r"-?\d+(?:\.0*)?", v.strip()):
             raise ValueError
-    except (TypeError, ValueError):
+        return int(float(v))
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError
+    if isinstance(v, float) and not (math.isfinite(v) and v == int(v)):
+        raise ValueError
+    return int(v)
+
+
+def _pair(path: Path, clip: str, a, b, text: bool = False) -> tuple[int, int]:
+    try:
+        s, e = _whole(a, text), _whole(b, text)
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f"{path}: clip {clip!r}: range [{a}, {b}] is not a pair of whole frame numbers.") from None
     if s < 0 or e < s:
         raise InputError(f"{path}: clip {clip!r}: range [{s}, {e}] is empty or negative (0-based, inclusive).")
@@ -285,8 +301,15 @@ def _pair(path: Path, clip: str, a, b) -> tuple[int, int]:
 
 def read_json_labels(path: Path) -> dict[str, list[tuple[int, int]]]:
     """{clip: [[start, end], ...]} 0-based inclusive."""
+    def once(pairs: list) -> dict:
+        keys = [k for k, _ in pairs]
+        twice = next((k for k in keys if keys.count(k) > 1), None)
+        if twice is not None:
+            raise InputError(f"{path}: clip {twice!r} is listed twice. List each clip once, with all its ranges.")
+        return dict(pairs)
+
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"), object_pairs_hook=once)  # -sig: a BOM (Notepad) is fine
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: cannot read it as JSON ({err}). Expected {{\"clip\": [[start, end], ...]}}.") from None
     if not isinstance(data, dict):
@@ -302,9 +325,11 @@ def read_json_labels(path: Path) -> dict[str, list[tuple[int, int]]]:
 def read_csv_labels(path: Path) -> dict[str, list[tuple[int, int]]]:
     """Rows clip,start,end (0-based inclusive, header optional); clip,, lists a clip with none."""
     try:
-        rows = list(csv.reader(io.StringIO(Path(path).read_text(encoding="utf-8"))))
+        rows = list(csv.reader(io.StringIO(Path(path).read_text(encoding="utf-8-sig"))))  # -sig: Excel's "CSV UTF-8"
     except OSError as err:
         raise InputError(f"{path}: cannot read the labels file ({err.strerror}).") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: is not UTF-8 text. Save it as UTF-8 (clip,start,end rows).") from None
     rows = [[c.strip() for c in r] for r in rows if r and any(c.strip() for c in r)]
     if rows and [c.lower() for c in rows[0][:3]] == ["clip", "start", "end"]:
         rows = rows[1:]
@@ -315,25 +340,30 @@ def read_csv_labels(path: Path) -> dict[str, list[tuple[int, int]]]:
         clip, a, b = r
         ranges = out.setdefault(clip, [])
         if a or b:
-            ranges.append(_pair(path, clip, a, b))
+            ranges.append(_pair(path, clip, a, b, text=True))
     return out
 
 
 def read_labels(path: Path) -> LabelFile:
     """Read a labels file of any of the four formats, by its extension."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a labels file. Pass the labels file itself (.m, .mat, .json or .csv).")
     if not path.is_file():
         raise InputError(f"{path}: no such labels file. Check the path.")
-    suffix = path.suffix.lower()
-    if suffix == ".m":
-        return LabelFile(path, "matlab-m", parse_matlab_labels(path), True)
-    if suffix == ".mat":
-        return LabelFile(path, "matlab-mat", read_mat_labels(path), True)
-    if suffix == ".json":
-        return LabelFile(path, "json", read_json_labels(path), False)
-    if suffix == ".csv":
-        return LabelFile(path, "csv", read_csv_labels(path), False)
-    raise InputError(f"{path}: unknown labels format. Use a MATLAB .m or .mat file, .json or .csv (see `stan eval --help`).")
+    readers = {".m": ("matlab-m", parse_matlab_labels, True), ".mat": ("matlab-mat", read_mat_labels, True),
+               ".json": ("json", read_json_labels, False), ".csv": ("csv", read_csv_labels, False)}
+    if path.suffix.lower() not in readers:
+        raise InputError(f"{path}: unknown labels format. Use a MATLAB .m or .mat file, .json or .csv (see `stan eval --help`).")
+    kind, reader, one_based = readers[path.suffix.lower()]
+    try:
+        ranges = reader(path)
+    except StanError:
+        raise
+    except (ValueError, KeyError, IndexError, OverflowError, struct.error, MemoryError) as err:  # a damaged file
+        raise InputError(f"{path}: cannot read the labels ({type(err).__name__}: {err}); the file looks damaged. "
+                         "Use the data set's own labels file, or write them as JSON or CSV.") from None
+    return LabelFile(path, kind, ranges, one_based)
 
 
 def clip_ranges(labels: LabelFile, clips: list[Clip]) -> list[list[tuple[int, int]]]:
@@ -529,31 +559,58 @@ def evaluate(
     layout, clips = find_clips(test_dir)
     label_file = read_labels(Path(labels) if labels is not None else find_label_file(test_dir))
     ranges = clip_ranges(label_file, clips)
-    paper_numbers = paper_for(paper, test_dir, label_file.path)
-    for clip, r in zip(clips, ranges):
-        if clip.frames is not None:  # fail before hours of scoring, not after
-            label_array(label_file, clip, r, clip.frames)
+    paper_for(paper, test_dir, label_file.path)  # a bad --paper fails now, not after the checks below
+    for clip, r in zip(clips, ranges):  # fail before hours of scoring, not after
+        if clip.frames is None:
+            probe(clip.path)  # a video that cannot be opened
+            continue
+        if clip.frames < WINDOW:
+            raise InputError(f"{shown(clip.path)}: only {clip.frames} frames; STAN needs at least {WINDOW} a clip. "
+                             "Take the clip and its labels out of the test set, or use a longer clip.")
+        label_array(label_file, clip, r, clip.frames)
     with_masks = all(c.mask is not None for c in clips)
+    notes = []
     if with_masks:
         for c in clips:
             if c.frames is not None and len(list_frames(c.mask)) != c.frames:
                 raise InputError(f"{c.mask}: {len(list_frames(c.mask))} mask images for {c.frames} frames in {c.path}. Each frame needs one mask.")
     else:
+        unmasked = [c.name for c in clips if c.mask is None]
+        if len(unmasked) < len(clips):
+            notes.append(f"no pixel level: masks/ has no folder for {len(unmasked)} of the {len(clips)} clips "
+                         f"({', '.join(unmasked[:5])}{', ...' if len(unmasked) > 5 else ''}); the pixel level needs a mask for every clip.")
         clips = [Clip(c.name, c.path, c.frames, None) for c in clips]
+    first = probe(clips[0].path)
+    paper_numbers, paper_note = paper_for(paper, test_dir, label_file.path, (first.width, first.height))
+    notes += [paper_note] if paper_note else []
     model = weights if isinstance(weights, Stan) else load_weights(Path(weights) if weights else find_default_weights())
     dev = resolve_device(device)
     model.to(dev).eval()
-    created = False
-    if out is not None:
-        out = Path(out)
-        created = prepare_output(out, overwrite, inputs=(Path(test_dir),), nested=False)
+    args = (test_dir, clips, ranges, label_file, layout, with_masks, model, dev, batch_size, precision,
+            paper_numbers, notes, on_progress, t0)
+    if out is None:
+        return _evaluate(None, None, *args)
+    out = Path(out)
+    # locked for the run; an earlier run's results are replaced only when this one has written all of
+    # its own, all together (the scores folder whole, the other files by fileio.staged); a folder made
+    # here is removed again on failure
+    with (open_output(out, overwrite, inputs=(test_dir,), own=RESULTS_FILES, nested=False),
+          staged_folder(out, SCORES_DIR, _is_scores_file, "per-clip scores") as scores_dir,
+          report.staged(out, own=RESULTS_FILES)):
+        return _evaluate(out, scores_dir, *args)
+
+
+def _is_scores_file(entry: Path) -> bool:
+    """A scores/<clip>.csv an earlier stan eval wrote (its header), which --overwrite may replace."""
+    return entry.suffix == ".csv" and entry.is_file() and not entry.is_symlink() and _starts_with(entry, SCORES_HEADER)
+
+
+def _starts_with(path: Path, text: str) -> bool:
     try:
-        return _evaluate(test_dir, out, clips, ranges, label_file, layout, with_masks, model, dev,
-                         batch_size, precision, paper_numbers, on_progress, t0)
-    except BaseException:
-        if created:  # a folder this run made holds only this run's partial files
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+        with open(path, "rb") as fh:
+            return fh.read(len(text.encode())) == text.encode()
+    except OSError:
+        return False
 
 
 def evaluate_frame_difference(test_dir: Path, *, labels: Path | None = None, image_size: int = 224) -> dict:
@@ -578,32 +635,51 @@ _DATASET_NAMES = {"ped1": re.compile(r"(?<![a-z])(?:ucsd[ _-]?)?ped[ _-]?1(?!\d)
                   "avenue": re.compile(r"(?<![a-z])avenue")}
 
 
-def paper_for(choice: str, test_dir: Path, label_path: Path) -> dict | None:
+def paper_for(choice: str, test_dir: Path, label_path: Path, frame_size: tuple[int, int] | None = None
+              ) -> tuple[dict | None, str | None]:
     """The paper's numbers to show beside ours (a copy of PAPER's entry, with where the choice came
-    from), or None. "auto" takes the data set that the labels file's name, or else one of the last
-    three folder names of TEST_DIR, names (UCSDped1.m, ped2.mat, .../ped1/testing)."""
+    from) or None, and a note when "auto" found a data set's name but did not take it.
+
+    "auto" takes the data set that the labels file's name, or one of the last three folder names of
+    TEST_DIR, names (UCSDped1.m, ped2.mat, .../ped1/testing), when the frames have that data set's
+    size (`frame_size`, width x height of the first clip; not checked when None) and the two names
+    do not disagree. A camera of one's own gets no column, whatever its folders are called."""
+    choice = choice.strip().lower()
     if choice not in PAPER_CHOICES:
         raise StanError(f"--paper {choice}: unknown data set. Use one of {', '.join(PAPER_CHOICES)}.")
     if choice == "none":
-        return None
-    key, chosen = (choice, "--paper") if choice != "auto" else (None, None)
-    if key is None:
-        names = [(label_path.stem, "the labels file's name")]
-        names += [(part, "the folder name") for part in reversed(Path(test_dir).resolve().parts[-3:])]
-        for name, where in names:
-            key = next((k for k, rx in _DATASET_NAMES.items() if rx.search(name.lower())), None)
-            if key is not None:
-                chosen = f"{where} '{name}'"
-                break
-        else:
-            return None
+        return None, None
+    if choice != "auto":
+        return _paper(choice, "--paper"), None
+    found = {}
+    names = [(label_path.stem, "the labels file's name")]
+    names += [(part, "the folder name") for part in reversed(Path(test_dir).absolute().parts[-3:])]  # as typed
+    for name, where in names:
+        key = next((k for k, rx in _DATASET_NAMES.items() if rx.search(name.lower())), None)
+        if key is not None:
+            found.setdefault(where, (key, name))
+    if not found:
+        return None, None
+    keys = {key for key, _ in found.values()}
+    if len(keys) > 1:
+        said = " and ".join(f"{where} '{name}' says {PAPER[key]['dataset']}" for where, (key, name) in found.items())
+        return None, f"no paper column: {said}. Add --paper to choose one."
+    where, (key, name) = next(iter(found.items()))
+    size = PAPER[key]["frame_size"]
+    if frame_size is not None and tuple(frame_size) != size:
+        return None, (f"no paper column: {where} '{name}' says {PAPER[key]['dataset']}, but the frames are "
+                      f"{frame_size[0]} x {frame_size[1]}, not its {size[0]} x {size[1]}. Add --paper {key} to show it anyway.")
+    return _paper(key, f"{where} '{name}'"), None
+
+
+def _paper(key: str, chosen: str) -> dict:
     return {**PAPER[key], "source": _PAPER_SOURCE, "chosen_by": chosen,
             "note": f"the paper's own numbers, not ours; comparable only on {PAPER[key]['test_set']}",
             "frame_auc_protocol": "not stated in the paper; pooled is the field's standard"}
 
 
-def _evaluate(test_dir, out, clips, ranges, label_file, layout, with_masks, model, dev, batch_size, precision,
-              paper, on_progress, t0) -> dict:
+def _evaluate(out, scores_dir, test_dir, clips, ranges, label_file, layout, with_masks, model, dev, batch_size,
+              precision, paper, notes, on_progress, t0) -> dict:
     scored: list[ClipScores] = []
     on_progress("clips", 0, len(clips))
     for k, clip in enumerate(clips):
@@ -614,6 +690,7 @@ def _evaluate(test_dir, out, clips, ranges, label_file, layout, with_masks, mode
 
     measured, curves = _measure(scored, y, model)
     measured["headline"]["paper"] = paper["frame_auc"]["gd"] if paper else None
+    measured["warnings"] = [*notes, *measured["warnings"]]
     n_frames = sum(len(s.pixel) for s in scored)
     results = {
         "stan_version": __version__,
@@ -651,7 +728,7 @@ def _evaluate(test_dir, out, clips, ranges, label_file, layout, with_masks, mode
         "frames_per_s": round(n_frames / scoring_s, 3) if scoring_s > 0 else None,
     }
     if out is not None:
-        _write_results(out, results, scored, y, curves)
+        _write_results(out, scores_dir, results, scored, y, curves)
     results["timings"]["wall_s"] = round(time.perf_counter() - t0, 3)
     if out is not None:
         report.write_json(out / "results.json", results)
@@ -874,8 +951,10 @@ def _cell(x: float) -> str:
     return f"{x:.8g}" if np.isfinite(x) else ""
 
 
-def _write_results(out: Path, results: dict, scored: list[ClipScores], y: list[np.ndarray], curves: dict) -> None:
-    """per_clip.csv, scores/<clip>.csv and roc.png (results.json is written last, by the caller)."""
+def _write_results(out: Path, scores_dir: Path, results: dict, scored: list[ClipScores], y: list[np.ndarray],
+                   curves: dict) -> None:
+    """per_clip.csv, scores/<clip>.csv (into `scores_dir`, this run's folder that becomes out/scores)
+    and roc.png (results.json is written last, by the caller)."""
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")  # quotes a clip name holding a comma or a quote
     writer.writerow(PER_CLIP_HEADER.split(","))
@@ -883,8 +962,7 @@ def _write_results(out: Path, results: dict, scored: list[ClipScores], y: list[n
         writer.writerow([r["clip"], r["frames"], r["abnormal_frames"], _cell(r["auc_g"]), _cell(r["auc_d"]), _cell(r["auc_gd"]),
                          _cell(r["auc_frame_difference"])])
     report.atomic_write_bytes(out / "per_clip.csv", table.getvalue().encode())
-    (out / SCORES_DIR).mkdir(exist_ok=True)
-    stale = set((out / SCORES_DIR).glob("*.csv"))  # an earlier run's clips, in a folder given with --overwrite
+    scores_dir.mkdir(exist_ok=True)
     with_masks = results["pixel_level"].get("available", False)
     for s, lab in zip(scored, y):
         crit = _critical(s, lab) if with_masks else np.full(len(lab), np.nan)
@@ -893,10 +971,7 @@ def _write_results(out: Path, results: dict, scored: list[ClipScores], y: list[n
             f"{_cell(s.d_generated[t])},{_cell(s.frame_diff[t])}"
             for t in range(len(lab))
         ]
-        report.atomic_write_bytes(out / SCORES_DIR / f"{s.clip.name}.csv", ("\n".join(lines) + "\n").encode())
-        stale.discard(out / SCORES_DIR / f"{s.clip.name}.csv")
-    for path in stale:  # only once every new file is written: a failed run leaves the earlier files
-        report.remove_quietly(path)
+        report.atomic_write_bytes(scores_dir / f"{s.clip.name}.csv", ("\n".join(lines) + "\n").encode())
     plot_roc(out / "roc.png", curves, results["frame_level"], results["clips"])
     results["files"] = [*RESULTS_FILES, f"{SCORES_DIR}/<clip>.csv"]
 

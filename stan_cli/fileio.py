@@ -26,8 +26,9 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
 
@@ -420,3 +421,61 @@ def _listed_by_summary(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and "stan_version" in data and path.name in (data.get("files") or [])
+
+
+# --------------------------------------------------------------------------- a folder of files, replaced whole
+
+
+def check_own_folder(folder: Path, is_ours: Callable[[Path], bool], what: str) -> None:
+    """Refuse, before any work, to replace `folder` (a report's folder of clips, an evaluation's
+    scores) when it holds anything stan did not write: is_ours(entry) says which entries are."""
+    if not os.path.lexists(folder):
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise OutputError(f"{shown(folder)}: is not stan's folder of {what}. Move or rename it, or choose another --out.")
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:
+        raise OutputError(f"{shown(folder)}: cannot list the folder ({err.strerror}). Choose another --out.") from None
+    for entry in entries:
+        if not is_ours(entry):
+            raise OutputError(
+                f"{shown(entry)}: --overwrite would replace the folder of {what}, but stan did not write this file. "
+                "Move or rename it, or choose another --out."
+            )
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path, name: str, is_ours: Callable[[Path], bool], what: str) -> Iterator[Path]:
+    """A hidden folder of this run in `out` to write into; on success it becomes `out/NAME` (an
+    earlier one replaced, or removed when this run made none); on failure it is removed and
+    `out/NAME` is left as it was. Enter it before `staged`, so that it ends after the other files
+    are in place. For runs holding `out`'s lock: folders an interrupted run left are removed first."""
+    check_own_folder(out / name, is_ours, what)
+    leftover_name = re.compile(rf"^\.{re.escape(name)}\.\d+-[0-9a-f]+\.(?:tmp|old)$")  # scratch_path(out, name, ...)
+    for leftover in out.iterdir():
+        if leftover_name.match(leftover.name) and leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+    run = Path(out) / f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        yield run
+    except BaseException:
+        shutil.rmtree(run, ignore_errors=True)
+        raise
+    final = Path(out) / name
+    old = run.with_suffix(".old")
+    try:
+        if final.is_dir():
+            os.replace(final, old)
+        if run.is_dir():
+            os.replace(run, final)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            if old.is_dir() and not final.exists():
+                os.replace(old, final)  # the earlier folder back
+        shutil.rmtree(run, ignore_errors=True)
+        raise OutputError(
+            f"{shown(final)}: the other files are written but the folder of {what} could not be put in place "
+            f"({err.strerror or err}); run again with --overwrite."
+        ) from None
+    shutil.rmtree(old, ignore_errors=True)

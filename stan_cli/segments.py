@@ -23,7 +23,6 @@ import contextlib
 import math
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +33,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from .errors import OutputError
-from .fileio import OVERLAY_COMMENT, output_error, remove_quietly, scratch_path, shown, written_by_stan
+from .fileio import OVERLAY_COMMENT, check_own_folder, output_error, remove_quietly, shown, staged_folder, written_by_stan
 from .scoring import Segment
 from .video import VideoInfo, ffmpeg_path, fitted_size, list_frames, probe
 
@@ -42,7 +41,6 @@ FOLDER = "segments"
 CLIP_PADDING_S = 1.0  # --clip-padding: seconds of input kept before and after each segment
 PADDING_RANGE = (0.0, 3600.0)
 _NAME = re.compile(r"^segment_\d{3,}\.mp4$")
-_RUN_FOLDER = re.compile(r"^\.segments\.\d+-[0-9a-f]+\.(?:tmp|old)$")  # scratch_path(out, "segments", ...)
 
 
 def clip_name(number: int) -> str:
@@ -147,56 +145,19 @@ def _encode(source: list[str], picture: list[str], target: Path) -> None:
         remove_quietly(tmp)
 
 
+def _is_clip(entry: Path) -> bool:
+    return bool(_NAME.match(entry.name)) and written_by_stan(entry)
+
+
 def check_folder(out: Path) -> None:
     """Refuse, before any work, to replace a `segments` folder in `out` that holds anything stan
     did not write (only an --overwrite run reaches a folder that holds a report)."""
-    folder = out / FOLDER
-    if not os.path.lexists(folder):
-        return
-    if folder.is_symlink() or not folder.is_dir():
-        raise OutputError(f"{shown(folder)}: is not stan's folder of clips. Move or rename it, or choose another --out.")
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError as err:
-        raise OutputError(f"{shown(folder)}: cannot list the folder ({err.strerror}). Choose another --out.") from None
-    for entry in entries:
-        if not (_NAME.match(entry.name) and written_by_stan(entry)):
-            raise OutputError(
-                f"{shown(entry)}: --overwrite would replace the folder of clips, but stan did not write this file. "
-                "Move or rename it, or choose another --out."
-            )
+    check_own_folder(out / FOLDER, _is_clip, "clips")
 
 
-@contextlib.contextmanager
-def staged_clips(out: Path) -> Iterator[Path]:
+def staged_clips(out: Path) -> contextlib.AbstractContextManager[Path]:
     """A hidden folder of this run in `out` to write the clips into; on success it becomes
     `out/segments` (an earlier one replaced, or removed when this run wrote none); on failure it
-    is removed. Enter it before fileio.staged, so it ends after the other files are in place.
-    Runs holding `out`'s lock: folders an interrupted run left are removed first."""
-    check_folder(out)
-    for leftover in out.iterdir():
-        if _RUN_FOLDER.match(leftover.name) and leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
-    run = scratch_path(out, "segments", ".tmp")
-    try:
-        yield run
-    except BaseException:
-        shutil.rmtree(run, ignore_errors=True)
-        raise
-    final = out / FOLDER
-    old = run.with_suffix(".old")
-    try:
-        if final.is_dir():
-            os.replace(final, old)
-        if run.is_dir():
-            os.replace(run, final)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            if old.is_dir() and not final.exists():
-                os.replace(old, final)  # the earlier clips back
-        shutil.rmtree(run, ignore_errors=True)
-        raise OutputError(
-            f"{shown(final)}: the report is written but its clips could not be put in place ({err.strerror or err}); "
-            "run again with --overwrite."
-        ) from None
-    shutil.rmtree(old, ignore_errors=True)
+    is removed (fileio.staged_folder). Enter it before fileio.staged, so it ends after the other
+    files are in place."""
+    return staged_folder(out, FOLDER, _is_clip, "clips")

@@ -329,7 +329,7 @@ def test_a_failed_run_removes_the_folder_it_made_and_keeps_an_existing_one(ped2_
 def test_overwrite_replaces_an_earlier_runs_per_clip_scores(ped2_dir, tiny_weights, tmp_path):
     out = tmp_path / "results"
     (out / "scores").mkdir(parents=True)
-    (out / "scores" / "99.csv").write_text("an earlier run's clip\n")
+    (out / "scores" / "99.csv").write_text(SCORES_HEADER + "\n0,0,,,,,,\n")  # an earlier run's clip
     (out / "notes.txt").write_text("mine")
     evaluate(ped2_dir, out=out, weights=tiny_weights, device="cpu", overwrite=True)
     clips = sorted(p.name for p in (ped2_dir / "frames").iterdir())
@@ -478,18 +478,33 @@ def test_a_non_finite_loss_is_left_out_of_every_score_with_a_warning(ped2_dir, t
 
 def test_paper_column_follows_the_data_set(tmp_path):
     ped1 = tmp_path / "UCSD_Anomaly_Dataset" / "UCSDped1" / "Test"
-    chosen = paper_for("auto", ped1, ped1 / "labels.csv")
-    assert chosen["dataset"] == "UCSD Ped1" and chosen["frame_auc"]["gd"] == 0.821
+    chosen, note = paper_for("auto", ped1, ped1 / "labels.csv", (238, 158))
+    assert note is None and chosen["dataset"] == "UCSD Ped1" and chosen["frame_auc"]["gd"] == 0.821
     assert chosen["event_level"]["ground_truth_events"] == 40 and "'UCSDped1'" in chosen["chosen_by"]
     assert "36" in chosen["note"]  # a part of Ped1 compares only roughly
-    assert paper_for("auto", tmp_path / "cam", tmp_path / "cam" / "ped2.mat")["dataset"] == "UCSD Ped2"  # the labels' name first
-    assert paper_for("auto", tmp_path / "cuhk_avenue" / "testing", tmp_path / "l.json")["event_level"] is None
+    assert paper_for("auto", tmp_path / "cam", tmp_path / "cam" / "ped2.mat")[0]["dataset"] == "UCSD Ped2"  # the labels' name
+    assert paper_for("auto", tmp_path / "cuhk_avenue" / "testing", tmp_path / "l.json", (640, 360))[0]["event_level"] is None
     for unnamed in ("speed2", "ped10", "car-park"):  # no data set of the paper's in these names
-        assert paper_for("auto", tmp_path / unnamed / "testing", tmp_path / unnamed / "labels.json") is None
-    assert paper_for("none", ped1, ped1 / "UCSDped1.m") is None
-    assert paper_for("ped2", tmp_path, tmp_path / "l.csv")["chosen_by"] == "--paper"
+        assert paper_for("auto", tmp_path / unnamed / "testing", tmp_path / unnamed / "labels.json") == (None, None)
+    assert paper_for("none", ped1, ped1 / "UCSDped1.m") == (None, None)
+    assert paper_for(" PED2", tmp_path, tmp_path / "l.csv")[0]["chosen_by"] == "--paper"  # as the table writes it
     with pytest.raises(StanError, match="--paper ped3: unknown data set. Use one of auto, ped1, ped2, avenue, none"):
         paper_for("ped3", tmp_path, tmp_path / "l.csv")
+
+
+def test_paper_column_not_for_a_camera_named_like_a_data_set(tmp_path):
+    own = tmp_path / "5th-avenue-cam" / "testing"  # a street camera, 1280 x 720
+    chosen, note = paper_for("auto", own, own / "labels.json", (1280, 720))
+    assert chosen is None and "'5th-avenue-cam' says CUHK Avenue, but the frames are 1280 x 720, not its 640 x 360" in note
+    assert "--paper avenue" in note
+    mixed = tmp_path / "ped1" / "testing"  # the folder says Ped1, the labels file Ped2
+    chosen, note = paper_for("auto", mixed, mixed / "UCSDped2.m", (238, 158))
+    assert chosen is None and "says UCSD Ped2" in note and "says UCSD Ped1" in note and "--paper" in note
+    assert paper_for("ped2", mixed, mixed / "UCSDped2.m", (238, 158))[0]["dataset"] == "UCSD Ped2"  # by hand: as asked
+    link = tmp_path / "links" / "ped2"  # the folder's name as typed, not where a link leads
+    link.parent.mkdir()
+    link.symlink_to(tmp_path / "mycam", target_is_directory=True)
+    assert paper_for("auto", link, tmp_path / "mycam" / "labels.csv", (360, 240))[0]["dataset"] == "UCSD Ped2"
 
 
 def test_cli_eval_without_a_paper_column(ped2_dir, tiny_weights, tmp_path):
@@ -498,3 +513,180 @@ def test_cli_eval_without_a_paper_column(ped2_dir, tiny_weights, tmp_path):
     assert result.exit_code == 0, result.output
     table = result.output.split("Results written")[0]
     assert "paper" not in table and "96.5" not in table  # a data set of one's own: ours alone
+
+
+# ------------------------------------------------------------------------------------------ hostile input
+
+
+def _copy_results(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("mine", ["results.json", "per_clip.csv", "roc.png", "scores/thesis_table.csv", "scores"])
+def test_overwrite_never_replaces_a_file_stan_did_not_write(evaluated, ped2_dir, tiny_weights, tmp_path, mine):
+    out = _copy_results(evaluated[0], tmp_path / "res")
+    target = out / mine
+    if mine == "scores":  # a file where stan's folder of scores would go
+        import shutil
+
+        shutil.rmtree(target)
+    target.write_text("my own notes\n")
+    before = _tree(out)
+    with pytest.raises(OutputError, match=re.escape(str(target)) + ".*(stan did not write|is not stan's folder)"):
+        evaluate(ped2_dir, weights=tiny_weights, out=out, device="cpu", overwrite=True)
+    assert _tree(out) == before
+
+
+def test_a_run_that_fails_while_writing_leaves_the_earlier_results_whole(evaluated, ped2_dir, tiny_weights, tmp_path,
+                                                                       monkeypatch):
+    out = _copy_results(evaluated[0], tmp_path / "res")
+    before = _tree(out)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate_module, "plot_roc", interrupted)  # after per_clip.csv and scores/ are written
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"01": [], "02": [[0, 20]]}))
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(ped2_dir, weights=tiny_weights, out=out, labels=other, device="cpu", overwrite=True)
+    assert _tree(out) == before  # no new per_clip.csv or scores/ beside the old results.json
+    assert sorted(p.name for p in out.iterdir()) == ["per_clip.csv", "results.json", "roc.png", "scores"]
+    new = tmp_path / "new"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(ped2_dir, weights=tiny_weights, out=new, device="cpu")
+    assert not new.exists()  # a folder this run made goes with it
+
+
+def test_overwrite_replaces_the_scores_of_clips_no_longer_there(evaluated, ped2_dir, tiny_weights, tmp_path):
+    out = _copy_results(evaluated[0], tmp_path / "res")
+    (out / "scores" / "03.csv").write_bytes((out / "scores" / "01.csv").read_bytes())  # an earlier run's third clip
+    evaluate(ped2_dir, weights=tiny_weights, out=out, device="cpu", overwrite=True)
+    assert sorted(p.name for p in (out / "scores").iterdir()) == ["01.csv", "02.csv"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_a_second_run_into_the_same_folder_is_refused(ped2_dir, tiny_weights, tmp_path):
+    from stan_cli.fileio import FolderLock
+
+    out = tmp_path / "res"
+    out.mkdir()
+    lock = FolderLock(out)
+    lock.acquire()  # a run writing there now
+    try:
+        with pytest.raises(OutputError, match="another stan run|in use|is writing"):
+            evaluate(ped2_dir, weights=tiny_weights, out=out, device="cpu", overwrite=True)
+    finally:
+        lock.release()
+
+
+def _labels_run(ped2_dir, tiny_weights, tmp_path, name: str, content: bytes):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return lambda: evaluate(ped2_dir, weights=tiny_weights, labels=path, device="cpu")
+
+
+@pytest.mark.parametrize("name, content, says", [
+    ("latin1.csv", "01,12,19\n02,16,23\nCaf\xe9,1,2\n".encode("latin-1"), "is not UTF-8 text"),
+    ("inf.json", b'{"01": [[12, 1e400]], "02": []}', "not a pair of whole frame numbers"),
+    ("nan.json", b'{"01": [[12, NaN]], "02": []}', "not a pair of whole frame numbers"),
+    ("bool.json", b'{"01": [[true, true]], "02": []}', "not a pair of whole frame numbers"),
+    ("text.json", b'{"01": [["12", "19"]], "02": []}', "not a pair of whole frame numbers"),
+    ("twice.json", b'{"01": [[12, 19]], "01": [], "02": []}', "clip '01' is listed twice"),
+])
+def test_bad_labels_get_one_line_naming_the_file(ped2_dir, tiny_weights, tmp_path, name, content, says):
+    with pytest.raises(InputError, match=re.escape(f"{tmp_path / name}: ") + ".*" + re.escape(says)):
+        _labels_run(ped2_dir, tiny_weights, tmp_path, name, content)()
+
+
+@pytest.mark.parametrize("name, content", [
+    ("bom.csv", b"\xef\xbb\xbfclip,start,end\n01,12,19\n02,16,23\n"),  # Excel's "CSV UTF-8"
+    ("bom.json", b'\xef\xbb\xbf{"01": [[12, 19]], "02": [[16, 23]]}'),  # Notepad's UTF-8
+    ("float.csv", b"01,12.0,19\n02,16,23.0\n"),
+])
+def test_labels_as_editors_save_them_are_read(ped2_dir, tiny_weights, tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert read_labels(path).ranges == {"01": [(12, 19)], "02": [(16, 23)]}
+
+
+def test_a_folder_given_as_the_labels_file(tmp_path):
+    (tmp_path / "labels.json").mkdir()
+    with pytest.raises(InputError, match="labels.json: is a folder, not a labels file"):
+        read_labels(tmp_path / "labels.json")
+
+
+def _mat_v5(cells: list[list[tuple[int, int]]]) -> bytes:
+    """An uncompressed MATLAB v5 MAT-file with a cell array `gt` of 2 x K double matrices."""
+    import struct
+
+    def element(kind: int, data: bytes) -> bytes:
+        return struct.pack("<II", kind, len(data)) + data + bytes(-len(data) % 8)
+
+    def matrix(name: str, cls: int, dims: tuple[int, ...], body: bytes) -> bytes:
+        head = element(6, struct.pack("<II", cls, 0)) + element(5, struct.pack(f"<{len(dims)}i", *dims))
+        return element(14, head + element(1, name.encode()) + body)
+
+    items = b"".join(
+        matrix("", 6, (2, len(c)), element(9, struct.pack(f"<{2 * len(c)}d", *[v for pair in c for v in pair])))
+        for c in cells
+    )
+    return b"MATLAB 5.0 MAT-file, stan test".ljust(116) + bytes(8) + b"\x00\x01IM" + matrix("gt", 1, (1, len(cells)), items)
+
+
+def test_damaged_mat_labels_are_one_line_never_a_traceback(tmp_path):
+    good = _mat_v5([[(13, 20)], [(17, 24), (30, 31)]])
+    (tmp_path / "gt.mat").write_bytes(good)
+    assert read_labels(tmp_path / "gt.mat").ranges == [[(12, 19)], [(16, 23), (29, 30)]]
+    path = tmp_path / "damaged.mat"
+    for pos in range(128, len(good)):  # every byte after the header, three ways
+        for value in (0, 0x7F, 0xFF):
+            damaged = bytearray(good)
+            damaged[pos] = value
+            path.write_bytes(bytes(damaged))
+            try:
+                read_labels(path)
+            except InputError as err:
+                assert str(err).startswith(f"{path}: ") and "\n" not in str(err), (pos, value, err)
+
+
+def test_a_clip_too_short_is_refused_before_any_scoring(ped2_dir, tiny_weights, tmp_path):
+    import shutil
+
+    root = shutil.copytree(ped2_dir, tmp_path / "testing")
+    for frame in sorted((root / "frames" / "02").iterdir())[8:]:
+        frame.unlink()
+    for frame in sorted((root / "masks" / "02").iterdir())[8:]:
+        frame.unlink()
+    (root / "UCSDmini.m").write_text("TestVideoFile{1}.gt_frame = [13:20];\nTestVideoFile{2}.gt_frame = [2:5];\n")
+    scored = []
+    with pytest.raises(InputError, match=re.escape(f"{root / 'frames' / '02'}: only 8 frames; STAN needs at least 11")):
+        evaluate(root, weights=tiny_weights, device="cpu", on_progress=lambda *a: scored.append(a))
+    assert scored == []
+
+
+def test_an_unreadable_video_is_refused_before_any_scoring(tmp_path, tiny_weights):
+    write_video(tmp_path / "01.mp4", make_clip(N, anomaly=ANOMALIES["01"], seed=0))
+    (tmp_path / "02.mp4").write_bytes(b"")
+    (tmp_path / "labels.json").write_text(json.dumps({"01": [[12, 19]], "02": []}))
+    scored = []
+    with pytest.raises(InputError, match="02.mp4"):
+        evaluate(tmp_path, weights=tiny_weights, device="cpu", on_progress=lambda *a: scored.append(a))
+    assert scored == []
+
+
+def test_masks_for_some_clips_only_say_so(ped2_dir, tiny_weights, tmp_path):
+    import shutil
+
+    root = shutil.copytree(ped2_dir, tmp_path / "testing")
+    shutil.rmtree(root / "masks" / "02")
+    r = evaluate(root, weights=tiny_weights, device="cpu")
+    assert r["pixel_level"]["available"] is False
+    assert any("masks/ has no folder for 1 of the 2 clips (02)" in w for w in r["warnings"]), r["warnings"]
