@@ -816,6 +816,8 @@ def _eval_table(r: dict) -> Table:
     row("events found / ground truth", f"{ev['correct']} / {ev['ground_truth_events']}",
         f"{pev['correct']} / {pev['ground_truth_events']}" if pev else "")
     row("detections: finding an event / all", f"{ev['detections_correct']} / {ev['detections_total']}")
+    if ev.get("unscored_events"):
+        row("of the events, with no scored frame (first or last 5 of a clip): cannot be found", str(len(ev["unscored_events"])))
     px = r["pixel_level"]
     if px.get("available"):
         row("pixel level (40 % rule): AUC / EDR", f"{_pct(px['auc'])} / {_pct(px['edr'])}")

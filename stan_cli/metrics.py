@@ -322,6 +322,9 @@ def event_level(per_clip_scores: Sequence[np.ndarray], per_clip_labels: Sequence
       partial             of the false alarms, those that overlap an event by less than half
       precision           correct / (correct + false_alarms) (NaN when both are 0), as Table 3
       ground_truth_events maximal runs of abnormal frames over all clips
+      unscored_events     of them, those with no scored frame (all in a clip's first or last 5 frames,
+                          which have no full window): counted, as the field counts every event, and
+                          named here, since no score can find them
       recall              correct / ground_truth_events (NaN without events)
       detections_correct  detections that find at least one event
       detections_total    detections_correct + false_alarms
@@ -331,8 +334,11 @@ def event_level(per_clip_scores: Sequence[np.ndarray], per_clip_labels: Sequence
     _check_clips(per_clip_scores, per_clip_labels)
     records: list[dict] = []
     n_events, found = 0, 0
+    unscored: list[dict] = []
     for k, (s, y) in enumerate(zip(per_clip_scores, per_clip_labels)):
         events = events_from_labels(y)
+        unscored += [{"clip": k, "start": a, "end": b} for a, b in events
+                     if not np.isfinite(np.asarray(s[a : b + 1], dtype=float)).any()]
         n_events += len(events)
         found_in_clip: set[tuple[int, int]] = set()
         for d in detect_events(s, clip=k):
@@ -349,6 +355,7 @@ def event_level(per_clip_scores: Sequence[np.ndarray], per_clip_labels: Sequence
         "partial": partial,
         "precision": found / (found + false_alarms) if found + false_alarms else float("nan"),
         "ground_truth_events": n_events,
+        "unscored_events": unscored,
         "recall": found / n_events if n_events else float("nan"),
         "detections_correct": hits,
         "detections_total": len(records),

@@ -690,3 +690,15 @@ def test_masks_for_some_clips_only_say_so(ped2_dir, tiny_weights, tmp_path):
     r = evaluate(root, weights=tiny_weights, device="cpu")
     assert r["pixel_level"]["available"] is False
     assert any("masks/ has no folder for 1 of the 2 clips (02)" in w for w in r["warnings"]), r["warnings"]
+
+
+def test_cli_names_an_event_no_score_can_find(ped2_dir, tiny_weights, tmp_path):
+    edges = tmp_path / "edges.json"
+    edges.write_text(json.dumps({"01": [[1, 3]], "02": [[16, 23]]}))  # 1-3: in the first 5 frames, no full window
+    result = runner.invoke(app, ["eval", str(ped2_dir), "--weights", str(tiny_weights), "--out", str(tmp_path / "res"),
+                                 "--device", "cpu", "--labels", str(edges)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "cannot be found" in text and "labels: " in text and "edges.json (json)" in text, result.output
+    saved = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert saved["event_level"]["unscored_events"] == [{"clip": 0, "start": 1, "end": 3}]

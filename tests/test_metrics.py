@@ -151,6 +151,19 @@ def test_one_hit_one_false_alarm_one_miss():
     assert (d[1]["start"], d[1]["end"], d[1]["outcome"], d[1]["event"]) == (225, 275, "false_alarm", None)
 
 
+def test_an_event_in_the_unscored_edge_frames_is_counted_and_named():
+    n = 120
+    s = _curve(n, [(60, 1.0, 10)])
+    s[:5] = s[-5:] = nan  # no full 11-frame window there
+    y = np.zeros(n, int)
+    y[1:4] = 1  # entirely in the first 5 frames: no score can find it
+    y[55:66] = 1
+    y[113:118] = 1  # begins scored (113, 114), ends unscored: counted
+    r = event_level([s], [y])
+    assert r["ground_truth_events"] == 3 and r["unscored_events"] == [{"clip": 0, "start": 1, "end": 3}]
+    assert r["correct"] == 1 and r["recall"] == pytest.approx(1 / 3)  # as the field counts: every event
+
+
 def test_correct_counts_events_not_detections():
     # Table 3 counts events found: one long event with two peaks more than 50 frames apart gives
     # two correct detections but one correct event, and precision 1 / (1 + 0).
