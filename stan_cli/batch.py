@@ -23,6 +23,7 @@ import contextlib
 import csv
 import io
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import __version__, report, report_html
+from . import __version__, report, report_html, segments
 from .detect import ALL_FILES, SCORE_KINDS, check_options, detect, open_output
 from .errors import InputError, OutputError, StanError
 from .fileio import remove_quietly, shown, written_by_stan
@@ -348,6 +349,13 @@ class _Index:
         stale = [self.out / name for name in ALL_FILES if name not in INDEX_FILES]
         for path in [p for p in stale if written_by_stan(p)]:
             remove_quietly(path)
+        clips = self.out / segments.FOLDER  # its clips: a folder of stan's segment clips and nothing else
+        try:
+            entries = list(clips.iterdir()) if clips.is_dir() and not clips.is_symlink() else []
+        except OSError:
+            entries = []
+        if entries and all(segments.is_segment_clip(p) for p in entries):
+            shutil.rmtree(clips, ignore_errors=True)
 
     def write(self, entries: list[BatchEntry]) -> None:
         if not self.written:

@@ -526,7 +526,7 @@ def train(
     pseudo_share: Annotated[Optional[float], typer.Option(help="Discriminator phase: the pseudo-anomalies' share of the fakes (0-1); generated windows are the rest \\[default: 0.75].", rich_help_panel="Recipe", show_default=False)] = None,
     old_generator: Annotated[Optional[Path], typer.Option(help="Discriminator phase (OGNet, beyond the paper): the generated fakes take their middle frame from this weights file's generator, an early, weaker one, not from the current generator.", rich_help_panel="Recipe", show_default=False)] = None,
     generated_as_real: Annotated[bool, typer.Option("--generated-as-real", metavar=FLAG, help="Discriminator phase, with --old-generator: half of the real windows carry the current generator's middle frame, labelled real (a good prediction is normal).", rich_help_panel="Recipe")] = False,
-    local_labels: Annotated[bool, typer.Option("--local-labels", metavar=FLAG, help="Discriminator phase (beyond the paper): a local pseudo-anomaly (patch, fast-region, fast-tube, fast-person) is labelled fake only in the discriminator's patches it covers, real in the others, so that D learns where (on Ped2 it did, but its score and map were no better: docs/discriminator.md, run 6).", rich_help_panel="Recipe")] = False,
+    local_labels: Annotated[bool, typer.Option("--local-labels", metavar=FLAG, help="Discriminator phase (beyond the paper): a local pseudo-anomaly (patch, fast-region, fast-tube, fast-person) is labelled fake only in the discriminator's patches it covers, real in the others, so that D learns where (on Ped2 it did, but its score and map were no better: docs/discriminator.md).", rich_help_panel="Recipe")] = False,
     preset: Annotated[str, typer.Option(hidden=True, help="Network size: paper (Table 1) or tiny (tests).")] = "paper",
 ) -> None:
     """Train both networks on normal footage of one camera, the paper's way; write a weights file."""
@@ -730,7 +730,7 @@ def eval_(
     device: DeviceOption = "auto",
     batch_size: BatchSizeOption = 8,
     precision: PrecisionOption = "fp32",
-    paper: Annotated[str, typer.Option(metavar="[auto|ped1|ped2|avenue|none]", help="Whose numbers of the paper (Tables 2 and 3) stand beside ours; auto: the data set the labels file or TEST_DIR is named after (UCSDped1.m, .../ped2/testing), none when neither names one.")] = "auto",
+    paper: Annotated[str, typer.Option(metavar="[auto|ped1|ped2|avenue|none]", help="Whose numbers of the paper (Tables 2 and 3) stand beside ours; auto: the data set the labels file or TEST_DIR is named after (UCSDped1.m, .../ped2/testing) when the frames have its size; none otherwise.")] = "auto",
 ) -> None:
     """Score a labelled test set and report frame-, event- and pixel-level results beside the paper's."""
     from .evaluate import evaluate

@@ -1,12 +1,14 @@
 """`evaluate(...)`: score a labelled test set and measure it the way the field does (STAN.md).
 
-Input, one of two layouts:
+Input, one of three layouts:
 - the Ped2 layout: ``TEST_DIR/frames/<clip>/`` frame folders, labels in a MATLAB ``*.m`` file
   (``TestVideoFile{end+1}.gt_frame = [61:180];``, one line per clip in clip order, 1-based
   inclusive ranges, several allowed: ``[1:10, 20:30]``; ``[]`` for none) or a MATLAB v5
   ``*.mat`` file (a cell array ``gt`` of 2 x K [start; end] matrices, 1-based), and optional
   pixel masks ``TEST_DIR/masks/<clip>/`` (one image per frame; a pixel is set when any channel
   is > 127);
+- the UCSD download as it comes: ``TEST_DIR/Test001/`` frame folders, masks in ``Test001_gt/``
+  beside them, the labels file in TEST_DIR (``UCSDped2.m``);
 - a folder of videos (``TEST_DIR/<clip>.mp4`` ...) with a labels file.
 Labels may also come from a file named by ``labels=``, in either MATLAB form or:
 - JSON ``{"<clip>": [[start, end], ...], ...}``, 0-based inclusive, every clip listed ([] = none);
@@ -78,6 +80,7 @@ PROTOCOL_TEXT = {
     "pooled": "per-clip min-max normalisation, all clips' scored frames pooled into one ROC, no smoothing (the field's standard)",
     "macro": "mean of per-clip AUCs over the clips whose scored frames hold both classes",
 }
+MASK_SUFFIX = "_gt"  # the UCSD download's masks: Test001_gt/ beside Test001/
 _MASK_LEVEL = 127  # a mask pixel is set when any channel exceeds this
 
 
@@ -135,12 +138,21 @@ def _find_clips(test_dir: Path) -> tuple[str, list[Clip]]:
         return "frames", clips
     videos = sorted((p for p in test_dir.iterdir() if is_video_file(p) and not p.name.startswith(".")),
                     key=lambda p: natural_key(p.name))
+    if not videos:  # the UCSD download as it comes: Test/Test001/, Test001_gt/ (masks), UCSDped2.m
+        folders = sorted((p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+                          and not p.name.endswith(MASK_SUFFIX) and list_frames(p)), key=lambda p: natural_key(p.name))
+        if folders:
+            return "clip-folders", [
+                Clip(p.name, p, len(list_frames(p)), p.with_name(p.name + MASK_SUFFIX) if p.with_name(p.name + MASK_SUFFIX).is_dir() else None)
+                for p in folders
+            ]
     if not videos:
         hint = (f" {test_dir} looks like the frames/ folder itself: point to {test_dir.parent} instead."
                 if test_dir.name == "frames" and (test_dir.parent / "frames").resolve() == test_dir.resolve() else "")
         raise InputError(
-            f"{frames_dir}: no such folder, and {test_dir} holds no video files. Use the Ped2 layout "
-            "(frames/01/, frames/02/, ... and a labels file) or a folder of videos and a labels file." + hint
+            f"{frames_dir}: no such folder, and {test_dir} holds no video files or folders of frames. Use the Ped2 "
+            "layout (frames/01/, frames/02/, ... and a labels file), the UCSD download's (Test001/, Test001_gt/, "
+            "UCSDped2.m) or a folder of videos and a labels file." + hint
         )
     stems = [p.stem for p in videos]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
@@ -565,7 +577,7 @@ def evaluate(
             probe(clip.path)  # a video that cannot be opened
             continue
         if clip.frames < WINDOW:
-            raise InputError(f"{shown(clip.path)}: only {clip.frames} frames; STAN needs at least {WINDOW} a clip. "
+            raise InputError(f"{shown(clip.path)}: only {clip.frames} frames; STAN needs at least {WINDOW} frames a clip. "
                              "Take the clip and its labels out of the test set, or use a longer clip.")
         label_array(label_file, clip, r, clip.frames)
     with_masks = all(c.mask is not None for c in clips)

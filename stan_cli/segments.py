@@ -145,14 +145,15 @@ def _encode(source: list[str], picture: list[str], target: Path) -> None:
         remove_quietly(tmp)
 
 
-def _is_clip(entry: Path) -> bool:
+def is_segment_clip(entry: Path) -> bool:
+    """A segment's clip (segments/segment_001.mp4, ...) that stan wrote."""
     return bool(_NAME.match(entry.name)) and written_by_stan(entry)
 
 
 def check_folder(out: Path) -> None:
     """Refuse, before any work, to replace a `segments` folder in `out` that holds anything stan
     did not write (only an --overwrite run reaches a folder that holds a report)."""
-    check_own_folder(out / FOLDER, _is_clip, "clips")
+    check_own_folder(out / FOLDER, is_segment_clip, "clips")
 
 
 def staged_clips(out: Path) -> contextlib.AbstractContextManager[Path]:
@@ -160,4 +161,4 @@ def staged_clips(out: Path) -> contextlib.AbstractContextManager[Path]:
     `out/segments` (an earlier one replaced, or removed when this run wrote none); on failure it
     is removed (fileio.staged_folder). Enter it before fileio.staged, so it ends after the other
     files are in place."""
-    return staged_folder(out, FOLDER, _is_clip, "clips")
+    return staged_folder(out, FOLDER, is_segment_clip, "clips")

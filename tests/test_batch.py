@@ -229,9 +229,10 @@ def test_many_inputs_over_a_single_report_leave_none_of_its_files(videos, tiny_w
     index.html and summary.json, and its scores.csv and plot stayed beside them as if current.
     A file of the user's with a report's name stays."""
     out = tmp_path / "out"
-    single = run(videos / "2.mp4", "--out", out, "--weights", tiny_weights, "--device", "cpu", "--no-video")
+    single = run(videos / "2.mp4", "--out", out, "--weights", tiny_weights, "--device", "cpu", "--no-video",
+                 "--threshold", "0")  # every frame flagged: one segment, and its clip
     assert single.exit_code == 0, single.output
-    assert (out / "scores.csv").exists()
+    assert (out / "scores.csv").exists() and list((out / "segments").glob("segment_*.mp4"))
     (out / "scores.png").unlink()
     (out / "scores.png").write_text("my notes, not a plot")  # the user's file: not stan's, so kept
     many = run(videos / "2.mp4", videos / "10.mp4", "--out", out, "--weights", tiny_weights, "--device", "cpu",
@@ -239,6 +240,7 @@ def test_many_inputs_over_a_single_report_leave_none_of_its_files(videos, tiny_w
     assert many.exit_code == 0, many.output
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted([*INDEX_FILES, "scores.png"])
     assert (out / "scores.png").read_text() == "my notes, not a plot"
+    assert not (out / "segments").exists()  # its clips went with it
     assert_report(out / "2")
     assert_report(out / "10")
 

@@ -702,3 +702,22 @@ def test_cli_names_an_event_no_score_can_find(ped2_dir, tiny_weights, tmp_path):
     assert "cannot be found" in text and "labels: " in text and "edges.json (json)" in text, result.output
     saved = json.loads((tmp_path / "res" / "results.json").read_text())
     assert saved["event_level"]["unscored_events"] == [{"clip": 0, "start": 1, "end": 3}]
+
+
+def test_the_ucsd_download_layout_is_read_as_it_comes(ped2_dir, tiny_weights, tmp_path):
+    """UCSDped2/Test/Test001/*.tif, Test001_gt/*.bmp, UCSDped2.m: no reshuffling into frames/ and masks/."""
+    import shutil
+
+    root = tmp_path / "UCSDped2" / "Test"
+    for k, name in enumerate(("01", "02"), start=1):
+        shutil.copytree(ped2_dir / "frames" / name, root / f"Test{k:03d}")
+        shutil.copytree(ped2_dir / "masks" / name, root / f"Test{k:03d}_gt")
+    shutil.copy(ped2_dir / "UCSDmini.m", root / "UCSDped2.m")
+    layout, clips = find_clips(root)
+    assert layout == "clip-folders" and [c.name for c in clips] == ["Test001", "Test002"]
+    assert [c.mask.name for c in clips] == ["Test001_gt", "Test002_gt"]
+    ours = evaluate(root, weights=tiny_weights, device="cpu")
+    theirs = evaluate(ped2_dir, weights=tiny_weights, device="cpu")
+    assert ours["layout"] == "clip-folders" and ours["pixel_level"]["available"]
+    assert ours["frame_level"]["gd"]["pooled"]["auc"] == theirs["frame_level"]["gd"]["pooled"]["auc"]
+    assert ours["abnormal_frames"] == theirs["abnormal_frames"]
