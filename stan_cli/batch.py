@@ -174,7 +174,7 @@ def report_names(inputs: Sequence[Path]) -> list[str]:
     have the stems "." and "..", OUT itself and its parent, so leading dots become one "_"
     (".hidden.mp4" -> "_hidden") and a name of dots only, or none, becomes "input".
     """
-    taken = set(INDEX_FILES)
+    taken = {*INDEX_FILES, segments.FOLDER}  # segments/: a one-input report's clips, removed by --overwrite
     names = []
     for path in inputs:
         resolved = Path(os.path.abspath(path))

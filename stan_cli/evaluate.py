@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from . import __version__, baseline, metrics, report, scoring
 from .detect import ScoreStream, open_output, per_frame
 from .errors import InputError, StanError
-from .fileio import is_utf8, shown, staged_folder
+from .fileio import is_scratch, is_utf8, shown, staged_folder
 from .inference import PRECISIONS, resolve_device
 from .model import WINDOW
 from .video import is_video_file, list_frames, natural_key, probe, read_frames
@@ -141,6 +141,9 @@ def _find_clips(test_dir: Path) -> tuple[str, list[Clip]]:
     if not videos:  # the UCSD download as it comes: Test/Test001/, Test001_gt/ (masks), UCSDped2.m
         folders = sorted((p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
                           and not p.name.endswith(MASK_SUFFIX) and list_frames(p)), key=lambda p: natural_key(p.name))
+        if folders and test_dir.name == "frames" and ((test_dir.parent / "masks").is_dir()
+                                                        or any(test_dir.parent.glob("*.m")) or any(test_dir.parent.glob("*.mat"))):
+            raise InputError(f"{test_dir} looks like the frames/ folder itself: point to {test_dir.parent} instead.")
         if folders:
             return "clip-folders", [
                 Clip(p.name, p, len(list_frames(p)), p.with_name(p.name + MASK_SUFFIX) if p.with_name(p.name + MASK_SUFFIX).is_dir() else None)
@@ -589,7 +592,7 @@ def evaluate(
     else:
         unmasked = [c.name for c in clips if c.mask is None]
         if len(unmasked) < len(clips):
-            notes.append(f"no pixel level: masks/ has no folder for {len(unmasked)} of the {len(clips)} clips "
+            notes.append(f"no pixel level: no mask folder for {len(unmasked)} of the {len(clips)} clips "
                          f"({', '.join(unmasked[:5])}{', ...' if len(unmasked) > 5 else ''}); the pixel level needs a mask for every clip.")
         clips = [Clip(c.name, c.path, c.frames, None) for c in clips]
     first = probe(clips[0].path)
@@ -613,8 +616,11 @@ def evaluate(
 
 
 def _is_scores_file(entry: Path) -> bool:
-    """A scores/<clip>.csv an earlier stan eval wrote (its header), which --overwrite may replace."""
-    return entry.suffix == ".csv" and entry.is_file() and not entry.is_symlink() and _starts_with(entry, SCORES_HEADER)
+    """A scores/<clip>.csv an earlier stan eval wrote (its header, the columns every version began
+    with), or a temporary an interrupted one left there, which --overwrite may replace."""
+    if entry.is_symlink() or not entry.is_file():
+        return False
+    return (entry.suffix == ".csv" and _starts_with(entry, "frame,label,pixel_loss,d_loss")) or is_scratch(entry.name, ())
 
 
 def _starts_with(path: Path, text: str) -> bool:
@@ -714,7 +720,7 @@ def _evaluate(out, scores_dir, test_dir, clips, ranges, label_file, layout, with
             "convention": "1-based inclusive ranges per clip, in clip order" if label_file.one_based
             else "0-based inclusive ranges per clip name",
         },
-        "masks": str(test_dir / "masks") if with_masks else None,
+        "masks": (str(test_dir / "masks") if layout != "clip-folders" else str(test_dir / f"<clip>{MASK_SUFFIX}")) if with_masks else None,
         "clips": len(scored),
         "frames": n_frames,
         "scored_frames": int(sum(np.isfinite(s.pixel).sum() for s in scored)),
@@ -882,7 +888,7 @@ def _measure(scored: list[ClipScores], y: list[np.ndarray], model: Stan) -> tupl
     frame_level = _frame_level(scored, y, raw, model)
     cal_lam = float(model.calibration["lambda_s"]) if model.calibration is not None else None
     events = metrics.event_level(raw["gd"], y)
-    for det in events["detections"]:
+    for det in [*events["detections"], *events["unscored_events"]]:
         det["clip"] = names[det["clip"]]
     per_clip = [
         {"clip": n, "frames": int(len(lab)), "scored_frames": int(np.isfinite(p).sum()), "abnormal_frames": int(lab.sum()),

@@ -469,13 +469,25 @@ def staged_folder(out: Path, name: str, is_ours: Callable[[Path], bool], what: s
             os.replace(final, old)
         if run.is_dir():
             os.replace(run, final)
-    except OSError as err:
+    except BaseException as err:  # a refused rename or Ctrl-C between the two: the earlier folder back
         with contextlib.suppress(OSError):
             if old.is_dir() and not final.exists():
-                os.replace(old, final)  # the earlier folder back
+                os.replace(old, final)
         shutil.rmtree(run, ignore_errors=True)
+        if not isinstance(err, OSError):
+            raise
         raise OutputError(
             f"{shown(final)}: the other files are written but the folder of {what} could not be put in place "
             f"({err.strerror or err}); run again with --overwrite."
         ) from None
+    try:
+        foreign = [p for p in old.iterdir() if not is_ours(p)] if old.is_dir() else []
+    except OSError:
+        foreign = []
+    if foreign:  # put there while this run went on: kept, never deleted unseen
+        keep = Path(out) / f"{name}.earlier"
+        with contextlib.suppress(OSError):
+            if not os.path.lexists(keep):
+                os.replace(old, keep)
+                return
     shutil.rmtree(old, ignore_errors=True)

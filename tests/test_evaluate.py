@@ -689,7 +689,7 @@ def test_masks_for_some_clips_only_say_so(ped2_dir, tiny_weights, tmp_path):
     shutil.rmtree(root / "masks" / "02")
     r = evaluate(root, weights=tiny_weights, device="cpu")
     assert r["pixel_level"]["available"] is False
-    assert any("masks/ has no folder for 1 of the 2 clips (02)" in w for w in r["warnings"]), r["warnings"]
+    assert any("no mask folder for 1 of the 2 clips (02)" in w for w in r["warnings"]), r["warnings"]
 
 
 def test_cli_names_an_event_no_score_can_find(ped2_dir, tiny_weights, tmp_path):
@@ -701,7 +701,7 @@ def test_cli_names_an_event_no_score_can_find(ped2_dir, tiny_weights, tmp_path):
     text = " ".join(result.output.split())
     assert "cannot be found" in text and "labels: " in text and "edges.json (json)" in text, result.output
     saved = json.loads((tmp_path / "res" / "results.json").read_text())
-    assert saved["event_level"]["unscored_events"] == [{"clip": 0, "start": 1, "end": 3}]
+    assert saved["event_level"]["unscored_events"] == [{"clip": "01", "start": 1, "end": 3}]
 
 
 def test_the_ucsd_download_layout_is_read_as_it_comes(ped2_dir, tiny_weights, tmp_path):
@@ -721,3 +721,30 @@ def test_the_ucsd_download_layout_is_read_as_it_comes(ped2_dir, tiny_weights, tm
     assert ours["layout"] == "clip-folders" and ours["pixel_level"]["available"]
     assert ours["frame_level"]["gd"]["pooled"]["auc"] == theirs["frame_level"]["gd"]["pooled"]["auc"]
     assert ours["abnormal_frames"] == theirs["abnormal_frames"]
+
+
+def test_overwrite_takes_an_earlier_versions_scores_and_its_temporaries(evaluated, ped2_dir, tiny_weights, tmp_path):
+    out = _copy_results(evaluated[0], tmp_path / "res")
+    (out / "scores" / "03.csv").write_text("frame,label,pixel_loss,d_loss,pixel_critical\n0,0,,,\n")  # stan 0.1.0's columns
+    (out / "scores" / ".01.csv.tmp.csv").write_text("")  # an interrupted run's temporary
+    evaluate(ped2_dir, weights=tiny_weights, out=out, device="cpu", overwrite=True)
+    assert sorted(p.name for p in (out / "scores").iterdir()) == ["01.csv", "02.csv"]
+
+
+def test_the_frames_folder_itself_gets_the_hint(ped2_dir, tmp_path):
+    with pytest.raises(InputError, match="looks like the frames/ folder itself: point to"):
+        find_clips(ped2_dir / "frames")
+
+
+def test_a_file_put_into_scores_while_a_run_goes_on_is_kept(tmp_path):
+    from stan_cli.fileio import staged_folder
+
+    out = tmp_path / "res"
+    (out / "scores").mkdir(parents=True)
+    (out / "scores" / "01.csv").write_text(SCORES_HEADER + "\n")
+    with staged_folder(out, "scores", evaluate_module._is_scores_file, "per-clip scores") as run:
+        run.mkdir()
+        (run / "01.csv").write_text(SCORES_HEADER + "\n0,0,,,,,,\n")
+        (out / "scores" / "my-analysis.txt").write_text("mine")  # saved there during a long run
+    assert (out / "scores" / "01.csv").read_text().endswith("0,0,,,,,,\n")
+    assert (out / "scores.earlier" / "my-analysis.txt").read_text() == "mine"
