@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from . import __version__, baseline, metrics, report, scoring
 from .detect import ScoreStream, open_output, per_frame
 from .errors import InputError, StanError
-from .fileio import is_scratch, is_utf8, shown, staged_folder
+from .fileio import is_scratch, is_utf8, shown, staged_folder, written_by_stan
 from .inference import PRECISIONS, resolve_device
 from .model import WINDOW
 from .video import is_video_file, list_frames, natural_key, probe, read_frames
@@ -139,16 +139,15 @@ def _find_clips(test_dir: Path) -> tuple[str, list[Clip]]:
     videos = sorted((p for p in test_dir.iterdir() if is_video_file(p) and not p.name.startswith(".")),
                     key=lambda p: natural_key(p.name))
     if not videos:  # the UCSD download as it comes: Test/Test001/, Test001_gt/ (masks), UCSDped2.m
-        folders = sorted((p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-                          and not p.name.endswith(MASK_SUFFIX) and list_frames(p)), key=lambda p: natural_key(p.name))
+        listed = [(p, len(list_frames(p))) for p in sorted(test_dir.iterdir(), key=lambda p: natural_key(p.name))
+                  if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(MASK_SUFFIX)]
+        folders = [(p, n) for p, n in listed if n]
         if folders and test_dir.name == "frames" and ((test_dir.parent / "masks").is_dir()
                                                         or any(test_dir.parent.glob("*.m")) or any(test_dir.parent.glob("*.mat"))):
             raise InputError(f"{test_dir} looks like the frames/ folder itself: point to {test_dir.parent} instead.")
         if folders:
-            return "clip-folders", [
-                Clip(p.name, p, len(list_frames(p)), p.with_name(p.name + MASK_SUFFIX) if p.with_name(p.name + MASK_SUFFIX).is_dir() else None)
-                for p in folders
-            ]
+            masks = [p.with_name(p.name + MASK_SUFFIX) for p, _ in folders]
+            return "clip-folders", [Clip(p.name, p, n, m if m.is_dir() else None) for (p, n), m in zip(folders, masks)]
     if not videos:
         hint = (f" {test_dir} looks like the frames/ folder itself: point to {test_dir.parent} instead."
                 if test_dir.name == "frames" and (test_dir.parent / "frames").resolve() == test_dir.resolve() else "")
@@ -574,7 +573,9 @@ def evaluate(
     layout, clips = find_clips(test_dir)
     label_file = read_labels(Path(labels) if labels is not None else find_label_file(test_dir))
     ranges = clip_ranges(label_file, clips)
-    paper_for(paper, test_dir, label_file.path)  # a bad --paper fails now, not after the checks below
+    first = probe(clips[0].path)
+    paper_numbers, paper_note = paper_for(paper, test_dir, label_file.path, (first.width, first.height))
+    notes = [paper_note] if paper_note else []
     for clip, r in zip(clips, ranges):  # fail before hours of scoring, not after
         if clip.frames is None:
             probe(clip.path)  # a video that cannot be opened
@@ -584,7 +585,6 @@ def evaluate(
                              "Take the clip and its labels out of the test set, or use a longer clip.")
         label_array(label_file, clip, r, clip.frames)
     with_masks = all(c.mask is not None for c in clips)
-    notes = []
     if with_masks:
         for c in clips:
             if c.frames is not None and len(list_frames(c.mask)) != c.frames:
@@ -595,9 +595,6 @@ def evaluate(
             notes.append(f"no pixel level: no mask folder for {len(unmasked)} of the {len(clips)} clips "
                          f"({', '.join(unmasked[:5])}{', ...' if len(unmasked) > 5 else ''}); the pixel level needs a mask for every clip.")
         clips = [Clip(c.name, c.path, c.frames, None) for c in clips]
-    first = probe(clips[0].path)
-    paper_numbers, paper_note = paper_for(paper, test_dir, label_file.path, (first.width, first.height))
-    notes += [paper_note] if paper_note else []
     model = weights if isinstance(weights, Stan) else load_weights(Path(weights) if weights else find_default_weights())
     dev = resolve_device(device)
     model.to(dev).eval()
@@ -620,15 +617,7 @@ def _is_scores_file(entry: Path) -> bool:
     with), or a temporary an interrupted one left there, which --overwrite may replace."""
     if entry.is_symlink() or not entry.is_file():
         return False
-    return (entry.suffix == ".csv" and _starts_with(entry, "frame,label,pixel_loss,d_loss")) or is_scratch(entry.name, ())
-
-
-def _starts_with(path: Path, text: str) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(len(text.encode())) == text.encode()
-    except OSError:
-        return False
+    return (entry.suffix == ".csv" and written_by_stan(entry)) or is_scratch(entry.name, ())
 
 
 def evaluate_frame_difference(test_dir: Path, *, labels: Path | None = None, image_size: int = 224) -> dict:

@@ -456,7 +456,7 @@ def staged_folder(out: Path, name: str, is_ours: Callable[[Path], bool], what: s
     for leftover in out.iterdir():
         if leftover_name.match(leftover.name) and leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
-    run = Path(out) / f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    run = scratch_path(out, name, ".tmp")
     try:
         yield run
     except BaseException:

@@ -33,7 +33,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from .errors import OutputError
-from .fileio import OVERLAY_COMMENT, check_own_folder, output_error, remove_quietly, shown, staged_folder, written_by_stan
+from .fileio import OVERLAY_COMMENT, output_error, remove_quietly, shown, staged_folder, written_by_stan
 from .scoring import Segment
 from .video import VideoInfo, ffmpeg_path, fitted_size, list_frames, probe
 
@@ -148,12 +148,6 @@ def _encode(source: list[str], picture: list[str], target: Path) -> None:
 def is_segment_clip(entry: Path) -> bool:
     """A segment's clip (segments/segment_001.mp4, ...) that stan wrote."""
     return bool(_NAME.match(entry.name)) and written_by_stan(entry)
-
-
-def check_folder(out: Path) -> None:
-    """Refuse, before any work, to replace a `segments` folder in `out` that holds anything stan
-    did not write (only an --overwrite run reaches a folder that holds a report)."""
-    check_own_folder(out / FOLDER, is_segment_clip, "clips")
 
 
 def staged_clips(out: Path) -> contextlib.AbstractContextManager[Path]:
