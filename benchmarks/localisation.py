@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from stan_cli import baseline, metrics
 from stan_cli.detect import ScoreStream
 from stan_cli.inference import GUIDED_LAYER, resolve_device
+from stan_cli.testset import MASK_LEVEL
 from stan_cli.video import list_frames, read_frames
 from stan_cli.weights import find_default_weights, load_weights
 from stan_cli.windows import scored_range, to_grey_square
@@ -50,7 +51,7 @@ def clip_measures(frames_dir: Path, masks_dir: Path, model, device, batch_size: 
     """Per map: hit flags (abnormal frames) and critical values + labels (all scored frames)."""
     size = model.config.image_size
     _, masks = read_frames(masks_dir)
-    mask_list = [(f > 127).any(axis=2) for f in masks]
+    mask_list = [(f > MASK_LEVEL).any(axis=2) for f in masks]
     _, frames = read_frames(frames_dir)
     grey = to_grey_square(np.stack(list(frames)), size).astype(np.float32) / 127.5 - 1  # (N, S, S)
     n = len(grey)

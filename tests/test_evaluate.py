@@ -22,11 +22,8 @@ from stan_cli.model import split_window, with_middle
 from stan_cli.video import read_frames
 from stan_cli.weights import load_weights
 from stan_cli.windows import scored_range, to_grey_square, to_tensor
-from stan_cli.evaluate import (
-    paper_for,
-    PER_CLIP_HEADER, SCORES_HEADER, evaluate, find_clips, parse_matlab_labels, read_csv_labels,
-    read_json_labels, read_labels, read_mat_labels,
-)
+from stan_cli.evaluate import PER_CLIP_HEADER, SCORES_HEADER, evaluate, paper_for
+from stan_cli.testset import find_clips, parse_matlab_labels, read_csv_labels, read_json_labels, read_labels, read_mat_labels
 
 from conftest import HEIGHT, WIDTH, make_clip, write_frame_folder, write_video
 
