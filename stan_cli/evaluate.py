@@ -33,7 +33,7 @@ from .fileio import is_scratch, shown, staged_folder, written_by_stan
 from .inference import PRECISIONS, resolve_device
 from .model import WINDOW
 from .testset import MASK_LEVEL, MASK_SUFFIX, Clip, clip_ranges, find_clips, find_label_file, label_array, read_labels
-from .video import list_frames, probe, read_frames
+from .video import list_frames, packet_extent, probe, read_frames
 from .weights import Stan, find_default_weights, load_weights
 from .windows import scored_range, to_tensor
 
@@ -226,13 +226,19 @@ def evaluate(
     paper_numbers, paper_note = paper_for(paper, test_dir, label_file.path, (first.width, first.height))
     notes = [paper_note] if paper_note else []
     for clip, r in zip(clips, ranges):  # fail before hours of scoring, not after
-        if clip.frames is None:
+        frames = clip.frames
+        if frames is None:
             probe(clip.path)  # a video that cannot be opened
-            continue
-        if clip.frames < WINDOW:
-            raise InputError(f"{shown(clip.path)}: only {clip.frames} frames; STAN needs at least {WINDOW} frames a clip. "
+            # its video packets, by demuxing only (seconds an hour of video): a bound on the frames it
+            # decodes to, close enough to refuse a short clip or labels past its end before scoring
+            extent = packet_extent(clip.path)
+            if extent is None:
+                continue
+            frames = extent[0]
+        if frames < WINDOW:
+            raise InputError(f"{shown(clip.path)}: only {frames} frames; STAN needs at least {WINDOW} frames a clip. "
                              "Take the clip and its labels out of the test set, or use a longer clip.")
-        label_array(label_file, clip, r, clip.frames)
+        label_array(label_file, clip, r, frames)
     with_masks = all(c.mask is not None for c in clips)
     if with_masks:
         for c in clips:

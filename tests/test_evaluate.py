@@ -679,6 +679,21 @@ def test_an_unreadable_video_is_refused_before_any_scoring(tmp_path, tiny_weight
     assert scored == []
 
 
+def test_a_short_video_or_labels_past_its_end_are_refused_before_any_scoring(tmp_path, tiny_weights):
+    write_video(tmp_path / "01.mp4", make_clip(N, anomaly=ANOMALIES["01"], seed=0))
+    write_video(tmp_path / "02.mp4", make_clip(8, seed=1))
+    (tmp_path / "labels.json").write_text(json.dumps({"01": [[12, 19]], "02": []}))
+    scored = []
+    with pytest.raises(InputError, match=re.escape(f"{tmp_path / '02.mp4'}: only 8 frames; STAN needs at least 11")):
+        evaluate(tmp_path, weights=tiny_weights, device="cpu", on_progress=lambda *a: scored.append(a))
+    assert scored == []
+    write_video(tmp_path / "02.mp4", make_clip(N, seed=1))
+    (tmp_path / "labels.json").write_text(json.dumps({"01": [[12, 19]], "02": [[20, 30]]}))  # ends past frame 23
+    with pytest.raises(InputError, match=r"labels.json: clip 02 has 24 frames, but its label range 20:30 \(0-based\)"):
+        evaluate(tmp_path, weights=tiny_weights, device="cpu", on_progress=lambda *a: scored.append(a))
+    assert scored == []
+
+
 def test_masks_for_some_clips_only_say_so(ped2_dir, tiny_weights, tmp_path):
     import shutil
 
