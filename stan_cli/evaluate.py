@@ -241,9 +241,17 @@ def evaluate(
         label_array(label_file, clip, r, frames)
     with_masks = all(c.mask is not None for c in clips)
     if with_masks:
+        skewed = []
         for c in clips:
             if c.frames is not None and len(list_frames(c.mask)) != c.frames:
                 raise InputError(f"{c.mask}: {len(list_frames(c.mask))} mask images for {c.frames} frames in {c.path}. Each frame needs one mask.")
+            frame, mask = probe(c.path), probe(c.mask)
+            if abs(mask.width * frame.height - frame.width * mask.height) > 0.02 * frame.width * mask.height:
+                skewed.append(f"{c.name} ({mask.width} x {mask.height} masks, {frame.width} x {frame.height} frames)")
+        if skewed:  # the maps are stretched to the masks: right for smaller masks of the same picture, not for these
+            notes.append(f"masks of another shape than their frames in {len(skewed)} clip(s): {', '.join(skewed[:3])}"
+                         f"{', ...' if len(skewed) > 3 else ''}; the pixel level stretches the maps to the masks. "
+                         "Check that the masks belong to these clips.")
     else:
         unmasked = [c.name for c in clips if c.mask is None]
         if len(unmasked) < len(clips):

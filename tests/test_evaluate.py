@@ -694,6 +694,18 @@ def test_a_short_video_or_labels_past_its_end_are_refused_before_any_scoring(tmp
     assert scored == []
 
 
+def test_masks_of_another_shape_than_their_frames_say_so(ped2_dir, tiny_weights, tmp_path):
+    import shutil
+
+    root = shutil.copytree(ped2_dir, tmp_path / "testing")
+    r = evaluate(root, weights=tiny_weights, device="cpu")
+    assert not any("another shape" in w for w in r["warnings"]), r["warnings"]
+    shutil.rmtree(root / "masks" / "02")  # square masks for wide frames: not this clip's masks
+    write_frame_folder(root / "masks" / "02", np.zeros((N, HEIGHT, HEIGHT, 3), np.uint8))
+    r = evaluate(root, weights=tiny_weights, device="cpu")
+    assert any(f"in 1 clip(s): 02 ({HEIGHT} x {HEIGHT} masks, {WIDTH} x {HEIGHT} frames)" in w for w in r["warnings"]), r["warnings"]
+
+
 def test_masks_for_some_clips_only_say_so(ped2_dir, tiny_weights, tmp_path):
     import shutil
 
