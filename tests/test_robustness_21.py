@@ -351,6 +351,18 @@ def test_explain_on_a_damaged_video_says_so(tmp_path, tiny_weights):
     assert json.loads((out / "explanation.json").read_text())["warnings"]
 
 
+def test_explain_on_a_whole_video_warns_of_nothing(tmp_path, tiny_weights):
+    """explain stops reading at its window's end; what ffmpeg then says about the closed pipe
+    ("Error submitting a packet to the muxer: Broken pipe") is not damage. 24 frames after the
+    window, 36 kB each, are more than a pipe's buffer holds."""
+    whole, _ = _damaged_video(tmp_path)
+    out = tmp_path / "ex"
+    result = run("explain", whole, "--frame", "30", "--out", out, "--weights", tiny_weights)
+    assert result.exit_code == 0, result.output
+    assert "warning:" not in result.stderr, result.stderr
+    assert json.loads((out / "explanation.json").read_text())["warnings"] == []
+
+
 def test_without_concealment_to_compare_the_damage_is_bounded_by_keyframes(tmp_path, monkeypatch):
     """A decoder that conceals nothing leaves the two decodes alike: the run reported is where the
     damage can be, from the keyframe before the first complaint to the keyframe after the last one
