@@ -30,7 +30,7 @@ from .errors import InputError, StanError, WeightsError
 from .fileio import shown
 from .inference import guided_backprop, resolve_device, score_windows, smooth_guided
 from .model import CONTEXT, WINDOW
-from .video import cut_short, frame_times, read_frames
+from .video import cut_short, frame_times, packet_extent, probe, read_frames
 from .weights import Stan, find_default_weights, load_weights
 from .windows import to_grey_square, to_tensor
 
@@ -79,14 +79,14 @@ def explain(
     model = weights if isinstance(weights, Stan) else load_weights(Path(weights) if weights else find_default_weights())
     dev = resolve_device(device)
     model.to(dev).eval()
-    if out is not None:
-        out = Path(out)
-    info, window, complaints = _window_around(video, frame, fps, model.config.image_size)
     if out is None:
+        info, window, complaints = _window_around(video, frame, fps, model.config.image_size)
         return _explain(model, dev, video, info, window, frame, fps, score, threshold, complaints)
-    # locked for the run (a folder made here is removed on failure); earlier files are replaced
-    # only when this run succeeds, all together
+    out = Path(out)
+    # checked and locked before decoding (a refusal costs no minutes of it; a folder made here is
+    # removed on failure); earlier files are replaced only when this run succeeds, all together
     with open_output(out, overwrite, inputs=(video,), own=OWN_FILES), report.staged(out, own=OWN_FILES):
+        info, window, complaints = _window_around(video, frame, fps, model.config.image_size)
         result = _explain(model, dev, video, info, window, frame, fps, score, threshold, complaints)
         result.out = out
         _write(out, result)
@@ -132,7 +132,9 @@ def _window_around(video: Path, frame: int, fps: float | None, size: int):
     skipped, which would shift every later frame by one and explain a frame other than detect's
     frame `frame`.
     """
-    last = frame + CONTEXT + 1 if frame >= CONTEXT else None  # a frame before 5: count the clip for the error
+    if frame < CONTEXT:  # out of range whatever the clip: count its frames for the error, without decoding it
+        _early_frame(video, frame, fps)
+    last = frame + CONTEXT + 1 if frame >= CONTEXT else None  # a frame before 5 whose clip could not be counted: decode it
     info, frames = read_frames(video, fps=fps, first=last)
     window: deque[np.ndarray] = deque(maxlen=WINDOW)
     real = None
@@ -155,9 +157,30 @@ def _window_around(video: Path, frame: int, fps: float | None, size: int):
             f"{ended}, so --frame {frame} has no full 11-frame window. The frames that can be explained are "
             f"{CONTEXT} to {count - CONTEXT - 1} (0-based, as in stan detect's report); or use an undamaged copy."
         )
+    raise _out_of_range(video, frame, count)
+
+
+def _early_frame(video: Path, frame: int, fps: float | None) -> None:
+    """The error for --frame 0 to 4, with the clip's valid frames counted without decoding it: a
+    folder's images, or a video's packets (video.packet_extent, demuxing only) where they agree
+    with its header's length. Returns when the count is not sure so (a damaged video, an edit list
+    that hides frames, variable-rate footage), and the caller decodes the clip to count it."""
+    info = probe(video, fps)
+    if info.kind == "frames":
+        count = info.n_frames
+    else:
+        extent = packet_extent(video)
+        agree = extent is not None and info.n_frames is not None and abs(extent[0] - info.n_frames) <= 1
+        count = extent[0] if agree else None
+    if count is not None:
+        raise _out_of_range(video, frame, count)
+
+
+def _out_of_range(video: Path, frame: int, count: int) -> InputError:
+    """--frame outside a whole clip of `count` frames."""
     if count < WINDOW:
-        raise InputError(f"{video}: only {count} frames; STAN needs at least {WINDOW}. Use a longer clip.")
-    raise InputError(
+        return InputError(f"{video}: only {count} frame{'s' if count != 1 else ''}; STAN needs at least {WINDOW}. Use a longer clip.")
+    return InputError(
         f"{video}: --frame {frame} has no full 11-frame window; this clip's valid frames are "
         f"{CONTEXT} to {count - CONTEXT - 1} (0-based, {count} frames)."
     )

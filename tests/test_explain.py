@@ -151,6 +151,26 @@ def test_explain_frame_out_of_range(clip_video, tiny_weights, frame):
         explain(clip_video, frame, weights=tiny_weights)
 
 
+@pytest.mark.parametrize("frame", [0, 4])
+def test_explain_early_frame_is_refused_without_decoding(clip_video, clip_folder, tiny_weights, monkeypatch, frame):
+    """Frames 0 to 4 never have a window; the valid range comes from counting, not decoding, the clip."""
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(explain_module, "read_frames", no_decoding)
+    for clip in (clip_video, clip_folder):
+        with pytest.raises(InputError, match=f"valid frames are 5 to {N_FRAMES - 6}"):
+            explain(clip, frame, weights=tiny_weights)
+
+
+def test_explain_refuses_a_full_out_before_decoding(clip_video, tiny_weights, tmp_path, monkeypatch):
+    (tmp_path / "keep.txt").write_text("x")
+    monkeypatch.setattr(explain_module, "read_frames", lambda *a, **k: pytest.fail("decoded before the --out check"))
+    with pytest.raises(OutputError, match="already holds files"):
+        explain(clip_video, 12, out=tmp_path, weights=tiny_weights)
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
 def test_explain_refuses_non_empty_out(clip_video, tiny_weights, tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(OutputError):
