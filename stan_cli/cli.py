@@ -8,6 +8,7 @@ a value of the wrong type; one error line too), 130 interrupted (Ctrl-C, SIGTERM
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import time
@@ -100,16 +101,21 @@ PrecisionOption = Annotated[str, typer.Option(help="fp32 or bf16.", rich_help_pa
 
 def _version(value: bool) -> None:
     if value:
+        from .fileio import is_stan_safetensors
         from .weights import find_default_weights, weights_name
 
         out.print(f"stan {__version__}", highlight=False)
         try:
             path = find_default_weights()
-        except StanError:
-            out.print("default weights: none found (pass --weights FILE)", highlight=False)
+        except StanError as e:  # what detect would say: $STAN_WEIGHTS naming nothing, no shipped file
+            out.print(f"default weights: none ({escape(str(e))})", highlight=False)
         else:
-            name = weights_name(path) or "unnamed (written before 0.2.0)"
-            out.print(f"default weights: {escape(name)} ({escape(str(path))})", highlight=False)
+            if not is_stan_safetensors(path):
+                name = "not a stan weights file, detect would refuse it"
+            else:
+                name = weights_name(path) or "unnamed (written before 0.2.0)"
+            via = ", from $STAN_WEIGHTS" if os.environ.get("STAN_WEIGHTS") else ""
+            out.print(f"default weights: {escape(name)} ({escape(str(path))}{via})", highlight=False)
         raise typer.Exit()
 
 

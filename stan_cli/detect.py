@@ -642,6 +642,12 @@ def _score_warnings(info, raw: np.ndarray, thr: float, model: Stan, kind: str, c
             f"{model.file or 'weights'}: untrained placeholder weights (seeded random networks): the scores say nothing "
             "about this footage. Pass --weights with a file stan train wrote, or restore weights/stan-ped2.safetensors."
         )
+    if not np.isfinite(thr):  # the clip's own rule on a curve without spread (a still scene, identical frames)
+        warnings.append(
+            f"{info.path}: the clip's scores do not vary (or none is finite), so its own threshold rule (median + 3 x "
+            "1.4826 x MAD) gives no threshold and nothing can be flagged. Pass --threshold NUMBER, or weights calibrated "
+            "on normal footage of this camera."
+        )
     if calibrated:
         mismatch = scoring.calibration_mismatch(raw, thr, calibration["kinds"][kind])
         if mismatch:

@@ -113,7 +113,8 @@ def _explain(model: Stan, dev, video: Path, info, window: tuple[np.ndarray, np.n
         )
     time_s, time_source = _frame_time(info, frame, fps)
     values = _values(model, frame, time_s, pixel_loss, d_loss, score, threshold)
-    values["input"] = {"path": str(video), "width": w, "height": h, "fps": info.fps, "time_source": time_source}
+    values["input"] = {"path": str(video), "width": w, "height": h, "fps": info.fps, "fps_assumed": info.fps_assumed,
+                       "time_source": time_source}
     values["weights"] = {"file": model.file, "name": model.name, "sha256": model.sha256}
     values["warnings"] = [] if not complaints else [
         f"{shown(video)}: ffmpeg reported damaged data while decoding frames 0 to {frame + CONTEXT} (\"{complaints[0]}\"); "

@@ -72,7 +72,11 @@ def test_version_names_the_default_weights(tmp_path, monkeypatch, tiny_weights):
     assert "unnamed" in run("--version").output
     monkeypatch.setenv("STAN_WEIGHTS", str(tmp_path / "missing.safetensors"))
     result = run("--version")
-    assert result.exit_code == 0 and "none found" in result.output
+    assert result.exit_code == 0 and "default weights: none" in result.output and "STAN_WEIGHTS" in result.output
+    (tmp_path / "notes.txt").write_text("not weights")
+    monkeypatch.setenv("STAN_WEIGHTS", str(tmp_path / "notes.txt"))
+    result = run("--version")
+    assert result.exit_code == 0 and "not a stan weights file" in result.output and "from $STAN_WEIGHTS" in result.output
 
 
 def test_stan_weights_naming_a_folder_says_so(tmp_path, monkeypatch):

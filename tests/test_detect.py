@@ -97,6 +97,14 @@ def test_calibrated_threshold_and_override(clip_video, tiny_weights_calibrated):
     assert (seg.start, seg.end) == (5, N_FRAMES - 6)
 
 
+def test_a_clip_whose_scores_do_not_vary_says_nothing_can_be_flagged(tmp_path, tiny_weights_calibrated):
+    still = write_video(tmp_path / "still.mp4", np.full((20, 48, 64, 3), 120, np.uint8))
+    r = detect(still, weights=tiny_weights_calibrated, score="g", threshold="clip")
+    assert r.threshold == float("inf") and not r.abnormal.any()
+    assert any("scores do not vary" in w and "--threshold NUMBER" in w for w in r.warnings), r.warnings
+    assert not any("do not vary" in w for w in detect(still, weights=tiny_weights_calibrated, score="g").warnings)
+
+
 def test_threshold_rules_clip_and_calibrated(clip_video, tiny_weights_calibrated):
     from stan_cli import scoring
 

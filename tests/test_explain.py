@@ -115,6 +115,7 @@ def test_explain_frame_folder_and_video_agree(clip_video, clip_folder, tiny_weig
     b = explain(clip_video, 12, weights=tiny_weights)
     assert a.pixel_loss == pytest.approx(b.pixel_loss, rel=0.05)
     assert a.values["score_raw"] is None  # no calibration: said, not invented
+    assert a.values["input"]["fps_assumed"] is True and b.values["input"]["fps_assumed"] is False  # a folder's 25 fps is assumed
 
 
 def test_explain_verdict_follows_score_and_threshold_like_detect(clip_video, tiny_weights, tiny_weights_calibrated):
