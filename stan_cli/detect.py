@@ -387,7 +387,7 @@ def _run(video, out, model, dev, fps, score, threshold, batch_size, precision, w
 def _write_clips(result: DetectResult, folder: Path, time_source: str, fps: float | None, max_side: int | None,
                  padding: float, on_progress: Progress) -> None:
     """Each segment's clip (segments.py), named in summary.json beside its segment."""
-    clips = segments.plan(result.segments, result.n_frames, result.info.fps, padding)
+    clips = segments.plan(result.segments, result.time_s, padding)
     segments.write(clips, folder, result.info, result.time_s, time_source, fps, max_side, on_progress)
     for clip, entry in zip(clips, result.summary["segments"]):
         entry.update(clip=clip.name, clip_start_s=round(float(result.time_s[clip.first]), 3),
@@ -679,7 +679,6 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
     if time_s is None:
         time_s = np.arange(n) / info.fps
     scored = np.isfinite(raw)
-    period = report.frame_period(time_s)
     summary = {
         "stan_version": __version__,
         "input": {
@@ -708,7 +707,7 @@ def _decide(info, pixel, d, model: Stan, kind, threshold, merge_gap, min_length,
                 "end_frame": s.end,
                 "start_s": round(float(time_s[s.start]), 3),
                 "end_s": round(float(time_s[s.end]), 3),
-                "duration_s": round(float(time_s[s.end] - time_s[s.start]) + period, 3),  # as segments.csv
+                "duration_s": round(report.segment_duration(time_s, s), 3),  # as segments.csv
                 "peak_frame": s.peak,
                 "peak_time_s": round(float(time_s[s.peak]), 3),
                 "peak_score": s.peak_score,

@@ -105,16 +105,15 @@ def write_segments_csv(
 ) -> None:
     """One row per abnormal segment, numbered from 1; the header is written even with none.
 
-    duration_s covers the frames start..end inclusive: time(end) - time(start) plus one typical
-    frame period, so 5 frames at 25 fps last 0.2 s and a one-frame segment is not 0 s long.
+    duration_s covers the frames start..end inclusive (segment_duration), so 5 frames at 25 fps
+    last 0.2 s and a one-frame segment is not 0 s long.
     """
     t = np.asarray(time_s, dtype=np.float64)
-    period = frame_period(t)
     lines = [SEGMENTS_HEADER]
     for n, seg in enumerate(segments, start=1):
         start_s, end_s, peak_s = float(t[seg.start]), float(t[seg.end]), float(t[seg.peak])
         lines.append(
-            f"{n},{seg.start},{seg.end},{_t(start_s)},{_t(end_s)},{_t(end_s - start_s + period)},"
+            f"{n},{seg.start},{seg.end},{_t(start_s)},{_t(end_s)},{_t(segment_duration(t, seg))},"
             f"{seg.peak},{_t(peak_s)},{_g(float(seg.peak_score))}"
         )
     _atomic_write_text(path, "\n".join(lines) + "\n")
@@ -153,6 +152,15 @@ def write_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- plot
+
+
+def segment_duration(time_s: np.ndarray, seg: Segment) -> float:
+    """Seconds the frames seg.start..seg.end are shown: from the first's time to the next frame's
+    after the last (a variable-rate video's own spacing), or at the clip's end one typical period
+    past its last frame."""
+    t = np.asarray(time_s, dtype=np.float64)
+    stop = t[seg.end + 1] if seg.end + 1 < len(t) else t[seg.end] + frame_period(t)
+    return float(stop - t[seg.start])
 
 
 def frame_period(t: np.ndarray) -> float:

@@ -20,7 +20,6 @@ report folder never holds clips of another run.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import subprocess
@@ -35,7 +34,7 @@ import numpy as np
 from .errors import OutputError
 from .fileio import OVERLAY_COMMENT, output_error, remove_quietly, shown, staged_folder, written_by_stan
 from .scoring import Segment
-from .video import VideoInfo, ffmpeg_path, fitted_size, list_frames, probe
+from .video import VideoInfo, ffmpeg_path, fitted_size, frame_times, list_frames, probe
 
 FOLDER = "segments"
 CLIP_PADDING_S = 1.0  # --clip-padding: seconds of input kept before and after each segment
@@ -56,14 +55,28 @@ class Clip:
     name: str  # relative to the report folder: segments/segment_001.mp4
 
 
-def plan(segments: Sequence[Segment], n_frames: int, fps: float, padding_s: float) -> list[Clip]:
-    """A clip per segment: its frames and `padding_s` (at `fps`, the report's rate) either side,
-    within the input."""
-    pad = math.ceil(padding_s * fps - 1e-9)
-    return [
-        Clip(k, max(0, s.start - pad), min(n_frames - 1, s.end + pad), clip_name(k))
-        for k, s in enumerate(segments, start=1)
-    ]
+def plan(segments: Sequence[Segment], time_s: np.ndarray, padding_s: float) -> list[Clip]:
+    """A clip per segment: its frames and at least `padding_s` seconds (of the report's times,
+    `time_s`: a variable-rate video's own) either side, within the input. Before: from the frame
+    shown at start - padding; after: up to the end of the segment's last frame (where the next
+    one begins) plus padding."""
+    t = np.asarray(time_s, dtype=np.float64)  # (n,) non-decreasing
+    n, eps = len(t), 1e-9
+    clips = []
+    for k, s in enumerate(segments, start=1):
+        first = max(0, int(np.searchsorted(t, t[s.start] - padding_s + eps, side="right")) - 1)
+        last = min(n - 1, max(s.end, int(np.searchsorted(t, _stop(t, s.end) + padding_s - eps, side="left")) - 1))
+        clips.append(Clip(k, first, last, clip_name(k)))
+    return clips
+
+
+def _stop(t: np.ndarray, end: int) -> float:
+    """When frame `end` stops being shown: the next frame's time, or after the last frame one
+    typical frame period."""
+    if end + 1 < len(t):
+        return float(t[end + 1])
+    steps = np.diff(t)
+    return float(t[end] + (np.median(steps) if steps.size else 0.0))
 
 
 def write(clips: Sequence[Clip], folder: Path, info: VideoInfo, time_s: np.ndarray, time_source: str,
@@ -71,10 +84,11 @@ def write(clips: Sequence[Clip], folder: Path, info: VideoInfo, time_s: np.ndarr
           on_progress: Callable[[str, int, int | None], None] = lambda stage, done, total: None) -> None:
     """Encode each clip into `folder` (the run's folder of staged_clips) from info.path.
 
-    time_s / time_source: detect's frame times; a video's clips are cut by its own timestamps
-    where those are them, else by frame index over the video's own rate (fps_given: a --fps that
-    set the report's rate, not the file's). max_side: the longer side at most (detect's
-    --overlay-max-size), scaled down by ffmpeg as the overlay videos are.
+    time_s / time_source: detect's frame times. A video's clips are cut by the file's own times
+    (video.frame_times without --fps: its timestamps where they hold, else frame index over its own
+    rate), also when a --fps (fps_given) set the report's times: the clip holds the frames the
+    report names. max_side: the longer side at most (detect's --overlay-max-size), scaled down by
+    ffmpeg as the overlay videos are.
     """
     if not clips:
         return
@@ -83,15 +97,17 @@ def write(clips: Sequence[Clip], folder: Path, info: VideoInfo, time_s: np.ndarr
     # even sides for yuv420p: scaled to the first frame's size (a frame folder's other images too), an odd side padded
     picture = [f"scale={width}:{height}:flags=area", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
     if info.kind == "video":
-        rate = probe(info.path).fps if fps_given else info.fps
-        seconds = time_s if time_source == "timestamps" else np.arange(len(time_s)) / rate
-        period = 1.0 / rate
+        if time_source == "timestamps" or not fps_given:
+            seconds = np.asarray(time_s, dtype=np.float64)
+        else:  # the report's times are index / --fps; the file's own say where its frames are
+            seconds, _ = frame_times(probe(info.path), len(time_s), decoded_all=True)
     for done, clip in enumerate(clips):
         on_progress("clips", done, len(clips))
         target = folder / Path(clip.name).name
         if info.kind == "video":
             start = float(seconds[clip.first])
-            length = float(seconds[clip.last]) - start + period / 2  # ends inside the last frame
+            end = float(seconds[clip.last])
+            length = (_stop(seconds, clip.last) - end) / 2 + end - start  # ends inside the last frame, halfway to the next
             source = ["-ss", f"{start:.6f}", "-i", ffmpeg_path(info.path), "-t", f"{length:.6f}"]
             _encode(source, picture, target)
         else:

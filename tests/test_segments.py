@@ -41,12 +41,51 @@ def stream_info(path) -> str:
 
 def test_plan_pads_each_segment_and_stays_inside_the_input():
     found = [Segment(2, 4, 3, 1.0), Segment(30, 35, 31, 2.0)]
-    assert segments.plan(found, 40, fps=10.0, padding_s=1.0) == [
+    at = lambda fps: np.arange(40) / fps  # noqa: E731 - a constant rate: frame / fps
+    assert segments.plan(found, at(10.0), padding_s=1.0) == [
         segments.Clip(1, 0, 14, "segments/segment_001.mp4"),
         segments.Clip(2, 20, 39, "segments/segment_002.mp4"),
     ]
-    assert [(c.first, c.last) for c in segments.plan(found, 40, fps=10.0, padding_s=0.0)] == [(2, 4), (30, 35)]
-    assert [(c.first, c.last) for c in segments.plan(found, 40, fps=25.0, padding_s=0.1)] == [(0, 7), (27, 38)]
+    assert [(c.first, c.last) for c in segments.plan(found, at(10.0), padding_s=0.0)] == [(2, 4), (30, 35)]
+    assert [(c.first, c.last) for c in segments.plan(found, at(25.0), padding_s=0.1)] == [(0, 7), (27, 38)]
+
+
+def test_plan_pads_in_seconds_of_a_variable_rate_video():
+    """Padding counts the footage's seconds, not frames at a nominal rate: at least padding_s of
+    it before the first frame and after the last one ends."""
+    t = np.array([0.0, 0.04, 0.08, 0.5, 1.0, 1.04, 1.08, 2.0, 2.04])
+    (clip,) = segments.plan([Segment(4, 5, 4, 1.0)], t, padding_s=0.1)
+    assert (clip.first, clip.last) == (3, 6)  # from 0.5 s (shown at 0.9 s); up to 1.08 s (< 1.08 + 0.1)
+    (clip,) = segments.plan([Segment(7, 8, 8, 1.0)], t, padding_s=0.0)
+    assert (clip.first, clip.last) == (7, 8)
+    (clip,) = segments.plan([Segment(4, 5, 4, 1.0)], t, padding_s=0.0)
+    assert (clip.first, clip.last) == (4, 5)
+
+
+def test_a_segment_lasts_until_the_frame_after_it():
+    from stan_cli.report import segment_duration
+
+    t = np.array([0.0, 0.04, 0.08, 0.5, 1.0, 1.04, 1.08, 2.0, 2.04])
+    assert segment_duration(t, Segment(4, 5, 4, 1.0)) == pytest.approx(0.08)  # 1.0 to 1.08, where frame 6 begins
+    assert segment_duration(t, Segment(0, 2, 0, 1.0)) == pytest.approx(0.5)  # frame 2 is shown until 0.5 s
+    assert segment_duration(t, Segment(8, 8, 8, 1.0)) == pytest.approx(0.04)  # the last: one typical period
+    assert segment_duration(np.arange(10) / 25, Segment(2, 6, 3, 1.0)) == pytest.approx(0.2)  # 5 frames at 25 fps
+
+
+@pytest.mark.parametrize("fps", [None, 4.0])
+def test_a_variable_rate_video_segment_clip_holds_its_frames_with_or_without_fps(tmp_path, tiny_weights, fps):
+    """10 frames 0.1 s apart, then 10 frames 0.5 s apart; frame t has brightness 20 + 10 t. With --fps
+    the report's times are frame / fps, and the clip must still hold the frames the report names."""
+    from test_robustness import encode
+
+    source = np.repeat(np.arange(20, 220, 10, dtype=np.uint8), 48 * 64 * 3).reshape(20, 48, 64, 3)
+    video = encode(tmp_path / "vfr.mp4", source, "-vf", "setpts='if(lt(N,10),N*0.1,1+(N-10)*0.5)/TB'",
+                   "-fps_mode", "vfr", "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv420p")
+    out = tmp_path / "r"
+    result = detect(video, out=out, weights=tiny_weights, device="cpu", write_video=False, fps=fps, score="g",
+                    threshold="0", clip_padding=0.0)
+    assert [(s.start, s.end) for s in result.segments] == [(5, 14)]  # every scored frame
+    assert matching_frames(out / "segments" / "segment_001.mp4", source.astype(np.float32)) == list(range(5, 15))
 
 
 def test_a_video_segment_becomes_a_clip_of_its_frames_that_plays_in_a_browser(clip_video, clip_frames, tiny_weights, tmp_path):
