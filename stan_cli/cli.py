@@ -364,11 +364,16 @@ def detect(
 
 def _detect_table(video: Path, result) -> Table:
     """The summary of one detect run as the terminal shows it: frames, weights, threshold, segments, time."""
+    from .detect import overlay_rate
     from .report import flagged_but_short
 
     s = result.summary
     table = Table(title=escape(f"stan detect: {video.name}"), show_header=False)
-    table.add_row("frames", f"{result.n_frames} ({s['scored_frames']} scored), {result.info.fps:g} fps{' (assumed; set --fps)' if result.info.fps_assumed else ''}, {result.info.width}x{result.info.height}")
+    rate = f"{result.info.fps:g} fps{' (assumed; set --fps)' if result.info.fps_assumed else ''}"
+    average = overlay_rate(result.time_s, result.info.fps)
+    if average != result.info.fps:  # variable-rate footage far from its nominal rate: what its frames really average
+        rate = f"variable, {average:.3g} fps on average ({result.info.fps:g} in its header)"
+    table.add_row("frames", f"{result.n_frames} ({s['scored_frames']} scored), {rate}, {result.info.width}x{result.info.height}")
     table.add_row("weights", f"{s['weights']['file']}")
     table.add_row("threshold", f"{result.threshold:.5g} ({result.threshold_source})")
     table.add_row("abnormal frames", str(s["abnormal_frames"]))

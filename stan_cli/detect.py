@@ -622,6 +622,15 @@ def _duration(time_s: np.ndarray, fps: float) -> float:
     return float(time_s[-1]) + period
 
 
+def overlay_rate(time_s: np.ndarray, fps: float) -> float:
+    """The overlay videos' (constant) frame rate: the input's, or for variable-rate footage whose
+    frames average a rate more than 2 % away from the container's nominal one, that average, so
+    that an overlay lasts as long as its footage (its frames evenly spaced over it)."""
+    span = _duration(np.asarray(time_s, dtype=np.float64), fps)
+    average = len(time_s) / span if len(time_s) > 1 and span > 0 else fps
+    return average if abs(average - fps) > 0.02 * fps else fps
+
+
 def _threshold(raw: np.ndarray, threshold, calibration: dict | None, kind: str) -> tuple[float, str, bool]:
     """The threshold, where it comes from, and whether it is the weights' calibration."""
     if threshold == "clip":
@@ -767,7 +776,8 @@ def _write_overlays(video, fps, result: DetectResult, stores: dict[str, MapStore
         stack.callback(frames.close)
         strip_h = max(24, info.height // 8)
         writers = {
-            kind: stack.enter_context(VideoWriter(out / name, info.width, info.height + strip_h, info.fps))
+            kind: stack.enter_context(VideoWriter(out / name, info.width, info.height + strip_h,
+                                                  overlay_rate(result.time_s, info.fps)))
             for name, kind, _ in OVERLAYS
         }
         labels = [_overlay_labels(result, t) for t in range(n)]

@@ -284,6 +284,19 @@ def test_variable_frame_rate_times_come_from_timestamps(tmp_path, tiny_weights, 
     assert explain(video, 14, weights=tiny_weights).time_s == pytest.approx(3.0, abs=1e-3)
 
 
+def test_variable_frame_rate_overlays_last_as_long_as_the_footage(tmp_path, tiny_weights):
+    """20 frames over 6 s: the overlays run at their average rate (20 / 6 s), not the header's, and
+    the console says the rate varies."""
+    video = _vfr_clip(tmp_path)
+    out = tmp_path / "r"
+    result = run("detect", video, "--out", out, "--weights", tiny_weights, "--no-clips")
+    assert result.exit_code == 0, result.output
+    assert "variable, 3.33 fps on average" in result.output
+    for name in ("overlay_pixel_loss.mp4", "overlay_guided_backprop.mp4"):
+        info = probe(out / name)
+        assert info.fps == pytest.approx(20 / 6, rel=0.01) and info.duration == pytest.approx(6.0, abs=0.1)
+
+
 def _whole_file_warnings(tmp_path: Path, video: Path, tiny_weights) -> None:
     """detect and explain take `video` as whole: no truncation warning, complete: true."""
     out = tmp_path / "r"
