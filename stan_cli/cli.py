@@ -101,8 +101,7 @@ PrecisionOption = Annotated[str, typer.Option(help="fp32 or bf16.", rich_help_pa
 
 def _version(value: bool) -> None:
     if value:
-        from .fileio import is_stan_safetensors
-        from .weights import find_default_weights, weights_name
+        from .weights import CHECKPOINT_FORMAT, FORMAT, find_default_weights, weights_format, weights_name
 
         out.print(f"stan {__version__}", highlight=False)
         try:
@@ -110,7 +109,10 @@ def _version(value: bool) -> None:
         except StanError as e:  # what detect would say: $STAN_WEIGHTS naming nothing, no shipped file
             out.print(f"default weights: none ({escape(str(e))})", highlight=False)
         else:
-            if not is_stan_safetensors(path):
+            kind = weights_format(path)
+            if kind == CHECKPOINT_FORMAT:
+                name = "a training checkpoint, not weights: detect would refuse it"
+            elif kind != FORMAT:
                 name = "not a stan weights file, detect would refuse it"
             else:
                 name = weights_name(path) or "unnamed (written before 0.2.0)"
@@ -372,7 +374,8 @@ def _detect_table(video: Path, result) -> Table:
     rate = f"{result.info.fps:g} fps{' (assumed; set --fps)' if result.info.fps_assumed else ''}"
     average = overlay_rate(result.time_s, result.info.fps)
     if average != result.info.fps:  # variable-rate footage far from its nominal rate: what its frames really average
-        rate = f"variable, {average:.3g} fps on average ({result.info.fps:g} in its header)"
+        header = "no rate in its header" if result.info.fps_assumed else f"{result.info.fps:g} in its header"
+        rate = f"variable, {average:.3g} fps on average ({header})"
     table.add_row("frames", f"{result.n_frames} ({s['scored_frames']} scored), {rate}, {result.info.width}x{result.info.height}")
     table.add_row("weights", f"{s['weights']['file']}")
     table.add_row("threshold", f"{result.threshold:.5g} ({result.threshold_source})")

@@ -171,7 +171,7 @@ def _early_frame(video: Path, frame: int, fps: float | None) -> None:
         count = info.n_frames
     else:
         extent = packet_extent(video)
-        agree = extent is not None and info.n_frames is not None and abs(extent[0] - info.n_frames) <= 1
+        agree = extent is not None and extent[0] == info.n_frames
         count = extent[0] if agree else None
     if count is not None:
         raise _out_of_range(video, frame, count)

@@ -30,7 +30,7 @@ from .fileio import (  # noqa: F401  (the writers' helpers, also used through th
     shown,
     staged,
 )
-from .scoring import Segment
+from .scoring import Segment, frame_end
 
 SCORES_HEADER = "frame,time_s,pixel_loss,d_loss,score_raw,score,abnormal"
 SEGMENTS_HEADER = (
@@ -155,12 +155,11 @@ def write_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
 
 
 def segment_duration(time_s: np.ndarray, seg: Segment) -> float:
-    """Seconds the frames seg.start..seg.end are shown: from the first's time to the next frame's
-    after the last (a variable-rate video's own spacing), or at the clip's end one typical period
-    past its last frame."""
+    """Seconds the frames seg.start..seg.end are shown: from the first's time to when the last
+    stops being shown (scoring.frame_end: the next frame's time, at most the segment's typical
+    frame period after it)."""
     t = np.asarray(time_s, dtype=np.float64)
-    stop = t[seg.end + 1] if seg.end + 1 < len(t) else t[seg.end] + frame_period(t)
-    return float(stop - t[seg.start])
+    return frame_end(t, seg.end, seg.start) - float(t[seg.start])
 
 
 def frame_period(t: np.ndarray) -> float:

@@ -223,3 +223,16 @@ def find_segments(
         peak = s + int(np.nanargmax(r[s : e + 1]))
         segments.append(Segment(start=s, end=e, peak=peak, peak_score=float(r[peak])))
     return segments
+
+
+def frame_end(time_s: np.ndarray, last: int, first: int | None = None) -> float:
+    """When frame `last` stops being shown: the next frame's time, but no later than one typical
+    frame period after it (the median spacing of frames first..last, or of the whole clip), so that
+    a pause in the recording (a motion-triggered camera) is not counted as footage."""
+    t = np.asarray(time_s, dtype=np.float64)
+    inner = np.diff(t[first : last + 1]) if first is not None and last > first else np.diff(t)
+    inner = inner[np.isfinite(inner)]
+    typical = float(np.median(inner)) if inner.size else 0.0
+    if last + 1 < len(t) and np.isfinite(t[last + 1]):
+        return float(t[last] + min(t[last + 1] - t[last], typical))
+    return float(t[last] + typical)

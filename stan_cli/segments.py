@@ -33,7 +33,7 @@ import numpy as np
 
 from .errors import OutputError
 from .fileio import OVERLAY_COMMENT, output_error, remove_quietly, shown, staged_folder, written_by_stan
-from .scoring import Segment
+from .scoring import Segment, frame_end
 from .video import VideoInfo, ffmpeg_path, fitted_size, frame_times, list_frames, probe
 
 FOLDER = "segments"
@@ -58,25 +58,18 @@ class Clip:
 def plan(segments: Sequence[Segment], time_s: np.ndarray, padding_s: float) -> list[Clip]:
     """A clip per segment: its frames and at least `padding_s` seconds (of the report's times,
     `time_s`: a variable-rate video's own) either side, within the input. Before: from the frame
-    shown at start - padding; after: up to the end of the segment's last frame (where the next
-    one begins) plus padding."""
+    shown at start - padding; after: up to the end of the segment's last frame (scoring.frame_end)
+    plus padding."""
     t = np.asarray(time_s, dtype=np.float64)  # (n,) non-decreasing
     n, eps = len(t), 1e-9
     clips = []
     for k, s in enumerate(segments, start=1):
         first = max(0, int(np.searchsorted(t, t[s.start] - padding_s + eps, side="right")) - 1)
-        last = min(n - 1, max(s.end, int(np.searchsorted(t, _stop(t, s.end) + padding_s - eps, side="left")) - 1))
+        last = min(n - 1, max(s.end, int(np.searchsorted(t, frame_end(t, s.end, s.start) + padding_s - eps, side="left")) - 1))
         clips.append(Clip(k, first, last, clip_name(k)))
     return clips
 
 
-def _stop(t: np.ndarray, end: int) -> float:
-    """When frame `end` stops being shown: the next frame's time, or after the last frame one
-    typical frame period."""
-    if end + 1 < len(t):
-        return float(t[end + 1])
-    steps = np.diff(t)
-    return float(t[end] + (np.median(steps) if steps.size else 0.0))
 
 
 def write(clips: Sequence[Clip], folder: Path, info: VideoInfo, time_s: np.ndarray, time_source: str,
@@ -107,7 +100,7 @@ def write(clips: Sequence[Clip], folder: Path, info: VideoInfo, time_s: np.ndarr
         if info.kind == "video":
             start = float(seconds[clip.first])
             end = float(seconds[clip.last])
-            length = (_stop(seconds, clip.last) - end) / 2 + end - start  # ends inside the last frame, halfway to the next
+            length = (frame_end(seconds, clip.last, clip.first) - end) / 2 + end - start  # ends inside the last frame, halfway to the next
             source = ["-ss", f"{start:.6f}", "-i", ffmpeg_path(info.path), "-t", f"{length:.6f}"]
             _encode(source, picture, target)
         else:

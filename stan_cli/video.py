@@ -324,7 +324,8 @@ _LOG_LINE = re.compile(
     r"^(?P<context>(?:\[[^\]]* @ [^\]]*\]\s*)*)\[(?P<level>panic|fatal|error|warning|info|verbose|debug|trace)\] ?(?P<text>.*)$"
 )
 # Log sources that are not the video decoder: the demuxer and muxer of ffmpeg's own command line,
-# the scaler and the filters. Their complaints are about the container or our pipe, not a picture.
+# its output streams (vost#: "Broken pipe" when we stop reading early), the scaler and the filters.
+# Their complaints are about the container or our pipe, not a picture.
 _NOT_DECODER = ("in#", "out#", "vost#", "aost#", "sost#", "dost#", "swscaler", "Parsed_", "graph", "AVFilterGraph", "auto_scale")
 MAX_DECODE_ERRORS = 200  # decoder complaints kept (each with its frame position); more are only counted
 
@@ -358,7 +359,6 @@ class _Decoder:
         self._failures: list[str] = []  # what ffmpeg logged as errors: the reason when it fails
         self._header_done = threading.Event()
         self._demuxer: str | None = None
-        self._stopped = False  # set by close(): what ffmpeg says after we stop reading is about our pipe
         session = {"start_new_session": True} if os.name == "posix" else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **session)
         self._log = threading.Thread(target=self._read_log, daemon=True)
@@ -381,7 +381,7 @@ class _Decoder:
                 in_output = in_output or text.lstrip().startswith("Output ")
                 if in_output and text.lstrip().startswith("Stream ") and " Video:" in text:
                     self._header_done.set()
-            if not self._stopped and self._from_decoder(context, level, text):  # the first frames' come before the output's header
+            if self._from_decoder(context, level, text):  # the first frames' come before the output's header
                 self.n_errors += 1
                 if len(self.errors) < MAX_DECODE_ERRORS:
                     self.errors.append((self.count, re.sub(r"\[[^\]]* @ [^\]]*\]\s*", "", plain).strip()))
@@ -437,7 +437,6 @@ class _Decoder:
 
     def close(self) -> None:
         """Stop ffmpeg (it is killed unless it ends at once); safe to call twice."""
-        self._stopped = True
         for pipe in (self._proc.stdout,):
             try:
                 pipe.close()  # type: ignore[union-attr]

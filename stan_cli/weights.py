@@ -34,6 +34,19 @@ CHECKPOINT_FORMAT = "stan-checkpoint"
 DEFAULT_WEIGHTS_NAMES = ("stan-ped2.safetensors", "stan-untrained.safetensors")
 
 
+def weights_format(path: Path) -> str | None:
+    """The `format` a safetensors file's header names (FORMAT for weights, CHECKPOINT_FORMAT for a
+    training checkpoint), following links; None when the file has none or cannot be read."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            value = (fh.metadata() or {}).get("format")
+    except Exception:  # noqa: BLE001 - any unreadable file: no format to show
+        return None
+    return value if isinstance(value, str) else None
+
+
 def weights_name(path: Path) -> str | None:
     """A weights file's version name from its header alone (no tensors read); None when it has none
     or the file cannot be read (`stan --version` must not fail on a damaged file)."""

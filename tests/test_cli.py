@@ -73,6 +73,10 @@ def test_version_names_the_default_weights(tmp_path, monkeypatch, tiny_weights):
     monkeypatch.setenv("STAN_WEIGHTS", str(tmp_path / "missing.safetensors"))
     result = run("--version")
     assert result.exit_code == 0 and "default weights: none" in result.output and "STAN_WEIGHTS" in result.output
+    link = tmp_path / "link.safetensors"  # detect follows links: so does --version
+    link.symlink_to(named)
+    monkeypatch.setenv("STAN_WEIGHTS", str(link))
+    assert "default weights: mycam-2026-12-06" in run("--version").output
     (tmp_path / "notes.txt").write_text("not weights")
     monkeypatch.setenv("STAN_WEIGHTS", str(tmp_path / "notes.txt"))
     result = run("--version")

@@ -67,7 +67,10 @@ def test_a_segment_lasts_until_the_frame_after_it():
 
     t = np.array([0.0, 0.04, 0.08, 0.5, 1.0, 1.04, 1.08, 2.0, 2.04])
     assert segment_duration(t, Segment(4, 5, 4, 1.0)) == pytest.approx(0.08)  # 1.0 to 1.08, where frame 6 begins
-    assert segment_duration(t, Segment(0, 2, 0, 1.0)) == pytest.approx(0.5)  # frame 2 is shown until 0.5 s
+    assert segment_duration(t, Segment(0, 2, 0, 1.0)) == pytest.approx(0.12)  # a gap after it: one of its periods
+    paused = np.r_[np.arange(25) / 25, 3600 + np.arange(5) / 25]  # a camera that stopped recording for an hour
+    assert segment_duration(paused, Segment(20, 24, 22, 1.0)) == pytest.approx(0.2)
+    assert [(c.first, c.last) for c in segments.plan([Segment(20, 24, 22, 1.0)], paused, padding_s=1.0)] == [(0, 24)]
     assert segment_duration(t, Segment(8, 8, 8, 1.0)) == pytest.approx(0.04)  # the last: one typical period
     assert segment_duration(np.arange(10) / 25, Segment(2, 6, 3, 1.0)) == pytest.approx(0.2)  # 5 frames at 25 fps
 
