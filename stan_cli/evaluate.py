@@ -222,13 +222,14 @@ def evaluate(
     layout, clips = find_clips(test_dir)
     label_file = read_labels(Path(labels) if labels is not None else find_label_file(test_dir))
     ranges = clip_ranges(label_file, clips)
-    first = probe(clips[0].path)
+    probed = {clips[0].path: probe(clips[0].path)}  # each clip probed once here, for every check below
+    first = probed[clips[0].path]
     paper_numbers, paper_note = paper_for(paper, test_dir, label_file.path, (first.width, first.height))
     notes = [paper_note] if paper_note else []
     for clip, r in zip(clips, ranges):  # fail before hours of scoring, not after
         frames = clip.frames
         if frames is None:
-            probe(clip.path)  # a video that cannot be opened
+            probed.setdefault(clip.path, probe(clip.path))  # a video that cannot be opened
             # its video packets, by demuxing only (seconds an hour of video): a bound on the frames it
             # decodes to, close enough to refuse a short clip or labels past its end before scoring
             extent = packet_extent(clip.path)
@@ -245,7 +246,8 @@ def evaluate(
         for c in clips:
             if c.frames is not None and len(list_frames(c.mask)) != c.frames:
                 raise InputError(f"{c.mask}: {len(list_frames(c.mask))} mask images for {c.frames} frames in {c.path}. Each frame needs one mask.")
-            frame, mask = probe(c.path), probe(c.mask)
+            frame = probed[c.path] if c.path in probed else probe(c.path)
+            mask = probe(c.mask)
             if abs(mask.width * frame.height - frame.width * mask.height) > 0.02 * frame.width * mask.height:
                 skewed.append(f"{c.name} ({mask.width} x {mask.height} masks, {frame.width} x {frame.height} frames)")
         if skewed:  # the maps are stretched to the masks: right for smaller masks of the same picture, not for these

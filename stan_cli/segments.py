@@ -70,8 +70,6 @@ def plan(segments: Sequence[Segment], time_s: np.ndarray, padding_s: float) -> l
     return clips
 
 
-
-
 def write(clips: Sequence[Clip], folder: Path, info: VideoInfo, time_s: np.ndarray, time_source: str,
           fps_given: float | None, max_side: int | None,
           on_progress: Callable[[str, int, int | None], None] = lambda stage, done, total: None) -> None:

@@ -34,28 +34,31 @@ CHECKPOINT_FORMAT = "stan-checkpoint"
 DEFAULT_WEIGHTS_NAMES = ("stan-ped2.safetensors", "stan-untrained.safetensors")
 
 
-def weights_format(path: Path) -> str | None:
-    """The `format` a safetensors file's header names (FORMAT for weights, CHECKPOINT_FORMAT for a
-    training checkpoint), following links; None when the file has none or cannot be read."""
+def _header_metadata(path: Path) -> dict | None:
+    """A safetensors file's metadata from its header alone (no tensors read), following links;
+    None when the file cannot be read (`stan --version` must not fail on a damaged file)."""
     try:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as fh:
-            value = (fh.metadata() or {}).get("format")
-    except Exception:  # noqa: BLE001 - any unreadable file: no format to show
+            return fh.metadata() or {}
+    except Exception:  # noqa: BLE001 - any unreadable file: nothing to show
         return None
+
+
+def weights_format(path: Path) -> str | None:
+    """The `format` a safetensors file's header names (FORMAT for weights, CHECKPOINT_FORMAT for a
+    training checkpoint); None when the file has none or cannot be read."""
+    value = (_header_metadata(path) or {}).get("format")
     return value if isinstance(value, str) else None
 
 
 def weights_name(path: Path) -> str | None:
-    """A weights file's version name from its header alone (no tensors read); None when it has none
-    or the file cannot be read (`stan --version` must not fail on a damaged file)."""
+    """A weights file's version name from its header; None when it has none or the file cannot be
+    read."""
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:
-            training = json.loads((fh.metadata() or {}).get("training") or "{}")
-    except Exception:  # noqa: BLE001 - any unreadable file: no name to show
+        training = json.loads((_header_metadata(path) or {}).get("training") or "{}")
+    except ValueError:
         return None
     name = training.get("name") if isinstance(training, dict) else None
     return name if isinstance(name, str) else None
