@@ -6,8 +6,10 @@
 The validation measure for maps, as benchmarks/val_motion.py is for scores: every --every-th window
 of the last --val-clips clips (`stan train`'s validation clips) gets one local pseudo-anomaly of
 each kind of MAP_KINDS (`fast-region`: a square of the window sped up 2-5x in place;
-`fast-tube`: a square from another clip and time, sped up, pasted elsewhere), made with a fixed
-seed, and we know the square. For each map, over those windows:
+`fast-tube`: a square from another clip and time, sped up, pasted elsewhere; `patch`, since
+0.12.0: a square from elsewhere moving 4-12 pixels a frame through the window, whose square is
+its place in the middle frame, as a test mask marks a cyclist where he is in the frame scored),
+made with a fixed seed, and we know the square. For each map, over those windows:
   hit rate   share of windows whose map maximum falls inside the square
   lift       the map's mean inside the square over its mean in the whole frame (median over the
              windows; 1 = no preference for the square)
@@ -24,7 +26,8 @@ Maps, each at the network resolution:
                                  convolution (detect's overlay, inference.GUIDED_LAYER), `L0` the
                                  frames (explain's panel d)
                       reduction  how |gradient| becomes one map: `sum` over channels and time
-                                 steps (stan's), `mid` the middle frame only (L0 only)
+                                 steps (stan's), `mid` the middle time step only: the middle
+                                 frame at L0; at L2 the step of 5 whose 7 frames centre on it
   d_patches           the discriminator's own verdict per patch: -log D of each of its 7 x 7
                       patches (at 224), brought to the frame (bilinear); no backward pass
   gradcam/L3          Grad-CAM (Selvaraju et al., ICCV 2017) of the d score at the input of D's
@@ -49,27 +52,30 @@ import torch.nn.functional as F
 from stan_cli import baseline, pseudo
 from stan_cli.dataset import WindowSet, default_cache, load_clips, split_validation
 from stan_cli.inference import GUIDED_LAYER, guided_elu, smooth_guided
-from stan_cli.model import CONTEXT, d_patch_losses, split_window
+from stan_cli.model import d_patch_losses, split_window
 from stan_cli.weights import load_weights
 from stan_cli.windows import to_tensor
 
 SEED = 20261206
-MAP_KINDS = ("fast-region", "fast-tube")  # the local kinds measured since 0.5.0, in the order their draws were made
+STILL_KINDS = ("fast-region", "fast-tube")  # the local kinds measured since 0.5.0, in the order their draws were made
+MOVING_KIND = "patch"  # since 0.12.0, drawn from a generator of its own so the still kinds' draws stay as they were
+MAP_KINDS = (*STILL_KINDS, MOVING_KIND)
 TARGETS = ("mean", "max", "top5")
-VARIANTS = tuple(f"{t}/L{GUIDED_LAYER}/sum" for t in TARGETS) + ("mean/L0/sum", "mean/L0/mid", "max/L0/mid")
+VARIANTS = tuple(f"{t}/L{GUIDED_LAYER}/sum" for t in TARGETS) + (f"mean/L{GUIDED_LAYER}/mid", "mean/L0/sum", "mean/L0/mid", "max/L0/mid")
 
 
 def located_windows(clips, every: int) -> list[tuple[str, np.ndarray, pseudo.Box]]:
     """(kind, window (11, S, S) uint8, box) for every `every`-th window and each local kind."""
-    rng = np.random.default_rng(SEED)
+    rng, moving = np.random.default_rng(SEED), np.random.default_rng(SEED + 1)
     out = []
     for i, (c, t) in enumerate(WindowSet(clips).index):
         if i % every:
             continue
-        for kind in MAP_KINDS:
+        for kind in STILL_KINDS:
             made = pseudo.make_located(kind, clips, c, t, rng)
             if made is not None:
                 out.append((kind, *made))
+        out.append((MOVING_KIND, *pseudo.make_moving(clips, c, t, moving)))
     return out
 
 
@@ -88,8 +94,6 @@ def guided_maps(discriminator, x: torch.Tensor, variant: str, smooth: bool = Tru
     """(B, 11, 1, S, S) windows -> (B, S, S) the variant's guided map, smoothed as detect draws it."""
     target, cut, reduction = variant.split("/")
     first = int(cut[1:])
-    if reduction == "mid" and first != 0:
-        raise ValueError(f"{variant}: the middle frame is a time step of the input only (L0)")
     size = tuple(x.shape[-2:])
     with torch.no_grad():
         h = x.transpose(1, 2)  # (B, 1, 11, S, S)
@@ -104,8 +108,8 @@ def guided_maps(discriminator, x: torch.Tensor, variant: str, smooth: bool = Tru
         (grad,) = torch.autograd.grad(_target(d_patch_losses(logits, real=True), target).sum(), h)
     if reduction == "sum":
         heat = grad.abs().sum(dim=(1, 2))
-    elif reduction == "mid":
-        heat = grad[:, :, CONTEXT].abs().sum(dim=1)
+    elif reduction == "mid":  # the middle time step of the cut's input: the middle frame at L0, the
+        heat = grad[:, :, grad.shape[2] // 2].abs().sum(dim=1)  # steps centred on it further in (T 11, 7, 5)
     else:
         raise ValueError(reduction)
     if heat.shape[-2:] != size:

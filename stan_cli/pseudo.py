@@ -87,7 +87,8 @@ def patch_window(window: np.ndarray, donor: np.ndarray, rng: np.random.Generator
 
 
 def placed_patch(window: np.ndarray, donor: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, tuple[Box, ...]]:
-    """patch_window's window and the square it covers in each of the 11 frames (the same draws)."""
+    """patch_window's window and the square it covers in each of the 11 frames, in order (the same
+    draws; a square may repeat where the path is slow or meets the frame's edge)."""
     size = window.shape[-1]
     side = int(rng.integers(size // 8, size // 4 + 1))
     speed = rng.uniform(4, 12) * size / 224  # pixels per frame
@@ -101,12 +102,12 @@ def placed_patch(window: np.ndarray, donor: np.ndarray, rng: np.random.Generator
     patch = donor[src[0] : src[0] + side, src[1] : src[1] + side].astype(np.float32)
     mask = _feather(side)
     out = window.astype(np.float32)
-    places = [np.clip(np.round(start + step * f).astype(int), 0, size - side) for f in range(WINDOW)]
-    for f, (y, x) in enumerate(places):
+    places = [(int(y), int(x), side, side) for y, x in
+              (np.clip(np.round(start + step * f).astype(int), 0, size - side) for f in range(WINDOW))]
+    for f, (y, x, _, _) in enumerate(places):
         region = out[f, y : y + side, x : x + side]
         out[f, y : y + side, x : x + side] = mask * patch + (1 - mask) * region
-    squares = tuple(dict.fromkeys((int(y), int(x), side, side) for y, x in places))
-    return np.clip(np.round(out), 0, 255).astype(np.uint8), squares
+    return np.clip(np.round(out), 0, 255).astype(np.uint8), tuple(places)
 
 
 def fast_region_window(window: np.ndarray, fast: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -207,9 +208,8 @@ def make_boxed(kind: str, clips: list, clip: int, t: int, rng: np.random.Generat
         fast = _tube_source(clips, rng)
         return (repeat_window(window, rng), None) if fast is None else _one(placed_fast_tube(window, fast, rng))
     if kind == "patch":
-        other = int(rng.integers(len(clips)))
-        donor = clips[other].frames[int(rng.integers(len(clips[other].frames)))]
-        return placed_patch(window, np.asarray(donor), rng)
+        made, squares = _patch_from(clips, window, rng)
+        return made, tuple(dict.fromkeys(squares))
     raise ValueError(f"unknown pseudo-anomaly {kind!r}")
 
 
@@ -280,3 +280,19 @@ def make_located(kind: str, clips: list, clip: int, t: int, rng: np.random.Gener
         return None
     window, (square,) = make_boxed(kind, clips, clip, t, rng)
     return window, square
+
+
+def make_moving(clips: list, clip: int, t: int, rng: np.random.Generator) -> tuple[np.ndarray, Box]:
+    """A `patch` pseudo-anomaly (make's window, the same draws) and the square it covers in the
+    middle frame: where a map of the window's middle frame should point at something that moves
+    through the window (benchmarks/val_maps.py), as a test mask marks a cyclist in the frame
+    scored, not along his path."""
+    made, squares = _patch_from(clips, np.array(clips[clip].frames[t - CONTEXT : t + CONTEXT + 1]), rng)
+    return made, squares[CONTEXT]
+
+
+def _patch_from(clips: list, window: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, tuple[Box, ...]]:
+    """placed_patch with a donor frame drawn from any clip."""
+    other = int(rng.integers(len(clips)))
+    donor = clips[other].frames[int(rng.integers(len(clips[other].frames)))]
+    return placed_patch(window, np.asarray(donor), rng)

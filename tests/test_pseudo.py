@@ -327,6 +327,25 @@ def test_the_local_kinds_draw_as_they_did_before_make_located(kind, digest):
     assert h.hexdigest()[:16] == digest
 
 
+def test_a_moving_pseudo_anomaly_is_make_s_patch_and_its_square_is_where_it_is_in_the_middle_frame():
+    """make_moving draws as make("patch") does, and names the patch's square in the middle frame:
+    the middle frame differs from the normal one only there, and the other frames elsewhere too."""
+    noise = np.random.default_rng(0).integers(0, 256, size=(60, S, S), dtype=np.uint8)  # a patch unlike where it lands
+    clips = [Clip("a", "a", noise), Clip("b", "b", noise[::-1].copy())]
+    moved_away = 0
+    for seed in range(6):
+        made, (y, x, side, width) = pseudo.make_moving(clips, 0, 30, rng(seed))
+        assert np.array_equal(made, pseudo.make("patch", clips, 0, 30, rng(seed)))
+        assert width == side and S // 8 <= side <= S // 4
+        window = clips[0].frames[25:36]
+        changed = made != window
+        outside = np.ones((S, S), bool)
+        outside[y : y + side, x : x + side] = False
+        assert changed[5].any() and not changed[5][outside].any()
+        moved_away += bool(changed[0][outside].any() and changed[10][outside].any())
+    assert moved_away >= 5  # 4-12 pixels a frame: five frames off, the patch has left the middle square
+
+
 def test_a_located_pseudo_anomaly_is_none_where_it_cannot_be_made():
     short = [Clip("s", "s", counting_clip(11))]
     assert pseudo.make_located("fast-region", short, 0, 5, rng()) is None  # no stride fits

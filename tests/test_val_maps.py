@@ -44,8 +44,31 @@ def test_the_stan_variants_are_the_maps_detect_and_explain_draw(val_maps):
     for variant in val_maps.VARIANTS:
         m = val_maps.guided_maps(d, x, variant)
         assert m.shape == (3, 32, 32) and torch.isfinite(m).all() and (m >= 0).all()
-    with pytest.raises(ValueError):
-        val_maps.guided_maps(d, x, f"mean/L{GUIDED_LAYER}/mid")
+
+
+def test_mid_at_the_cut_is_the_middle_of_its_time_steps(val_maps):
+    """At L2 the cut's input has 5 time steps (11 -> 7 -> 5); `mid` keeps the third, whose 7 frames
+    centre on the window's middle frame, where `sum` adds all five."""
+    from stan_cli.inference import guided_elu
+    from stan_cli.model import d_patch_losses
+
+    _, d = tiny_models()
+    x = torch.rand(2, 11, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        h = x.transpose(1, 2)
+        for conv in d.convs[:GUIDED_LAYER]:
+            h = F.elu(conv(h))
+    assert h.shape[2] == 5
+    h.requires_grad_(True)
+    z = h
+    for conv in d.convs[GUIDED_LAYER:-1]:
+        z = guided_elu(conv(z))
+    (grad,) = torch.autograd.grad(d_patch_losses(d.convs[-1](z)[:, 0, 0], real=True).mean(dim=1).sum(), h)
+    expected = smooth_guided(F.interpolate(grad[:, :, 2].abs().sum(dim=1)[:, None], size=(32, 32), mode="bilinear",
+                                           align_corners=False)[:, 0])
+    mid = val_maps.guided_maps(d, x, f"mean/L{GUIDED_LAYER}/mid")
+    assert torch.allclose(mid, expected, rtol=1e-4, atol=1e-9)
+    assert not torch.allclose(mid, val_maps.guided_maps(d, x, f"mean/L{GUIDED_LAYER}/sum"), rtol=1e-2)
 
 
 def test_the_targets_differ_and_mid_is_the_middle_frame_s_gradient(val_maps):
@@ -88,8 +111,9 @@ def test_the_benchmark_runs_on_tiny_weights_and_reads_only_the_held_out_clips(va
     val_maps.main()
     (res,) = json.loads(out.read_text())
     # one held-out clip of 40 frames: 30 windows (middles 5..34), every 3rd -> 10; a fast region
-    # needs stride 2 to fit around the middle (10..29): 7 of them (all 3 clips would give 3x more)
-    assert res["windows"] == {"fast-region": 7, "fast-tube": 10}
+    # needs stride 2 to fit around the middle (10..29): 7 of them; a moving patch fits everywhere (all 3
+    # clips would give 3x more)
+    assert res["windows"] == {"fast-region": 7, "fast-tube": 10, "patch": 10}
     names = {"pixel_loss", "window_diff", *(f"guided/{v}" for v in val_maps.VARIANTS), "d_patches", "gradcam/L3", "guided*gradcam"}
     for kind in ("fast-region", "fast-tube"):
         assert set(res["maps"][kind]) == names
