@@ -3,12 +3,14 @@
     python benchmarks/guided_map.py ../shared/data/ped2/testing --weights weights/stan-ped2.safetensors
     python benchmarks/guided_map.py ../shared/data/ped2/testing --clips 02 04 --json guided.json
 
-The per-window map at the frames (`stan explain`'s, and `stan detect`'s in 0.2.0): the guided
-gradient of the d score -log D (of D itself before 0.3.0) with respect to the 11 input frames,
-|.| summed over them, for every window.
+The per-window map at the frames (`stan explain`'s up to 0.11.0, and `stan detect`'s in 0.2.0):
+the guided gradient of the d score -log D (of D itself before 0.3.0) with respect to the 11 input
+frames, |.| summed over them, for every window.
 detect's map (inference.GUIDED_LAYER): the same backward pass stopped at the input of the
 discriminator's third convolution (56 x 56 at 224, 4-pixel cells), brought to 224 x 224.
 Both come from one ScoreStream each over the same frames and weights, so what differs is the cut.
+Since 0.12.0 both are guided Grad-CAM (inference.guided_gradcam: the guided part cut there, times
+Grad-CAM at the fourth convolution's input, smoothed, square root), the map stan draws.
 
 Printed, over all scored frames of the clips:
   correlation      Pearson correlation of the two maps, per frame (mean, 10th percentile), at
@@ -21,7 +23,9 @@ Printed, over all scored frames of the clips:
   time             seconds of each pass (scoring included), and milliseconds per window of the
                    backward pass alone on 8 windows of the first clip, interleaved: autograd
                    (forward and backward, what detect did in 0.2.0), by hand to the frames, and
-                   by hand to detect's layer
+                   by hand to detect's layer (the drawn maps, Grad-CAM included); and, from one
+                   forward pass's activations, the guided part to detect's layer and the
+                   Grad-CAM part alone
 """
 
 from __future__ import annotations
@@ -37,7 +41,10 @@ import torch.nn.functional as F
 
 from stan_cli import metrics
 from stan_cli.detect import ScoreStream
-from stan_cli.inference import GUIDED_LAYER, StreamScorer, guided_backprop, resolve_device
+from stan_cli.inference import (
+    GRADCAM_LAYER, GUIDED_LAYER, StreamScorer, gradcam_from_activations, guided_backprop, guided_from_activations,
+    resolve_device,
+)
 from stan_cli.video import list_frames, read_frames
 from stan_cli.weights import find_default_weights, load_weights
 from stan_cli.windows import to_grey_square, to_tensor
@@ -87,21 +94,30 @@ def cost_per_window(clip: Path, model, device, repeats: int = 3) -> dict[str, fl
     scorers = {layer: StreamScorer(model.generator, model.discriminator, guided_layer=layer) for layer in (0, GUIDED_LAYER)}
     for scorer in scorers.values():
         scorer.push(frames)
+    convs, size, pre, h = model.discriminator.convs, tuple(frames.shape[-2:]), [], windows.transpose(1, 2)
+    with torch.no_grad():
+        for i, conv in enumerate(convs):
+            z = conv(h)
+            pre += [z] if i >= GUIDED_LAYER else []
+            h = F.elu(z)
     runs = {
         "autograd, forward + backward": lambda: [guided_backprop(model.discriminator, w) for w in windows.split(2)],
         "by hand, to the frames": lambda: scorers[0].guided(range(8)),
         f"by hand, to layer {GUIDED_LAYER}'s input (detect)": lambda: scorers[GUIDED_LAYER].guided(range(8)),
+        "  of which the guided part": lambda: guided_from_activations(convs, pre, size),
+        f"  of which Grad-CAM (layer {GRADCAM_LAYER})": lambda: gradcam_from_activations(convs, pre, size),
     }
     seconds = dict.fromkeys(runs, 0.0)
-    for run in runs.values():
-        run()  # warm-up
-    for _ in range(repeats):
-        for name, run in runs.items():
-            started = time.perf_counter()
-            run()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds[name] += time.perf_counter() - started
+    with torch.no_grad():  # guided_backprop turns autograd on for itself
+        for run in runs.values():
+            run()  # warm-up
+        for _ in range(repeats):
+            for name, run in runs.items():
+                started = time.perf_counter()
+                run()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds[name] += time.perf_counter() - started
     return {name: total / (8 * repeats) * 1e3 for name, total in seconds.items()}
 
 

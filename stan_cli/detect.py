@@ -28,7 +28,7 @@ from . import __version__, overlay, report, report_html, scoring, segments
 from .errors import InputError, OutputError, StanError, WeightsError
 from .fileio import LOCK_NAME, FolderLock, is_scratch, is_utf8, remove_quietly, scratch_path, shown, written_by_stan
 from .heatmaps import MapReader, MapStore
-from .inference import GUIDED_LAYER, MAX_BATCH_SIZE, PRECISIONS, StreamScorer, check_batch_size, resolve_device, smooth_guided
+from .inference import GUIDED_LAYER, MAX_BATCH_SIZE, PRECISIONS, StreamScorer, check_batch_size, resolve_device
 from .model import CONTEXT, WINDOW
 from .video import OVERLAY_VIDEOS, VideoInfo, VideoWriter, cut_short, frame_times, read_frames
 from .weights import Stan, find_default_weights, load_weights
@@ -40,7 +40,7 @@ REPORT_FILES = ("scores.csv", "segments.csv", "summary.json", "scores.png", "ind
 OVERLAY_PIXEL, OVERLAY_GUIDED = OVERLAY_VIDEOS
 OVERLAYS = (
     (OVERLAY_PIXEL, "pixel", "Generator pixel-loss map (|generated - real|) over the input"),
-    (OVERLAY_GUIDED, "guided", "Guided backpropagation of the discriminator over the input"),
+    (OVERLAY_GUIDED, "guided", "The discriminator's guided Grad-CAM (guided backpropagation kept where its evidence is) over the input"),
 )
 ALL_FILES = (*REPORT_FILES, *(name for name, _, _ in OVERLAYS))
 # what --overwrite may replace: index.csv is a many-input run's index, stale once a single report replaces its index.html
@@ -507,9 +507,10 @@ class ScoreStream:
     Batches hold `batch_size` windows (fewer in the last);
     frames are preprocessed a batch at a time and scored by `inference.StreamScorer`, which computes
     what overlapping windows share once per frame. Memory holds about batch_size + 10 frames.
-    guided: also each window's guided-backprop map (scores.guided), taken back to the input of the
-    discriminator's layer `guided_layer` (inference.guided_from_activations): 0, to the frames, is
-    the map of the paper and of stan explain; detect's overlay stops at inference.GUIDED_LAYER.
+    guided: also each window's map of the discriminator (scores.guided: inference.guided_gradcam,
+    guided backprop times Grad-CAM), its guided part taken back to the input of the discriminator's
+    layer `guided_layer`: 0, to the frames; detect's overlay and stan explain stop at
+    inference.GUIDED_LAYER.
     """
 
     def __init__(self, video: Path, model: Stan, device, batch_size: int = 8, precision: str = "fp32",
@@ -558,7 +559,7 @@ class ScoreStream:
                 count = len(scores.pixel)
                 if self.guided:  # a chunk of windows per backward pass bounds its memory at any --batch-size
                     chunks = [range(i, min(i + GUIDED_CHUNK, count)) for i in range(0, count, GUIDED_CHUNK)]
-                    scores.guided = smooth_guided(torch.cat([scorer.guided(chunk) for chunk in chunks]))
+                    scores.guided = torch.cat([scorer.guided(chunk) for chunk in chunks])
                 yield list(range(first, first + count)), scores
                 first += count
         finally:

@@ -1,9 +1,10 @@
 """`explain(...)`: the paper's Fig. 3 for one frame.
 
 (a) the real frame, (b) the generated frame, (c) the generator's pixel-loss map, (d) the
-guided-backpropagation map of the discriminator's score -log D with respect to the real input
-sequence (the paper's panel backpropagates D itself; inference.guided_backprop says why, and how
-guided backprop is done with ELU). Maps are brought to the
+discriminator's map, the one `stan detect`'s overlay draws at that frame: guided backpropagation
+of its score -log D over the real input sequence, kept where Grad-CAM puts its evidence
+(inference.guided_gradcam; the paper's panel backpropagates D itself, inference.guided_backprop
+says why the target is -log D, and how guided backprop is done with ELU). Maps are brought to the
 input's own resolution; the raw maps are saved as float32 .npy files.
 
 The pixel-loss map here is the squared error (generated - real)^2, so that its mean is the
@@ -28,7 +29,7 @@ from .detect import (
 )
 from .errors import InputError, StanError, WeightsError
 from .fileio import shown
-from .inference import guided_backprop, resolve_device, score_windows, smooth_guided
+from .inference import discriminator_map, resolve_device, score_windows
 from .model import CONTEXT, WINDOW
 from .video import cut_short, frame_times, packet_extent, probe, read_frames
 from .weights import Stan, find_default_weights, load_weights
@@ -46,7 +47,7 @@ class Explanation:
     real: np.ndarray  # (H, W, 3) uint8, the input frame
     generated: np.ndarray  # (H, W) uint8, the generator's prediction at the input's resolution
     pixel_loss_map: np.ndarray  # (H, W) float32, (generated - real)^2 per pixel ([-1, 1] units); mean ~ pixel_loss
-    guided_backprop_map: np.ndarray  # (H, W) float32, |guided d(-log D(S_t))/d input| summed over the window
+    guided_backprop_map: np.ndarray  # (H, W) float32, guided Grad-CAM of -log D(S_t) (inference.guided_gradcam)
     pixel_loss: float
     d_loss: float
     values: dict  # what explanation.json holds
@@ -99,7 +100,7 @@ def _explain(model: Stan, dev, video: Path, info, window: tuple[np.ndarray, np.n
     grey, real = window  # (11, S, S) uint8, the frame itself (H, W, 3) uint8
     batch = to_tensor(grey[None]).to(dev)  # (1, 11, 1, S, S)
     scores = score_windows(model.generator, model.discriminator, batch, "fp32")
-    guided = smooth_guided(guided_backprop(model.discriminator, batch))  # (1, S, S), as detect's overlay draws it
+    guided = discriminator_map(model.discriminator, batch)  # (1, S, S): the map detect's overlay draws at this frame
     h, w = info.height, info.width
     generated = _resize(scores.prediction[:, 0], h, w, to_uint8=True)  # [-1, 1] -> uint8
     pixel_map = _resize(scores.error, h, w)
@@ -285,8 +286,8 @@ def _panel(path: Path, r: Explanation) -> None:
     for ax, data, title, label in (
         (axes[2], r.pixel_loss_map, f"(c) squared error (generated - real)$^2$\nmean {r.pixel_loss:.4g} = pixel loss",
          "squared error\n([-1, 1] units)"),
-        (axes[3], r.guided_backprop_map, f"(d) guided backprop of -log D\n-log D = {r.d_loss:.3g}",
-         "|guided gradient|\n(summed over 11 frames)"),
+        (axes[3], r.guided_backprop_map, f"(d) guided Grad-CAM of -log D\n-log D = {r.d_loss:.3g}",
+         "sqrt(|guided gradient| x Grad-CAM)"),
     ):
         ax.imshow(grey, cmap="gray", vmin=0, vmax=255)
         small = overlay.shrink(data, PANEL_SIDE)

@@ -189,7 +189,7 @@ def test_explain_into_its_frame_folder_leaves_the_frames_readable(tiny_weights, 
 
 
 @pytest.mark.parametrize("step, failure", [
-    ("guided_backprop", KeyboardInterrupt),  # Ctrl-C while the discriminator is backpropagated
+    ("discriminator_map", KeyboardInterrupt),  # Ctrl-C while the discriminator is backpropagated
     ("score_windows", KeyboardInterrupt),
     ("frame_times", InputError),  # an error while the frame's time is looked up
 ])

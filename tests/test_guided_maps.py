@@ -1,7 +1,9 @@
-"""detect's guided-backprop maps: the backward pass by hand from the scoring pass's own activations.
+"""detect's and explain's map of the discriminator (guided Grad-CAM): the backward passes by hand
+from the scoring pass's own activations.
 
-The reference is autograd through the discriminator with guided ELUs (inference.guided_backprop
-for the map at the frames; the same graph cut at a layer's input for detect's coarser map).
+The references are autograd through the discriminator: with guided ELUs for the guided part
+(inference.guided_backprop for the map at the frames; the same graph cut at a layer's input for
+detect's coarser map), with plain ELUs for Grad-CAM.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from stan_cli.detect import ScoreStream
-from stan_cli.inference import GUIDED_CELL, GUIDED_LAYER, StreamScorer, guided_backprop, guided_elu, smooth_guided
+from stan_cli.inference import (
+    GRADCAM_LAYER, GUIDED_CELL, GUIDED_LAYER, StreamScorer, discriminator_map, gradcam_from_activations,
+    guided_backprop, guided_elu, guided_from_activations, guided_gradcam, smooth_guided,
+)
 from stan_cli.model import WINDOW
 from stan_cli.weights import load_weights
 
@@ -36,6 +41,18 @@ def windows_of(frames: torch.Tensor) -> torch.Tensor:
     return frames.unfold(0, WINDOW, 1).permute(0, 4, 1, 2, 3).contiguous()  # (N - 10, 11, 1, S, S)
 
 
+def pre_activations(discriminator, windows: torch.Tensor, first: int) -> list[torch.Tensor]:
+    """Each convolution's output from layer `first` on, by a plain forward pass."""
+    pre, x = [], windows.transpose(1, 2)
+    with torch.no_grad():
+        for i, conv in enumerate(discriminator.convs):
+            z = conv(x)
+            if i >= first:
+                pre.append(z)
+            x = F.elu(z)
+    return pre
+
+
 def autograd_map(discriminator, windows: torch.Tensor, layer: int) -> torch.Tensor:
     """|d mean(-log D) / d (input of convs[layer])| through guided ELUs, summed over channels
     and time, brought to the frame size: (B, S, S)."""
@@ -54,6 +71,24 @@ def autograd_map(discriminator, windows: torch.Tensor, layer: int) -> torch.Tens
     return F.interpolate(heat, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
 
 
+def autograd_gradcam(discriminator, windows: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM of the d score at the input A of convs[GRADCAM_LAYER], by autograd through plain
+    ELUs: relu(sum_c mean(dd/dA_c) A_c), summed over time, brought to the frame size."""
+    size = windows.shape[-2:]
+    with torch.enable_grad():
+        x = windows.transpose(1, 2)
+        for conv in discriminator.convs[:GRADCAM_LAYER]:
+            x = F.elu(conv(x))
+        a = x.detach().requires_grad_(True)
+        y = a
+        for conv in discriminator.convs[GRADCAM_LAYER:-1]:
+            y = F.elu(conv(y))
+        target = F.softplus(-discriminator.convs[-1](y)).flatten(1).mean(dim=1).sum()
+        (grad,) = torch.autograd.grad(target, a)
+    cam = (grad.mean(dim=(2, 3, 4), keepdim=True) * a.detach()).sum(dim=1).clamp(min=0).sum(dim=1)
+    return F.interpolate(cam[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
 def stream_maps(model, frames: torch.Tensor, layer: int, push: int) -> torch.Tensor:
     scorer = StreamScorer(model.generator, model.discriminator, guided_layer=layer)
     maps = []
@@ -65,15 +100,48 @@ def stream_maps(model, frames: torch.Tensor, layer: int, push: int) -> torch.Ten
 
 
 @pytest.mark.parametrize("layer", [0, 1, GUIDED_LAYER, 4])
-def test_maps_at_each_layer_match_autograd(model, frames, layer):
-    expected = autograd_map(model.discriminator, windows_of(frames), layer)
-    torch.testing.assert_close(stream_maps(model, frames, layer, push=13), expected, rtol=1e-4, atol=1e-9)
+def test_guided_parts_at_each_layer_match_autograd(model, frames, layer):
+    windows = windows_of(frames)
+    got = guided_from_activations(model.discriminator.convs, pre_activations(model.discriminator, windows, layer),
+                                  tuple(windows.shape[-2:]))
+    torch.testing.assert_close(got, autograd_map(model.discriminator, windows, layer), rtol=1e-4, atol=1e-9)
 
 
 def test_layer_zero_is_guided_backprop(model, frames):
-    """Cut at the frames, the hand-made backward pass is stan explain's map."""
-    expected = guided_backprop(model.discriminator, windows_of(frames))
-    torch.testing.assert_close(stream_maps(model, frames, 0, push=N), expected, rtol=1e-4, atol=1e-9)
+    """Cut at the frames, the hand-made guided pass is inference.guided_backprop."""
+    windows = windows_of(frames)
+    got = guided_from_activations(model.discriminator.convs, pre_activations(model.discriminator, windows, 0),
+                                  tuple(windows.shape[-2:]))
+    torch.testing.assert_close(got, guided_backprop(model.discriminator, windows), rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("layer", [0, GUIDED_LAYER])
+def test_gradcam_matches_autograd_from_any_cut(model, frames, layer):
+    windows = windows_of(frames)
+    got = gradcam_from_activations(model.discriminator.convs, pre_activations(model.discriminator, windows, layer),
+                                   tuple(windows.shape[-2:]))
+    expected = autograd_gradcam(model.discriminator, windows)
+    assert (got >= 0).all() and got.amax() > 0
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-9)
+
+
+def test_the_drawn_map_is_the_root_of_the_smoothed_product(model, frames):
+    """guided_gradcam = sqrt(smooth_guided(guided x Grad-CAM)); the stream's maps, from its shared
+    activations, are that map of each window from scratch (explain's), at any push size."""
+    windows = windows_of(frames)
+    size = tuple(windows.shape[-2:])
+    expected = smooth_guided(autograd_map(model.discriminator, windows, GUIDED_LAYER)
+                             * autograd_gradcam(model.discriminator, windows)).clamp(min=0).sqrt()
+    got = guided_gradcam(model.discriminator.convs, pre_activations(model.discriminator, windows, GUIDED_LAYER), size)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(discriminator_map(model.discriminator, windows), expected, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(stream_maps(model, frames, GUIDED_LAYER, push=13), expected, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("layer", [GRADCAM_LAYER, 4])
+def test_a_cut_past_grad_cam_s_layer_is_refused(model, layer):
+    with pytest.raises(ValueError, match="guided_layer"):
+        StreamScorer(model.generator, model.discriminator, guided_layer=layer)
 
 
 @pytest.mark.parametrize("push", [1, 4, 11, N])

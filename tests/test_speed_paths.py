@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from stan_cli.detect import ScoreStream, detect
-from stan_cli.inference import StreamScorer, _scores, guided_backprop, smooth_guided
+from stan_cli.inference import StreamScorer, _scores, discriminator_map
 from stan_cli.model import CONTEXT, WINDOW, d_loss_map, pixel_loss, split_window
 from stan_cli.video import read_frames
 from stan_cli.weights import load_weights
@@ -118,9 +118,11 @@ def test_patch_terms_by_hand_on_a_patch_map():
     torch.testing.assert_close(scores.pixel, torch.full((2,), 0.25))
 
 
-def test_guided_maps_match_guided_backprop(clip, model):
+def test_guided_maps_match_the_map_of_each_window(clip, model):
+    """The stream's maps, from its shared activations, are the map of each window from scratch
+    (explain's), here with the guided part cut at the frames."""
     windows = reference_windows(clip, model.config.image_size)
-    expected = smooth_guided(guided_backprop(model.discriminator, windows))  # as detect draws it
+    expected = discriminator_map(model.discriminator, windows, first=0)
     got = torch.cat([s.guided for _, s in ScoreStream(clip, model, "cpu", batch_size=8, guided=True)])
     assert_close(got, expected)
 

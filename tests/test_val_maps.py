@@ -46,6 +46,21 @@ def test_the_stan_variants_are_the_maps_detect_and_explain_draw(val_maps):
         assert m.shape == (3, 32, 32) and torch.isfinite(m).all() and (m >= 0).all()
 
 
+def test_guided_gradcam_is_the_map_stan_draws_up_to_scale_and_root(val_maps):
+    """The variant chosen on 2026-12-08 (guided*gradcam) is the map detect and explain draw
+    (inference.discriminator_map) squared, up to each window's scale: the same maximum."""
+    from stan_cli.inference import discriminator_map
+
+    _, d = tiny_models()
+    x = torch.rand(3, 11, 1, 32, 32) * 2 - 1
+    unit = lambda m: m / m.flatten(1).amax(dim=1)[:, None, None]  # noqa: E731
+    chosen = smooth_guided(unit(val_maps.guided_maps(d, x, f"mean/L{GUIDED_LAYER}/sum", smooth=False))
+                           * unit(val_maps.verdict_maps(d, x)["gradcam/L3"]))
+    drawn = discriminator_map(d, x)
+    torch.testing.assert_close(unit(drawn**2), unit(chosen), rtol=1e-4, atol=1e-7)
+    assert torch.equal(drawn.flatten(1).argmax(dim=1), chosen.flatten(1).argmax(dim=1))
+
+
 def test_mid_at_the_cut_is_the_middle_of_its_time_steps(val_maps):
     """At L2 the cut's input has 5 time steps (11 -> 7 -> 5); `mid` keeps the third, whose 7 frames
     centre on the window's middle frame, where `sum` adds all five."""
