@@ -273,11 +273,12 @@ def gradcam_from_activations(convs, pre: list[torch.Tensor], frame_size: tuple[i
     first = len(convs) - len(pre)
     if first > GRADCAM_LAYER - 1:
         raise ValueError(f"Grad-CAM needs the activations from layer {GRADCAM_LAYER - 1} on; these start at {first}")
-    sizes = _input_sizes(convs, frame_size)
+    sizes, cl = _input_sizes(convs, frame_size), torch.channels_last_3d  # channels-last: as in guided_from_activations
     grad = torch.sigmoid(-pre[-1]).div_(-pre[-1][0].numel())  # d mean(softplus(-logits)) / d logits
     for layer in range(len(convs) - 1, GRADCAM_LAYER - 1, -1):
         conv = convs[layer]
-        grad = F.conv_transpose3d(grad, conv.weight, None, conv.stride, conv.padding, _lost_rows(conv, sizes[layer], grad))
+        grad = F.conv_transpose3d(grad.contiguous(memory_format=cl), conv.weight.contiguous(memory_format=cl), None,
+                                  conv.stride, conv.padding, _lost_rows(conv, sizes[layer], grad))
         if layer > GRADCAM_LAYER:  # through the previous layer's ELU
             grad.mul_(pre[layer - 1 - first].clamp(max=0).exp_())
     a = F.elu(pre[GRADCAM_LAYER - 1 - first])  # (B, C, T, h, w)
