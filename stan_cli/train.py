@@ -212,6 +212,9 @@ def _train_phases(run: _Run, windows: WindowSet, val_clips: list[Clip], finish_o
                 _train_phase(run, windows, phase, val_clips, stop, clock)
             if run.deadline is not None:
                 _end_phase(run, phase, val_clips, len(windows))
+        # A signal during the last epoch's end (its validation, plot, checkpoint) came after the
+        # last step's check: it still stops here, before calibration, and the checkpoint is there.
+        _stop_if_asked(run, stop, f"after the last epoch (step {run.progress['step']})")
 
 
 def _train_phase(run: _Run, windows: WindowSet, phase: str, val_clips: list[Clip], stop: StopFlag, clock: tuple[float, float]) -> None:
@@ -225,6 +228,16 @@ def _train_phase(run: _Run, windows: WindowSet, phase: str, val_clips: list[Clip
             _end_of_epoch(run, phase, val_clips)
         run.checkpoint()
         run.rank.barrier()
+        _stop_if_asked(run, stop, f"at the end of {phase} epoch {progress['epoch']} (step {progress['step']})")
+
+
+def _stop_if_asked(run: _Run, stop: StopFlag, where: str) -> None:
+    """TrainingInterrupted if a signal came (on any rank) since the last check; a checkpoint is written."""
+    if ranks.any_rank(stop.stop, run.rank, run.device):
+        raise TrainingInterrupted(
+            f"stopped {where}; checkpoint written to {run.last_path}. "
+            "Run the same command with --resume to continue."
+        )
 
 
 def _phase_begins(run: _Run, phase: str) -> bool:
@@ -306,10 +319,7 @@ def _train_epoch(run: _Run, windows: WindowSet, phase: str, n_epochs: int, stop:
             run.checkpoint()
         if ranks.any_rank(stop.stop, rank, run.device):
             run.checkpoint()
-            raise TrainingInterrupted(
-                f"stopped at step {progress['step']}; checkpoint written to {run.last_path}. "
-                "Run the same command with --resume to continue."
-            )
+            _stop_if_asked(run, stop, f"at step {progress['step']}")
     return False
 
 

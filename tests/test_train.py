@@ -1600,3 +1600,43 @@ def test_each_footage_folder_gets_a_benchmark_cache_of_its_own(tmp_path):
 
     assert default_cache(tmp_path / "a") != default_cache(tmp_path / "b")
     assert default_cache(tmp_path / "a") == default_cache(tmp_path / "x" / ".." / "a")
+
+
+def test_a_signal_during_the_last_epoch_s_end_stops_before_calibration(data3, tmp_path, monkeypatch):
+    """Ctrl-C (here SIGTERM, handled alike) while the last epoch validates came after the last
+    step's check: it stops the run with the checkpoint written, not silently calibrate and exit 0;
+    --resume then calibrates and writes the weights."""
+    import stan_cli.train as train_module
+
+    real_validate, sent = train_module.validate, []
+
+    def validate(*args, **kwargs):
+        if not sent:  # once: the epoch's validation (calibration validates too, outside StopFlag)
+            sent.append(os.kill(os.getpid(), signal.SIGTERM))  # StopFlag's handler sets its flag
+        return real_validate(*args, **kwargs)
+
+    out = tmp_path / "model.safetensors"
+    kw = dict(pretrain_epochs=1, epochs=0, batch_size=8, val_clips=1)
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "validate", validate)
+        with pytest.raises(train_module.TrainingInterrupted, match="after the last epoch|at the end of pretrain epoch 1"):
+            train(options(data3, out, **kw))
+    assert not out.exists() and read_checkpoint_progress(ckpt_of(out))["epoch"] == 1
+    result = train(options(data3, out, resume=True, **kw))
+    assert result.out == out and load_weights(out).training["selected"]["epoch"] == 1
+
+
+def test_resume_warns_only_of_options_the_command_gave(data3, tmp_path):
+    """A run started with --batch-size 8 --val-clips 1 and resumed with --resume alone was given no
+    batch size: no "ignored" warning for it; an --lr given that differs from the run's is named."""
+    out = tmp_path / "model.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        train(options(data3, out, batch_size=8, val_clips=1, checkpoint_every=1), Events(at="step", n=2))  # after step 1's checkpoint
+    plain = Events(at="step", n=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(options(data3, out, resume=True, batch_size=3, val_clips=2), plain)  # the defaults: nothing given
+    assert not [w for w in plain.of("warning") if "ignored" in w["message"]]
+    given = Events()
+    train(options(data3, out, resume=True, batch_size=3, val_clips=2, lr=1e-3), given)
+    (ignored,) = [w["message"] for w in given.of("warning") if "ignored" in w["message"]]
+    assert "own lr (" in ignored

@@ -3,7 +3,7 @@ batch, step, selection), and the --init file it started from."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from ..errors import TrainingError
@@ -74,11 +74,18 @@ def run_options(opts: TrainOptions, rank: Rank, emit: Event) -> TrainOptions:
     _check_resumed_budget(opts, progress, last_path)
     if rank.main and (message := _init_ignored(opts, progress)):
         emit("warning", message=message)
-    stored = progress["options"]
-    stored = {k: stored.get(k, TrainOptions.LEGACY.get(k)) for k in TrainOptions.RUN_KEYS}
-    changed = [k for k in TrainOptions.RUN_KEYS if stored[k] != getattr(opts, k)]
+    written = progress["options"]
+    stored = {k: written.get(k, TrainOptions.LEGACY.get(k)) for k in TrainOptions.RUN_KEYS}
+    # Only what the command gave: an option left at its default was not asked for, and the run's
+    # own value is what a resume means (the same command, or --resume alone).
+    defaults = {f.name: f.default for f in fields(TrainOptions)}
+    changed = [k for k in TrainOptions.RUN_KEYS if stored[k] != getattr(opts, k) and getattr(opts, k) != defaults[k]]
     if changed and rank.main:
         emit("warning", message=f"resuming with the run's own {', '.join(changed)} (command-line values ignored)")
+    older = [k for k in TrainOptions.RUN_KEYS if k not in written and k not in changed and stored[k] != defaults[k]]
+    if older and rank.main:  # a checkpoint from before these options: not today's defaults
+        emit("warning", message="this run was written before " + ", ".join(older) + " existed; it goes on as it was trained: "
+             + ", ".join(f"{k} {stored[k]}" for k in older) + " (today's defaults: " + ", ".join(f"{defaults[k]}" for k in older) + ")")
     opts = TrainOptions(**{**asdict(opts), **stored})
     resumed_epochs(opts, progress)
     world = progress.get("world_size", 1)
