@@ -497,3 +497,21 @@ def test_the_resume_line_names_the_planned_epochs_only_when_there_are_some(epoch
     display("epoch_start", phase="pretrain", epoch=6, epochs=epochs, steps=507, done=158)
     [line] = [ln for ln in console.export_text().splitlines() if ln.startswith("resuming at step 3200 from ")]
     assert line.endswith(f": {says}") and "None" not in line
+
+
+def test_a_budget_gone_while_reading_is_refused_before_timing_any_step(data3, tmp_path, clock, monkeypatch):
+    """Reading the footage took the whole --time: said at once, without first timing steps (which on
+    a slow machine took minutes more for a 30-second budget)."""
+    real_prepare, steps = train_module.prepare_data, []
+
+    def prepare(*args, **kwargs):
+        clock.advance(100.0)
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "prepare_data", prepare)
+    slow(monkeypatch, clock, step_s=lambda k: steps.append(k) or 1.0)
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(TrainingError, match=r"--time 1\.0 min: too short to train on this footage: reading it took 1\.7 min already, "
+                                            r"before any training\. Give --time 6m or more\."):
+        train(timed(data3, out, time_budget=60))
+    assert steps == [] and not ckpt_of(out).exists() and not out.exists()

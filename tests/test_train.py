@@ -237,7 +237,8 @@ def test_calibrating_on_the_training_windows_is_warned_about(data3, videos, tmp_
     train(options(data3, out, val_clips=0), events)
     stan = load_weights(out)
     assert stan.calibration["source"].startswith("training")
-    [message] = [e["message"] for e in events.of("warning")]
+    early, message = [e["message"] for e in events.of("warning")]  # before training, and at calibration
+    assert "no epoch is validated" in early and events.events.index(("warning", {"message": early})) < [k for k, _ in events.events].index("step")
     assert stan.training["warnings"] == [message] and "training windows themselves" in message
     assert stan.training["selected"]["val_pixel"] is None  # no validation: null, not NaN, in the JSON
     report = detect(videos["a"], weights=out, write_video=False, device="cpu")
@@ -1640,3 +1641,36 @@ def test_resume_warns_only_of_options_the_command_gave(data3, tmp_path):
     train(options(data3, out, resume=True, batch_size=3, val_clips=2, lr=1e-3), given)
     (ignored,) = [w["message"] for w in given.of("warning") if "ignored" in w["message"]]
     assert "own lr (" in ignored
+
+
+def test_no_held_out_footage_is_said_before_training(data3, tmp_path):
+    events = Events()
+    train(options(data3, tmp_path / "model.safetensors", val_clips=0), events)
+    kinds = [kind for kind, _ in events.events]
+    early = [i for i, (kind, info) in enumerate(events.events)
+             if kind == "warning" and "no epoch is validated" in info["message"]]
+    assert early and early[0] < kinds.index("step")
+
+
+def test_a_resume_on_clips_whose_frames_changed_is_refused(tmp_path):
+    data = tmp_path / "frames"
+    for k in range(3):
+        write_frame_folder(data / f"{k:02d}", make_clip(n=30, seed=k))
+    out = tmp_path / "model.safetensors"
+    kw = dict(batch_size=4, val_clips=1, checkpoint_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(options(data, out, **kw), Events(at="step", n=2))
+    for name in sorted(p.name for p in (data / "00").iterdir())[-2:]:
+        (data / "00" / name).unlink()
+    with pytest.raises(TrainingError, match=r"00: 28 frames now, 30 when the run being resumed began"):
+        train(options(data, out, resume=True, **kw))
+
+
+def test_paths_that_are_the_wrong_kind_are_named_as_such(data3, tmp_path):
+    note = tmp_path / "notes.txt"
+    note.write_text("mine")
+    with pytest.raises(OutputError, match="notes.txt: is a file, not a folder"):
+        train(options(data3, note / "model.safetensors"))
+    with pytest.raises(InputError, match="is a folder, not a weights file"):
+        train(options(data3, tmp_path / "m.safetensors", init=tmp_path))
+    assert note.read_text() == "mine"

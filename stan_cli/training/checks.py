@@ -192,10 +192,14 @@ def _check_budget(opts: TrainOptions) -> None:
 
 
 def _check_paths(opts: TrainOptions) -> None:
+    if opts.init is not None and Path(opts.init).is_dir():
+        raise InputError(f"{opts.init}: is a folder, not a weights file. Give --init a .safetensors file written by stan train.")
     if opts.init is not None and not Path(opts.init).is_file():
         raise InputError(f"{opts.init}: no such weights file. Give --init an existing .safetensors file (or drop --init).")
     if opts.out.is_dir():
         raise OutputError(f"{opts.out}: is a folder. --out must be a file name such as model.safetensors.")
+    if opts.out.parent.exists() and not opts.out.parent.is_dir():
+        raise OutputError(f"{opts.out.parent}: is a file, not a folder. Choose an --out inside a folder.")
     if not opts.out.parent.is_dir():
         raise OutputError(f"{opts.out.parent}: folder does not exist. Create it or choose another --out.")
     if not os.access(opts.out.parent, os.W_OK):

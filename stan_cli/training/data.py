@@ -10,6 +10,7 @@ import torch
 
 from ..dataset import Clip, WindowSet, load_clips, split_validation
 from ..errors import InputError, TrainingError
+from ..model import WINDOW
 from ..video import images_beside_clips
 from .options import Event, TrainOptions, is_recalibration
 from .ranks import Rank
@@ -31,6 +32,14 @@ def prepare_data(
             "or start a new run with another --out."
         )
     progress["clips"] = sources
+    lengths = {c.source: len(c.frames) for c in (*train_clips, *val_clips)}
+    for source, n in progress.get("clip_frames", {}).items():  # recorded since 0.12.0
+        if lengths.get(source, n) != n:
+            raise TrainingError(
+                f"{source}: {lengths[source]} frames now, {n} when the run being resumed began: the epochs' windows "
+                "and their order would change under it. Resume with the same footage, or start a new run with another --out."
+            )
+    progress["clip_frames"] = lengths
     windows = WindowSet(train_clips)
     emit(
         "data",
@@ -41,6 +50,12 @@ def prepare_data(
         val_windows=len(WindowSet(val_clips)),
         skipped=skipped,
     )
+    if not is_recalibration(opts) and len(WindowSet(val_clips)) < 2 and progress.get("step", 0) == 0 and rank.main:
+        emit("warning", message=(  # said before any training; the weights record calibration's own warning
+            f"{opts.data}: no held-out normal footage (--val-clips {opts.val_clips}; a lone clip holds out its last "
+            f"15 % only from {4 * WINDOW} frames up): no epoch is validated (the last one is kept), and the threshold "
+            "will come from the training windows themselves. Give more or longer clips for both."
+        ))
     if len(windows) < opts.batch_size * rank.world:  # every rank finds the same, so every rank gets here
         n = len(windows)
         rank.barrier()  # no rank still reads the frame cache when rank 0 removes it on the way out
