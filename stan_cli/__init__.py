@@ -1,3 +1,3 @@
 """stan: offline video anomaly detection with spatio-temporal adversarial networks."""
 
-__version__ = "0.11.0"
+__version__ = "0.12.0"
