@@ -512,6 +512,6 @@ def test_a_budget_gone_while_reading_is_refused_before_timing_any_step(data3, tm
     slow(monkeypatch, clock, step_s=lambda k: steps.append(k) or 1.0)
     out = tmp_path / "m.safetensors"
     with pytest.raises(TrainingError, match=r"--time 1\.0 min: too short to train on this footage: reading it took 1\.7 min already, "
-                                            r"before any training\. Give --time 6m or more\."):
+                                            r"before any training\. Give --time at least 6m\."):
         train(timed(data3, out, time_budget=60))
     assert steps == [] and not ckpt_of(out).exists() and not out.exists()

@@ -1674,3 +1674,17 @@ def test_paths_that_are_the_wrong_kind_are_named_as_such(data3, tmp_path):
     with pytest.raises(InputError, match="is a folder, not a weights file"):
         train(options(data3, tmp_path / "m.safetensors", init=tmp_path))
     assert note.read_text() == "mine"
+
+
+def test_a_lone_clip_that_gained_frames_is_refused_on_resume(tmp_path):
+    """A lone clip is split into a training part and a held-out tail of one source: the whole clip's
+    count is what is recorded, so three more frames (the tail's 15 % unchanged) are still seen."""
+    data = tmp_path / "frames"
+    write_frame_folder(data / "00", make_clip(n=100, seed=0))
+    out = tmp_path / "model.safetensors"
+    kw = dict(batch_size=4, val_clips=1, checkpoint_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(options(data, out, **kw), Events(at="step", n=2))
+    write_frame_folder(data / "00", make_clip(n=103, seed=0))
+    with pytest.raises(TrainingError, match=r"00: 103 frames now, 100 when the run being resumed began"):
+        train(options(data, out, resume=True, **kw))

@@ -32,7 +32,7 @@ def prepare_data(
             "or start a new run with another --out."
         )
     progress["clips"] = sources
-    lengths = {c.source: len(c.frames) for c in (*train_clips, *val_clips)}
+    lengths = {c.source: len(c.frames) for c in clips}  # whole clips: a lone clip's tail shares its source
     for source, n in progress.get("clip_frames", {}).items():  # recorded since 0.12.0
         if lengths.get(source, n) != n:
             raise TrainingError(
@@ -52,9 +52,11 @@ def prepare_data(
     )
     if not is_recalibration(opts) and len(WindowSet(val_clips)) < 2 and progress.get("step", 0) == 0 and rank.main:
         emit("warning", message=(  # said before any training; the weights record calibration's own warning
-            f"{opts.data}: no held-out normal footage (--val-clips {opts.val_clips}; a lone clip holds out its last "
-            f"15 % only from {4 * WINDOW} frames up): no epoch is validated (the last one is kept), and the threshold "
-            "will come from the training windows themselves. Give more or longer clips for both."
+            f"{opts.data}: no held-out normal footage ("
+            + ("--val-clips 0" if opts.val_clips == 0 else f"--val-clips {opts.val_clips}; a lone clip holds out its last "
+               f"15 % only from {4 * WINDOW} frames up") + "): no epoch is validated (the last one is kept), and the "
+            "threshold will come from the training windows themselves. "
+            + ("Hold out clips with --val-clips for both." if opts.val_clips == 0 else "Give more or longer clips for both.")
         ))
     if len(windows) < opts.batch_size * rank.world:  # every rank finds the same, so every rank gets here
         n = len(windows)

@@ -85,7 +85,7 @@ def run_options(opts: TrainOptions, rank: Rank, emit: Event) -> TrainOptions:
     older = [k for k in TrainOptions.RUN_KEYS if k not in written and k not in changed and stored[k] != defaults[k]]
     if older and rank.main:  # a checkpoint from before these options: not today's defaults
         emit("warning", message="this run was written before " + ", ".join(older) + " existed; it goes on as it was trained: "
-             + ", ".join(f"{k} {stored[k]}" for k in older) + " (today's defaults: " + ", ".join(f"{defaults[k]}" for k in older) + ")")
+             + ", ".join(f"{k} {stored[k]}" for k in older) + " (today's defaults: " + "; ".join(f"{k} {defaults[k]}" for k in older) + ")")
     opts = TrainOptions(**{**asdict(opts), **stored})
     resumed_epochs(opts, progress)
     world = progress.get("world_size", 1)
