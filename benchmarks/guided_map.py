@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from stan_cli import metrics
 from stan_cli.detect import ScoreStream
 from stan_cli.inference import (
-    GRADCAM_LAYER, GUIDED_LAYER, StreamScorer, gradcam_from_activations, guided_backprop, guided_from_activations,
-    resolve_device,
+    GRADCAM_LAYER, GUIDED_LAYER, StreamScorer, discriminator_activations, gradcam_from_activations, guided_backprop,
+    guided_from_activations, resolve_device,
 )
 from stan_cli.video import list_frames, read_frames
 from stan_cli.weights import find_default_weights, load_weights
@@ -94,12 +94,8 @@ def cost_per_window(clip: Path, model, device, repeats: int = 3) -> dict[str, fl
     scorers = {layer: StreamScorer(model.generator, model.discriminator, guided_layer=layer) for layer in (0, GUIDED_LAYER)}
     for scorer in scorers.values():
         scorer.push(frames)
-    convs, size, pre, h = model.discriminator.convs, tuple(frames.shape[-2:]), [], windows.transpose(1, 2)
-    with torch.no_grad():
-        for i, conv in enumerate(convs):
-            z = conv(h)
-            pre += [z] if i >= GUIDED_LAYER else []
-            h = F.elu(z)
+    convs, size = model.discriminator.convs, tuple(frames.shape[-2:])
+    pre = discriminator_activations(model.discriminator, windows, GUIDED_LAYER)
     runs = {
         "autograd, forward + backward": lambda: [guided_backprop(model.discriminator, w) for w in windows.split(2)],
         "by hand, to the frames": lambda: scorers[0].guided(range(8)),

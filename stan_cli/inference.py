@@ -227,36 +227,36 @@ def guided_from_activations(convs, pre: list[torch.Tensor], frame_size: tuple[in
     the same at 8-pixel resolution (docs/speed.md: correlation 0.99 on Ped2 at 28 x 28); what is
     left out is texture inside 4 x 4-pixel cells.
     """
-    first = len(convs) - len(pre)
-    sizes = _input_sizes(convs, frame_size)
-    # channels-last takes oneDNN's path for the transposed convolutions: 2x faster on a CPU (measured, layer 2)
-    cl = torch.channels_last_3d
-    grad = torch.sigmoid(-pre[-1]).div_(-pre[-1][0].numel())  # d mean(softplus(-logits)) / d logits: (B, 1, 1, h, w)
-    for layer in range(len(convs) - 1, first - 1, -1):
-        conv = convs[layer]
-        grad = F.conv_transpose3d(grad.contiguous(memory_format=cl), conv.weight.contiguous(memory_format=cl), None,
-                                  conv.stride, conv.padding, _lost_rows(conv, sizes[layer], grad))  # at the layer's input
-        if layer > first:  # through the previous layer's guided ELU
-            grad.clamp_(min=0).mul_(pre[layer - 1 - first].clamp(max=0).exp_())
+    grad = _d_score_gradient(convs, pre, frame_size, len(convs) - len(pre), guided=True)  # (B, C, T, h, w)
     heat = grad.abs_().sum(dim=(1, 2))  # (B, C, T, h, w) -> (B, h, w)
     if heat.shape[-2:] != tuple(frame_size):
         heat = F.interpolate(heat[:, None], size=tuple(frame_size), mode="bilinear", align_corners=False)[:, 0]
     return heat  # (B, S, S)
 
 
-def _input_sizes(convs, frame_size: tuple[int, int]) -> list[tuple[int, int]]:
-    """The (h, w) of each convolution's input, for frames of frame_size."""
-    sizes = [tuple(frame_size)]
+def _d_score_gradient(convs, pre: list[torch.Tensor], frame_size: tuple[int, int], stop: int, guided: bool) -> torch.Tensor:
+    """The gradient of the d score, mean(softplus(-logits)), at the input of convolution `stop`, by
+    hand from the pre-activations of layers first..last (first <= stop): back through each
+    convolution (its transpose) and, between them, each ELU: its derivative elu'(z) = exp(min(z, 0)),
+    after max(grad, 0) where `guided` (guided backpropagation). (B, C, T, h, w)."""
+    first = len(convs) - len(pre)
+    sizes = [tuple(frame_size)]  # each layer's input size
     for conv in convs[:-1]:
         sizes.append(tuple((n + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1 for n in sizes[-1]))
-    return sizes
-
-
-def _lost_rows(conv, size: tuple[int, int], grad: torch.Tensor) -> tuple[int, int, int]:
-    """conv_transpose3d's output_padding that takes grad back to the layer's input size: the last
-    row and column a stride-2 layer drops from an odd size."""
-    return (0, *(n - ((m - 1) * conv.stride[1] - 2 * conv.padding[1] + conv.kernel_size[1])
-                 for n, m in zip(size, grad.shape[-2:])))
+    # channels-last takes oneDNN's path for the transposed convolutions: 2x faster on a CPU (measured, layer 2)
+    cl = torch.channels_last_3d
+    grad = torch.sigmoid(-pre[-1]).div_(-pre[-1][0].numel())  # d mean(softplus(-logits)) / d logits: (B, 1, 1, h, w)
+    for layer in range(len(convs) - 1, stop - 1, -1):
+        conv = convs[layer]
+        pad = tuple(n - ((m - 1) * conv.stride[1] - 2 * conv.padding[1] + conv.kernel_size[1])
+                    for n, m in zip(sizes[layer], grad.shape[-2:]))  # a stride-2 layer's lost last row
+        grad = F.conv_transpose3d(grad.contiguous(memory_format=cl), conv.weight.contiguous(memory_format=cl), None,
+                                  conv.stride, conv.padding, (0, *pad))  # at the layer's input
+        if layer > stop:  # through the previous layer's ELU
+            if guided:
+                grad.clamp_(min=0)
+            grad.mul_(pre[layer - 1 - first].clamp(max=0).exp_())
+    return grad
 
 
 GRADCAM_LAYER = 3  # Grad-CAM's layer: the input of the discriminator's fourth convolution (28 x 28 at 224)
@@ -273,14 +273,7 @@ def gradcam_from_activations(convs, pre: list[torch.Tensor], frame_size: tuple[i
     first = len(convs) - len(pre)
     if first > GRADCAM_LAYER - 1:
         raise ValueError(f"Grad-CAM needs the activations from layer {GRADCAM_LAYER - 1} on; these start at {first}")
-    sizes, cl = _input_sizes(convs, frame_size), torch.channels_last_3d  # channels-last: as in guided_from_activations
-    grad = torch.sigmoid(-pre[-1]).div_(-pre[-1][0].numel())  # d mean(softplus(-logits)) / d logits
-    for layer in range(len(convs) - 1, GRADCAM_LAYER - 1, -1):
-        conv = convs[layer]
-        grad = F.conv_transpose3d(grad.contiguous(memory_format=cl), conv.weight.contiguous(memory_format=cl), None,
-                                  conv.stride, conv.padding, _lost_rows(conv, sizes[layer], grad))
-        if layer > GRADCAM_LAYER:  # through the previous layer's ELU
-            grad.mul_(pre[layer - 1 - first].clamp(max=0).exp_())
+    grad = _d_score_gradient(convs, pre, frame_size, GRADCAM_LAYER, guided=False)
     a = F.elu(pre[GRADCAM_LAYER - 1 - first])  # (B, C, T, h, w)
     cam = (grad.mean(dim=(2, 3, 4), keepdim=True) * a).sum(dim=1).clamp_(min=0).sum(dim=1)  # (B, h, w)
     return F.interpolate(cam[:, None], size=tuple(frame_size), mode="bilinear", align_corners=False)[:, 0]
@@ -301,9 +294,9 @@ def guided_gradcam(convs, pre: list[torch.Tensor], frame_size: tuple[int, int]) 
     return smooth_guided(heat).clamp_(min=0).sqrt_()
 
 
-def discriminator_map(discriminator: Discriminator, windows: torch.Tensor, first: int = GUIDED_LAYER) -> torch.Tensor:
-    """guided_gradcam for (B, 11, 1, S, S) windows from one forward pass of the discriminator, the
-    guided part cut at the input of layer `first` (GUIDED_LAYER: detect's overlay): (B, S, S)."""
+def discriminator_activations(discriminator: Discriminator, windows: torch.Tensor, first: int) -> list[torch.Tensor]:
+    """The pre-activations (each convolution's output, before its ELU) of layers first..last for
+    (B, 11, 1, S, S) windows, by one forward pass: what guided_gradcam takes."""
     with torch.no_grad():
         h, pre = windows.float().transpose(1, 2), []  # (B, 1, 11, S, S)
         for i, conv in enumerate(discriminator.convs):
@@ -311,7 +304,15 @@ def discriminator_map(discriminator: Discriminator, windows: torch.Tensor, first
             if i >= first:
                 pre.append(z)
             h = F.elu(z)
-        return guided_gradcam(discriminator.convs, pre, tuple(windows.shape[-2:]))
+    return pre
+
+
+def discriminator_map(discriminator: Discriminator, windows: torch.Tensor, first: int = GUIDED_LAYER) -> torch.Tensor:
+    """guided_gradcam for (B, 11, 1, S, S) windows from one forward pass of the discriminator, the
+    guided part cut at the input of layer `first` (GUIDED_LAYER: detect's overlay): (B, S, S)."""
+    with torch.no_grad():
+        return guided_gradcam(discriminator.convs, discriminator_activations(discriminator, windows, first),
+                              tuple(windows.shape[-2:]))
 
 
 GUIDED_CELL = 4  # pixels of the frame per cell of smooth_guided's map: the cut at GUIDED_LAYER (56 x 56 at 224)

@@ -234,10 +234,11 @@ def _train_phase(run: _Run, windows: WindowSet, phase: str, val_clips: list[Clip
 def _stop_if_asked(run: _Run, stop: StopFlag, where: str) -> None:
     """TrainingInterrupted if a signal came (on any rank) since the last check; a checkpoint is written."""
     if ranks.any_rank(stop.stop, run.rank, run.device):
-        raise TrainingInterrupted(
-            f"stopped {where}; checkpoint written to {run.last_path}. "
-            "Run the same command with --resume to continue."
-        )
+        raise _interrupted(run, where)
+
+
+def _interrupted(run: _Run, where: str) -> TrainingInterrupted:
+    return TrainingInterrupted(f"stopped {where}; checkpoint written to {run.last_path}. Run the same command with --resume to continue.")
 
 
 def _phase_begins(run: _Run, phase: str) -> bool:
@@ -319,7 +320,7 @@ def _train_epoch(run: _Run, windows: WindowSet, phase: str, n_epochs: int, stop:
             run.checkpoint()
         if ranks.any_rank(stop.stop, rank, run.device):
             run.checkpoint()
-            _stop_if_asked(run, stop, f"at step {progress['step']}")
+            raise _interrupted(run, f"at step {progress['step']}")
     return False
 
 

@@ -42,12 +42,13 @@ def plan_run(
         to_time = [p for p in ahead if p not in ended and (record["slots_s"].get(p, 0) > 0 or (p == current and record["phase"] == current))]
     if not to_time:
         return None, None
-    spent = ranks.from_main(now() - started, rank)  # rank 0's clock decides, as for every --time decision
-    if record is not None and progress["step"] == 0 and spent >= record["seconds"] - record["used_s"]:
-        raise TrainingError(  # the budget is gone before timing a step: no need to time them to say so
-            f"--time {human(record['seconds'] - record['used_s'])}: too short to train on this footage: reading it took "
-            f"{human(spent)} already, before any training. Give --time at least {as_option(3 * spent + 30)}."
-        )
+    if record is not None and progress["step"] == 0:  # the budget gone before timing a step: no need to time them to say so
+        spent, left = ranks.from_main(now() - started, rank), record["seconds"] - record["used_s"]  # rank 0's clock decides
+        if spent >= left:
+            raise TrainingError(
+                f"--time {human(left)}: too short to train on this footage: reading it took {human(spent)} already, "
+                f"before any training. Give --time at least {as_option(3 * spent + 30)}."
+            )
     calibration_windows = len(WindowSet(val_clips)) if len(WindowSet(val_clips)) >= 2 else len(WindowSet(train_clips))
     costs = measure(opts, rank, device, networks, windows, val_clips, calibration_windows, to_time, step)
     spent = now() - started
